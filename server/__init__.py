@@ -1,0 +1,1 @@
+"""Orderly: sequenced, resumable generation streams over PostgreSQL."""

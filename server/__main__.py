@@ -1,0 +1,159 @@
+"""The command line: serve (default), migrate, token create/revoke.
+
+Every command uses the same database as the server: ``DATABASE_URL``, or the embedded PostgreSQL
+under ``DATA_DIR`` (default ``.data/``) when it is unset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+
+from server.config import Settings, SettingsError
+from server.db import connect
+from server.migrate import migrate
+
+logger = logging.getLogger("server")
+EMBEDDED_DATABASE = "orderly"
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """``DATABASE_URL``, or an embedded server (started if needed, stopped if we started it)."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the wheel warns about XDG_RUNTIME_DIR on import
+        from server.embedded import EmbeddedPostgres
+
+    server = EmbeddedPostgres(settings.data_dir / "postgres", settings.embedded_port)
+    started_here = server.running_port() is None
+    admin_url = server.start()
+    asyncio.run(_ensure_database(admin_url, EMBEDDED_DATABASE))
+    try:
+        yield admin_url.rsplit("/", 1)[0] + "/" + EMBEDDED_DATABASE
+    finally:
+        if started_here:
+            server.stop()
+
+
+async def _ensure_database(admin_url: str, name: str) -> None:
+    async with connect(admin_url) as session:
+        exists = await session.fetchval_sql("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            await session.execute_sql(f'CREATE DATABASE "{name}"')
+
+
+async def _migrate(url: str, to: int | None = None) -> None:
+    async with connect(url) as session:
+        applied = await migrate(session, to=to)
+    if not applied:
+        logger.info("the database is up to date")
+
+
+async def _create_token(url: str, username: str) -> str:
+    from server.auth import hash_token, new_token
+    from server.db import Database
+    from server.store import Store
+
+    db = Database(url, min_size=1, max_size=1)
+    await db.open()
+    try:
+        token = new_token()
+        await Store(db).create_token(username, hash_token(token))
+        return token
+    finally:
+        await db.close()
+
+
+async def _revoke(url: str, token: str | None, username: str | None) -> int:
+    from server.auth import hash_token
+    from server.db import Database
+    from server.store import Store
+
+    db = Database(url, min_size=1, max_size=1)
+    await db.open()
+    try:
+        store = Store(db)
+        if username is not None:
+            return await store.revoke_user_tokens(username)
+        assert token is not None
+        return await store.revoke_token(hash_token(token))
+    finally:
+        await db.close()
+
+
+async def _is_fresh(url: str) -> bool:
+    async with connect(url) as session:
+        return bool(await session.fetchval_sql("SELECT count(*) = 0 FROM users"))
+
+
+def serve(settings: Settings) -> None:
+    import uvicorn
+
+    with database_url(settings) as url:
+        asyncio.run(_migrate(url))
+        base = settings.public_url or f"http://{settings.host}:{settings.port}"
+        if asyncio.run(_is_fresh(url)):
+            token = asyncio.run(_create_token(url, "demo"))
+            print(f"\nCreated user 'demo'. Open this URL to sign in:\n\n    {base}/#token={token}\n")
+        else:
+            print(f"\nServing on {base}/ (new sign-in link: "
+                  "`.venv/bin/python -m server token create demo`)\n")
+        sys.stdout.flush()
+        # The workers build their settings from the environment: hand them the resolved URL.
+        os.environ["DATABASE_URL"] = url
+        uvicorn.run(
+            "server.app:app_from_env", factory=True, host=settings.host, port=settings.port,
+            workers=settings.workers, proxy_headers=True,
+            timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+            log_level=os.environ.get("LOG_LEVEL", "info").lower(),
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="serve HTTP (the default)")
+    migrate_cmd = commands.add_parser("migrate", help="apply database migrations")
+    migrate_cmd.add_argument("--to", type=int, default=None, help="stop at this version")
+    token = commands.add_parser("token", help="manage API tokens").add_subparsers(
+        dest="action", required=True)
+    create = token.add_parser("create", help="create a user (if needed) and print a new token")
+    create.add_argument("username")
+    revoke = token.add_parser("revoke", help="revoke one token, or all of a user's")
+    group = revoke.add_mutually_exclusive_group(required=True)
+    group.add_argument("token", nargs="?")
+    group.add_argument("--user", dest="username")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        parser.error(str(exc))
+    if args.command in (None, "serve"):
+        serve(settings)
+        return 0
+    with database_url(settings) as url:
+        if args.command == "migrate":
+            asyncio.run(_migrate(url, args.to))
+        elif args.action == "create":
+            asyncio.run(_migrate(url))
+            print(asyncio.run(_create_token(url, args.username)))
+        else:
+            count = asyncio.run(_revoke(url, args.token, args.username))
+            print(f"revoked {count} token{'s' if count != 1 else ''}")
+            return 0 if count else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Settings: the only reader of ``os.environ``. Built once, then passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """A setting in the environment has an invalid value."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # Where the data lives. None: an embedded PostgreSQL under data_dir.
+    database_url: str | None = None
+    data_dir: Path = Path(".data")
+    embedded_port: int = 54329
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    public_url: str | None = None
+    # Generation
+    generator: str = "demo"
+    demo_deltas: int = 20
+    demo_delta_ms: int = 50
+    openai_base_url: str = "http://127.0.0.1:11434/v1"
+    openai_api_key: str | None = field(default=None, repr=False)
+    openai_model: str = "llama3.2"
+    # Streams and the event log
+    ping_seconds: float = 15.0
+    retry_ms: int = 2000
+    send_timeout_seconds: float = 30.0
+    flush_interval_ms: int = 20
+    lease_seconds: float = 30.0
+    shutdown_grace_seconds: float = 10.0
+    # Input limits
+    max_message_chars: int = 32_000
+    max_body_bytes: int = 256 * 1024
+    # Database
+    pool_min_size: int = 2
+    pool_max_size: int = 10
+    token_cache_seconds: float = 5.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read every setting from ``env`` (default: ``os.environ``); unset ones keep defaults."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, str(f.type), raw)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        positive = ("port", "workers", "demo_deltas", "max_message_chars", "max_body_bytes",
+                    "pool_min_size", "pool_max_size", "flush_interval_ms")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name.upper()} must be at least 1")
+        if self.demo_delta_ms < 0:
+            raise SettingsError("DEMO_DELTA_MS must not be negative")
+        if self.ping_seconds <= 0 or self.lease_seconds <= 0:
+            raise SettingsError("PING_SECONDS and LEASE_SECONDS must be positive")
+        if self.pool_min_size > self.pool_max_size:
+            raise SettingsError("POOL_MIN_SIZE must not exceed POOL_MAX_SIZE")
+        if self.generator not in ("demo", "openai"):
+            raise SettingsError("GENERATOR must be 'demo' or 'openai'")
+
+
+def _parse(name: str, kind: str, raw: str) -> object:
+    try:
+        if kind.startswith("int"):
+            return int(raw)
+        if kind.startswith("float"):
+            return float(raw)
+        if kind.startswith("Path"):
+            return Path(raw)
+    except ValueError:
+        raise SettingsError(f"{name.upper()}={raw!r} is not a valid {kind.split()[0]}") from None
+    return raw

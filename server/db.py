@@ -1,0 +1,179 @@
+"""The database: connection pool, named queries, transactions, and driver error translation.
+
+This is the only module that imports asyncpg. Everything above it sees rows as mappings and
+errors as domain errors (``server/errors.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from server.errors import DatabaseUnavailable, DuplicateRequest, InvalidInput
+
+logger = logging.getLogger(__name__)
+
+Row = Mapping[str, Any]
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+_QUERY_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+# Errors that mean "the database is not reachable right now", not "this query is wrong".
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+)
+
+
+def load_queries(path: Path = SQL_DIR / "queries.sql") -> dict[str, str]:
+    """Split ``queries.sql`` into ``{name: statement}`` by its ``-- name:`` headers."""
+    parts = _QUERY_HEADER.split(path.read_text())
+    return {name: sql.strip() for name, sql in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+@contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn driver errors into domain errors, in one place."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == "messages_idempotency_key":
+            raise DuplicateRequest() from exc
+        raise
+    except (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError) as exc:
+        raise InvalidInput("text contains characters the database cannot store") from exc
+    except _UNAVAILABLE as exc:
+        raise DatabaseUnavailable() from exc
+
+
+class Session:
+    """One connection: named queries, raw SQL (migrations), transactions."""
+
+    def __init__(self, conn: asyncpg.Connection, queries: Mapping[str, str]) -> None:
+        self._conn = conn
+        self._queries = queries
+
+    async def fetch(self, name: str, *args: Any) -> list[Row]:
+        with translate_errors():
+            return list(await self._conn.fetch(self._queries[name], *args))
+
+    async def fetchrow(self, name: str, *args: Any) -> Row | None:
+        with translate_errors():
+            row: Row | None = await self._conn.fetchrow(self._queries[name], *args)
+            return row
+
+    async def fetchval(self, name: str, *args: Any) -> Any:
+        with translate_errors():
+            return await self._conn.fetchval(self._queries[name], *args)
+
+    async def execute_sql(self, sql: str, *args: Any) -> str:
+        with translate_errors():
+            return await self._conn.execute(sql, *args)
+
+    async def fetchval_sql(self, sql: str, *args: Any) -> Any:
+        with translate_errors():
+            return await self._conn.fetchval(sql, *args)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        with translate_errors():
+            async with self._conn.transaction():
+                yield
+
+
+class Database:
+    """A pool of connections running the named queries of ``sql/queries.sql``."""
+
+    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 10) -> None:
+        self.url = url
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: asyncpg.Pool | None = None
+        self.queries = load_queries()
+
+    async def open(self) -> None:
+        with translate_errors():
+            self._pool = await asyncpg.create_pool(
+                self.url,
+                min_size=self._min_size,
+                max_size=self._max_size,
+                command_timeout=30,
+                max_inactive_connection_lifetime=60,
+            )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("Database.open() was not called")
+        return self._pool
+
+    async def fetch(self, name: str, *args: Any) -> list[Row]:
+        with translate_errors():
+            return list(await self.pool.fetch(self.queries[name], *args, timeout=30))
+
+    async def fetchrow(self, name: str, *args: Any) -> Row | None:
+        with translate_errors():
+            row: Row | None = await self.pool.fetchrow(self.queries[name], *args, timeout=30)
+            return row
+
+    async def fetchval(self, name: str, *args: Any) -> Any:
+        with translate_errors():
+            return await self.pool.fetchval(self.queries[name], *args, timeout=30)
+
+    async def ping(self) -> bool:
+        try:
+            with translate_errors():
+                await self.pool.fetchval("SELECT 1", timeout=2)
+        except DatabaseUnavailable:
+            return False
+        return True
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Session]:
+        with translate_errors():
+            async with self.pool.acquire(timeout=10) as conn:
+                yield Session(conn, self.queries)
+
+
+@asynccontextmanager
+async def connect(url: str) -> AsyncIterator[Session]:
+    """A single connection outside any pool (the CLI and the migration runner)."""
+    with translate_errors():
+        conn = await asyncpg.connect(url, timeout=10)
+    try:
+        yield Session(conn, load_queries())
+    finally:
+        await conn.close()
+
+
+async def retry_unavailable(action: Callable[[], Awaitable[None]], *, attempts: int) -> None:
+    """Run ``action``, retrying with backoff while the database is unavailable."""
+    for attempt in range(attempts):
+        try:
+            await action()
+            return
+        except DatabaseUnavailable:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+
+
+def as_list(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    return [dict(r) for r in rows]

@@ -1,0 +1,93 @@
+"""Domain errors. Each maps to one RFC 9457 problem document (see ``server/problems.py``).
+
+The docstring of each class is its default detail; ``code`` is the stable machine-readable name.
+"""
+
+from __future__ import annotations
+
+
+class OrderlyError(Exception):
+    """Something went wrong."""
+
+    status: int = 500
+    code: str = "internal_error"
+    title: str = "Internal Server Error"
+    retry_after: int | None = None
+
+    def __init__(self, detail: str | None = None, *, code: str | None = None) -> None:
+        self.detail = detail or (self.__doc__ or "").strip()
+        if code is not None:
+            self.code = code
+        super().__init__(self.detail)
+
+
+class MalformedRequest(OrderlyError):
+    """The request is malformed."""
+
+    status, code, title = 400, "malformed_request", "Bad Request"
+
+
+class NotAuthenticated(OrderlyError):
+    """Authentication is required: send a bearer token or sign in."""
+
+    status, code, title = 401, "not_authenticated", "Unauthorized"
+
+
+class NotFound(OrderlyError):
+    """No such resource."""
+
+    status, code, title = 404, "not_found", "Not Found"
+
+
+class Conflict(OrderlyError):
+    """The request conflicts with the current state."""
+
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class PayloadTooLarge(OrderlyError):
+    """The request body is too large."""
+
+    status, code, title = 413, "payload_too_large", "Content Too Large"
+
+
+class UnsupportedMediaType(OrderlyError):
+    """The request body must be JSON (Content-Type: application/json)."""
+
+    status, code, title = 415, "unsupported_media_type", "Unsupported Media Type"
+
+
+class InvalidInput(OrderlyError):
+    """The request is well-formed but has invalid values."""
+
+    status, code, title = 422, "invalid_input", "Unprocessable Content"
+
+    def __init__(
+        self, detail: str | None = None, *, code: str | None = None, errors: list[dict[str, str]]
+        | None = None
+    ) -> None:
+        super().__init__(detail, code=code)
+        self.errors = errors or []
+
+
+class ServiceUnavailable(OrderlyError):
+    """The service is temporarily unavailable; retry later."""
+
+    status, code, title = 503, "unavailable", "Service Unavailable"
+    retry_after = 2
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database is unavailable; retry later."""
+
+    code = "database_unavailable"
+
+
+class Draining(ServiceUnavailable):
+    """The server is shutting down; retry on another instance."""
+
+    code = "draining"
+
+
+class DuplicateRequest(Exception):
+    """A message with this client_request_id already exists in the project (internal signal)."""

@@ -1,0 +1,91 @@
+"""The batched writer: one multi-row write per flush interval for all running generations.
+
+After each flush the written events become visible to listeners. While the database is away the
+logs keep their unwritten events (bounded: producers wait, see ``Runner``) and the flush is retried
+with backoff; nothing a listener has seen is ever lost, because it only sees written events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from uuid import UUID
+
+from server.errors import DatabaseUnavailable
+from server.eventlog import MessageLog
+from server.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class Flusher:
+    def __init__(self, store: Store, owner_id: UUID, *, interval: float) -> None:
+        self.store = store
+        self.owner_id = owner_id
+        self.interval = interval
+        self.logs: dict[UUID, MessageLog] = {}  # this worker's logs that are not closed yet
+        self._dirty: set[UUID] = set()
+        self._wakeup = asyncio.Event()
+        self.flushes = 0
+        self.failures = 0
+
+    def register(self, log: MessageLog) -> None:
+        self.logs[log.placeholder.id] = log
+
+    def mark_dirty(self, log: MessageLog) -> None:
+        self._dirty.add(log.placeholder.id)
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Flush whenever something is dirty, at most once per interval; forever."""
+        loop = asyncio.get_running_loop()
+        backoff = self.interval
+        while True:
+            await self._wakeup.wait()
+            started = loop.time()
+            try:
+                await self.flush_once()
+                backoff = self.interval
+            except DatabaseUnavailable:
+                self.failures += 1
+                logger.warning("flush failed: database unavailable; retrying in %.2fs", backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            await asyncio.sleep(max(0.0, started + self.interval - loop.time()))
+
+    async def flush_once(self) -> None:
+        """Write every dirty log's news in one statement, then publish what was written."""
+        self._wakeup.clear()
+        ids, self._dirty = self._dirty, set()
+        logs = [log for i in ids if (log := self.logs.get(i)) is not None and log.needs_flush]
+        if not logs:
+            return
+        items = [log.snapshot() for log in logs]
+        try:
+            written = await self.store.flush(self.owner_id, items)
+        except BaseException:
+            self._dirty |= ids  # keep them for the retry
+            self._wakeup.set()
+            raise
+        self.flushes += 1
+        for log, item in zip(logs, items, strict=True):
+            updated_at = written.get(item.message_id)
+            if updated_at is None:
+                logger.warning("message %s is no longer ours; dropping its log", item.message_id)
+                self.forget(log)
+                log.mark_lost()
+                continue
+            log.mark_written(item, updated_at)
+            if log.closed:
+                self.forget(log)
+            elif log.needs_flush:
+                self.mark_dirty(log)
+
+    def forget(self, log: MessageLog) -> None:
+        self.logs.pop(log.placeholder.id, None)
+
+    @property
+    def pending(self) -> int:
+        """Logs with something not yet written."""
+        return sum(1 for log in self.logs.values() if log.needs_flush)

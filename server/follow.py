@@ -1,0 +1,107 @@
+"""Following a log: the events after a cursor, exactly once and in order, then the live tail.
+
+A listener on the producing worker reads the log from memory; any other listener (another worker,
+a finished message, a log this worker lost) reads the table, and waits for news between reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from uuid import UUID
+
+from server.errors import DatabaseUnavailable
+from server.eventlog import MessageLog
+from server.events import Event, start_event, terminal_event
+from server.models import Message
+from server.store import Store
+
+PAGE = 500
+Waiter = Callable[[UUID, float], Awaitable[None]]
+
+
+async def _sleep(_message_id: UUID, timeout: float) -> None:
+    await asyncio.sleep(timeout)
+
+
+async def follow(
+    message: Message,
+    after: int,
+    *,
+    store: Store,
+    local: MessageLog | None,
+    wait_for_news: Waiter = _sleep,
+    poll_seconds: float = 1.0,
+) -> AsyncIterator[Event]:
+    """Yield the events of ``message``'s log with ids above ``after``, up to the terminal one."""
+    cursor = after
+    if local is not None:
+        async for event in _from_memory(local, cursor, poll_seconds):
+            yield event
+            cursor = event.id
+            if event.is_terminal:
+                return
+    backoff = 0.1
+    while True:
+        try:
+            events, finished = await read_stored(store, message, cursor)
+        except DatabaseUnavailable:
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+            continue
+        backoff = 0.1
+        for event in events:
+            yield event
+            cursor = event.id
+        if finished:
+            return
+        if not events:
+            await wait_for_news(message.id, poll_seconds)
+
+
+async def _from_memory(log: MessageLog, cursor: int, poll_seconds: float) -> AsyncIterator[Event]:
+    """The log's visible events; stops after the terminal one, or when the log is lost."""
+    while True:
+        for event in log.visible_after(cursor):
+            yield event
+            cursor = event.id
+            if event.is_terminal:
+                return
+        if log.lost:
+            return
+        await log.changed(timeout=poll_seconds)
+
+
+async def read_stored(store: Store, message: Message, cursor: int) -> tuple[list[Event], bool]:
+    """The next events after ``cursor`` from the database, and whether the log is complete."""
+    events: list[Event] = []
+    if cursor < 1:
+        pair = await store.pair_of(message)
+        if pair is None:
+            raise LookupError(f"message {message.id} has no user message")
+        events.append(start_event(pair.user.message, pair.assistant.message))
+        current = pair.assistant
+        cursor = 1
+    else:
+        found = await store.message_by_id(message.project_id, message.id)
+        if found is None:
+            raise LookupError(f"message {message.id} is gone")
+        current = found
+    stored = await store.events_after(message.project_id, message.id, cursor, PAGE)
+    chain = []
+    for event in stored:
+        if event.id != cursor + len(chain) + 1:
+            break
+        chain.append(event)
+    if not current.message.is_terminal:
+        return events + chain, False
+    last = current.last_event_id
+    terminal = terminal_event(current.message, last)
+    if cursor >= last:
+        return [], True
+    if cursor >= last - 1 or (chain and chain[-1].id == last - 1):
+        return [*events, *chain, terminal], True
+    if len(chain) == PAGE:
+        return events + chain, False  # more pages to read
+    # Pruned: a finished message whose log is gone is answered with its terminal event alone.
+    return [terminal], True

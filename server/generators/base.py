@@ -1,0 +1,57 @@
+"""What a generator is: an async iterator of ``Progress`` and ``Delta`` items.
+
+Generators know nothing of SQL or HTTP. They get the new user message and, on demand, the
+project's recent history in ``sequence`` order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from server.models import Message
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    stage: str
+    message: str
+    percent: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    text: str
+
+
+Item = Progress | Delta
+
+
+async def _no_history() -> list[Message]:
+    return []
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationContext:
+    user_message: Message
+    assistant_message: Message
+    # Loaded only by generators that need it, so the demo generator costs no extra query.
+    load_history: Callable[[], Awaitable[list[Message]]] = field(default=_no_history)
+
+    @property
+    def prompt(self) -> str:
+        return self.user_message.content
+
+
+class GeneratorError(Exception):
+    """The generator failed in a way it can explain; ``message`` is safe to show to the user."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Generator(Protocol):
+    def __call__(self, context: GenerationContext) -> AsyncIterator[Item]: ...

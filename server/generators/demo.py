@@ -1,0 +1,48 @@
+"""The demo generator: offline and deterministic, with knobs for pace and length.
+
+The answer is derived from the prompt alone, so tests can predict it, and is cut into exactly
+``deltas`` pieces (fewer only when the answer is shorter than that) with ``delta_ms`` between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from server.generators.base import Delta, GenerationContext, Item, Progress
+
+
+def demo_answer(prompt: str) -> str:
+    words = len(prompt.split())
+    return (
+        f"You wrote {words} word{'s' if words != 1 else ''} and {len(prompt)} characters: "
+        f"\u201c{prompt}\u201d. This answer comes from the demo generator, which streams it in "
+        "pieces so that you can watch the order, the progress and the resume at work."
+    )
+
+
+def split_evenly(text: str, pieces: int) -> list[str]:
+    """Cut ``text`` into ``pieces`` consecutive non-empty parts whose lengths differ by <= 1."""
+    pieces = max(1, min(pieces, len(text)))
+    size, extra = divmod(len(text), pieces)
+    parts, start = [], 0
+    for i in range(pieces):
+        end = start + size + (1 if i < extra else 0)
+        parts.append(text[start:end])
+        start = end
+    return parts
+
+
+class DemoGenerator:
+    def __init__(self, *, deltas: int = 20, delta_ms: int = 50) -> None:
+        self.deltas = deltas
+        self.delay = delta_ms / 1000
+
+    async def __call__(self, context: GenerationContext) -> AsyncIterator[Item]:
+        yield Progress("thinking", "Reading the conversation", 0.0)
+        parts = split_evenly(demo_answer(context.prompt), self.deltas)
+        yield Progress("writing", "Writing the answer", 10.0)
+        for part in parts:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            yield Delta(part)

@@ -1,0 +1,142 @@
+"""The JSON shapes of the API (pydantic): requests, resources and event payloads."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+Status = Literal["pending", "streaming", "success", "error", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"success", "error", "cancelled"})
+
+RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+def _storable(value: str) -> str:
+    """PostgreSQL text cannot hold NUL, and UTF-8 cannot encode a lone surrogate."""
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be only whitespace")
+    return value
+
+
+def _http_url(value: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an absolute http or https URL")
+    return value
+
+
+StorableText = Annotated[str, AfterValidator(_storable)]
+ImageUrl = Annotated[
+    str, StringConstraints(max_length=2048), AfterValidator(_storable), AfterValidator(_http_url)
+]
+
+
+class Input(BaseModel):
+    """Request bodies: strict types (no coercion), unknown fields rejected."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class CreateProject(Input):
+    title: Annotated[StorableText, StringConstraints(min_length=1, max_length=200),
+                     AfterValidator(_not_blank)]
+
+
+class SessionRequest(Input):
+    token: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+
+
+class GenerateRequest(Input):
+    # The maximum length is a setting, checked by the handler (see routes/generations.py).
+    message: Annotated[StorableText, StringConstraints(min_length=1), AfterValidator(_not_blank)]
+    client_request_id: RequestId | None = None
+    image_urls: Annotated[list[ImageUrl], Field(max_length=8)] = []
+
+
+class Project(BaseModel):
+    id: UUID
+    title: str
+    message_count: int
+    created_at: datetime
+
+
+class ProjectList(BaseModel):
+    projects: list[Project]
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class Message(BaseModel):
+    id: UUID
+    project_id: UUID
+    sequence: int
+    role: Literal["user", "assistant"]
+    kind: Literal["message"]
+    content: str
+    status: Status
+    image_urls: list[str]
+    client_request_id: str | None
+    created_by: UUID
+    created_at: datetime
+    updated_at: datetime
+    error: ErrorInfo | None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class MessagePage(BaseModel):
+    messages: list[Message]
+    has_more: bool
+
+
+class MessageEnvelope(BaseModel):
+    message: Message
+
+
+class Accepted(BaseModel):
+    user_message: Message
+    assistant_message: Message
+    events_url: str
+
+
+# Event payloads (the `data:` line of each SSE event).
+
+
+class StartData(BaseModel):
+    user_message: Message
+    assistant_message: Message
+
+
+class ProgressData(BaseModel):
+    stage: str
+    message: str
+    percent: float | None
+
+
+class DeltaData(BaseModel):
+    text: str
+
+
+class ErrorData(BaseModel):
+    error: ErrorInfo
+    message: Message

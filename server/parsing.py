@@ -1,0 +1,93 @@
+"""Request parsing shared by the handlers: JSON bodies, path ids, query numbers.
+
+Wrong shapes and types are 400; well-formed but invalid values are 422 (see API.md).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TypeVar
+from uuid import UUID
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from server.errors import InvalidInput, MalformedRequest, NotFound, PayloadTooLarge
+from server.errors import UnsupportedMediaType
+
+Model = TypeVar("Model", bound=BaseModel)
+
+# pydantic error types that mean "wrong JSON type", which API.md calls malformed (400).
+_TYPE_ERRORS = ("_type", "_parsing", "model_attributes_type", "dict_type", "list_type")
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refusing to read past ``max_bytes`` whatever Content-Length claims."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise PayloadTooLarge(f"the body must be at most {max_bytes} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise PayloadTooLarge(f"the body must be at most {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, model: type[Model], *, max_bytes: int) -> Model:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise UnsupportedMediaType()
+    body = await read_body(request, max_bytes)
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise MalformedRequest("the body is not valid JSON", code="invalid_json") from None
+    return validate(model, value)
+
+
+def validate(model: type[Model], value: object) -> Model:
+    if not isinstance(value, dict):
+        raise MalformedRequest("the body must be a JSON object", code="invalid_json")
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise validation_problem(exc) from None
+
+
+def validation_problem(exc: ValidationError) -> MalformedRequest | InvalidInput:
+    errors = [
+        {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"],
+         "type": err["type"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    if any(e["type"].endswith(_TYPE_ERRORS) for e in errors):
+        return MalformedRequest(f"wrong type: {summary}", code="wrong_type")
+    return InvalidInput(summary, code="invalid_input", errors=errors)
+
+
+def path_uuid(request: Request, name: str, what: str) -> UUID:
+    """A path id; one that is not a UUID names nothing that exists, hence 404."""
+    raw = request.path_params[name]
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise NotFound(f"no {what} with id {raw!r}") from None
+
+
+def query_int(
+    request: Request, name: str, *, default: int | None, low: int, high: int
+) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise MalformedRequest(f"{name} must be an integer", code="invalid_parameter") from None
+    if not low <= value <= high:
+        raise InvalidInput(f"{name} must be between {low} and {high}",
+                           code="parameter_out_of_range")
+    return value

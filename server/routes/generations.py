@@ -1,0 +1,78 @@
+"""Starting a generation: POST (SSE or JSON answer) and GET for EventSource."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from server.errors import InvalidInput, MalformedRequest, NotFound
+from server.models import Accepted, GenerateRequest
+from server.parsing import read_json, validate
+from server.routes.respond import events_url, json_response, stream_message
+from server.services import Services, services
+from server.sse import last_event_id
+
+
+async def post_generation(request: Request) -> Response:
+    app = services(request)
+    user = await app.auth.authenticate(request)
+    project_id = _project_id(request.path_params["project_id"])
+    body = await read_json(request, GenerateRequest, max_bytes=app.settings.max_body_bytes)
+    cursor = last_event_id(request)
+    return await _generate(app, user.id, project_id, body, cursor, wants_json(request))
+
+
+async def get_generate_stream(request: Request) -> Response:
+    """``new EventSource(url)``: a reconnect re-sends the same URL with ``Last-Event-ID``, so the
+    idempotency key is required, and the repeat resumes the same generation."""
+    app = services(request)
+    user = await app.auth.authenticate(request)
+    params = request.query_params
+    for name in ("projectId", "message", "clientRequestId"):
+        if not params.get(name):
+            raise MalformedRequest(f"the query parameter {name} is required",
+                                   code="missing_parameter")
+    project_id = _project_id(params["projectId"])
+    body = validate(GenerateRequest, {"message": params["message"],
+                                      "client_request_id": params["clientRequestId"]})
+    return await _generate(app, user.id, project_id, body, last_event_id(request), False)
+
+
+async def _generate(
+    app: Services, user_id: UUID, project_id: UUID, body: GenerateRequest, cursor: int,
+    as_json: bool,
+) -> Response:
+    if len(body.message) > app.settings.max_message_chars:
+        raise InvalidInput(f"message must be at most {app.settings.max_message_chars} characters",
+                           code="message_too_long")
+    submission = await app.runner.submit(user_id, project_id, body)
+    pair = submission.pair
+    if as_json:
+        accepted = Accepted(user_message=pair.user.message,
+                            assistant_message=pair.assistant.message,
+                            events_url=events_url(pair.assistant))
+        return json_response(accepted.model_dump_json(), 202)
+    if submission.created:
+        cursor = 0  # a new generation's stream starts at its first event whatever was sent
+    return stream_message(app, pair.assistant, cursor)
+
+
+def wants_json(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "application/json" in accept and "text/event-stream" not in accept
+
+
+def _project_id(raw: str) -> UUID:
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise NotFound(f"no project with id {raw!r}") from None
+
+
+routes = [
+    Route("/api/projects/{project_id}/generations", post_generation, methods=["POST"]),
+    Route("/api/generate-stream", get_generate_stream, methods=["GET"]),
+]

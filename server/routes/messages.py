@@ -1,0 +1,70 @@
+"""A project's messages: history pages, one message, and an assistant message's event stream."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from server.errors import InvalidInput, NotFound
+from server.models import MessagePage
+from server.parsing import path_uuid, query_int
+from server.routes.respond import json_response, stream_message
+from server.services import Services, services
+from server.sse import last_event_id
+from server.store import StoredMessage, User
+
+MAX_SEQUENCE = 2**62
+
+
+async def history(request: Request) -> Response:
+    app = services(request)
+    user = await app.auth.authenticate(request)
+    project_id = path_uuid(request, "project_id", "project")
+    limit = query_int(request, "limit", default=50, low=1, high=200)
+    before = query_int(request, "before", default=None, low=1, high=MAX_SEQUENCE)
+    after = query_int(request, "after", default=None, low=0, high=MAX_SEQUENCE)
+    if before is not None and after is not None:
+        raise InvalidInput("give before or after, not both", code="conflicting_parameters")
+    assert limit is not None
+    page = await app.store.history(project_id, user.id, limit=limit, before=before, after=after)
+    if page is None:
+        raise NotFound(f"no project with id '{project_id}'")
+    messages, has_more = page
+    return json_response(MessagePage(messages=messages, has_more=has_more).model_dump_json())
+
+
+async def get_message(request: Request) -> Response:
+    app = services(request)
+    user = await app.auth.authenticate(request)
+    stored = await _message(app, request, user)
+    return json_response(stored.message.model_dump_json())
+
+
+async def message_events(request: Request) -> Response:
+    app = services(request)
+    user = await app.auth.authenticate(request)
+    cursor = last_event_id(request)
+    stored = await _message(app, request, user)
+    if stored.message.role != "assistant":
+        raise NotFound("only assistant messages have an event stream")
+    return stream_message(app, stored, cursor)
+
+
+async def _message(app: Services, request: Request, user: User) -> StoredMessage:
+    project_id = path_uuid(request, "project_id", "project")
+    message_id = path_uuid(request, "message_id", "message")
+    stored = await app.store.get_message(project_id, message_id, user.id)
+    if stored is None:
+        raise NotFound(f"no message with id '{message_id}' in project '{project_id}'")
+    return stored
+
+
+routes = [
+    Route("/api/projects/{project_id}/messages", history, methods=["GET"]),
+    Route("/api/projects/{project_id}/messages/{message_id}", get_message, methods=["GET"]),
+    Route("/api/projects/{project_id}/messages/{message_id}/events", message_events,
+          methods=["GET"]),
+]
+
+

@@ -1,0 +1,31 @@
+"""Answer shapes shared by the handlers: JSON bodies and message event streams."""
+
+from __future__ import annotations
+
+from sse_starlette import EventSourceResponse
+from starlette.responses import Response
+
+from server.follow import follow
+from server.services import Services
+from server.sse import check_cursor, event_stream
+from server.store import StoredMessage
+
+
+def json_response(body: str, status: int = 200) -> Response:
+    """``body`` is already JSON (pydantic's ``model_dump_json``)."""
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def stream_message(app: Services, stored: StoredMessage, cursor: int) -> EventSourceResponse:
+    """The SSE stream of an assistant message's log from event ``cursor + 1``."""
+    check_cursor(cursor, stored.last_event_id)
+    message = stored.message
+    events = follow(message, cursor, store=app.store, local=app.runner.local_log(message.id))
+    settings = app.settings
+    return event_stream(events, ping_seconds=settings.ping_seconds, retry_ms=settings.retry_ms,
+                        send_timeout=settings.send_timeout_seconds)
+
+
+def events_url(stored: StoredMessage) -> str:
+    m = stored.message
+    return f"/api/projects/{m.project_id}/messages/{m.id}/events"

@@ -1,0 +1,141 @@
+"""The runner owns this worker's generations: it starts them, and they outlive their requests.
+
+A request asks the runner for a generation and then only listens to it; a client that goes away
+detaches its listener, while the generation runs on and is finalised by the flusher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from uuid import UUID, uuid4
+
+from server.errors import Conflict, Draining, DuplicateRequest, NotFound
+from server.eventlog import MessageLog
+from server.flusher import Flusher
+from server.generators.base import Delta, GenerationContext, Generator, GeneratorError
+from server.models import ErrorInfo, GenerateRequest
+from server.store import Pair, Store
+
+logger = logging.getLogger(__name__)
+
+# Unwritten events a generation may hold before it waits for the flusher (the database may be
+# away): this bounds the memory of every running generation.
+MAX_UNWRITTEN_EVENTS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    pair: Pair
+    created: bool
+
+
+class Runner:
+    def __init__(
+        self, store: Store, generator: Generator, *, lease_seconds: float,
+        flush_interval: float, worker_id: UUID | None = None,
+    ) -> None:
+        self.store = store
+        self.generator = generator
+        self.lease_seconds = lease_seconds
+        self.worker_id = worker_id or uuid4()
+        self.flusher = Flusher(store, self.worker_id, interval=flush_interval)
+        self.tasks: dict[UUID, asyncio.Task[None]] = {}
+        self._stop_reasons: dict[UUID, tuple[str, ErrorInfo | None]] = {}
+        self.draining = False
+
+    async def submit(self, user_id: UUID, project_id: UUID, request: GenerateRequest) -> Submission:
+        """Reserve the pair and start its generation, or find the pair of a repeated request."""
+        if self.draining:
+            raise Draining()
+        try:
+            pair = await self.store.reserve_pair(
+                project_id=project_id, owner_id=user_id, content=request.message,
+                image_urls=request.image_urls, client_request_id=request.client_request_id,
+                lease_owner=self.worker_id, lease_seconds=self.lease_seconds,
+            )
+        except DuplicateRequest:
+            assert request.client_request_id is not None
+            return Submission(await self._existing(user_id, project_id, request), created=False)
+        if pair is None:
+            raise NotFound("no such project")
+        self._start(pair)
+        return Submission(pair, created=True)
+
+    async def _existing(self, user_id: UUID, project_id: UUID, request: GenerateRequest) -> Pair:
+        assert request.client_request_id is not None
+        pair = await self.store.pair_by_request_id(project_id, user_id, request.client_request_id)
+        if pair is None:  # the key's pair is in a project that is not the caller's
+            raise NotFound("no such project")
+        if pair.user.message.content != request.message:
+            raise Conflict(
+                "this client_request_id was already used with a different message",
+                code="idempotency_key_reused",
+            )
+        return pair
+
+    def local_log(self, message_id: UUID) -> MessageLog | None:
+        return self.flusher.logs.get(message_id)
+
+    def _start(self, pair: Pair) -> None:
+        log = MessageLog(pair)
+        self.flusher.register(log)
+        context = GenerationContext(user_message=pair.user.message,
+                                    assistant_message=pair.assistant.message)
+        task = asyncio.create_task(self._run(log, context), name=f"generation {log.placeholder.id}")
+        self.tasks[log.placeholder.id] = task
+
+    async def _run(self, log: MessageLog, context: GenerationContext) -> None:
+        message_id = log.placeholder.id
+        try:
+            await self._produce(log, context)
+            log.finish("success")
+        except asyncio.CancelledError:
+            reason = self._stop_reasons.pop(message_id, None)
+            if reason is None:
+                raise
+            log.finish(*reason)
+        except GeneratorError as exc:
+            log.finish("error", ErrorInfo(code=exc.code, message=exc.message))
+        except Exception:
+            logger.exception("generator failed for message %s", message_id)
+            log.finish("error", ErrorInfo(code="generator_failed", message="the generator failed"))
+        finally:
+            self.tasks.pop(message_id, None)
+            self.flusher.mark_dirty(log)
+
+    async def _produce(self, log: MessageLog, context: GenerationContext) -> None:
+        items = self.generator(context)
+        async with contextlib.aclosing(items):  # type: ignore[type-var]
+            async for item in items:
+                if isinstance(item, Delta):
+                    if not item.text:
+                        continue
+                    log.add_delta(item.text)
+                else:
+                    log.add_progress(item.stage, item.message, item.percent)
+                self.flusher.mark_dirty(log)
+                while log.unwritten >= MAX_UNWRITTEN_EVENTS:
+                    await log.changed(timeout=1.0)
+
+    def stop(self, message_id: UUID, status: str, error: ErrorInfo | None = None) -> bool:
+        """Stop a running generation; it ends with ``status``. False if it is not running here."""
+        task = self.tasks.get(message_id)
+        if task is None or task.done():
+            return False
+        self._stop_reasons.setdefault(message_id, (status, error))
+        task.cancel()
+        return True
+
+    async def shutdown(self, grace: float) -> None:
+        """Refuse new work, give running generations ``grace`` seconds, then end the rest."""
+        self.draining = True
+        if self.tasks:
+            await asyncio.wait(list(self.tasks.values()), timeout=grace)
+        shutdown = ErrorInfo(code="server_shutdown", message="the server shut down")
+        for message_id in list(self.tasks):
+            self.stop(message_id, "error", shutdown)
+        if self.tasks:
+            await asyncio.wait(list(self.tasks.values()), timeout=5)

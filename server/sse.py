@@ -1,0 +1,58 @@
+"""An event log, followed, as a Server-Sent Events response (frames built by sse-starlette)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+
+from server.errors import InvalidInput, MalformedRequest
+from server.events import Event
+
+SEP = "\n"
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+MAX_EVENT_ID = 2**31 - 1
+
+
+def last_event_id(request: Request) -> int:
+    """The client's cursor: the ``Last-Event-ID`` header, else ``lastEventId``, else 0."""
+    raw = request.headers.get("last-event-id")
+    if raw is None:
+        raw = request.query_params.get("lastEventId")
+    if raw is None or raw.strip() == "":
+        return 0
+    raw = raw.strip()
+    if not raw.isdigit() or not raw.isascii():
+        raise MalformedRequest("Last-Event-ID must be a non-negative integer",
+                               code="invalid_last_event_id")
+    value = int(raw) if len(raw) < 12 else MAX_EVENT_ID + 1
+    return value
+
+
+def check_cursor(cursor: int, last_event_id: int) -> None:
+    if cursor > last_event_id:
+        raise InvalidInput(f"Last-Event-ID {cursor} is beyond the log (last event {last_event_id})",
+                           code="last_event_id_out_of_range")
+
+
+def ping() -> ServerSentEvent:
+    return ServerSentEvent(comment="ping", sep=SEP)
+
+
+def event_stream(
+    events: AsyncIterator[Event], *, ping_seconds: float, retry_ms: int, send_timeout: float
+) -> EventSourceResponse:
+    async def frames() -> AsyncIterator[ServerSentEvent]:
+        yield ServerSentEvent(retry=retry_ms, sep=SEP)
+        async for event in events:
+            yield ServerSentEvent(data=event.data, event=event.name, id=str(event.id), sep=SEP)
+
+    return EventSourceResponse(
+        frames(),
+        headers=HEADERS,
+        ping=ping_seconds,
+        ping_message_factory=ping,
+        sep=SEP,
+        send_timeout=send_timeout,
+    )
