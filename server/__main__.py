@@ -60,16 +60,14 @@ async def _migrate(url: str, to: int | None = None) -> None:
 
 
 async def _create_token(url: str, username: str) -> str:
-    from server.auth import hash_token, new_token
+    from server.auth import issue_token
     from server.db import Database
     from server.store import Store
 
     db = Database(url, min_size=1, max_size=1)
     await db.open()
     try:
-        token = new_token()
-        await Store(db).create_token(username, hash_token(token))
-        return token
+        return await issue_token(Store(db), username)
     finally:
         await db.close()
 
@@ -104,18 +102,26 @@ def serve(settings: Settings) -> None:
         base = settings.public_url or f"http://{settings.host}:{settings.port}"
         if asyncio.run(_is_fresh(url)):
             token = asyncio.run(_create_token(url, "demo"))
-            print(f"\nCreated user 'demo'. Open this URL to sign in:\n\n    {base}/#token={token}\n")
+            print(
+                f"\nCreated user 'demo'. Open this URL to sign in:\n\n    {base}/#token={token}\n"
+            )
         else:
-            print(f"\nServing on {base}/ (new sign-in link: "
-                  "`.venv/bin/python -m server token create demo`)\n")
+            print(
+                f"\nServing on {base}/ (new sign-in link: "
+                "`.venv/bin/python -m server token create demo`)\n"
+            )
         sys.stdout.flush()
         # The workers build their settings from the environment: hand them the resolved URL.
         os.environ["DATABASE_URL"] = url
         uvicorn.run(
-            "server.app:app_from_env", factory=True, host=settings.host, port=settings.port,
-            workers=settings.workers, proxy_headers=True,
+            "server.app:app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            proxy_headers=True,
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
-            log_level=os.environ.get("LOG_LEVEL", "info").lower(),
+            log_level=settings.log_level.lower(),
         )
 
 
@@ -126,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     migrate_cmd = commands.add_parser("migrate", help="apply database migrations")
     migrate_cmd.add_argument("--to", type=int, default=None, help="stop at this version")
     token = commands.add_parser("token", help="manage API tokens").add_subparsers(
-        dest="action", required=True)
+        dest="action", required=True
+    )
     create = token.add_parser("create", help="create a user (if needed) and print a new token")
     create.add_argument("username")
     revoke = token.add_parser("revoke", help="revoke one token, or all of a user's")

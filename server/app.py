@@ -43,7 +43,11 @@ def create_app(settings: Settings, *, generator: Generator | None = None) -> Sta
             await stop_services(services, flusher)
 
     routes = [
-        *session.routes, *projects.routes, *generations.routes, *messages.routes, *ops.routes,
+        *session.routes,
+        *projects.routes,
+        *generations.routes,
+        *messages.routes,
+        *ops.routes,
         Mount("/static", app=StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]
     return Starlette(
@@ -59,12 +63,17 @@ def create_app(settings: Settings, *, generator: Generator | None = None) -> Sta
 
 async def start_services(settings: Settings, generator: Generator) -> Services:
     assert settings.database_url is not None
-    db = Database(settings.database_url, min_size=settings.pool_min_size,
-                  max_size=settings.pool_max_size)
+    db = Database(
+        settings.database_url, min_size=settings.pool_min_size, max_size=settings.pool_max_size
+    )
     await retry_unavailable(db.open, attempts=20)
     store = Store(db)
-    runner = Runner(store, generator, lease_seconds=settings.lease_seconds,
-                    flush_interval=settings.flush_interval_ms / 1000)
+    runner = Runner(
+        store,
+        generator,
+        lease_seconds=settings.lease_seconds,
+        flush_interval=settings.flush_interval_ms / 1000,
+    )
     auth = Authenticator(store, cache_seconds=settings.token_cache_seconds)
     return Services(settings=settings, db=db, store=store, runner=runner, auth=auth)
 

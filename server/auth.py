@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+
 from starlette.requests import Request
 
 from server.errors import NotAuthenticated
@@ -24,6 +25,13 @@ def new_token() -> str:
 def hash_token(token: str) -> bytes:
     """Tokens are 256-bit random secrets, so one unsalted SHA-256 is enough to store them."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+async def issue_token(store: Store, username: str) -> str:
+    """Create ``username`` if needed and a new token for it; only its hash is stored."""
+    token = new_token()
+    await store.create_token(username, hash_token(token))
+    return token
 
 
 class Authenticator:
@@ -56,7 +64,8 @@ class Authenticator:
             if token and request.method in UNSAFE_METHODS and not same_origin(request):
                 raise NotAuthenticated(
                     "cookie-authenticated requests that change state need a same-origin "
-                    "Origin header", code="cross_origin_request",
+                    "Origin header",
+                    code="cross_origin_request",
                 )
         if not token:
             raise NotAuthenticated()

@@ -23,6 +23,7 @@ class Settings:
     port: int = 8000
     workers: int = 1
     public_url: str | None = None
+    log_level: str = "info"
     # Generation
     generator: str = "demo"
     demo_deltas: int = 20
@@ -60,8 +61,16 @@ class Settings:
         return settings
 
     def validate(self) -> None:
-        positive = ("port", "workers", "demo_deltas", "max_message_chars", "max_body_bytes",
-                    "pool_min_size", "pool_max_size", "flush_interval_ms")
+        positive = (
+            "port",
+            "workers",
+            "demo_deltas",
+            "max_message_chars",
+            "max_body_bytes",
+            "pool_min_size",
+            "pool_max_size",
+            "flush_interval_ms",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name.upper()} must be at least 1")

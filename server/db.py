@@ -12,9 +12,10 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from server.errors import DatabaseUnavailable, DuplicateRequest, InvalidInput
 
@@ -62,18 +63,21 @@ def translate_errors() -> Iterator[None]:
 class Session:
     """One connection: named queries, raw SQL (migrations), transactions."""
 
-    def __init__(self, conn: asyncpg.Connection, queries: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        conn: asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record],
+        queries: Mapping[str, str],
+    ) -> None:
         self._conn = conn
         self._queries = queries
 
     async def fetch(self, name: str, *args: Any) -> list[Row]:
         with translate_errors():
-            return list(await self._conn.fetch(self._queries[name], *args))
+            return cast(list[Row], await self._conn.fetch(self._queries[name], *args))
 
     async def fetchrow(self, name: str, *args: Any) -> Row | None:
         with translate_errors():
-            row: Row | None = await self._conn.fetchrow(self._queries[name], *args)
-            return row
+            return cast(Row | None, await self._conn.fetchrow(self._queries[name], *args))
 
     async def fetchval(self, name: str, *args: Any) -> Any:
         with translate_errors():
@@ -126,12 +130,13 @@ class Database:
 
     async def fetch(self, name: str, *args: Any) -> list[Row]:
         with translate_errors():
-            return list(await self.pool.fetch(self.queries[name], *args, timeout=30))
+            rows = await self.pool.fetch(self.queries[name], *args, timeout=30)
+            return cast(list[Row], rows)
 
     async def fetchrow(self, name: str, *args: Any) -> Row | None:
         with translate_errors():
-            row: Row | None = await self.pool.fetchrow(self.queries[name], *args, timeout=30)
-            return row
+            row = await self.pool.fetchrow(self.queries[name], *args, timeout=30)
+            return cast(Row | None, row)
 
     async def fetchval(self, name: str, *args: Any) -> Any:
         with translate_errors():

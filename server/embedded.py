@@ -73,8 +73,10 @@ class EmbeddedPostgres:
         if not self.durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         log = self.data_dir / "server.log"
-        self._run("pg_ctl", ["start", "-w", "-t", "60", "-D", str(self.data_dir), "-l", str(log),
-                             "-o", options])
+        self._run(
+            "pg_ctl",
+            ["start", "-w", "-t", "60", "-D", str(self.data_dir), "-l", str(log), "-o", options],
+        )
         return self.url
 
     def stop(self, mode: str = "fast") -> None:

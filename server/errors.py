@@ -63,8 +63,11 @@ class InvalidInput(OrderlyError):
     status, code, title = 422, "invalid_input", "Unprocessable Content"
 
     def __init__(
-        self, detail: str | None = None, *, code: str | None = None, errors: list[dict[str, str]]
-        | None = None
+        self,
+        detail: str | None = None,
+        *,
+        code: str | None = None,
+        errors: list[dict[str, str]] | None = None,
     ) -> None:
         super().__init__(detail, code=code)
         self.errors = errors or []

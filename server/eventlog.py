@@ -9,6 +9,7 @@ Event 1 (start) is visible at once: it is derived from rows committed before it 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime
 
 from server.events import Event, delta_data, progress_data, start_event, terminal_event
@@ -72,8 +73,12 @@ class MessageLog:
         self.written = self.visible = self.written + len(item.events)
         if item.status in TERMINAL_STATUSES:
             final = self.placeholder.model_copy(
-                update={"status": item.status, "content": item.content, "error": item.error,
-                        "updated_at": updated_at}
+                update={
+                    "status": item.status,
+                    "content": item.content,
+                    "error": item.error,
+                    "updated_at": updated_at,
+                }
             )
             self.events.append(terminal_event(final, item.last_event_id))
             self.written = self.visible = len(self.events)
@@ -96,13 +101,11 @@ class MessageLog:
     def visible_after(self, cursor: int) -> list[Event]:
         return self.events[cursor : self.visible]
 
-    async def changed(self, timeout: float) -> None:
-        """Wait until new events are visible or the log closes (or ``timeout`` passes)."""
+    async def changed(self, seconds: float) -> None:
+        """Wait until new events are visible or the log closes (or ``seconds`` pass)."""
         waiter = self._changed
-        try:
-            await asyncio.wait_for(waiter.wait(), timeout)
-        except TimeoutError:
-            pass
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiter.wait(), seconds)
 
     def _notify(self) -> None:
         # Wake every current waiter at once, and give later ones a fresh event.

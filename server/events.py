@@ -36,8 +36,12 @@ def compact_json(value: Any) -> str:
 def start_event(user: Message, assistant: Message) -> Event:
     """Event 1: the pair as it was created (the placeholder, pending and empty)."""
     placeholder = assistant.model_copy(
-        update={"status": "pending", "content": "", "error": None,
-                "updated_at": assistant.created_at}
+        update={
+            "status": "pending",
+            "content": "",
+            "error": None,
+            "updated_at": assistant.created_at,
+        }
     )
     data = StartData(user_message=user, assistant_message=placeholder)
     return Event(1, "start", data.model_dump_json())

@@ -20,8 +20,8 @@ PAGE = 500
 Waiter = Callable[[UUID, float], Awaitable[None]]
 
 
-async def _sleep(_message_id: UUID, timeout: float) -> None:
-    await asyncio.sleep(timeout)
+async def _sleep(_message_id: UUID, seconds: float) -> None:
+    await asyncio.sleep(seconds)
 
 
 async def follow(
@@ -69,7 +69,7 @@ async def _from_memory(log: MessageLog, cursor: int, poll_seconds: float) -> Asy
                 return
         if log.lost:
             return
-        await log.changed(timeout=poll_seconds)
+        await log.changed(poll_seconds)
 
 
 async def read_stored(store: Store, message: Message, cursor: int) -> tuple[list[Event], bool]:
@@ -88,7 +88,7 @@ async def read_stored(store: Store, message: Message, cursor: int) -> tuple[list
             raise LookupError(f"message {message.id} is gone")
         current = found
     stored = await store.events_after(message.project_id, message.id, cursor, PAGE)
-    chain = []
+    chain: list[Event] = []
     for event in stored:
         if event.id != cursor + len(chain) + 1:
             break

@@ -47,8 +47,9 @@ async def applied_versions(session: Session) -> set[int]:
         " version integer PRIMARY KEY, name text NOT NULL,"
         " applied_at timestamptz NOT NULL DEFAULT now())"
     )
-    rows = await session.fetchval_sql("SELECT coalesce(array_agg(version), '{}') "
-                                      "FROM schema_migrations")
+    rows = await session.fetchval_sql(
+        "SELECT coalesce(array_agg(version), '{}') FROM schema_migrations"
+    )
     return set(rows)
 
 

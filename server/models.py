@@ -53,8 +53,9 @@ class Input(BaseModel):
 
 
 class CreateProject(Input):
-    title: Annotated[StorableText, StringConstraints(min_length=1, max_length=200),
-                     AfterValidator(_not_blank)]
+    title: Annotated[
+        StorableText, StringConstraints(min_length=1, max_length=200), AfterValidator(_not_blank)
+    ]
 
 
 class SessionRequest(Input):

@@ -12,8 +12,13 @@ from uuid import UUID
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
-from server.errors import InvalidInput, MalformedRequest, NotFound, PayloadTooLarge
-from server.errors import UnsupportedMediaType
+from server.errors import (
+    InvalidInput,
+    MalformedRequest,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -58,8 +63,11 @@ def validate(model: type[Model], value: object) -> Model:
 
 def validation_problem(exc: ValidationError) -> MalformedRequest | InvalidInput:
     errors = [
-        {"field": ".".join(str(p) for p in err["loc"]) or "(body)", "message": err["msg"],
-         "type": err["type"]}
+        {
+            "field": ".".join(str(p) for p in err["loc"]) or "(body)",
+            "message": err["msg"],
+            "type": err["type"],
+        }
         for err in exc.errors(include_url=False, include_input=False)
     ]
     summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
@@ -88,6 +96,7 @@ def query_int(
     except ValueError:
         raise MalformedRequest(f"{name} must be an integer", code="invalid_parameter") from None
     if not low <= value <= high:
-        raise InvalidInput(f"{name} must be between {low} and {high}",
-                           code="parameter_out_of_range")
+        raise InvalidInput(
+            f"{name} must be between {low} and {high}", code="parameter_out_of_range"
+        )
     return value

@@ -18,11 +18,21 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "malformed_requ
 
 
 def problem(
-    status: int, title: str, detail: str, code: str, *, retry_after: int | None = None,
+    status: int,
+    title: str,
+    detail: str,
+    code: str,
+    *,
+    retry_after: int | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Response:
-    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status,
-                            "detail": detail, "code": code}
+    body: dict[str, Any] = {
+        "type": "about:blank",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
     if extra:
         body.update(extra)
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
@@ -31,8 +41,14 @@ def problem(
 
 def from_error(error: OrderlyError) -> Response:
     extra = {"errors": error.errors} if isinstance(error, InvalidInput) and error.errors else None
-    return problem(error.status, error.title, error.detail, error.code,
-                   retry_after=error.retry_after, extra=extra)
+    return problem(
+        error.status,
+        error.title,
+        error.detail,
+        error.code,
+        retry_after=error.retry_after,
+        extra=extra,
+    )
 
 
 async def handle_orderly_error(_request: Request, exc: Exception) -> Response:

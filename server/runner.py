@@ -34,8 +34,13 @@ class Submission:
 
 class Runner:
     def __init__(
-        self, store: Store, generator: Generator, *, lease_seconds: float,
-        flush_interval: float, worker_id: UUID | None = None,
+        self,
+        store: Store,
+        generator: Generator,
+        *,
+        lease_seconds: float,
+        flush_interval: float,
+        worker_id: UUID | None = None,
     ) -> None:
         self.store = store
         self.generator = generator
@@ -52,9 +57,13 @@ class Runner:
             raise Draining()
         try:
             pair = await self.store.reserve_pair(
-                project_id=project_id, owner_id=user_id, content=request.message,
-                image_urls=request.image_urls, client_request_id=request.client_request_id,
-                lease_owner=self.worker_id, lease_seconds=self.lease_seconds,
+                project_id=project_id,
+                owner_id=user_id,
+                content=request.message,
+                image_urls=request.image_urls,
+                client_request_id=request.client_request_id,
+                lease_owner=self.worker_id,
+                lease_seconds=self.lease_seconds,
             )
         except DuplicateRequest:
             assert request.client_request_id is not None
@@ -82,8 +91,9 @@ class Runner:
     def _start(self, pair: Pair) -> None:
         log = MessageLog(pair)
         self.flusher.register(log)
-        context = GenerationContext(user_message=pair.user.message,
-                                    assistant_message=pair.assistant.message)
+        context = GenerationContext(
+            user_message=pair.user.message, assistant_message=pair.assistant.message
+        )
         task = asyncio.create_task(self._run(log, context), name=f"generation {log.placeholder.id}")
         self.tasks[log.placeholder.id] = task
 
@@ -118,7 +128,7 @@ class Runner:
                     log.add_progress(item.stage, item.message, item.percent)
                 self.flusher.mark_dirty(log)
                 while log.unwritten >= MAX_UNWRITTEN_EVENTS:
-                    await log.changed(timeout=1.0)
+                    await log.changed(1.0)
 
     def stop(self, message_id: UUID, status: str, error: ErrorInfo | None = None) -> bool:
         """Stop a running generation; it ends with ``status``. False if it is not running here."""

@@ -24,16 +24,19 @@ def last_event_id(request: Request) -> int:
         return 0
     raw = raw.strip()
     if not raw.isdigit() or not raw.isascii():
-        raise MalformedRequest("Last-Event-ID must be a non-negative integer",
-                               code="invalid_last_event_id")
+        raise MalformedRequest(
+            "Last-Event-ID must be a non-negative integer", code="invalid_last_event_id"
+        )
     value = int(raw) if len(raw) < 12 else MAX_EVENT_ID + 1
     return value
 
 
 def check_cursor(cursor: int, last_event_id: int) -> None:
     if cursor > last_event_id:
-        raise InvalidInput(f"Last-Event-ID {cursor} is beyond the log (last event {last_event_id})",
-                           code="last_event_id_out_of_range")
+        raise InvalidInput(
+            f"Last-Event-ID {cursor} is beyond the log (last event {last_event_id})",
+            code="last_event_id_out_of_range",
+        )
 
 
 def ping() -> ServerSentEvent:

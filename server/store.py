@@ -69,7 +69,9 @@ def message_from_row(row: Row) -> StoredMessage:
 
 def project_from_row(row: Row) -> Project:
     return Project(
-        id=row["id"], title=row["title"], message_count=row["last_sequence"],
+        id=row["id"],
+        title=row["title"],
+        message_count=row["last_sequence"],
         created_at=row["created_at"],
     )
 
@@ -139,8 +141,14 @@ class Store:
         Raises ``DuplicateRequest`` when ``client_request_id`` is already used in the project.
         """
         rows = await self.db.fetch(
-            "reserve_pair", project_id, owner_id, content, image_urls, client_request_id,
-            lease_owner, lease_seconds,
+            "reserve_pair",
+            project_id,
+            owner_id,
+            content,
+            image_urls,
+            client_request_id,
+            lease_owner,
+            lease_seconds,
         )
         return _pair(rows)
 
@@ -161,12 +169,18 @@ class Store:
         return None if row is None else message_from_row(row)
 
     async def pair_of(self, assistant: Message) -> Pair | None:
-        rows = await self.db.fetch("get_pair_of_assistant", assistant.project_id,
-                                   assistant.sequence)
+        rows = await self.db.fetch(
+            "get_pair_of_assistant", assistant.project_id, assistant.sequence
+        )
         return _pair(rows)
 
     async def history(
-        self, project_id: UUID, owner_id: UUID, *, limit: int, before: int | None,
+        self,
+        project_id: UUID,
+        owner_id: UUID,
+        *,
+        limit: int,
+        before: int | None,
         after: int | None,
     ) -> tuple[list[Message], bool] | None:
         """A page in ascending order and whether more exist that way; None: not found."""

@@ -33,27 +33,38 @@ async def get_generate_stream(request: Request) -> Response:
     params = request.query_params
     for name in ("projectId", "message", "clientRequestId"):
         if not params.get(name):
-            raise MalformedRequest(f"the query parameter {name} is required",
-                                   code="missing_parameter")
+            raise MalformedRequest(
+                f"the query parameter {name} is required", code="missing_parameter"
+            )
     project_id = _project_id(params["projectId"])
-    body = validate(GenerateRequest, {"message": params["message"],
-                                      "client_request_id": params["clientRequestId"]})
+    body = validate(
+        GenerateRequest,
+        {"message": params["message"], "client_request_id": params["clientRequestId"]},
+    )
     return await _generate(app, user.id, project_id, body, last_event_id(request), False)
 
 
 async def _generate(
-    app: Services, user_id: UUID, project_id: UUID, body: GenerateRequest, cursor: int,
+    app: Services,
+    user_id: UUID,
+    project_id: UUID,
+    body: GenerateRequest,
+    cursor: int,
     as_json: bool,
 ) -> Response:
     if len(body.message) > app.settings.max_message_chars:
-        raise InvalidInput(f"message must be at most {app.settings.max_message_chars} characters",
-                           code="message_too_long")
+        raise InvalidInput(
+            f"message must be at most {app.settings.max_message_chars} characters",
+            code="message_too_long",
+        )
     submission = await app.runner.submit(user_id, project_id, body)
     pair = submission.pair
     if as_json:
-        accepted = Accepted(user_message=pair.user.message,
-                            assistant_message=pair.assistant.message,
-                            events_url=events_url(pair.assistant))
+        accepted = Accepted(
+            user_message=pair.user.message,
+            assistant_message=pair.assistant.message,
+            events_url=events_url(pair.assistant),
+        )
         return json_response(accepted.model_dump_json(), 202)
     if submission.created:
         cursor = 0  # a new generation's stream starts at its first event whatever was sent

@@ -63,8 +63,7 @@ async def _message(app: Services, request: Request, user: User) -> StoredMessage
 routes = [
     Route("/api/projects/{project_id}/messages", history, methods=["GET"]),
     Route("/api/projects/{project_id}/messages/{message_id}", get_message, methods=["GET"]),
-    Route("/api/projects/{project_id}/messages/{message_id}/events", message_events,
-          methods=["GET"]),
+    Route(
+        "/api/projects/{project_id}/messages/{message_id}/events", message_events, methods=["GET"]
+    ),
 ]
-
-

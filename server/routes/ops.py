@@ -19,8 +19,9 @@ async def readyz(request: Request) -> Response:
     if app.runner.draining:
         return JSONResponse({"status": "draining"}, status_code=503, headers={"Retry-After": "5"})
     if not await app.db.ping():
-        return JSONResponse({"status": "database unavailable"}, status_code=503,
-                            headers={"Retry-After": "2"})
+        return JSONResponse(
+            {"status": "database unavailable"}, status_code=503, headers={"Retry-After": "2"}
+        )
     return JSONResponse({"status": "ready"})
 
 

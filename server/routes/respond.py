@@ -22,8 +22,12 @@ def stream_message(app: Services, stored: StoredMessage, cursor: int) -> EventSo
     message = stored.message
     events = follow(message, cursor, store=app.store, local=app.runner.local_log(message.id))
     settings = app.settings
-    return event_stream(events, ping_seconds=settings.ping_seconds, retry_ms=settings.retry_ms,
-                        send_timeout=settings.send_timeout_seconds)
+    return event_stream(
+        events,
+        ping_seconds=settings.ping_seconds,
+        retry_ms=settings.retry_ms,
+        send_timeout=settings.send_timeout_seconds,
+    )
 
 
 def events_url(stored: StoredMessage) -> str:

@@ -22,16 +22,26 @@ async def create_session(request: Request) -> Response:
         raise NotAuthenticated("the token is not valid", code="invalid_token")
     response = Response(status_code=204)
     response.set_cookie(
-        COOKIE_NAME, body.token, max_age=COOKIE_MAX_AGE, path="/", httponly=True,
-        samesite="strict", secure=request.url.scheme == "https",
+        COOKIE_NAME,
+        body.token,
+        max_age=COOKIE_MAX_AGE,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
     )
     return response
 
 
 async def delete_session(request: Request) -> Response:
     response = Response(status_code=204)
-    response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict",
-                           secure=request.url.scheme == "https")
+    response.delete_cookie(
+        COOKIE_NAME,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
     return response
 
 

@@ -1,0 +1,94 @@
+"""Fixtures: a real PostgreSQL (embedded, or TEST_DATABASE_URL), a fresh database per test made
+from a migrated template, and the app served on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from server.db import connect
+from server.migrate import migrate
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from server.embedded import EmbeddedPostgres, free_port
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, rest = url.rpartition("/")
+    query = rest.partition("?")[2]
+    return f"{base}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+def embedded_postgres(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[EmbeddedPostgres | None]:
+    if os.environ.get("TEST_DATABASE_URL"):
+        yield None
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", free_port(), durable=False)
+    server.start()
+    yield server
+    server.stop("immediate")
+
+
+@pytest.fixture(scope="session")
+def admin_url(embedded_postgres: EmbeddedPostgres | None) -> str:
+    if embedded_postgres is None:
+        return os.environ["TEST_DATABASE_URL"]
+    return embedded_postgres.url
+
+
+@pytest.fixture(scope="session")
+async def template_name(admin_url: str) -> AsyncIterator[str]:
+    name = f"orderly_template_{os.getpid()}"
+    async with connect(admin_url) as session:
+        await session.execute_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        await session.execute_sql(f'CREATE DATABASE "{name}"')
+    async with connect(_with_database(admin_url, name)) as session:
+        await migrate(session)
+    yield name
+    async with connect(admin_url) as session:
+        await session.execute_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def empty_database_url(admin_url: str) -> AsyncIterator[str]:
+    """A fresh database with no schema at all (migration tests)."""
+    name = f"orderly_test_{uuid.uuid4().hex[:12]}"
+    async with connect(admin_url) as session:
+        await session.execute_sql(f'CREATE DATABASE "{name}"')
+    yield _with_database(admin_url, name)
+    await _drop(admin_url, name)
+
+
+@pytest.fixture
+async def database_url(admin_url: str, template_name: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test."""
+    name = f"orderly_test_{uuid.uuid4().hex[:12]}"
+    async with connect(admin_url) as session:
+        await session.execute_sql(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"')
+    yield _with_database(admin_url, name)
+    await _drop(admin_url, name)
+
+
+async def _drop(admin_url: str, name: str) -> None:
+    for _ in range(3):
+        try:
+            async with connect(admin_url) as session:
+                await session.execute_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except Exception:
+            await asyncio.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
