@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.routing import Mount
@@ -20,15 +20,18 @@ from server.errors import OrderlyError
 from server.generators import generator_from_settings
 from server.generators.base import Generator
 from server.routes import generations, messages, ops, projects, session
-from server.runner import Runner
 from server.services import Services
 from server.static import STATIC_DIR
 from server.store import Store
+from server.worker import Worker
 
 logger = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, *, generator: Generator | None = None) -> Starlette:
+    # We end streams ourselves when draining (server/worker.py): sse-starlette's own drain would
+    # cut them on SIGTERM before their generations could send a terminal event.
+    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     if settings.database_url is None:
         raise ValueError("create_app needs settings.database_url (see server/__main__.py)")
 
@@ -36,11 +39,13 @@ def create_app(settings: Settings, *, generator: Generator | None = None) -> Sta
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = await start_services(settings, generator or generator_from_settings(settings))
         app.state.services = services
-        flusher = asyncio.create_task(services.runner.flusher.run(), name="flusher")
+        services.worker.start()
+        services.worker.drain_on_signals()
         try:
             yield
         finally:
-            await stop_services(services, flusher)
+            await services.worker.stop()
+            await services.db.close()
 
     routes = [
         *session.routes,
@@ -68,28 +73,9 @@ async def start_services(settings: Settings, generator: Generator) -> Services:
     )
     await retry_unavailable(db.open, attempts=20)
     store = Store(db)
-    runner = Runner(
-        store,
-        generator,
-        lease_seconds=settings.lease_seconds,
-        flush_interval=settings.flush_interval_ms / 1000,
-    )
+    worker = Worker(settings, store, generator)
     auth = Authenticator(store, cache_seconds=settings.token_cache_seconds)
-    return Services(settings=settings, db=db, store=store, runner=runner, auth=auth)
-
-
-async def stop_services(services: Services, flusher: asyncio.Task[None]) -> None:
-    runner = services.runner
-    await runner.shutdown(services.settings.shutdown_grace_seconds)
-    # Give the flusher a moment to write what the generations left behind.
-    for _ in range(100):
-        if not runner.flusher.pending:
-            break
-        await asyncio.sleep(0.05)
-    flusher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await flusher
-    await services.db.close()
+    return Services(settings=settings, db=db, store=store, worker=worker, auth=auth)
 
 
 def app_from_env() -> Starlette:

@@ -38,6 +38,7 @@ class Settings:
     flush_interval_ms: int = 20
     lease_seconds: float = 30.0
     shutdown_grace_seconds: float = 10.0
+    max_stream_seconds: float = 300.0
     # Input limits
     max_message_chars: int = 32_000
     max_body_bytes: int = 256 * 1024

@@ -7,6 +7,7 @@ errors as domain errors (``server/errors.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -182,3 +183,62 @@ async def retry_unavailable(action: Callable[[], Awaitable[None]], *, attempts: 
 
 def as_list(rows: Sequence[Row]) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
+
+
+class Listener:
+    """LISTEN on a dedicated connection (never a pooled one), reconnecting by itself.
+
+    ``on_connect`` runs after every (re)connect: notifications sent while we were away are lost,
+    so whoever waits on them must re-read the tables.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        channels: Mapping[str, Callable[[str], None]],
+        *,
+        on_connect: Callable[[], None],
+        health_seconds: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.channels = channels
+        self.on_connect = on_connect
+        self.health_seconds = health_seconds
+        self.connected = False
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._listen_once()
+                backoff = 0.1
+            except (asyncpg.PostgresError, *_UNAVAILABLE) as exc:
+                logger.warning("LISTEN connection lost (%s); reconnecting in %.1fs", exc, backoff)
+            self.connected = False
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _listen_once(self) -> None:
+        conn = await asyncpg.connect(self.url, timeout=5)
+        lost = asyncio.Event()
+        conn.add_termination_listener(lambda _conn: lost.set())
+        try:
+            for channel, callback in self.channels.items():
+                await conn.add_listener(channel, _deliver(callback))
+            self.connected = True
+            self.on_connect()
+            while not lost.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), self.health_seconds)
+                if not lost.is_set():
+                    # A half-open connection never says goodbye: ask it something.
+                    await conn.fetchval("SELECT 1", timeout=5)
+        finally:
+            conn.terminate()
+
+
+def _deliver(callback: Callable[[str], None]) -> Callable[..., None]:
+    def on_notification(_conn: object, _pid: int, _channel: str, payload: str) -> None:
+        callback(payload)
+
+    return on_notification

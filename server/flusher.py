@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from uuid import UUID
 
 from server.errors import DatabaseUnavailable
@@ -19,10 +20,18 @@ logger = logging.getLogger(__name__)
 
 
 class Flusher:
-    def __init__(self, store: Store, owner_id: UUID, *, interval: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        owner_id: UUID,
+        *,
+        interval: float,
+        on_lost: Callable[[UUID], None],
+    ) -> None:
         self.store = store
         self.owner_id = owner_id
         self.interval = interval
+        self.on_lost = on_lost
         self.logs: dict[UUID, MessageLog] = {}  # this worker's logs that are not closed yet
         self._dirty: set[UUID] = set()
         self._wakeup = asyncio.Event()
@@ -73,8 +82,7 @@ class Flusher:
             updated_at = written.get(item.message_id)
             if updated_at is None:
                 logger.warning("message %s is no longer ours; dropping its log", item.message_id)
-                self.forget(log)
-                log.mark_lost()
+                self.on_lost(item.message_id)
                 continue
             log.mark_written(item, updated_at)
             if log.closed:
@@ -84,6 +92,15 @@ class Flusher:
 
     def forget(self, log: MessageLog) -> None:
         self.logs.pop(log.placeholder.id, None)
+
+    async def drain(self, seconds: float) -> bool:
+        """Wait until every log's news is written (or ``seconds`` pass); True if all was."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while self.pending and loop.time() < deadline:
+            self._wakeup.set()
+            await asyncio.sleep(0.02)
+        return not self.pending
 
     @property
     def pending(self) -> int:

@@ -1,27 +1,39 @@
 """Following a log: the events after a cursor, exactly once and in order, then the live tail.
 
 A listener on the producing worker reads the log from memory; any other listener (another worker,
-a finished message, a log this worker lost) reads the table, and waits for news between reads.
+a finished message, a log this worker lost) reads the table, and between reads waits for a NOTIFY
+hint or a slow poll. A follow also ends, without a terminal event, when the worker is closing or
+the stream has lived its maximum time: the client resumes with ``Last-Event-ID``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from uuid import UUID
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from server.errors import DatabaseUnavailable
 from server.eventlog import MessageLog
 from server.events import Event, start_event, terminal_event
 from server.models import Message
+from server.notifier import Notifier
 from server.store import Store
 
 PAGE = 500
-Waiter = Callable[[UUID, float], Awaitable[None]]
 
 
-async def _sleep(_message_id: UUID, seconds: float) -> None:
-    await asyncio.sleep(seconds)
+@dataclass(frozen=True, slots=True)
+class FollowLimits:
+    closing: asyncio.Event  # set when this worker shuts down
+    deadline: float  # loop time after which the stream ends
+    poll_seconds: float = 5.0
+
+    def over(self) -> bool:
+        return self.closing.is_set() or asyncio.get_running_loop().time() >= self.deadline
+
+    def wait_seconds(self) -> float:
+        remaining = self.deadline - asyncio.get_running_loop().time()
+        return max(0.0, min(self.poll_seconds, remaining))
 
 
 async def follow(
@@ -30,19 +42,19 @@ async def follow(
     *,
     store: Store,
     local: MessageLog | None,
-    wait_for_news: Waiter = _sleep,
-    poll_seconds: float = 1.0,
+    notifier: Notifier,
+    limits: FollowLimits,
 ) -> AsyncIterator[Event]:
     """Yield the events of ``message``'s log with ids above ``after``, up to the terminal one."""
     cursor = after
     if local is not None:
-        async for event in _from_memory(local, cursor, poll_seconds):
+        async for event in _from_memory(local, cursor, limits):
             yield event
             cursor = event.id
             if event.is_terminal:
                 return
     backoff = 0.1
-    while True:
+    while not limits.over():
         try:
             events, finished = await read_stored(store, message, cursor)
         except DatabaseUnavailable:
@@ -56,10 +68,10 @@ async def follow(
         if finished:
             return
         if not events:
-            await wait_for_news(message.id, poll_seconds)
+            await notifier.wait(message.id, limits.wait_seconds())
 
 
-async def _from_memory(log: MessageLog, cursor: int, poll_seconds: float) -> AsyncIterator[Event]:
+async def _from_memory(log: MessageLog, cursor: int, limits: FollowLimits) -> AsyncIterator[Event]:
     """The log's visible events; stops after the terminal one, or when the log is lost."""
     while True:
         for event in log.visible_after(cursor):
@@ -67,9 +79,9 @@ async def _from_memory(log: MessageLog, cursor: int, poll_seconds: float) -> Asy
             cursor = event.id
             if event.is_terminal:
                 return
-        if log.lost:
+        if log.lost or limits.over():
             return
-        await log.changed(poll_seconds)
+        await log.changed(limits.wait_seconds())
 
 
 async def read_stored(store: Store, message: Message, cursor: int) -> tuple[list[Event], bool]:

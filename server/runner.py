@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 # Unwritten events a generation may hold before it waits for the flusher (the database may be
 # away): this bounds the memory of every running generation.
 MAX_UNWRITTEN_EVENTS = 10_000
+# A stop reason meaning "someone else finished this message": end without writing anything.
+ABANDONED = ("abandoned", None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +48,7 @@ class Runner:
         self.generator = generator
         self.lease_seconds = lease_seconds
         self.worker_id = worker_id or uuid4()
-        self.flusher = Flusher(store, self.worker_id, interval=flush_interval)
+        self.flusher = Flusher(store, self.worker_id, interval=flush_interval, on_lost=self.abandon)
         self.tasks: dict[UUID, asyncio.Task[None]] = {}
         self._stop_reasons: dict[UUID, tuple[str, ErrorInfo | None]] = {}
         self.draining = False
@@ -106,6 +108,8 @@ class Runner:
             reason = self._stop_reasons.pop(message_id, None)
             if reason is None:
                 raise
+            if reason is ABANDONED:
+                return
             log.finish(*reason)
         except GeneratorError as exc:
             log.finish("error", ErrorInfo(code=exc.code, message=exc.message))
@@ -138,6 +142,18 @@ class Runner:
         self._stop_reasons.setdefault(message_id, (status, error))
         task.cancel()
         return True
+
+    def abandon(self, message_id: UUID) -> None:
+        """The database says another actor (cancel, the reaper) ended this message: stop
+        producing it and let its listeners read the outcome from the table."""
+        log = self.flusher.logs.get(message_id)
+        if log is not None:
+            self.flusher.forget(log)
+            log.mark_lost()
+        task = self.tasks.get(message_id)
+        if task is not None and not task.done():
+            self._stop_reasons[message_id] = ABANDONED
+            task.cancel()
 
     async def shutdown(self, grace: float) -> None:
         """Refuse new work, give running generations ``grace`` seconds, then end the rest."""

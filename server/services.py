@@ -11,6 +11,7 @@ from server.config import Settings
 from server.db import Database
 from server.runner import Runner
 from server.store import Store
+from server.worker import Worker
 
 
 @dataclass(slots=True)
@@ -18,8 +19,12 @@ class Services:
     settings: Settings
     db: Database
     store: Store
-    runner: Runner
+    worker: Worker
     auth: Authenticator
+
+    @property
+    def runner(self) -> Runner:
+        return self.worker.runner
 
 
 def services(request: Request) -> Services:

@@ -205,6 +205,29 @@ class Store:
         rows = await self.db.fetch("events_after", project_id, message_id, after, limit)
         return [Event(r["event_id"], r["name"], r["data"]) for r in rows]
 
+    async def renew_leases(
+        self, lease_owner: UUID, lease_seconds: float, running: Sequence[tuple[UUID, UUID]]
+    ) -> set[UUID]:
+        """Extend this owner's leases on ``(project id, message id)``; return the ids still held."""
+        rows = await self.db.fetch(
+            "renew_leases",
+            lease_owner,
+            lease_seconds,
+            [p for p, _ in running],
+            [m for _, m in running],
+        )
+        return {r["id"] for r in rows}
+
+    async def reap_expired(self, limit: int) -> list[UUID]:
+        return [r["id"] for r in await self.db.fetch("reap_expired", limit)]
+
+    async def cancel(
+        self, project_id: UUID, message_id: UUID, owner_id: UUID
+    ) -> StoredMessage | None:
+        """Cancel a running assistant message; None when it is not running (or not found)."""
+        row = await self.db.fetchrow("cancel_message", project_id, message_id, owner_id)
+        return None if row is None else message_from_row(row)
+
     async def flush(self, lease_owner: UUID, items: Sequence[FlushItem]) -> dict[UUID, datetime]:
         """Write a batch; return ``{message id: updated_at}`` of the rows this owner still held."""
         events = [(item, event) for item in items for event in item.events]

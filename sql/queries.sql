@@ -171,8 +171,14 @@ WITH batch AS (
     FROM unnest($9::uuid[], $10::uuid[], $11::integer[], $12::text[], $13::text[])
         AS e (project_id, message_id, event_id, name, data)
     JOIN written AS w ON w.project_id = e.project_id AND w.id = e.message_id
+), hint AS (
+    -- One small NOTIFY per flush, ids only (payloads are capped at 8000 bytes: '*' = re-read all).
+    SELECT pg_notify('orderly_events',
+                     CASE WHEN count(*) > 150 THEN '*' ELSE string_agg(id::text, ',') END)
+    FROM written
+    HAVING count(*) > 0
 )
-SELECT id, updated_at FROM written;
+SELECT w.id, w.updated_at FROM written AS w CROSS JOIN hint;
 
 -- name: message_by_id
 -- Internal reads (following a log); callers have already checked ownership.
@@ -181,3 +187,60 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.im
        m.error_message, m.last_event_id
 FROM messages AS m
 WHERE m.project_id = $1 AND m.id = $2;
+
+-- name: renew_leases
+-- $1 lease owner, $2 lease seconds, $3 project ids, $4 message ids
+UPDATE messages AS m
+SET lease_expires_at = now() + $2::float8 * interval '1 second'
+FROM unnest($3::uuid[], $4::uuid[]) AS b (project_id, id)
+WHERE m.project_id = b.project_id AND m.id = b.id
+  AND m.lease_owner = $1 AND m.status IN ('pending', 'streaming')
+RETURNING m.id;
+
+-- name: reap_expired
+-- Close the running messages whose owner stopped renewing its lease: error 'interrupted', or
+-- 'cancelled' when a cancel was asked for. The terminal event is derived from the row, so
+-- bumping last_event_id appends it. SKIP LOCKED lets every worker reap without waiting on others.
+WITH expired AS (
+    SELECT project_id, id
+    FROM messages
+    WHERE status IN ('pending', 'streaming') AND lease_expires_at < now()
+    ORDER BY lease_expires_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), reaped AS (
+    UPDATE messages AS m
+    SET status = 'error',
+        error_code = 'interrupted',
+        error_message = 'the answer was interrupted: the worker writing it stopped',
+        last_event_id = m.last_event_id + 1,
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        updated_at = now()
+    FROM expired AS e
+    WHERE m.project_id = e.project_id AND m.id = e.id
+    RETURNING m.id
+)
+SELECT id, pg_notify('orderly_events', id::text) FROM reaped;
+
+-- name: cancel_message
+-- Cancel ends the message here and now, with the content written so far; the owner learns of it
+-- through NOTIFY (and, failing that, through its next fenced flush) and stops its generator.
+-- $1 project, $2 message, $3 owner (the project's)
+WITH cancelled AS (
+    UPDATE messages AS m
+    SET status = 'cancelled',
+        last_event_id = m.last_event_id + 1,
+        lease_owner = NULL,
+        lease_expires_at = NULL,
+        updated_at = now()
+    FROM projects AS p
+    WHERE m.project_id = $1 AND m.id = $2 AND p.id = m.project_id AND p.owner_id = $3
+      AND m.role = 'assistant' AND m.status IN ('pending', 'streaming')
+    RETURNING m.*
+)
+SELECT c.id, c.project_id, c.sequence, c.role, c.kind, c.content, c.status, c.image_urls,
+       c.client_request_id, c.created_by, c.created_at, c.updated_at, c.error_code,
+       c.error_message, c.last_event_id,
+       pg_notify('orderly_cancel', c.id::text), pg_notify('orderly_events', c.id::text)
+FROM cancelled AS c;

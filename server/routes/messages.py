@@ -6,8 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server.errors import InvalidInput, NotFound
-from server.models import MessagePage
+from server.errors import Conflict, InvalidInput, NotFound
+from server.models import MessageEnvelope, MessagePage
 from server.parsing import path_uuid, query_int
 from server.routes.respond import json_response, stream_message
 from server.services import Services, services
@@ -51,6 +51,22 @@ async def message_events(request: Request) -> Response:
     return stream_message(app, stored, cursor)
 
 
+async def cancel(request: Request) -> Response:
+    """End a running answer as ``cancelled``, keeping the content written so far."""
+    app = services(request)
+    user = await app.auth.authenticate(request)
+    project_id = path_uuid(request, "project_id", "project")
+    message_id = path_uuid(request, "message_id", "message")
+    cancelled = await app.store.cancel(project_id, message_id, user.id)
+    if cancelled is None:
+        stored = await _message(app, request, user)
+        if stored.message.role != "assistant":
+            raise NotFound("only assistant messages can be cancelled")
+        raise Conflict(f"the message is already {stored.message.status}", code="already_finished")
+    app.runner.abandon(message_id)  # ours? stop it now rather than on the NOTIFY
+    return json_response(MessageEnvelope(message=cancelled.message).model_dump_json(), 202)
+
+
 async def _message(app: Services, request: Request, user: User) -> StoredMessage:
     project_id = path_uuid(request, "project_id", "project")
     message_id = path_uuid(request, "message_id", "message")
@@ -66,4 +82,5 @@ routes = [
     Route(
         "/api/projects/{project_id}/messages/{message_id}/events", message_events, methods=["GET"]
     ),
+    Route("/api/projects/{project_id}/messages/{message_id}/cancel", cancel, methods=["POST"]),
 ]

@@ -20,7 +20,14 @@ def stream_message(app: Services, stored: StoredMessage, cursor: int) -> EventSo
     """The SSE stream of an assistant message's log from event ``cursor + 1``."""
     check_cursor(cursor, stored.last_event_id)
     message = stored.message
-    events = follow(message, cursor, store=app.store, local=app.runner.local_log(message.id))
+    events = follow(
+        message,
+        cursor,
+        store=app.store,
+        local=app.runner.local_log(message.id),
+        notifier=app.worker.notifier,
+        limits=app.worker.limits(),
+    )
     settings = app.settings
     return event_stream(
         events,

@@ -1,0 +1,109 @@
+"""One process's share of the service: the runner and its background loops, started and drained.
+
+Draining (SIGTERM, or the app's shutdown): refuse new generations, give running ones the grace
+period, end the rest with ``server_shutdown``, write everything, then end every open stream so
+that the server can exit (an open SSE response would otherwise hold it forever).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Coroutine
+from types import FrameType
+from typing import Any
+from uuid import UUID
+
+from server.config import Settings
+from server.db import Listener
+from server.follow import FollowLimits
+from server.generators.base import Generator
+from server.leases import LeaseKeeper
+from server.notifier import Notifier
+from server.runner import Runner
+from server.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, settings: Settings, store: Store, generator: Generator) -> None:
+        assert settings.database_url is not None
+        self.settings = settings
+        self.runner = Runner(
+            store,
+            generator,
+            lease_seconds=settings.lease_seconds,
+            flush_interval=settings.flush_interval_ms / 1000,
+        )
+        self.notifier = Notifier()
+        self.leases = LeaseKeeper(store, self.runner, lease_seconds=settings.lease_seconds)
+        self.listener = Listener(
+            settings.database_url,
+            {"orderly_events": self.notifier.on_events, "orderly_cancel": self._on_cancel},
+            on_connect=self.notifier.wake_all,
+        )
+        self.closing = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._drain: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._spawn(self.runner.flusher.run(), "flusher")
+        self._spawn(self.leases.run(), "leases")
+        self._spawn(self.listener.run(), "listener")
+
+    def limits(self) -> FollowLimits:
+        """The bounds of a stream opened now."""
+        deadline = asyncio.get_running_loop().time() + self.settings.max_stream_seconds
+        return FollowLimits(self.closing, deadline)
+
+    def _on_cancel(self, payload: str) -> None:
+        with contextlib.suppress(ValueError):
+            self.runner.abandon(UUID(payload))
+
+    def drain_soon(self) -> None:
+        """Start draining (idempotent); safe to call from a signal handler via the loop."""
+        if self._drain is None:
+            self._drain = asyncio.get_running_loop().create_task(self._drain_now(), name="drain")
+
+    async def drain(self) -> None:
+        self.drain_soon()
+        assert self._drain is not None
+        await asyncio.shield(self._drain)
+
+    async def _drain_now(self) -> None:
+        logger.info("draining: %d generation(s) running", len(self.runner.tasks))
+        await self.runner.shutdown(self.settings.shutdown_grace_seconds)
+        if not await self.runner.flusher.drain(5.0):
+            logger.error("draining: some events could not be written; leases will close them")
+        self.closing.set()
+        self.notifier.wake_all()
+        for log in list(self.runner.flusher.logs.values()):
+            log.mark_lost()
+
+    async def stop(self) -> None:
+        await self.drain()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.create_task(coro, name=name))
+
+    def drain_on_signals(self) -> None:
+        """Chain a drain in front of the server's own SIGTERM/SIGINT handlers (uvicorn's)."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+
+            def handler(signum: int, frame: FrameType | None, previous: Any = previous) -> None:
+                loop.call_soon_threadsafe(self.drain_soon)
+                if callable(previous):
+                    previous(signum, frame)
+
+            with contextlib.suppress(ValueError):  # not the main thread: no signals here
+                signal.signal(sig, handler)

@@ -1,0 +1,191 @@
+// Keeps every running answer attached to its event stream: through EventSource's own reconnects,
+// through refused connections (retried with a growing pause), and from the generate request to
+// the `start` event that names the answer.
+
+import { api, explainStreamFailure, streamUrls } from './api.js';
+import { followStream } from './stream.js';
+import { isActive } from './view.js';
+
+// Longer messages are sent by POST and then attached to: proxies commonly refuse request lines
+// over 8 KiB, and a GET URL is all EventSource can send.
+const MAX_STREAM_URL = 8000;
+const MAX_OPEN_ATTEMPTS = 3;
+const retryDelay = (attempt) => Math.min(30_000, 500 * 2 ** attempt);
+
+/**
+ * `listener` receives: started() once the server has the user's message; event(messageId, name,
+ * data) for every stream event; finished(message) for an answer found finished while recovering;
+ * changed() when busy or runningIds may have changed; report(problem) for failures.
+ */
+export class AnswerStreams {
+  #connection;
+  #listener;
+  #epoch = 0; // bumped by closeAll: callbacks of an older epoch are dropped
+  #sending = null; // the generate request until `start` names the assistant message
+  #running = new Map(); // assistant message id -> { close(), retryNow?() }
+
+  constructor(connection, listener) {
+    this.#connection = connection;
+    this.#listener = listener;
+  }
+
+  get busy() {
+    return this.#sending !== null || this.#running.size > 0;
+  }
+
+  get runningIds() {
+    return [...this.#running.keys()];
+  }
+
+  isRunning(messageId) {
+    return this.#running.has(messageId);
+  }
+
+  closeAll() {
+    this.#epoch += 1;
+    this.#sending?.close();
+    this.#sending = null;
+    for (const handle of this.#running.values()) handle.close();
+    this.#running.clear();
+    this.#listener.changed();
+  }
+
+  /** The answer is over (or no longer ours to follow): hang up its stream. */
+  settle(messageId) {
+    this.#running.get(messageId)?.close();
+    this.#running.delete(messageId);
+    this.#listener.changed();
+  }
+
+  /** After the network returns, retry refused streams now rather than after their pause. */
+  retryNow() {
+    for (const handle of this.#running.values()) handle.retryNow?.();
+  }
+
+  /** Sends a user message; the answer's events follow through the listener. */
+  start(projectId, text, clientRequestId) {
+    const url = streamUrls.generate(projectId, text, clientRequestId);
+    if (url.length > MAX_STREAM_URL) this.#post(projectId, text, clientRequestId);
+    else this.#generate(projectId, url, 0);
+  }
+
+  /**
+   * Follows an assistant message's events. From lastEventId 0 the server replays the whole
+   * stream: `start` empties the content and every delta is appended again, so the result has no
+   * repeated and no missing text. A later lastEventId continues where a broken stream stopped.
+   */
+  follow(projectId, messageId, lastEventId = 0, attempt = 0) {
+    const epoch = this.#epoch;
+    const key = {};
+    const stream = followStream(streamUrls.events(projectId, messageId, lastEventId), {
+      lastEventId,
+      onState: (state) => this.#connection.track(key, state),
+      onEvent: (name, data) => this.#listener.event(messageId, name, data),
+      onFailure: () => {
+        if (epoch !== this.#epoch) return;
+        const progressed = stream.lastEventId > lastEventId;
+        this.#recover(projectId, messageId, stream.lastEventId, progressed ? 0 : attempt + 1);
+      },
+    });
+    this.#running.set(messageId, stream);
+    this.#listener.changed();
+  }
+
+  #generate(projectId, url, attempt) {
+    const epoch = this.#epoch;
+    const key = {};
+    let messageId = null;
+    const stream = followStream(url, {
+      onState: (state) => this.#connection.track(key, state),
+      onEvent: (name, data) => {
+        if (name === 'start') {
+          messageId = data.assistant_message.id;
+          this.#sending = null;
+          this.#running.get(messageId)?.close(); // a repeated request may name a followed answer
+          this.#running.set(messageId, stream);
+          this.#listener.started();
+          this.#listener.changed(); // now there is an answer to cancel
+        }
+        if (messageId) this.#listener.event(messageId, name, data);
+      },
+      onFailure: () => {
+        if (epoch !== this.#epoch) return;
+        if (messageId) this.#recover(projectId, messageId, stream.lastEventId, 0);
+        else this.#explainRefusal(projectId, url, attempt, epoch);
+      },
+    });
+    this.#sending = stream;
+    this.#listener.changed();
+  }
+
+  /** The server refused the generate stream before `start`: find out why and say so. */
+  async #explainRefusal(projectId, url, attempt, epoch) {
+    const problem = await explainStreamFailure(url);
+    if (epoch !== this.#epoch) return;
+    if (!problem && attempt + 1 < MAX_OPEN_ATTEMPTS) {
+      // It opens now (a server that was restarting, say); the same clientRequestId resumes it.
+      const retry = () => this.#generate(projectId, url, attempt + 1);
+      const timer = setTimeout(retry, retryDelay(attempt));
+      this.#sending = { close: () => clearTimeout(timer) };
+      return;
+    }
+    this.#sending = null;
+    this.#listener.changed();
+    this.#listener.report(
+      problem ?? { code: 'stream_failed', detail: 'The answer stream could not be opened.' },
+    );
+  }
+
+  async #post(projectId, text, clientRequestId) {
+    const epoch = this.#epoch;
+    this.#sending = { close() {} }; // nothing to hang up, but the composer must wait
+    this.#listener.changed();
+    try {
+      const started = await api.startGeneration(projectId, text, clientRequestId);
+      if (epoch !== this.#epoch) return;
+      this.#sending = null;
+      this.#listener.started();
+      this.#listener.event(started.assistant_message.id, 'start', started);
+      this.follow(projectId, started.assistant_message.id);
+    } catch (problem) {
+      if (epoch !== this.#epoch) return;
+      this.#sending = null;
+      this.#listener.changed();
+      this.#listener.report(problem);
+    }
+  }
+
+  /**
+   * A stream was refused mid-answer (e.g. 503 while a server drains). Ask for the message after
+   * a pause: if it has finished, show it; if it still runs, attach again.
+   */
+  #recover(projectId, messageId, lastEventId, attempt) {
+    const epoch = this.#epoch;
+    let ran = false;
+    const run = async () => {
+      clearTimeout(timer);
+      if (ran || epoch !== this.#epoch || this.#running.get(messageId) !== handle) return;
+      ran = true;
+      try {
+        const message = await api.getMessage(projectId, messageId);
+        if (epoch !== this.#epoch) return;
+        // A running message's stored content may be ahead of the events applied here, so only
+        // a finished one is taken from the database; a running one is resumed by its events.
+        if (isActive(message)) this.follow(projectId, messageId, lastEventId, attempt);
+        else this.#listener.finished(message);
+      } catch (problem) {
+        if (epoch !== this.#epoch) return;
+        if (problem.status === 0 || problem.status === 429 || problem.status >= 500) {
+          this.#recover(projectId, messageId, lastEventId, attempt + 1);
+        } else {
+          this.settle(messageId);
+          this.#listener.report(problem);
+        }
+      }
+    };
+    const timer = setTimeout(run, retryDelay(attempt));
+    const handle = { close: () => clearTimeout(timer), retryNow: run };
+    this.#running.set(messageId, handle);
+    this.#listener.changed();
+  }
+}

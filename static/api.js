@@ -1,0 +1,143 @@
+// The JSON API client: the one module that knows the server's paths, sends the session cookie
+// and turns RFC 9457 problem documents into ApiError.
+
+/** A failed request: the problem document's fields, or status 0 when the server was unreachable. */
+export class ApiError extends Error {
+  constructor({ status, code, title, detail, retryAfter = null }) {
+    super(detail || title || `HTTP ${status}`);
+    this.name = 'ApiError';
+    this.status = status;
+    this.code = code;
+    this.title = title;
+    this.detail = detail;
+    this.retryAfter = retryAfter;
+  }
+}
+
+/**
+ * Fires `reachable` / `unreachable` after each request, so the connection indicator can say
+ * "offline" when the server is down even though the browser believes it is online.
+ */
+export const network = new EventTarget();
+
+const segment = encodeURIComponent;
+const projectPath = (projectId) => `/api/projects/${segment(projectId)}`;
+const messagePath = (projectId, messageId) =>
+  `${projectPath(projectId)}/messages/${segment(messageId)}`;
+
+/** Reads a problem document from a failed response; tolerates a proxy's HTML error page. */
+export async function problemFrom(response) {
+  let problem = {};
+  try {
+    problem = await response.json();
+  } catch {
+    // Not JSON: keep the HTTP status as the only information.
+  }
+  return new ApiError({
+    status: response.status,
+    code: problem.code ?? `http_${response.status}`,
+    title: problem.title ?? response.statusText,
+    detail: problem.detail ?? problem.title ?? `The request failed (HTTP ${response.status}).`,
+    retryAfter: response.headers.get('Retry-After'),
+  });
+}
+
+const unreachable = () =>
+  new ApiError({
+    status: 0,
+    code: 'network_error',
+    title: 'Network error',
+    detail: 'The server could not be reached.',
+  });
+
+async function send(method, path, body) {
+  const init = {
+    method,
+    credentials: 'same-origin', // the HttpOnly session cookie; the browser adds Origin itself
+    cache: 'no-store', // history and statuses change under us: never answer from the HTTP cache
+    headers: { Accept: 'application/json' },
+  };
+  if (body !== undefined) {
+    init.headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch {
+    network.dispatchEvent(new Event('unreachable'));
+    throw unreachable();
+  }
+  network.dispatchEvent(new Event('reachable'));
+  if (!response.ok) throw await problemFrom(response);
+  return response.status === 204 ? null : response.json();
+}
+
+export const api = {
+  signIn: (token) => send('POST', '/api/session', { token }),
+  signOut: () => send('DELETE', '/api/session'),
+
+  listProjects: () => send('GET', '/api/projects'),
+  getProject: (projectId) => send('GET', projectPath(projectId)),
+  createProject: (title) => send('POST', '/api/projects', { title }),
+
+  /** One page of history, ascending by sequence; `before` pages towards older messages. */
+  listMessages(projectId, { limit = 50, before } = {}) {
+    const query = new URLSearchParams({ limit: String(limit) });
+    if (before !== undefined) query.set('before', String(before));
+    return send('GET', `${projectPath(projectId)}/messages?${query}`);
+  },
+  getMessage: (projectId, messageId) => send('GET', messagePath(projectId, messageId)),
+  cancel: (projectId, messageId) => send('POST', `${messagePath(projectId, messageId)}/cancel`),
+
+  /** Starts a generation without listening (202); used when the text is too long for a URL. */
+  startGeneration: (projectId, message, clientRequestId) =>
+    send('POST', `${projectPath(projectId)}/generations`, {
+      message,
+      client_request_id: clientRequestId,
+    }),
+};
+
+/** URLs for EventSource, which can only GET and cannot set headers. */
+export const streamUrls = {
+  generate(projectId, message, clientRequestId) {
+    const query = new URLSearchParams({ projectId, message, clientRequestId });
+    return `/api/generate-stream?${query}`;
+  },
+  events(projectId, messageId, lastEventId = 0) {
+    const resume = lastEventId > 0 ? `?lastEventId=${lastEventId}` : '';
+    return `${messagePath(projectId, messageId)}/events${resume}`;
+  },
+};
+
+/**
+ * EventSource reports a refused stream (401, 404, 422, 429, 503...) as a bare `error` Event with
+ * no status. Repeating the GET with fetch recovers the problem document. That is safe for
+ * generate-stream because its clientRequestId makes the repeat idempotent. Returns the ApiError,
+ * or null when the stream opens fine this time (the caller may then simply try again).
+ */
+export async function explainStreamFailure(url) {
+  const controller = new AbortController();
+  try {
+    const response = await fetch(url, {
+      credentials: 'same-origin',
+      cache: 'no-store',
+      headers: { Accept: 'text/event-stream' },
+      signal: controller.signal,
+    });
+    network.dispatchEvent(new Event('reachable'));
+    return response.ok ? null : await problemFrom(response);
+  } catch {
+    network.dispatchEvent(new Event('unreachable'));
+    return unreachable();
+  } finally {
+    controller.abort(); // a successful probe is a live stream: hang up, the real listener follows
+  }
+}
+
+/** A clientRequestId; crypto.randomUUID exists only in secure contexts (not plain-http LAN). */
+export function newRequestId() {
+  if (typeof crypto.randomUUID === 'function') return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, '0')).join('');
+}

@@ -1,0 +1,182 @@
+// Wiring: sign-in from the URL fragment, the project list and the ?project= URL, sign-out, and
+// where problems are shown (the banner, or the signed-out notice for 401).
+
+import { api, network } from './api.js';
+import { Composer } from './composer.js';
+import { ConnectionIndicator } from './connection.js';
+import { Conversation } from './conversation.js';
+import { ProjectList } from './projects.js';
+import { Banner, MessageList, announcer } from './view.js';
+
+const $ = (selector) => document.querySelector(selector);
+
+const banner = new Banner($('#banner'));
+const connection = new ConnectionIndicator($('#connection'), network);
+const messages = new MessageList({
+  list: $('#messages'),
+  scroller: $('#scroller'),
+  template: $('#message-template'),
+  empty: $('#empty'),
+  olderButton: $('#load-older'),
+});
+const composer = new Composer($('#composer'), {
+  onSend: (text) => conversation.send(text),
+  onCancel: () => conversation.cancel(),
+});
+const conversation = new Conversation({
+  messages,
+  composer,
+  connection,
+  announce: announcer($('#announcer')),
+  report,
+  scroller: $('#scroller'),
+  olderButton: $('#load-older'),
+});
+const projects = new ProjectList($('#projects'), $('#no-projects'), (projectId) => {
+  setSidebarOpen(false);
+  if (projectId !== conversation.projectId) openProject(projectId, { push: true });
+});
+
+/** Every failure ends here: 401 means the session is gone, anything else is worth a banner. */
+function report(problem) {
+  if (problem.status === 401) showSignedOut();
+  else banner.show(problem);
+}
+
+function showSignedOut() {
+  conversation.close();
+  projects.clear();
+  $('#project-title').textContent = '';
+  document.title = 'Orderly';
+  setSignedIn(false);
+}
+
+function setSignedIn(signedIn) {
+  $('#signed-out').hidden = signedIn;
+  for (const selector of ['#app', '#sign-out', '#projects-toggle']) $(selector).hidden = !signedIn;
+}
+
+const projectInUrl = () => new URLSearchParams(location.search).get('project');
+
+function putProjectInUrl(projectId, { push }) {
+  const url = new URL(location.href);
+  url.searchParams.set('project', projectId);
+  url.hash = '';
+  if (url.href === location.href) return;
+  if (push) history.pushState({ project: projectId }, '', url);
+  else history.replaceState({ project: projectId }, '', url);
+}
+
+let openRequest = 0; // only the latest click (or Back) may take over the page
+
+async function openProject(projectId, { push }) {
+  const request = ++openRequest;
+  try {
+    const project = projects.get(projectId) ?? (await api.getProject(projectId));
+    if (request !== openRequest) return;
+    projects.add(project);
+    projects.markOpen(project.id);
+    $('#project-title').textContent = project.title;
+    document.title = `${project.title} · Orderly`;
+    putProjectInUrl(project.id, { push });
+    await conversation.open(project.id);
+  } catch (problem) {
+    if (request !== openRequest) return;
+    report(problem);
+    // An unknown, someone else's or malformed project id in the URL: open the newest instead.
+    const newest = projects.newest;
+    if ([400, 404, 422].includes(problem.status) && newest && newest !== projectId) {
+      await openProject(newest, { push: false });
+    }
+  }
+}
+
+/**
+ * `make run` prints a URL carrying a token in the fragment (never sent to the server in a URL).
+ * Trade it for the HttpOnly session cookie, and take it out of the address bar and this history
+ * entry first, so it is not bookmarked or shared by accident.
+ */
+async function signInFromFragment() {
+  const token = new URLSearchParams(location.hash.slice(1)).get('token');
+  if (!token) return;
+  history.replaceState(history.state, '', location.pathname + location.search);
+  try {
+    await api.signIn(token);
+  } catch (problem) {
+    // Say why (an unknown or revoked token, say); an older session cookie may still work.
+    banner.show(problem);
+  }
+}
+
+async function start() {
+  await signInFromFragment();
+  let list;
+  try {
+    ({ projects: list } = await api.listProjects());
+  } catch (problem) {
+    report(problem);
+    return;
+  }
+  setSignedIn(true);
+  projects.render(list);
+  const wanted = projectInUrl() ?? projects.newest;
+  if (wanted) await openProject(wanted, { push: false });
+}
+
+$('#new-project').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const title = form.elements.title.value.trim();
+  if (!title) return;
+  const button = form.querySelector('button[type="submit"]');
+  button.disabled = true;
+  try {
+    const project = await api.createProject(title);
+    form.reset();
+    projects.add(project);
+    setSidebarOpen(false);
+    await openProject(project.id, { push: true });
+    composer.focus();
+  } catch (problem) {
+    report(problem);
+  } finally {
+    button.disabled = false;
+  }
+});
+
+$('#sign-out').addEventListener('click', async () => {
+  try {
+    await api.signOut();
+    showSignedOut();
+  } catch (problem) {
+    report(problem);
+  }
+});
+
+function setSidebarOpen(open) {
+  $('#app').classList.toggle('sidebar-open', open);
+  $('#projects-toggle').setAttribute('aria-expanded', String(open));
+}
+$('#projects-toggle').addEventListener('click', () => {
+  setSidebarOpen(!$('#app').classList.contains('sidebar-open'));
+});
+
+// Back and Forward move between projects opened here.
+window.addEventListener('popstate', () => {
+  const projectId = projectInUrl();
+  if (projectId && projectId !== conversation.projectId) openProject(projectId, { push: false });
+});
+// Pasting the `make run` URL into a tab already showing this page only changes the fragment:
+// no reload, so sign in from here too.
+window.addEventListener('hashchange', () => {
+  if (new URLSearchParams(location.hash.slice(1)).has('token')) start();
+});
+window.addEventListener('online', () => conversation.retryNow());
+// A page restored from the back/forward cache lost its streams: reload what is open.
+window.addEventListener('pageshow', (event) => {
+  if (event.persisted && conversation.projectId) {
+    openProject(conversation.projectId, { push: false });
+  }
+});
+
+start();

@@ -1,0 +1,58 @@
+// The message box. Enter sends, Shift+Enter breaks the line; while an answer is on its way the
+// box is read-only and Send is disabled, and Cancel appears once there is an answer to cancel.
+
+export class Composer {
+  #form;
+  #input;
+  #send;
+  #cancel;
+  #busy = false;
+
+  constructor(form, { onSend, onCancel }) {
+    this.#form = form;
+    this.#input = form.querySelector('textarea');
+    this.#send = form.querySelector('#send');
+    this.#cancel = form.querySelector('#cancel');
+
+    form.addEventListener('submit', (event) => {
+      event.preventDefault();
+      const text = this.#input.value;
+      if (!this.#busy && !this.#send.disabled && text.trim()) onSend(text);
+    });
+    this.#input.addEventListener('keydown', (event) => {
+      // isComposing: the Enter that confirms an input-method candidate must not send.
+      if (event.key !== 'Enter' || event.shiftKey || event.isComposing) return;
+      event.preventDefault();
+      form.requestSubmit();
+    });
+    this.#cancel.addEventListener('click', () => onCancel());
+  }
+
+  /**
+   * enabled: a project is open and the user is signed in; busy: an answer is being sent or is
+   * streaming; cancellable: there is a running answer that Cancel would stop.
+   */
+  setState({ enabled, busy, cancellable }) {
+    this.#busy = busy;
+    const hadFocus = this.#form.contains(document.activeElement);
+    this.#input.disabled = !enabled;
+    this.#input.readOnly = busy;
+    this.#send.disabled = !enabled || busy;
+    this.#form.setAttribute('aria-busy', String(busy));
+    this.#cancel.hidden = !cancellable;
+    // Hiding a focused Cancel (or disabling Send) would drop keyboard focus on <body>.
+    if (hadFocus && !this.#form.contains(document.activeElement) && enabled) this.focus();
+  }
+
+  get text() {
+    return this.#input.value;
+  }
+
+  clear() {
+    this.#input.value = '';
+  }
+
+  focus() {
+    this.#input.focus();
+  }
+}

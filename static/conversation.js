@@ -1,0 +1,183 @@
+// The open project's conversation: history paging, sending and cancelling, and turning stream
+// events into what the message list shows. Keeping streams attached is answers.js's job.
+
+import { AnswerStreams } from './answers.js';
+import { api, newRequestId } from './api.js';
+import { isActive } from './view.js';
+
+const PAGE_SIZE = 50;
+
+export class Conversation {
+  #messages;
+  #composer;
+  #announce;
+  #report;
+  #answers;
+
+  #projectId = null;
+  #epoch = 0; // bumped on every switch: answers to requests of an older epoch are dropped
+  #hasMore = false;
+  #loadingOlder = false;
+  // Kept until the server acknowledges the message, so that sending the same text again after
+  // a failure reuses its clientRequestId and can never create a second generation.
+  #draft = null;
+
+  constructor({ messages, composer, connection, announce, report, scroller, olderButton }) {
+    this.#messages = messages;
+    this.#composer = composer;
+    this.#announce = announce;
+    this.#report = report;
+    this.#answers = new AnswerStreams(connection, {
+      started: () => {
+        this.#draft = null;
+        this.#composer.clear();
+      },
+      event: (messageId, name, data) => this.#apply(messageId, name, data),
+      finished: (message) => this.#finish(message),
+      changed: () => this.#sync(),
+      report,
+    });
+    scroller.addEventListener('scroll', () => this.#messages.nearTop && this.loadOlder(), {
+      passive: true,
+    });
+    olderButton.addEventListener('click', () => this.loadOlder());
+  }
+
+  get projectId() {
+    return this.#projectId;
+  }
+
+  /** Shows a project's latest messages and attaches to its running answers. Throws ApiError. */
+  async open(projectId) {
+    this.close();
+    const epoch = this.#epoch;
+    this.#projectId = projectId;
+    let page;
+    try {
+      page = await api.listMessages(projectId, { limit: PAGE_SIZE });
+    } catch (problem) {
+      if (epoch === this.#epoch) this.#projectId = null;
+      throw problem;
+    }
+    if (epoch !== this.#epoch) return;
+    this.#showPage(page, (messages) => this.#messages.showLatest(messages));
+  }
+
+  /** Detaches from everything: streams, pending retries and requests in flight. */
+  close() {
+    this.#epoch += 1;
+    this.#projectId = null;
+    this.#draft = null;
+    this.#loadingOlder = false;
+    this.#messages.clear();
+    this.#answers.closeAll(); // also brings the composer up to date
+  }
+
+  async loadOlder() {
+    if (!this.#hasMore || this.#loadingOlder || !this.#projectId) return;
+    this.#loadingOlder = true;
+    const epoch = this.#epoch;
+    try {
+      const before = this.#messages.lowestSequence;
+      const page = await api.listMessages(this.#projectId, { limit: PAGE_SIZE, before });
+      if (epoch !== this.#epoch) return;
+      this.#loadingOlder = false;
+      this.#showPage(page, (messages) => this.#messages.prepend(messages));
+    } catch (problem) {
+      if (epoch !== this.#epoch) return;
+      this.#loadingOlder = false;
+      this.#report(problem);
+    }
+  }
+
+  send(text) {
+    if (!this.#projectId || this.#answers.busy) return;
+    if (this.#draft?.text !== text) this.#draft = { text, clientRequestId: newRequestId() };
+    this.#answers.start(this.#projectId, text, this.#draft.clientRequestId);
+  }
+
+  /** Cancels the newest running answer. */
+  async cancel() {
+    const bySequence = (a, b) => this.#messages.sequenceOf(a) - this.#messages.sequenceOf(b);
+    const messageId = this.#answers.runningIds.sort(bySequence).at(-1);
+    if (!messageId) return;
+    const projectId = this.#projectId;
+    const epoch = this.#epoch;
+    try {
+      const { message } = await api.cancel(projectId, messageId);
+      // 202 may come before the runner has stopped; the `cancelled` event then finishes it.
+      if (epoch === this.#epoch && !isActive(message)) this.#finish(message);
+    } catch (problem) {
+      if (epoch !== this.#epoch) return;
+      if (problem.status === 409) this.#refresh(projectId, messageId, epoch); // already over
+      else this.#report(problem);
+    }
+  }
+
+  retryNow() {
+    this.#answers.retryNow();
+  }
+
+  #showPage(page, render) {
+    this.#hasMore = page.has_more;
+    this.#messages.setHasMore(page.has_more);
+    render(page.messages);
+    for (const message of page.messages) {
+      const running = message.role === 'assistant' && isActive(message);
+      if (running && !this.#answers.isRunning(message.id)) {
+        this.#answers.follow(this.#projectId, message.id);
+      }
+    }
+    this.#sync();
+    // Scrolling up is what pages older history in; a page too short to scroll cannot do that.
+    if (this.#hasMore && this.#messages.underfilled) this.loadOlder();
+  }
+
+  #sync() {
+    this.#composer.setState({
+      enabled: this.#projectId !== null,
+      busy: this.#answers.busy,
+      cancellable: this.#answers.runningIds.length > 0,
+    });
+  }
+
+  async #refresh(projectId, messageId, epoch) {
+    try {
+      const message = await api.getMessage(projectId, messageId);
+      if (epoch === this.#epoch && !isActive(message)) this.#finish(message);
+    } catch (problem) {
+      if (epoch === this.#epoch) this.#report(problem);
+    }
+  }
+
+  #apply(messageId, name, data) {
+    switch (name) {
+      case 'start':
+        // A replay starts here too: forget the shown text, the deltas that follow rebuild it.
+        this.#messages.upsert(data.user_message);
+        this.#messages.upsert({ ...data.assistant_message, content: '' });
+        break;
+      case 'progress':
+        this.#messages.showProgress(messageId, data);
+        break;
+      case 'delta':
+        this.#messages.appendContent(messageId, data.text);
+        break;
+      case 'error':
+        // The Message normally carries the error too; the event's own copy is the fallback.
+        this.#finish({ ...data.message, error: data.message.error ?? data.error });
+        break;
+      default: // done, cancelled
+        this.#finish(data.message);
+    }
+  }
+
+  /** A finished Message: its stored content is authoritative and never changes again. */
+  #finish(message) {
+    this.#messages.upsert(message);
+    this.#answers.settle(message.id);
+    const outcome = { success: 'finished', cancelled: 'cancelled', error: 'failed' }[message.status];
+    const code = message.error?.code ? `: ${message.error.code}` : '';
+    this.#announce(`Answer #${message.sequence} ${outcome ?? message.status}${code}`);
+  }
+}

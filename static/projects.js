@@ -1,0 +1,77 @@
+// The project list in the sidebar: newest first, the open one marked with aria-current.
+
+export class ProjectList {
+  #list;
+  #empty;
+  #projects = new Map(); // id -> Project
+  #openId = null;
+
+  constructor(list, empty, onSelect) {
+    this.#list = list;
+    this.#empty = empty;
+    // One listener for the whole list, so re-rendering never leaks handlers.
+    list.addEventListener('click', (event) => {
+      const button = event.target.closest('button[data-project-id]');
+      if (button) onSelect(button.dataset.projectId);
+    });
+  }
+
+  get newest() {
+    return this.#list.firstElementChild?.dataset.projectId ?? null;
+  }
+
+  get(projectId) {
+    return this.#projects.get(projectId);
+  }
+
+  render(projects) {
+    this.#projects = new Map(projects.map((project) => [project.id, project]));
+    this.#list.replaceChildren(...projects.map((project) => this.#item(project)));
+    this.#sync();
+  }
+
+  /** A project created here (or found by id) that the list does not show yet goes on top. */
+  add(project) {
+    if (this.#projects.has(project.id)) return;
+    this.#projects.set(project.id, project);
+    this.#list.prepend(this.#item(project));
+    this.#sync();
+  }
+
+  markOpen(projectId) {
+    this.#openId = projectId;
+    this.#sync();
+  }
+
+  clear() {
+    this.render([]);
+    this.#openId = null;
+  }
+
+  #item(project) {
+    const item = document.createElement('li');
+    item.dataset.projectId = project.id;
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.dataset.projectId = project.id;
+    const title = document.createElement('span');
+    title.className = 'project-title';
+    title.textContent = project.title;
+    const created = document.createElement('time');
+    created.className = 'project-created';
+    created.dateTime = project.created_at;
+    const date = new Date(project.created_at);
+    if (!Number.isNaN(date.getTime())) created.textContent = date.toLocaleDateString();
+    button.append(title, created);
+    item.append(button);
+    return item;
+  }
+
+  #sync() {
+    for (const button of this.#list.querySelectorAll('button[data-project-id]')) {
+      if (button.dataset.projectId === this.#openId) button.setAttribute('aria-current', 'page');
+      else button.removeAttribute('aria-current');
+    }
+    this.#empty.hidden = this.#projects.size > 0;
+  }
+}
