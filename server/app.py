@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
@@ -19,6 +21,8 @@ from server.db import Database, retry_unavailable
 from server.errors import OrderlyError
 from server.generators import generator_from_settings
 from server.generators.base import Generator
+from server.limits import RateLimiter
+from server.middleware import AccessLog, SecurityHeaders
 from server.routes import generations, messages, ops, projects, session
 from server.services import Services
 from server.static import STATIC_DIR
@@ -55,8 +59,21 @@ def create_app(settings: Settings, *, generator: Generator | None = None) -> Sta
         *ops.routes,
         Mount("/static", app=StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]
+    middleware = [Middleware(AccessLog), Middleware(SecurityHeaders)]
+    if settings.cors_origins:
+        origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=origins,
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+                allow_credentials=True,
+            )
+        )
     return Starlette(
         routes=routes,
+        middleware=middleware,
         lifespan=lifespan,
         exception_handlers={
             OrderlyError: problems.handle_orderly_error,
@@ -74,7 +91,8 @@ async def start_services(settings: Settings, generator: Generator) -> Services:
     await retry_unavailable(db.open, attempts=20)
     store = Store(db)
     worker = Worker(settings, store, generator)
-    auth = Authenticator(store, cache_seconds=settings.token_cache_seconds)
+    limiter = RateLimiter(per_minute=settings.rate_per_minute, burst=settings.rate_burst)
+    auth = Authenticator(store, cache_seconds=settings.token_cache_seconds, limiter=limiter)
     return Services(settings=settings, db=db, store=store, worker=worker, auth=auth)
 
 

@@ -9,6 +9,7 @@ import time
 from starlette.requests import Request
 
 from server.errors import NotAuthenticated
+from server.limits import RateLimiter
 from server.store import Store, User
 
 COOKIE_NAME = "orderly_session"
@@ -38,8 +39,11 @@ class Authenticator:
     """Finds the user of a request. Lookups are cached for ``cache_seconds`` per token, so a
     revoked token keeps working on a worker for at most that long (see docs/security.md)."""
 
-    def __init__(self, store: Store, *, cache_seconds: float) -> None:
+    def __init__(
+        self, store: Store, *, cache_seconds: float, limiter: RateLimiter | None = None
+    ) -> None:
         self.store = store
+        self.limiter = limiter
         self.cache_seconds = cache_seconds
         self._cache: dict[bytes, tuple[float, User | None]] = {}
 
@@ -72,6 +76,8 @@ class Authenticator:
         user = await self.user_for_token(token)
         if user is None:
             raise NotAuthenticated("the token is not valid", code="invalid_token")
+        if self.limiter is not None:
+            self.limiter.charge(user.id)
         return user
 
 

@@ -42,6 +42,11 @@ class Settings:
     # Input limits
     max_message_chars: int = 32_000
     max_body_bytes: int = 256 * 1024
+    max_running_per_user: int = 10
+    rate_per_minute: int = 600
+    rate_burst: int = 60
+    max_streams_per_worker: int = 10_000
+    cors_origins: str = ""
     # Database
     pool_min_size: int = 2
     pool_max_size: int = 10
@@ -63,6 +68,10 @@ class Settings:
 
     def validate(self) -> None:
         positive = (
+            "max_running_per_user",
+            "rate_per_minute",
+            "rate_burst",
+            "max_streams_per_worker",
             "port",
             "workers",
             "demo_deltas",

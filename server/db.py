@@ -18,7 +18,7 @@ from typing import Any, cast
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from server.errors import DatabaseUnavailable, DuplicateRequest, InvalidInput
+from server.errors import DatabaseUnavailable, DuplicateRequest, InvalidInput, TooManyRunning
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,14 @@ def translate_errors() -> Iterator[None]:
         if exc.constraint_name == "messages_idempotency_key":
             raise DuplicateRequest() from exc
         raise
+    except asyncpg.RaiseError as exc:
+        if exc.args and exc.args[0] == "too_many_running_generations":
+            raise TooManyRunning() from exc
+        raise
     except (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError) as exc:
         raise InvalidInput("text contains characters the database cannot store") from exc
+    except (asyncpg.DeadlockDetectedError, asyncpg.SerializationError) as exc:
+        raise DatabaseUnavailable("the database was busy; retry") from exc
     except _UNAVAILABLE as exc:
         raise DatabaseUnavailable() from exc
 

@@ -73,6 +73,20 @@ class InvalidInput(OrderlyError):
         self.errors = errors or []
 
 
+class TooManyRequests(OrderlyError):
+    """Too many requests; retry later."""
+
+    status, code, title = 429, "too_many_requests", "Too Many Requests"
+    retry_after = 1
+
+
+class TooManyRunning(TooManyRequests):
+    """Too many of your generations are running; wait for one to finish."""
+
+    code = "too_many_running_generations"
+    retry_after = 2
+
+
 class ServiceUnavailable(OrderlyError):
     """The service is temporarily unavailable; retry later."""
 
@@ -84,6 +98,12 @@ class DatabaseUnavailable(ServiceUnavailable):
     """The database is unavailable; retry later."""
 
     code = "database_unavailable"
+
+
+class TooManyStreams(ServiceUnavailable):
+    """This server holds as many open streams as it may; retry (another instance may take it)."""
+
+    code = "too_many_streams"
 
 
 class Draining(ServiceUnavailable):

@@ -42,11 +42,13 @@ class Runner:
         *,
         lease_seconds: float,
         flush_interval: float,
+        max_running_per_user: int = 10,
         worker_id: UUID | None = None,
     ) -> None:
         self.store = store
         self.generator = generator
         self.lease_seconds = lease_seconds
+        self.max_running_per_user = max_running_per_user
         self.worker_id = worker_id or uuid4()
         self.flusher = Flusher(store, self.worker_id, interval=flush_interval, on_lost=self.abandon)
         self.tasks: dict[UUID, asyncio.Task[None]] = {}
@@ -66,6 +68,7 @@ class Runner:
                 client_request_id=request.client_request_id,
                 lease_owner=self.worker_id,
                 lease_seconds=self.lease_seconds,
+                running_cap=self.max_running_per_user,
             )
         except DuplicateRequest:
             assert request.client_request_id is not None

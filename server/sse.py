@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 
-from server.errors import InvalidInput, MalformedRequest
+from server.errors import InvalidInput, MalformedRequest, TooManyStreams
 from server.events import Event
 
 SEP = "\n"
@@ -39,17 +39,40 @@ def check_cursor(cursor: int, last_event_id: int) -> None:
         )
 
 
+class StreamGauge:
+    """Counts this worker's open streams against its limit (checked when a stream is asked for)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def check(self) -> None:
+        if self.open >= self.limit:
+            raise TooManyStreams()
+
+
 def ping() -> ServerSentEvent:
     return ServerSentEvent(comment="ping", sep=SEP)
 
 
 def event_stream(
-    events: AsyncIterator[Event], *, ping_seconds: float, retry_ms: int, send_timeout: float
+    events: AsyncIterator[Event],
+    *,
+    gauge: StreamGauge,
+    ping_seconds: float,
+    retry_ms: int,
+    send_timeout: float,
 ) -> EventSourceResponse:
+    gauge.check()
+
     async def frames() -> AsyncIterator[ServerSentEvent]:
-        yield ServerSentEvent(retry=retry_ms, sep=SEP)
-        async for event in events:
-            yield ServerSentEvent(data=event.data, event=event.name, id=str(event.id), sep=SEP)
+        gauge.open += 1
+        try:
+            yield ServerSentEvent(retry=retry_ms, sep=SEP)
+            async for event in events:
+                yield ServerSentEvent(data=event.data, event=event.name, id=str(event.id), sep=SEP)
+        finally:
+            gauge.open -= 1
 
     return EventSourceResponse(
         frames(),

@@ -135,10 +135,12 @@ class Store:
         client_request_id: str | None,
         lease_owner: UUID,
         lease_seconds: float,
+        running_cap: int,
     ) -> Pair | None:
         """Reserve sequences 2k-1, 2k and write both messages; None if not the owner's project.
 
-        Raises ``DuplicateRequest`` when ``client_request_id`` is already used in the project.
+        Raises ``DuplicateRequest`` when ``client_request_id`` is already used in the project, and
+        ``TooManyRunning`` when the user already runs ``running_cap`` generations.
         """
         rows = await self.db.fetch(
             "reserve_pair",
@@ -149,6 +151,7 @@ class Store:
             client_request_id,
             lease_owner,
             lease_seconds,
+            running_cap,
         )
         return _pair(rows)
 

@@ -23,6 +23,7 @@ from server.generators.base import Generator
 from server.leases import LeaseKeeper
 from server.notifier import Notifier
 from server.runner import Runner
+from server.sse import StreamGauge
 from server.store import Store
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class Worker:
             generator,
             lease_seconds=settings.lease_seconds,
             flush_interval=settings.flush_interval_ms / 1000,
+            max_running_per_user=settings.max_running_per_user,
         )
         self.notifier = Notifier()
         self.leases = LeaseKeeper(store, self.runner, lease_seconds=settings.lease_seconds)
@@ -46,6 +48,7 @@ class Worker:
             on_connect=self.notifier.wake_all,
         )
         self.closing = asyncio.Event()
+        self.streams = StreamGauge(settings.max_streams_per_worker)
         self._tasks: list[asyncio.Task[None]] = []
         self._drain: asyncio.Task[None] | None = None
 

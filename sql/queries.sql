@@ -50,13 +50,20 @@ WHERE id = $1 AND owner_id = $2;
 -- name: reserve_pair
 -- The whole reservation in one statement: the project row lock is held for this statement only,
 -- the ownership check is the UPDATE's WHERE (no row: not found), and a failed insert rolls the
--- counter back with it, so sequences never have gaps.
+-- counter back with it, so sequences never have gaps. The user's running count goes up in the
+-- same statement; over the cap, orderly_refuse aborts it all (nothing reserved, nothing written).
 -- $1 project, $2 owner, $3 content, $4 image_urls, $5 client_request_id, $6 lease owner,
--- $7 lease seconds
+-- $7 lease seconds, $8 the user's cap on running generations
 WITH p AS (
     UPDATE projects SET last_sequence = last_sequence + 2
     WHERE id = $1 AND owner_id = $2
     RETURNING last_sequence
+), u AS (
+    UPDATE users
+    SET running_generations = running_generations + 1
+    WHERE id = $2 AND EXISTS (SELECT 1 FROM p)
+      AND CASE WHEN running_generations < $8 THEN true
+               ELSE orderly_refuse('too_many_running_generations') END
 )
 INSERT INTO messages AS m (project_id, sequence, role, content, status, image_urls,
                            client_request_id, created_by, last_event_id, lease_owner,
@@ -164,7 +171,20 @@ WITH batch AS (
     FROM batch AS b
     WHERE m.project_id = b.project_id AND m.id = b.id
       AND m.lease_owner = $1 AND m.status IN ('pending', 'streaming')
-    RETURNING m.project_id, m.id, m.updated_at
+    RETURNING m.project_id, m.id, m.updated_at, m.status, m.created_by
+), finished_by AS (
+    -- Lock the users in id order, so that two workers' flushes cannot deadlock on them.
+    SELECT id FROM users
+    WHERE id IN (SELECT created_by FROM written WHERE status IN ('success', 'error', 'cancelled'))
+    ORDER BY id
+    FOR UPDATE
+), released AS (
+    UPDATE users AS u SET running_generations = greatest(0, u.running_generations - f.n)
+    FROM (
+        SELECT created_by, count(*) AS n FROM written
+        WHERE status IN ('success', 'error', 'cancelled') GROUP BY created_by
+    ) AS f
+    WHERE u.id = f.created_by AND u.id IN (SELECT id FROM finished_by)
 ), events AS (
     INSERT INTO message_events (project_id, message_id, event_id, name, data)
     SELECT e.project_id, e.message_id, e.event_id, e.name, e.data
@@ -219,7 +239,13 @@ WITH expired AS (
         updated_at = now()
     FROM expired AS e
     WHERE m.project_id = e.project_id AND m.id = e.id
-    RETURNING m.id
+    RETURNING m.id, m.created_by
+), reaped_for AS (
+    SELECT id FROM users WHERE id IN (SELECT created_by FROM reaped) ORDER BY id FOR UPDATE
+), released AS (
+    UPDATE users AS u SET running_generations = greatest(0, u.running_generations - r.n)
+    FROM (SELECT created_by, count(*) AS n FROM reaped GROUP BY created_by) AS r
+    WHERE u.id = r.created_by AND u.id IN (SELECT id FROM reaped_for)
 )
 SELECT id, pg_notify('orderly_events', id::text) FROM reaped;
 
@@ -238,6 +264,10 @@ WITH cancelled AS (
     WHERE m.project_id = $1 AND m.id = $2 AND p.id = m.project_id AND p.owner_id = $3
       AND m.role = 'assistant' AND m.status IN ('pending', 'streaming')
     RETURNING m.*
+), released AS (
+    UPDATE users AS u SET running_generations = greatest(0, u.running_generations - 1)
+    FROM cancelled AS c
+    WHERE u.id = c.created_by
 )
 SELECT c.id, c.project_id, c.sequence, c.role, c.kind, c.content, c.status, c.image_urls,
        c.client_request_id, c.created_by, c.created_at, c.updated_at, c.error_code,

@@ -57,6 +57,8 @@ async def _generate(
             f"message must be at most {app.settings.max_message_chars} characters",
             code="message_too_long",
         )
+    if not as_json:
+        app.worker.streams.check()  # refuse before anything is reserved
     submission = await app.runner.submit(user_id, project_id, body)
     pair = submission.pair
     if as_json:

@@ -31,6 +31,7 @@ def stream_message(app: Services, stored: StoredMessage, cursor: int) -> EventSo
     settings = app.settings
     return event_stream(
         events,
+        gauge=app.worker.streams,
         ping_seconds=settings.ping_seconds,
         retry_ms=settings.retry_ms,
         send_timeout=settings.send_timeout_seconds,
