@@ -122,6 +122,7 @@ def serve(settings: Settings) -> None:
             proxy_headers=True,
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
             log_level=settings.log_level.lower(),
+            access_log=False,  # ours (server/middleware.py) leaves query strings out
         )
 
 

@@ -23,6 +23,7 @@ from server.generators import generator_from_settings
 from server.generators.base import Generator
 from server.limits import RateLimiter
 from server.middleware import AccessLog, SecurityHeaders
+from server.openapi import openapi_document
 from server.routes import generations, messages, ops, projects, session
 from server.services import Services
 from server.static import STATIC_DIR
@@ -71,7 +72,7 @@ def create_app(settings: Settings, *, generator: Generator | None = None) -> Sta
                 allow_credentials=True,
             )
         )
-    return Starlette(
+    app = Starlette(
         routes=routes,
         middleware=middleware,
         lifespan=lifespan,
@@ -81,6 +82,8 @@ def create_app(settings: Settings, *, generator: Generator | None = None) -> Sta
             Exception: problems.handle_unexpected,
         },
     )
+    app.state.openapi = openapi_document()
+    return app
 
 
 async def start_services(settings: Settings, generator: Generator) -> Services:
@@ -98,4 +101,8 @@ async def start_services(settings: Settings, generator: Generator) -> Services:
 
 def app_from_env() -> Starlette:
     """The factory uvicorn's workers call (``server.app:app_from_env``)."""
-    return create_app(Settings.from_env())
+    settings = Settings.from_env()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
+    return create_app(settings)

@@ -25,6 +25,11 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
+async def openapi(request: Request) -> Response:
+    document = request.app.state.openapi
+    return JSONResponse(document)
+
+
 async def index(_request: Request) -> Response:
     return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
@@ -32,5 +37,6 @@ async def index(_request: Request) -> Response:
 routes = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
     Route("/", index, methods=["GET"]),
 ]

@@ -1,0 +1,274 @@
+"""The OpenAPI 3.1 document, built from the pydantic models of ``server/models.py``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from server.models import (
+    Accepted,
+    CreateProject,
+    GenerateRequest,
+    Message,
+    MessageEnvelope,
+    MessagePage,
+    Project,
+    ProjectList,
+    SessionRequest,
+)
+
+REF = "#/components/schemas/{model}"
+PROBLEM = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "code"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "code": {"type": "string", "description": "stable snake_case error code"},
+        "errors": {"type": "array", "items": {"type": "object"}},
+    },
+}
+SSE_DESCRIPTION = (
+    "Server-Sent Events: a `retry:` line, then events `start`, `progress`, `delta` and one "
+    "terminal event (`done`, `error` or `cancelled`), each with `id:`, `event:` and one line of "
+    "compact JSON `data:`; `: ping` comments while no event is due."
+)
+_ERROR_STATUSES = {
+    "400": "Malformed request",
+    "401": "Not authenticated",
+    "404": "Not found (or not yours)",
+    "409": "Conflict",
+    "413": "Body too large",
+    "415": "Wrong content type",
+    "422": "Invalid values",
+    "429": "Rate or concurrency limit",
+    "503": "Database unavailable or server draining",
+}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _ref(model: type[BaseModel]) -> dict[str, Any]:
+    return {"$ref": REF.format(model=model.__name__)}
+
+
+def _errors(*statuses: str) -> dict[str, Any]:
+    problem = {"application/problem+json": {"schema": {"$ref": REF.format(model="Problem")}}}
+    return {s: {"description": _ERROR_STATUSES[s], "content": problem} for s in statuses}
+
+
+def _path_param(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "format": "uuid"},
+    }
+
+
+def _query(name: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": required, "schema": schema}
+
+
+_LAST_EVENT_ID = [
+    {
+        "name": "Last-Event-ID",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    },
+    _query("lastEventId", {"type": "string", "pattern": "^[0-9]+$"}),
+]
+_SSE = {
+    "200": {
+        "description": SSE_DESCRIPTION,
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+_AUTH = ["401", "429", "503"]
+
+
+def _operations() -> dict[str, dict[str, Any]]:
+    project = [_path_param("project_id")]
+    message = [*project, _path_param("message_id")]
+    generation_body = {"required": True, "content": _json(_ref(GenerateRequest))}
+    accepted = {
+        "description": "accepted (Accept: application/json)",
+        "content": _json(_ref(Accepted)),
+    }
+    return {
+        "/api/session": {
+            "post": {
+                "summary": "Sign in a browser: trade a token for an HttpOnly cookie",
+                "requestBody": {"required": True, "content": _json(_ref(SessionRequest))},
+                "responses": {
+                    "204": {"description": "signed in"},
+                    **_errors("400", "401", "413", "415", "422"),
+                },
+            },
+            "delete": {"summary": "Sign out", "responses": {"204": {"description": "signed out"}}},
+        },
+        "/api/projects": {
+            "post": {
+                "summary": "Create a project",
+                "requestBody": {"required": True, "content": _json(_ref(CreateProject))},
+                "responses": {
+                    "201": {"description": "created", "content": _json(_ref(Project))},
+                    **_errors("400", "413", "415", "422", *_AUTH),
+                },
+            },
+            "get": {
+                "summary": "The caller's projects, newest first",
+                "parameters": [_query("limit", {"type": "integer", "minimum": 1, "maximum": 1000})],
+                "responses": {
+                    "200": {"description": "projects", "content": _json(_ref(ProjectList))},
+                    **_errors("400", "422", *_AUTH),
+                },
+            },
+        },
+        "/api/projects/{project_id}": {
+            "get": {
+                "summary": "One project",
+                "parameters": project,
+                "responses": {
+                    "200": {"description": "the project", "content": _json(_ref(Project))},
+                    **_errors("404", *_AUTH),
+                },
+            }
+        },
+        "/api/projects/{project_id}/generations": {
+            "post": {
+                "summary": "Start a generation (SSE stream, or 202 with Accept: application/json)",
+                "parameters": [*project, _LAST_EVENT_ID[0]],
+                "requestBody": generation_body,
+                "responses": {
+                    **_SSE,
+                    "202": accepted,
+                    **_errors("400", "404", "409", "413", "415", "422", *_AUTH),
+                },
+            }
+        },
+        "/api/generate-stream": {
+            "get": {
+                "summary": "Start or resume a generation, for EventSource",
+                "parameters": [
+                    _query("projectId", {"type": "string", "format": "uuid"}, True),
+                    _query("message", {"type": "string", "minLength": 1}, True),
+                    _query(
+                        "clientRequestId",
+                        {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+                        True,
+                    ),
+                    *_LAST_EVENT_ID,
+                ],
+                "responses": {**_SSE, **_errors("400", "404", "409", "422", *_AUTH)},
+            }
+        },
+        "/api/projects/{project_id}/messages": {
+            "get": {
+                "summary": "History, ascending by sequence",
+                "parameters": [
+                    *project,
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}),
+                    _query("before", {"type": "integer", "minimum": 1}),
+                    _query("after", {"type": "integer", "minimum": 0}),
+                ],
+                "responses": {
+                    "200": {"description": "a page", "content": _json(_ref(MessagePage))},
+                    **_errors("400", "404", "422", *_AUTH),
+                },
+            }
+        },
+        "/api/projects/{project_id}/messages/{message_id}": {
+            "get": {
+                "summary": "One message",
+                "parameters": message,
+                "responses": {
+                    "200": {"description": "the message", "content": _json(_ref(Message))},
+                    **_errors("404", *_AUTH),
+                },
+            }
+        },
+        "/api/projects/{project_id}/messages/{message_id}/events": {
+            "get": {
+                "summary": "Attach to, or resume, an assistant message's stream",
+                "parameters": [*message, *_LAST_EVENT_ID],
+                "responses": {**_SSE, **_errors("400", "404", "422", *_AUTH)},
+            }
+        },
+        "/api/projects/{project_id}/messages/{message_id}/cancel": {
+            "post": {
+                "summary": "Cancel a running answer",
+                "parameters": message,
+                "responses": {
+                    "202": {"description": "cancelled", "content": _json(_ref(MessageEnvelope))},
+                    **_errors("404", "409", *_AUTH),
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness",
+                "security": [],
+                "responses": {"200": {"description": "the process runs"}},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "Readiness",
+                "security": [],
+                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+            }
+        },
+    }
+
+
+def openapi_document() -> dict[str, Any]:
+    models: list[type[BaseModel]] = [
+        Accepted,
+        CreateProject,
+        GenerateRequest,
+        Message,
+        MessageEnvelope,
+        MessagePage,
+        Project,
+        ProjectList,
+        SessionRequest,
+    ]
+    _, schemas = models_json_schema(
+        [
+            (
+                m,
+                "validation"
+                if m in (CreateProject, GenerateRequest, SessionRequest)
+                else "serialization",
+            )
+            for m in models
+        ],
+        ref_template=REF,
+    )
+    components = dict(schemas.get("$defs", {}))
+    components["Problem"] = PROBLEM
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Orderly",
+            "version": "1.0.0",
+            "description": "Sequenced, resumable generation streams. See API.md.",
+        },
+        "paths": _operations(),
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "cookie": {"type": "apiKey", "in": "cookie", "name": "orderly_session"},
+            },
+        },
+        "security": [{"bearer": []}, {"cookie": []}],
+    }
