@@ -22,7 +22,7 @@ from server.errors import OrderlyError
 from server.generators import generator_from_settings
 from server.generators.base import Generator
 from server.limits import RateLimiter
-from server.middleware import AccessLog, SecurityHeaders
+from server.middleware import AccessLog, RequestLimits, SecurityHeaders
 from server.openapi import openapi_document
 from server.routes import generations, messages, ops, projects, session
 from server.services import Services
@@ -60,7 +60,15 @@ def create_app(settings: Settings, *, generator: Generator | None = None) -> Sta
         *ops.routes,
         Mount("/static", app=StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]
-    middleware = [Middleware(AccessLog), Middleware(SecurityHeaders)]
+    middleware = [
+        Middleware(AccessLog),
+        Middleware(SecurityHeaders),
+        Middleware(
+            RequestLimits,
+            max_url_bytes=settings.max_url_bytes,
+            max_header_bytes=settings.max_header_bytes,
+        ),
+    ]
     if settings.cors_origins:
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         middleware.append(

@@ -42,6 +42,8 @@ class Settings:
     # Input limits
     max_message_chars: int = 32_000
     max_body_bytes: int = 256 * 1024
+    max_url_bytes: int = 16 * 1024
+    max_header_bytes: int = 32 * 1024
     max_running_per_user: int = 10
     rate_per_minute: int = 600
     rate_burst: int = 60
@@ -68,6 +70,8 @@ class Settings:
 
     def validate(self) -> None:
         positive = (
+            "max_url_bytes",
+            "max_header_bytes",
             "max_running_per_user",
             "rate_per_minute",
             "rate_burst",

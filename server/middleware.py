@@ -7,6 +7,7 @@ message) nor any header (which can carry a token).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -45,6 +46,60 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class RequestLimits:
+    """Refuse oversized URLs (414) and header sections (431) before any handler runs.
+
+    uvicorn's httptools parser sets no limit of its own; a proxy in front should too (see
+    docs/security.md)."""
+
+    def __init__(self, app: ASGIApp, *, max_url_bytes: int, max_header_bytes: int) -> None:
+        self.app = app
+        self.max_url_bytes = max_url_bytes
+        self.max_header_bytes = max_header_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            url_size = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b""))
+            header_size = sum(len(k) + len(v) + 4 for k, v in scope["headers"])
+            if url_size > self.max_url_bytes:
+                await _refuse(
+                    send,
+                    414,
+                    "URI Too Long",
+                    "uri_too_long",
+                    f"the URL must be at most {self.max_url_bytes} bytes",
+                )
+                return
+            if header_size > self.max_header_bytes:
+                await _refuse(
+                    send,
+                    431,
+                    "Request Header Fields Too Large",
+                    "headers_too_large",
+                    f"the headers must total at most {self.max_header_bytes} bytes",
+                )
+                return
+        await self.app(scope, receive, send)
+
+
+async def _refuse(send: Send, status: int, title: str, code: str, detail: str) -> None:
+    body = json.dumps(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail, "code": code}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/problem+json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class AccessLog:
