@@ -42,7 +42,11 @@ def _http_url(value: str) -> str:
 
 StorableText = Annotated[str, AfterValidator(_storable)]
 ImageUrl = Annotated[
-    str, StringConstraints(max_length=2048), AfterValidator(_storable), AfterValidator(_http_url)
+    str,
+    StringConstraints(max_length=2048),
+    AfterValidator(_storable),
+    AfterValidator(_http_url),
+    Field(json_schema_extra={"format": "uri", "pattern": "^https?://[^/?#]+"}),
 ]
 
 

@@ -112,7 +112,11 @@ def _operations() -> dict[str, dict[str, Any]]:
                     **_errors("400", "401", "413", "415", "422"),
                 },
             },
-            "delete": {"summary": "Sign out", "responses": {"204": {"description": "signed out"}}},
+            "delete": {
+                "summary": "Sign out",
+                "security": [],
+                "responses": {"204": {"description": "signed out"}},
+            },
         },
         "/api/projects": {
             "post": {
