@@ -31,6 +31,13 @@ class Settings:
     openai_base_url: str = "http://127.0.0.1:11434/v1"
     openai_api_key: str | None = field(default=None, repr=False)
     openai_model: str = "llama3.2"
+    openai_system_prompt: str = "You are a helpful assistant."
+    openai_connect_timeout_seconds: float = 10.0
+    openai_first_token_seconds: float = 60.0
+    openai_idle_seconds: float = 60.0
+    openai_total_seconds: float = 600.0
+    openai_retries: int = 1
+    history_messages: int = 10
     # Streams and the event log
     ping_seconds: float = 15.0
     retry_ms: int = 2000

@@ -16,7 +16,7 @@ from server.errors import Conflict, Draining, DuplicateRequest, NotFound
 from server.eventlog import MessageLog
 from server.flusher import Flusher
 from server.generators.base import Delta, GenerationContext, Generator, GeneratorError
-from server.models import ErrorInfo, GenerateRequest
+from server.models import ErrorInfo, GenerateRequest, Message
 from server.store import Pair, Store
 
 logger = logging.getLogger(__name__)
@@ -43,12 +43,14 @@ class Runner:
         lease_seconds: float,
         flush_interval: float,
         max_running_per_user: int = 10,
+        history_messages: int = 10,
         worker_id: UUID | None = None,
     ) -> None:
         self.store = store
         self.generator = generator
         self.lease_seconds = lease_seconds
         self.max_running_per_user = max_running_per_user
+        self.history_messages = history_messages
         self.worker_id = worker_id or uuid4()
         self.flusher = Flusher(store, self.worker_id, interval=flush_interval, on_lost=self.abandon)
         self.tasks: dict[UUID, asyncio.Task[None]] = {}
@@ -96,8 +98,15 @@ class Runner:
     def _start(self, pair: Pair) -> None:
         log = MessageLog(pair)
         self.flusher.register(log)
+        user = pair.user.message
+
+        async def load_history() -> list[Message]:
+            return await self.store.recent_history(
+                user.project_id, user.sequence, self.history_messages
+            )
+
         context = GenerationContext(
-            user_message=pair.user.message, assistant_message=pair.assistant.message
+            user_message=user, assistant_message=pair.assistant.message, load_history=load_history
         )
         task = asyncio.create_task(self._run(log, context), name=f"generation {log.placeholder.id}")
         self.tasks[log.placeholder.id] = task

@@ -202,6 +202,12 @@ class Store:
             messages.reverse()
         return messages, has_more
 
+    async def recent_history(
+        self, project_id: UUID, before_sequence: int, limit: int
+    ) -> list[Message]:
+        rows = await self.db.fetch("recent_history", project_id, before_sequence, limit)
+        return [message_from_row(r).message for r in rows]
+
     async def events_after(
         self, project_id: UUID, message_id: UUID, after: int, limit: int
     ) -> list[Event]:

@@ -39,7 +39,9 @@ class Worker:
             lease_seconds=settings.lease_seconds,
             flush_interval=settings.flush_interval_ms / 1000,
             max_running_per_user=settings.max_running_per_user,
+            history_messages=settings.history_messages,
         )
+        self.generator = generator
         self.notifier = Notifier()
         self.leases = LeaseKeeper(store, self.runner, lease_seconds=settings.lease_seconds)
         self.listener = Listener(
@@ -93,6 +95,9 @@ class Worker:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        close = getattr(self.generator, "aclose", None)
+        if close is not None:  # a generator holding connections (the openai one)
+            await close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))

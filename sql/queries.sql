@@ -274,3 +274,17 @@ SELECT c.id, c.project_id, c.sequence, c.role, c.kind, c.content, c.status, c.im
        c.error_message, c.last_event_id,
        pg_notify('orderly_cancel', c.id::text), pg_notify('orderly_events', c.id::text)
 FROM cancelled AS c;
+
+-- name: recent_history
+-- The context of a generation: the finished messages before it, newest $3, in sequence order.
+-- Never a placeholder, a running answer, or a failed or cancelled one.
+SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
+       m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
+       m.error_message, m.last_event_id
+FROM (
+    SELECT * FROM messages
+    WHERE project_id = $1 AND sequence < $2 AND status = 'success'
+    ORDER BY sequence DESC
+    LIMIT $3
+) AS m
+ORDER BY m.sequence;
