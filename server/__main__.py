@@ -11,9 +11,12 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
+from server import logs
 from server.config import Settings, SettingsError
 from server.db import connect
 from server.migrate import migrate
@@ -94,6 +97,13 @@ async def _is_fresh(url: str) -> bool:
         return bool(await session.fetchval_sql("SELECT count(*) = 0 FROM users"))
 
 
+def _fresh_metrics_dir(settings: Settings) -> Path:
+    directory = (settings.data_dir / "metrics").resolve()
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
@@ -111,8 +121,11 @@ def serve(settings: Settings) -> None:
                 "`.venv/bin/python -m server token create demo`)\n"
             )
         sys.stdout.flush()
-        # The workers build their settings from the environment: hand them the resolved URL.
+        # The workers build their settings from the environment: hand them the resolved URL,
+        # and with several workers a directory where their metrics meet.
         os.environ["DATABASE_URL"] = url
+        if settings.workers > 1:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_fresh_metrics_dir(settings))
         uvicorn.run(
             "server.app:app_from_env",
             factory=True,
@@ -123,6 +136,7 @@ def serve(settings: Settings) -> None:
             timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
             log_level=settings.log_level.lower(),
             access_log=False,  # ours (server/middleware.py) leaves query strings out
+            log_config=None,  # ours (server/logs.py): one format for every line
         )
 
 
@@ -142,11 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("token", nargs="?")
     group.add_argument("--user", dest="username")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
         parser.error(str(exc))
+    if args.command in (None, "serve"):
+        logs.configure(settings.log_level, settings.log_format)
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.command in (None, "serve"):
         serve(settings)
         return 0

@@ -11,10 +11,10 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import Mount
+from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from server import problems
+from server import logs, problems
 from server.auth import Authenticator
 from server.config import Settings
 from server.db import Database, retry_unavailable
@@ -60,8 +60,9 @@ def create_app(settings: Settings, *, generator: Generator | None = None) -> Sta
         *ops.routes,
         Mount("/static", app=StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]
+    templates = {r.endpoint: r.path for r in routes if isinstance(r, Route)}
     middleware = [
-        Middleware(AccessLog),
+        Middleware(AccessLog, route_templates=templates),
         Middleware(SecurityHeaders),
         Middleware(
             RequestLimits,
@@ -110,7 +111,5 @@ async def start_services(settings: Settings, generator: Generator) -> Services:
 def app_from_env() -> Starlette:
     """The factory uvicorn's workers call (``server.app:app_from_env``)."""
     settings = Settings.from_env()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
     return create_app(settings)

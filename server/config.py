@@ -24,6 +24,7 @@ class Settings:
     workers: int = 1
     public_url: str | None = None
     log_level: str = "info"
+    log_format: str = "json"
     # Generation
     generator: str = "demo"
     demo_deltas: int = 20
@@ -101,6 +102,8 @@ class Settings:
             raise SettingsError("PING_SECONDS and LEASE_SECONDS must be positive")
         if self.pool_min_size > self.pool_max_size:
             raise SettingsError("POOL_MIN_SIZE must not exceed POOL_MAX_SIZE")
+        if self.log_format not in ("json", "text"):
+            raise SettingsError("LOG_FORMAT must be 'json' or 'text'")
         if self.generator not in ("demo", "openai"):
             raise SettingsError("GENERATOR must be 'demo' or 'openai'")
 

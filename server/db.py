@@ -114,6 +114,7 @@ class Database:
         self._max_size = max_size
         self._pool: asyncpg.Pool | None = None
         self.queries = load_queries()
+        self.in_flight = 0  # queries issued and not answered yet (for the pool metrics)
 
     async def open(self) -> None:
         with translate_errors():
@@ -136,18 +137,34 @@ class Database:
         return self._pool
 
     async def fetch(self, name: str, *args: Any) -> list[Row]:
-        with translate_errors():
-            rows = await self.pool.fetch(self.queries[name], *args, timeout=30)
-            return cast(list[Row], rows)
+        self.in_flight += 1
+        try:
+            with translate_errors():
+                rows = await self.pool.fetch(self.queries[name], *args, timeout=30)
+                return cast(list[Row], rows)
+        finally:
+            self.in_flight -= 1
 
     async def fetchrow(self, name: str, *args: Any) -> Row | None:
-        with translate_errors():
-            row = await self.pool.fetchrow(self.queries[name], *args, timeout=30)
-            return cast(Row | None, row)
+        self.in_flight += 1
+        try:
+            with translate_errors():
+                row = await self.pool.fetchrow(self.queries[name], *args, timeout=30)
+                return cast(Row | None, row)
+        finally:
+            self.in_flight -= 1
 
     async def fetchval(self, name: str, *args: Any) -> Any:
         with translate_errors():
             return await self.pool.fetchval(self.queries[name], *args, timeout=30)
+
+    def pool_usage(self) -> tuple[int, int, int]:
+        """(connections open, in use, queries waiting for one)."""
+        if self._pool is None:
+            return 0, 0, 0
+        size = self._pool.get_size()
+        in_use = size - self._pool.get_idle_size()
+        return size, in_use, max(0, self.in_flight - in_use)
 
     async def ping(self) -> bool:
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from datetime import datetime
 
 from server.events import Event, delta_data, progress_data, start_event, terminal_event
@@ -33,6 +34,7 @@ class MessageLog:
         self.closed = False  # no more events: the terminal one is visible, or the log was lost
         self.lost = False  # another worker (or the reaper) owns the message now
         self._changed = asyncio.Event()
+        self.started = time.monotonic()
 
     # The producer's side
 
@@ -111,3 +113,4 @@ class MessageLog:
         # Wake every current waiter at once, and give later ones a fresh event.
         self._changed.set()
         self._changed = asyncio.Event()
+        self.started = time.monotonic()

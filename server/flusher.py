@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from uuid import UUID
 
+from server import metrics
 from server.errors import DatabaseUnavailable
 from server.eventlog import MessageLog
 from server.store import Store
@@ -71,13 +73,18 @@ class Flusher:
         if not logs:
             return
         items = [log.snapshot() for log in logs]
+        started = time.perf_counter()
         try:
             written = await self.store.flush(self.owner_id, items)
         except BaseException:
             self._dirty |= ids  # keep them for the retry
             self._wakeup.set()
+            metrics.FLUSH_FAILURES.inc()
             raise
         self.flushes += 1
+        metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
+        metrics.FLUSH_BATCH.observe(len(items))
+        metrics.EVENTS_FLUSHED.inc(sum(len(item.events) for item in items))
         for log, item in zip(logs, items, strict=True):
             updated_at = written.get(item.message_id)
             if updated_at is None:
@@ -87,6 +94,8 @@ class Flusher:
             log.mark_written(item, updated_at)
             if log.closed:
                 self.forget(log)
+                metrics.GENERATIONS_FINISHED.labels(item.status).inc()
+                metrics.GENERATION_SECONDS.observe(time.monotonic() - log.started)
             elif log.needs_flush:
                 self.mark_dirty(log)
 

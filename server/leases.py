@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from server import metrics
 from server.errors import DatabaseUnavailable
 from server.runner import Runner
 from server.store import Store
@@ -53,6 +54,8 @@ class LeaseKeeper:
             for message_id in reaped:
                 self.runner.abandon(message_id)  # ours, if our own lease ran out
             self.reaped += len(reaped)
+            metrics.LEASES_REAPED.inc(len(reaped))
+            metrics.GENERATIONS_FINISHED.labels("error").inc(len(reaped))
             if reaped:
                 logger.warning("reaped %d message(s) whose worker stopped", len(reaped))
             if len(reaped) < REAP_BATCH:

@@ -9,12 +9,26 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server import logs, metrics
+
 access_logger = logging.getLogger("server.access")
+_SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+RECEIVED = "orderly.received"  # scope key: when the request arrived (perf_counter)
+
+
+def received_at(scope: Scope) -> float:
+    found = scope.get(RECEIVED)
+    return found if isinstance(found, float) else time.perf_counter()
+
 
 SECURITY_HEADERS = {
     # No inline script or style anywhere: the demo page loads only its own files.
@@ -103,25 +117,36 @@ async def _refuse(send: Send, status: int, title: str, code: str, detail: str) -
 
 
 class AccessLog:
-    def __init__(self, app: ASGIApp) -> None:
+    """Per request: a request id (``X-Request-ID`` if sane, else a new one, echoed back), one
+    access line and the HTTP metrics, labelled by route template, never by raw path."""
+
+    def __init__(self, app: ASGIApp, *, route_templates: Mapping[Any, str]) -> None:
         self.app = app
+        self.route_templates = route_templates
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        started = scope[RECEIVED] = time.perf_counter()
+        rid = _request_id(scope)
+        token = logs.request_id.set(rid)
         status = 0
 
         async def record_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                MutableHeaders(scope=message).setdefault("X-Request-ID", rid)
             await send(message)
 
         try:
             await self.app(scope, receive, record_status)
         finally:
+            elapsed = time.perf_counter() - started
+            route = self._route(scope)
+            metrics.HTTP_REQUESTS.labels(route, str(status)).inc()
+            metrics.HTTP_SECONDS.labels(route).observe(elapsed)
             client = scope.get("client")
             access_logger.info(
                 '%s "%s %s" %d %.1fms',
@@ -129,5 +154,29 @@ class AccessLog:
                 scope["method"],
                 scope["path"],
                 status,
-                (time.perf_counter() - started) * 1000,
+                elapsed * 1000,
+                extra={
+                    "method": scope["method"],
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 1),
+                },
             )
+            logs.request_id.reset(token)
+
+    def _route(self, scope: Scope) -> str:
+        # The router writes the matched endpoint into this very scope dict.
+        template = self.route_templates.get(scope.get("endpoint"))
+        if template is not None:
+            return template
+        path: str = scope["path"]
+        return "/static" if path.startswith("/static/") else "unmatched"
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text: str = value.decode("latin-1")
+            if _SANE_ID.fullmatch(text):
+                return text
+    return uuid.uuid4().hex

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from uuid import UUID, uuid4
 
+from server import metrics
 from server.errors import Conflict, Draining, DuplicateRequest, NotFound
 from server.eventlog import MessageLog
 from server.flusher import Flusher
@@ -78,6 +79,7 @@ class Runner:
         if pair is None:
             raise NotFound("no such project")
         self._start(pair)
+        metrics.GENERATIONS_STARTED.inc()
         return Submission(pair, created=True)
 
     async def _existing(self, user_id: UUID, project_id: UUID, request: GenerateRequest) -> Pair:
@@ -113,6 +115,7 @@ class Runner:
 
     async def _run(self, log: MessageLog, context: GenerationContext) -> None:
         message_id = log.placeholder.id
+        metrics.GENERATIONS_RUNNING.inc()
         try:
             await self._produce(log, context)
             log.finish("success")
@@ -129,6 +132,7 @@ class Runner:
             logger.exception("generator failed for message %s", message_id)
             log.finish("error", ErrorInfo(code="generator_failed", message="the generator failed"))
         finally:
+            metrics.GENERATIONS_RUNNING.dec()
             self.tasks.pop(message_id, None)
             self.flusher.mark_dirty(log)
 

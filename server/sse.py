@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 
+from server import metrics
 from server.errors import InvalidInput, MalformedRequest, TooManyStreams
 from server.events import Event
 
@@ -59,6 +61,7 @@ def event_stream(
     events: AsyncIterator[Event],
     *,
     gauge: StreamGauge,
+    received: float,
     ping_seconds: float,
     retry_ms: int,
     send_timeout: float,
@@ -67,12 +70,18 @@ def event_stream(
 
     async def frames() -> AsyncIterator[ServerSentEvent]:
         gauge.open += 1
+        metrics.OPEN_STREAMS.inc()
+        first = True
         try:
             yield ServerSentEvent(retry=retry_ms, sep=SEP)
             async for event in events:
                 yield ServerSentEvent(data=event.data, event=event.name, id=str(event.id), sep=SEP)
+                if first:
+                    metrics.FIRST_EVENT_SECONDS.observe(time.perf_counter() - received)
+                    first = False
         finally:
             gauge.open -= 1
+            metrics.OPEN_STREAMS.dec()
 
     return EventSourceResponse(
         frames(),

@@ -16,6 +16,7 @@ from types import FrameType
 from typing import Any
 from uuid import UUID
 
+from server import metrics
 from server.config import Settings
 from server.db import Listener
 from server.follow import FollowLimits
@@ -58,6 +59,16 @@ class Worker:
         self._spawn(self.runner.flusher.run(), "flusher")
         self._spawn(self.leases.run(), "leases")
         self._spawn(self.listener.run(), "listener")
+        self._spawn(self._report_pool(), "pool metrics")
+
+    async def _report_pool(self) -> None:
+        db = self.runner.store.db
+        while True:
+            size, in_use, waiting = db.pool_usage()
+            metrics.POOL_SIZE.set(size)
+            metrics.POOL_IN_USE.set(in_use)
+            metrics.POOL_WAITING.set(waiting)
+            await asyncio.sleep(1.0)
 
     def limits(self) -> FollowLimits:
         """The bounds of a stream opened now."""

@@ -22,7 +22,7 @@ async def post_generation(request: Request) -> Response:
     project_id = _project_id(request.path_params["project_id"])
     body = await read_json(request, GenerateRequest, max_bytes=app.settings.max_body_bytes)
     cursor = last_event_id(request)
-    return await _generate(app, user.id, project_id, body, cursor, wants_json(request))
+    return await _generate(app, request, user.id, project_id, body, cursor)
 
 
 async def get_generate_stream(request: Request) -> Response:
@@ -41,17 +41,19 @@ async def get_generate_stream(request: Request) -> Response:
         GenerateRequest,
         {"message": params["message"], "client_request_id": params["clientRequestId"]},
     )
-    return await _generate(app, user.id, project_id, body, last_event_id(request), False)
+    return await _generate(app, request, user.id, project_id, body, last_event_id(request))
 
 
 async def _generate(
     app: Services,
+    request: Request,
     user_id: UUID,
     project_id: UUID,
     body: GenerateRequest,
     cursor: int,
-    as_json: bool,
 ) -> Response:
+    """Start (or find) the generation; answer 202 JSON when asked for, else its stream."""
+    as_json = wants_json(request)
     if len(body.message) > app.settings.max_message_chars:
         raise InvalidInput(
             f"message must be at most {app.settings.max_message_chars} characters",
@@ -70,7 +72,7 @@ async def _generate(
         return json_response(accepted.model_dump_json(), 202)
     if submission.created:
         cursor = 0  # a new generation's stream starts at its first event whatever was sent
-    return stream_message(app, pair.assistant, cursor)
+    return stream_message(app, request, pair.assistant, cursor)
 
 
 def wants_json(request: Request) -> bool:

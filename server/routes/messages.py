@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from server import metrics
 from server.errors import Conflict, InvalidInput, NotFound
 from server.models import MessageEnvelope, MessagePage
 from server.parsing import path_uuid, query_int
@@ -48,7 +49,7 @@ async def message_events(request: Request) -> Response:
     stored = await _message(app, request, user)
     if stored.message.role != "assistant":
         raise NotFound("only assistant messages have an event stream")
-    return stream_message(app, stored, cursor)
+    return stream_message(app, request, stored, cursor)
 
 
 async def cancel(request: Request) -> Response:
@@ -64,6 +65,8 @@ async def cancel(request: Request) -> Response:
             raise NotFound("only assistant messages can be cancelled")
         raise Conflict(f"the message is already {stored.message.status}", code="already_finished")
     app.runner.abandon(message_id)  # ours? stop it now rather than on the NOTIFY
+    metrics.CANCELS.inc()
+    metrics.GENERATIONS_FINISHED.labels("cancelled").inc()
     return json_response(MessageEnvelope(message=cancelled.message).model_dump_json(), 202)
 
 

@@ -6,6 +6,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from server import metrics
 from server.services import services
 from server.static import STATIC_DIR
 
@@ -25,6 +26,11 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
+async def metrics_text(_request: Request) -> Response:
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)
+
+
 async def openapi(request: Request) -> Response:
     document = request.app.state.openapi
     return JSONResponse(document)
@@ -38,5 +44,6 @@ routes = [
     Route("/healthz", healthz, methods=["GET"]),
     Route("/readyz", readyz, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
+    Route("/metrics", metrics_text, methods=["GET"]),
     Route("/", index, methods=["GET"]),
 ]

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from sse_starlette import EventSourceResponse
+from starlette.requests import Request
 from starlette.responses import Response
 
 from server.follow import follow
+from server.middleware import received_at
 from server.services import Services
 from server.sse import check_cursor, event_stream
 from server.store import StoredMessage
@@ -16,7 +18,9 @@ def json_response(body: str, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
-def stream_message(app: Services, stored: StoredMessage, cursor: int) -> EventSourceResponse:
+def stream_message(
+    app: Services, request: Request, stored: StoredMessage, cursor: int
+) -> EventSourceResponse:
     """The SSE stream of an assistant message's log from event ``cursor + 1``."""
     check_cursor(cursor, stored.last_event_id)
     message = stored.message
@@ -32,6 +36,7 @@ def stream_message(app: Services, stored: StoredMessage, cursor: int) -> EventSo
     return event_stream(
         events,
         gauge=app.worker.streams,
+        received=received_at(request.scope),
         ping_seconds=settings.ping_seconds,
         retry_ms=settings.retry_ms,
         send_timeout=settings.send_timeout_seconds,

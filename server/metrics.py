@@ -1,0 +1,71 @@
+"""Prometheus metrics. With ``WORKERS>1`` the CLI sets ``PROMETHEUS_MULTIPROC_DIR`` before any
+worker starts, and ``/metrics`` aggregates every worker's files (prometheus_client's multiprocess
+mode). No label is built from user input: routes are templates, statuses a fixed set.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+_FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_SLOW = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+
+GENERATIONS_STARTED = Counter("orderly_generations_started", "Generations started")
+GENERATIONS_FINISHED = Counter(
+    "orderly_generations_finished", "Generations finished by this worker", ["status"]
+)
+GENERATIONS_RUNNING = Gauge(
+    "orderly_generations_running", "Generations running", multiprocess_mode="livesum"
+)
+OPEN_STREAMS = Gauge("orderly_open_streams", "Open SSE streams", multiprocess_mode="livesum")
+FIRST_EVENT_SECONDS = Histogram(
+    "orderly_time_to_first_event_seconds", "Request to the first event sent", buckets=_FAST
+)
+GENERATION_SECONDS = Histogram(
+    "orderly_generation_duration_seconds", "Reservation to terminal state written", buckets=_SLOW
+)
+EVENTS_FLUSHED = Counter("orderly_events_flushed", "Events written by the flusher")
+FLUSH_SECONDS = Histogram("orderly_flush_seconds", "Duration of one batched flush", buckets=_FAST)
+FLUSH_BATCH = Histogram(
+    "orderly_flush_batch_messages",
+    "Messages written per flush",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+FLUSH_FAILURES = Counter("orderly_flush_failures", "Flushes that failed (database away)")
+LEASES_REAPED = Counter("orderly_leases_reaped", "Messages closed by the reaper")
+CANCELS = Counter("orderly_cancels", "Generations cancelled through the API")
+POOL_IN_USE = Gauge(
+    "orderly_db_pool_in_use", "Pool connections in use", multiprocess_mode="livesum"
+)
+POOL_SIZE = Gauge("orderly_db_pool_size", "Pool connections open", multiprocess_mode="livesum")
+POOL_WAITING = Gauge(
+    "orderly_db_pool_waiting", "Queries waiting for a connection", multiprocess_mode="livesum"
+)
+HTTP_REQUESTS = Counter(
+    "orderly_http_requests", "HTTP requests by route template and status", ["route", "status"]
+)
+HTTP_SECONDS = Histogram(
+    "orderly_http_request_seconds",
+    "HTTP request duration (streams: until the stream ends)",
+    ["route"],
+    buckets=_FAST,
+)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text format of every metric, summed over workers in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST
