@@ -111,7 +111,7 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.im
        m.error_message, m.last_event_id
 FROM projects AS p
 LEFT JOIN LATERAL (
-    SELECT * FROM messages WHERE project_id = p.id ORDER BY sequence DESC LIMIT $3
+    SELECT * FROM messages WHERE project_id = $1 ORDER BY sequence DESC LIMIT $3
 ) AS m ON true
 WHERE p.id = $1 AND p.owner_id = $2;
 
@@ -121,7 +121,7 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.im
        m.error_message, m.last_event_id
 FROM projects AS p
 LEFT JOIN LATERAL (
-    SELECT * FROM messages WHERE project_id = p.id AND sequence < $4
+    SELECT * FROM messages WHERE project_id = $1 AND sequence < $4
     ORDER BY sequence DESC LIMIT $3
 ) AS m ON true
 WHERE p.id = $1 AND p.owner_id = $2;
@@ -132,7 +132,7 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.im
        m.error_message, m.last_event_id
 FROM projects AS p
 LEFT JOIN LATERAL (
-    SELECT * FROM messages WHERE project_id = p.id AND sequence > $4
+    SELECT * FROM messages WHERE project_id = $1 AND sequence > $4
     ORDER BY sequence ASC LIMIT $3
 ) AS m ON true
 WHERE p.id = $1 AND p.owner_id = $2;

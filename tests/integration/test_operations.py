@@ -116,8 +116,9 @@ def test_every_statement_on_per_project_tables_filters_by_project_id() -> None:
         touches = re.search(r"\b(messages|message_events)\b", text)
         if not touches or name in cross_project:
             continue
-        assert (
-            "project_id = $1" in text
-            or "project_id = b.project_id" in text
-            or "project_id = e.project_id" in text
-        ), f"{name} does not filter by project_id"
+        by_project = (
+            "project_id = $1" in text  # one project
+            or "project_id = b.project_id" in text  # a batch of (project, message) pairs
+            or re.search(r"insert into messages[\s\S]*select \$1::uuid", text)  # new rows
+        )
+        assert by_project, f"{name} does not filter by project_id"
