@@ -47,6 +47,7 @@ class Settings:
     lease_seconds: float = 30.0
     shutdown_grace_seconds: float = 10.0
     max_stream_seconds: float = 300.0
+    event_retention_hours: float = 168.0
     # Input limits
     max_message_chars: int = 32_000
     max_body_bytes: int = 256 * 1024

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from server import metrics
 from server.errors import DatabaseUnavailable
@@ -17,16 +18,28 @@ from server.store import Store
 
 logger = logging.getLogger(__name__)
 REAP_BATCH = 100
+PRUNE_BATCH = 5_000
+PRUNE_EVERY = 60.0
 
 
 class LeaseKeeper:
-    def __init__(self, store: Store, runner: Runner, *, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        runner: Runner,
+        *,
+        lease_seconds: float,
+        retention_seconds: float = 0.0,
+    ) -> None:
         self.store = store
         self.runner = runner
         self.lease_seconds = lease_seconds
         # Renew three times per lease; reap at least as often, and at least every 5 seconds.
         self.interval = min(lease_seconds / 3, 5.0)
         self.reaped = 0
+        self.retention_seconds = retention_seconds  # 0: keep events forever
+        self.pruned = 0
+        self._last_prune = 0.0
 
     async def run(self) -> None:
         while True:
@@ -34,6 +47,7 @@ class LeaseKeeper:
             try:
                 await self.renew_once()
                 await self.reap_once()
+                await self.prune_now_and_then()
             except DatabaseUnavailable:
                 logger.warning("lease renewal skipped: database unavailable")
 
@@ -47,6 +61,17 @@ class LeaseKeeper:
             if message_id not in held:
                 logger.warning("lost the lease on message %s", message_id)
                 self.runner.abandon(message_id)
+
+    async def prune_now_and_then(self) -> None:
+        """Retention, once a minute: stored events of messages finished long ago."""
+        now = time.monotonic()
+        if self.retention_seconds <= 0 or now - self._last_prune < PRUNE_EVERY:
+            return
+        self._last_prune = now
+        while deleted := await self.store.prune_events(self.retention_seconds, PRUNE_BATCH):
+            self.pruned += deleted
+            if deleted < PRUNE_BATCH:
+                return
 
     async def reap_once(self) -> None:
         while True:

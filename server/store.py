@@ -227,6 +227,14 @@ class Store:
         )
         return {r["id"] for r in rows}
 
+    async def prune_events(self, retention_seconds: float, batch: int) -> int:
+        """Delete up to ``batch`` stored events of messages finished long enough ago."""
+        async with self.db.session() as session:
+            status = await session.execute_sql(
+                self.db.queries["prune_events"], retention_seconds, batch
+            )
+        return int(status.split()[-1])
+
     async def reap_expired(self, limit: int) -> list[UUID]:
         return [r["id"] for r in await self.db.fetch("reap_expired", limit)]
 

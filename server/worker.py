@@ -44,7 +44,12 @@ class Worker:
         )
         self.generator = generator
         self.notifier = Notifier()
-        self.leases = LeaseKeeper(store, self.runner, lease_seconds=settings.lease_seconds)
+        self.leases = LeaseKeeper(
+            store,
+            self.runner,
+            lease_seconds=settings.lease_seconds,
+            retention_seconds=settings.event_retention_hours * 3600,
+        )
         self.listener = Listener(
             settings.database_url,
             {"orderly_events": self.notifier.on_events, "orderly_cancel": self._on_cancel},

@@ -288,3 +288,21 @@ FROM (
     LIMIT $3
 ) AS m
 ORDER BY m.sequence;
+
+-- name: prune_events
+-- Retention: drop the stored events of finished messages, oldest first, a batch at a time. The
+-- message rows keep the final content; a pruned log is answered with its terminal event alone.
+-- Spans projects by design (a periodic sweep). $1 retention seconds, $2 batch size
+WITH old AS (
+    SELECT e.project_id, e.message_id, e.event_id
+    FROM message_events AS e
+    JOIN messages AS m ON m.project_id = e.project_id AND m.id = e.message_id
+    WHERE e.created_at < now() - $1::float8 * interval '1 second'
+      AND m.status IN ('success', 'error', 'cancelled')
+    ORDER BY e.created_at
+    LIMIT $2
+)
+DELETE FROM message_events AS d
+USING old
+WHERE d.project_id = old.project_id AND d.message_id = old.message_id
+  AND d.event_id = old.event_id;

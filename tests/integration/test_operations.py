@@ -110,6 +110,7 @@ def test_every_statement_on_per_project_tables_filters_by_project_id() -> None:
         "reap_expired": "the reaper sweeps every expired lease (a multi-shard statement)",
         "list_projects": "a user's projects, by owner",
         "insert_project": "creates the project row itself",
+        "prune_events": "the retention sweep over every project (a multi-shard statement)",
     }
     for name, sql in load_queries().items():
         text = re.sub(r"--[^\n]*", "", sql).lower()
@@ -122,3 +123,24 @@ def test_every_statement_on_per_project_tables_filters_by_project_id() -> None:
             or re.search(r"insert into messages[\s\S]*select \$1::uuid", text)  # new rows
         )
         assert by_project, f"{name} does not filter by project_id"
+
+
+async def test_pruned_log_is_answered_with_its_terminal_event(database_url: str) -> None:
+    from tests.support import events_only, read_stream
+
+    token = await create_user(database_url, "alice")
+    async with running_server(settings_for(database_url)) as srv, srv.client(token) as client:
+        project = await create_project(client)
+        events = await generate(client, project, "to be pruned")
+        message = events[0].data["assistant_message"]["id"]
+        url = f"/api/projects/{project}/messages/{message}/events"
+        _, before = await read_stream(client, "GET", url)
+        assert [e.id for e in events_only(before)] == [e.id for e in events]
+        deleted = await srv.services.store.prune_events(0.0, 1000)
+        assert deleted == len(events) - 2  # start and the terminal event are not stored
+        _, after = await read_stream(client, "GET", url)
+        history = (await client.get(f"/api/projects/{project}/messages")).json()["messages"]
+    pruned = events_only(after)
+    assert [(e.id, e.event) for e in pruned] == [(events[-1].id, "done")]
+    assert pruned[0].data_lines == events[-1].data_lines
+    assert history[1]["content"] == events[-1].data["message"]["content"]
