@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,6 +98,10 @@ async def _is_fresh(url: str) -> bool:
         return bool(await session.fetchval_sql("SELECT count(*) = 0 FROM users"))
 
 
+def _exit_quietly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
+
+
 def _fresh_metrics_dir(settings: Settings) -> Path:
     directory = (settings.data_dir / "metrics").resolve()
     shutil.rmtree(directory, ignore_errors=True)
@@ -126,6 +131,9 @@ def serve(settings: Settings) -> None:
         os.environ["DATABASE_URL"] = url
         if settings.workers > 1:
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_fresh_metrics_dir(settings))
+        # uvicorn re-raises the signal that stopped it once it is done; exit through Python
+        # then, so that the embedded database above is stopped too.
+        signal.signal(signal.SIGTERM, _exit_quietly)
         uvicorn.run(
             "server.app:app_from_env",
             factory=True,
