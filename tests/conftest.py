@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
@@ -27,16 +29,18 @@ def _with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def embedded_postgres(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[EmbeddedPostgres | None]:
+def embedded_postgres() -> Iterator[EmbeddedPostgres | None]:
     if os.environ.get("TEST_DATABASE_URL"):
         yield None
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", free_port(), durable=False)
+    # Not under pytest's tmp_path: pytest deletes old base temp directories when another session
+    # starts, which would pull the data directory from under a server still running.
+    data = Path(tempfile.mkdtemp(prefix="orderly-test-pg-"))
+    server = EmbeddedPostgres(data / "data", free_port(), durable=False)
     server.start()
     yield server
     server.stop("immediate")
+    shutil.rmtree(data, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
