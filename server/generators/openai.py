@@ -1,0 +1,176 @@
+"""The ``openai`` generator: any OpenAI-compatible ``/chat/completions`` server, streamed.
+
+The request carries the system prompt, the project's recent finished history and the new user
+message. The answer is read chunk by chunk under three clocks (``openai_clock``). Every failure
+ends the generation with a ``GeneratorError`` (the runner keeps the partial content). A request is
+tried again only while the upstream has not accepted it, so no text is ever produced twice.
+
+Modules: ``openai_stream`` reads the SSE chunks, ``openai_failures`` turns upstream failures into
+error codes and safe messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from server.config import Settings
+from server.generators.base import Delta, GenerationContext, GeneratorError, Item, Progress
+from server.generators.openai_clock import Clock, Timeouts
+from server.generators.openai_failures import Failure, status_failure, transport_failure
+from server.generators.openai_stream import ChatStream
+from server.models import Message
+
+# Enough of an error body for its message. Messages show at most EXCERPT_CHARS of it, far less
+# than this, so a key cut in half at this limit can never show.
+ERROR_BODY_BYTES = 2048
+
+
+class OpenAIGenerator:
+    """Answers from ``POST {base_url}/chat/completions``, over one shared HTTP client."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        timeouts: Timeouts,
+        api_key: str | None = None,
+        system_prompt: str = "",
+        retries: int = 1,
+    ) -> None:
+        self.url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
+        if self.url.scheme not in ("http", "https"):  # fail at start-up, not on every answer
+            raise ValueError("OPENAI_BASE_URL must be an absolute http or https URL")
+        self.model = model
+        self.system_prompt = system_prompt
+        self.timeouts = timeouts
+        self.retries = max(0, retries)
+        self._secret = api_key or None
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # No read timeout here: the clocks bound every read, and tell a slow start from a stall.
+        timeout = httpx.Timeout(None, connect=timeouts.connect)
+        # No cap on connections: the runner already bounds running answers, and a wait for a
+        # pooled connection would pass for a slow model (upstream_timeout).
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=20)
+        self._client = httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OpenAIGenerator:
+        timeouts = Timeouts(
+            connect=settings.openai_connect_timeout_seconds,
+            first_token=settings.openai_first_token_seconds,
+            idle=settings.openai_idle_seconds,
+            total=settings.openai_total_seconds,
+        )
+        return cls(
+            base_url=settings.openai_base_url,
+            model=settings.openai_model,
+            timeouts=timeouts,
+            api_key=settings.openai_api_key,
+            system_prompt=settings.openai_system_prompt,
+            retries=settings.openai_retries,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __call__(self, context: GenerationContext) -> AsyncIterator[Item]:
+        yield Progress("contacting model", f"Sending the conversation to {self.model}", None)
+        clock = Clock(self.timeouts)
+        messages = chat_messages(
+            self.system_prompt, await context.load_history(), context.user_message
+        )
+        payload = {"model": self.model, "stream": True, "messages": messages}
+        attempt = 0
+        while isinstance(opened := await self._open(payload, clock), Failure):
+            attempt += 1
+            delay = self._retry_delay(opened, attempt, clock)
+            yield Progress("retrying", f"{opened.error.message}; trying again", None)
+            await asyncio.sleep(delay)
+            clock.new_attempt()
+        # Closing the response on every way out (an error, a cancel, the runner's aclose) closes
+        # the upstream connection, so an abandoned answer stops costing the model server.
+        async with (
+            contextlib.aclosing(opened),
+            contextlib.aclosing(opened.aiter_lines()) as lines,  # type: ignore[type-var]
+        ):
+            stream = ChatStream(lines, self._secret)
+            while (text := await self._next_text(stream, clock)) is not None:
+                if text and not clock.writing:
+                    yield Progress("writing", f"{self.model} is writing", None)
+                if text:
+                    yield Delta(text)
+                # After the yields: time the consumer takes is not the model's idle time.
+                clock.received(text)
+
+    def _retry_delay(self, failure: Failure, attempt: int, clock: Clock) -> float:
+        """How long to wait before trying again; raises the failure's error when not to."""
+        delay = failure.retry_after
+        if delay is None or attempt > self.retries or not clock.can_wait(delay):
+            raise failure.error
+        return delay
+
+    async def _open(self, payload: dict[str, Any], clock: Clock) -> httpx.Response | Failure:
+        """One attempt: the response once its headers say 2xx, or why there is none."""
+        request = self._client.build_request("POST", self.url, json=payload)
+        try:
+            async with asyncio.timeout_at(clock.deadline()):
+                response = await self._client.send(request, stream=True)
+        except TimeoutError:
+            return Failure(clock.expired(), None)
+        except httpx.TransportError as exc:
+            return transport_failure(exc, self.timeouts.connect)
+        if response.is_success:
+            return response
+        async with contextlib.aclosing(response):
+            body = await _body_start(response, clock)
+        return status_failure(response, body, self._secret)
+
+    async def _next_text(self, stream: ChatStream, clock: Clock) -> str | None:
+        """The next chunk's text within the clock's deadline; None after ``[DONE]``."""
+        try:
+            async with asyncio.timeout_at(clock.deadline()):
+                return await stream.next_text()
+        except TimeoutError:
+            raise clock.expired() from None
+        except httpx.DecodingError:  # e.g. a gzip body cut short
+            message = "the model server sent a body that cannot be decoded"
+            raise GeneratorError("upstream_protocol", message) from None
+        except httpx.TransportError:
+            message = "the connection to the model server broke during the answer"
+            raise GeneratorError("upstream_error", message) from None
+
+
+async def _body_start(response: httpx.Response, clock: Clock) -> bytes:
+    """The first ERROR_BODY_BYTES of an error body; what came in time, if it is slow."""
+    body = b""
+    with contextlib.suppress(TimeoutError, httpx.RequestError):
+        async with (
+            asyncio.timeout_at(clock.deadline()),
+            contextlib.aclosing(response.aiter_bytes()) as chunks,  # type: ignore[type-var]
+        ):
+            async for chunk in chunks:
+                body += chunk
+                if len(body) >= ERROR_BODY_BYTES:
+                    break
+    return body[:ERROR_BODY_BYTES]
+
+
+def chat_messages(system_prompt: str, history: list[Message], user: Message) -> list[Any]:
+    """The request's ``messages``: the system prompt, the history in order, the new message."""
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return [*system, *(_turn(message) for message in history), _turn(user)]
+
+
+def _turn(message: Message) -> dict[str, Any]:
+    if not message.image_urls:
+        return {"role": message.role, "content": message.content}
+    # With images, the content is the parts array of OpenAI's vision format.
+    parts: list[dict[str, Any]] = [{"type": "text", "text": message.content}]
+    parts += [{"type": "image_url", "image_url": {"url": url}} for url in message.image_urls]
+    return {"role": message.role, "content": parts}

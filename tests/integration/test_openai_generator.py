@@ -1,0 +1,621 @@
+"""The openai generator, end to end: the whole app (GENERATOR=openai, built from settings) in
+front of a real HTTP server on a loopback port that speaks the OpenAI streaming protocol, scripted
+per test. Everything is checked through the public API and on the fake upstream's wire."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+from server.config import Settings
+from server.generators.base import Delta, GenerationContext
+from server.generators.openai import OpenAIGenerator
+from server.generators.openai_clock import Timeouts
+from server.models import Message
+from tests.support import (
+    Frame,
+    create_project,
+    create_user,
+    events_only,
+    generate,
+    parse_frames,
+    running_server,
+    settings_for,
+)
+
+SYSTEM_PROMPT = "You are a terse test assistant."
+MODEL = "test-model"
+API_KEY = "sk-test-Zq8vN3xK5mP1wR7t"
+
+
+@dataclass
+class Received:
+    """One request as the fake model server read it off the wire."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+class Exchange:
+    """One connection to the fake model server: its request, and ways to answer on the wire."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        on_closed_by_client: Callable[[], None],
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self._on_closed_by_client = on_closed_by_client
+
+    async def head(self, status: int = 200, headers: dict[str, str] | None = None) -> None:
+        lines = [f"HTTP/1.1 {status} Whatever", "Connection: close"]
+        lines += ["Content-Type: text/event-stream", "Transfer-Encoding: chunked"]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        await self._write("\r\n".join(lines).encode() + b"\r\n\r\n")
+
+    async def piece(self, text: str) -> None:
+        """One piece of a chunked body."""
+        data = text.encode()
+        await self._write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+    async def event(self, data: str) -> None:
+        await self.piece(f"data: {data}\n\n")
+
+    async def delta(self, content: str | None = None, **delta: Any) -> None:
+        if content is not None:
+            delta["content"] = content
+        chunk = {"id": "c1", "object": "chat.completion.chunk", "model": MODEL}
+        chunk["choices"] = [{"index": 0, "delta": delta, "finish_reason": None}]
+        await self.event(json.dumps(chunk))
+
+    async def end(self) -> None:
+        """The end of the chunked body (HTTP is complete; [DONE] is separate)."""
+        await self._write(b"0\r\n\r\n")
+
+    async def done(self) -> None:
+        await self.event("[DONE]")
+        await self.end()
+
+    async def until_closed(self) -> None:
+        """Send nothing more; return when the client closes the connection."""
+        with contextlib.suppress(ConnectionError):
+            while await self.reader.read(1024):
+                pass
+        self._on_closed_by_client()
+
+    async def _write(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+
+Reply = Callable[[Exchange], Awaitable[None]]
+
+
+@dataclass
+class FakeModel:
+    """An OpenAI-compatible server that answers its n-th request with ``replies[n]`` (the last
+    reply repeats) and remembers every request and every connection the client closed."""
+
+    replies: list[Reply]
+    requests: list[Received] = field(default_factory=list)
+    closed_by_client: int = 0
+    base_url: str = ""
+    _server: asyncio.Server | None = None
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def __aenter__(self) -> FakeModel:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def wait_closed_by_client(self, timeout: float) -> None:
+        await asyncio.wait_for(self._closed.wait(), timeout)
+
+    async def settled(self, timeout: float) -> None:
+        """Wait until every connection is over: an answer left open upstream fails the test."""
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            assert not pending, "the app left an upstream request open"
+
+    def _closed_by_client(self) -> None:
+        self.closed_by_client += 1
+        self._closed.set()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            self.requests.append(await read_request(reader))
+            reply = self.replies[min(len(self.requests), len(self.replies)) - 1]
+            await reply(Exchange(reader, writer, self._closed_by_client))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            self._tasks.discard(task)
+
+
+async def read_request(reader: asyncio.StreamReader) -> Received:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode()
+    request_line, *header_lines = head.split("\r\n")
+    method, path, _ = request_line.split(" ", 2)
+    headers = {}
+    for line in header_lines:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return Received(method, path, headers, json.loads(body) if body else None)
+
+
+# Replies: the scripts of the fake model server.
+
+
+def answer(*pieces: str, pause: float = 0.0) -> Reply:
+    async def reply(x: Exchange) -> None:
+        await x.head()
+        await x.delta(role="assistant", content="")  # as OpenAI does: a role-only first chunk
+        for piece in pieces:
+            await asyncio.sleep(pause)
+            await x.delta(piece)
+        await x.delta(finish_reason="stop")
+        await x.done()
+
+    return reply
+
+
+def then_silence(*pieces: str) -> Reply:
+    """Some pieces (maybe none), then nothing at all until the client gives up."""
+
+    async def reply(x: Exchange) -> None:
+        await x.head()
+        await x.delta(role="assistant", content="")
+        for piece in pieces:
+            await x.delta(piece)
+        await x.until_closed()
+
+    return reply
+
+
+def status(code: int, body: str = "", headers: dict[str, str] | None = None) -> Reply:
+    async def reply(x: Exchange) -> None:
+        await x.head(code, {"Content-Type": "application/json", **(headers or {})})
+        if body:
+            await x.piece(body)
+        await x.end()
+
+    return reply
+
+
+def then_garbage(piece: str, garbage: str) -> Reply:
+    async def reply(x: Exchange) -> None:
+        await x.head()
+        await x.delta(piece)
+        await x.event(garbage)
+        await x.done()
+
+    return reply
+
+
+def then_drop(piece: str) -> Reply:
+    """A piece, then the connection closes in the middle of the chunked body."""
+
+    async def reply(x: Exchange) -> None:
+        await x.head()
+        await x.delta(piece)
+        x.writer.close()
+
+    return reply
+
+
+def then_end_without_done(piece: str) -> Reply:
+    async def reply(x: Exchange) -> None:
+        await x.head()
+        await x.delta(piece)
+        await x.end()
+
+    return reply
+
+
+def endless(piece: str, pause: float) -> Reply:
+    """Pieces every ``pause`` seconds, for as long as the client listens."""
+
+    async def reply(x: Exchange) -> None:
+        await x.head()
+        writing = asyncio.create_task(forever(x))
+        await x.until_closed()
+        writing.cancel()
+
+    async def forever(x: Exchange) -> None:
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await x.delta(piece)
+                await asyncio.sleep(pause)
+
+    return reply
+
+
+# The app in front of the fake model server.
+
+
+def openai_settings(database_url: str, base_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "generator": "openai",
+        "openai_base_url": base_url,
+        "openai_model": MODEL,
+        "openai_system_prompt": SYSTEM_PROMPT,
+        "openai_connect_timeout_seconds": 1.0,
+        "openai_first_token_seconds": 1.0,
+        "openai_idle_seconds": 1.0,
+        "openai_total_seconds": 10.0,
+        "openai_retries": 1,
+    }
+    return settings_for(database_url, **{**values, **overrides})
+
+
+@dataclass
+class Outcome:
+    events: list[Frame]
+
+    @property
+    def terminal(self) -> Frame:
+        return self.events[-1]
+
+    @property
+    def message(self) -> Any:
+        return self.terminal.data["message"]
+
+    @property
+    def error(self) -> Any:
+        assert self.terminal.event == "error", self.terminal
+        return self.terminal.data["error"]
+
+    @property
+    def pieces(self) -> list[str]:
+        return [e.data["text"] for e in self.events if e.event == "delta"]
+
+    @property
+    def deltas(self) -> str:
+        return "".join(self.pieces)
+
+    @property
+    def stages(self) -> list[str]:
+        return [e.data["stage"] for e in self.events if e.event == "progress"]
+
+
+async def run_one(
+    database_url: str, replies: list[Reply], message: str = "Hello?", **overrides: Any
+) -> tuple[Outcome, FakeModel]:
+    """One generation through the whole app, in front of a fake model with ``replies``."""
+    token = await create_user(database_url, "alice")
+    async with FakeModel(replies) as model:
+        settings = openai_settings(database_url, model.base_url, **overrides)
+        async with running_server(settings) as srv, srv.client(token) as client:
+            project = await create_project(client)
+            outcome = Outcome(await generate(client, project, message))
+            await model.settled(2.0)  # while the app runs: its shutdown would close them all
+    assert outcome.message["content"] == outcome.deltas, "content = the joined deltas"
+    return outcome, model
+
+
+# A normal answer, and what the request carried.
+
+
+async def test_an_answer_streams_as_deltas_and_succeeds(database_url: str) -> None:
+    outcome, model = await run_one(database_url, [answer("Hel", "lo, ", "world")])
+    assert [e.event for e in outcome.events[:2]] == ["start", "progress"]
+    assert outcome.stages == ["contacting model", "writing"]
+    assert outcome.pieces == ["Hel", "lo, ", "world"]
+    assert outcome.terminal.event == "done"
+    assert (outcome.message["status"], outcome.message["content"]) == ("success", "Hello, world")
+    [request] = model.requests
+    assert (request.method, request.path) == ("POST", "/v1/chat/completions")
+    assert request.body["model"] == MODEL and request.body["stream"] is True
+    assert request.body["messages"] == [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": "Hello?"},
+    ]
+    assert "authorization" not in request.headers, "no key set: no Authorization header"
+
+
+async def test_the_request_carries_the_finished_history_in_order(database_url: str) -> None:
+    token = await create_user(database_url, "alice")
+    replies = [answer("Hi!"), then_garbage("partial", "{oops"), answer("Fine.")]
+    image = "https://example.com/cat.png"
+    async with FakeModel(replies) as model:
+        settings = openai_settings(database_url, model.base_url, openai_api_key=API_KEY)
+        async with running_server(settings) as srv, srv.client(token) as client:
+            project = await create_project(client)
+            first = await generate(client, project, "Look at this", image_urls=[image])
+            failed = await generate(client, project, "And now?")
+            last = await generate(client, project, "Still there?")
+            history = (await client.get(f"/api/projects/{project}/messages")).text
+    assert [f[-1].event for f in (first, failed, last)] == ["done", "error", "done"]
+    assert failed[-1].data["message"]["content"] == "partial"
+    with_image = [
+        {"type": "text", "text": "Look at this"},
+        {"type": "image_url", "image_url": {"url": image}},
+    ]
+    assert model.requests[0].body["messages"][1] == {"role": "user", "content": with_image}
+    # The failed answer ("partial") is not in the context; its question is (it was stored).
+    assert model.requests[2].body["messages"] == [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": with_image},
+        {"role": "assistant", "content": "Hi!"},
+        {"role": "user", "content": "And now?"},
+        {"role": "user", "content": "Still there?"},
+    ]
+    for request in model.requests:
+        assert request.headers["authorization"] == f"Bearer {API_KEY}"
+        assert request.body["model"] == MODEL and request.body["stream"] is True
+    everything = json.dumps([f.data_lines for f in first + failed + last]) + history
+    assert API_KEY not in everything
+
+
+async def test_history_is_limited_to_the_most_recent_messages(database_url: str) -> None:
+    token = await create_user(database_url, "alice")
+    async with FakeModel([answer("A1"), answer("A2"), answer("A3")]) as model:
+        settings = openai_settings(database_url, model.base_url, history_messages=2)
+        async with running_server(settings) as srv, srv.client(token) as client:
+            project = await create_project(client)
+            for prompt in ("Q1", "Q2", "Q3"):
+                await generate(client, project, prompt)
+    assert [m["content"] for m in model.requests[2].body["messages"]] == [
+        SYSTEM_PROMPT,
+        "Q2",
+        "A2",
+        "Q3",
+    ]
+
+
+# Time limits.
+
+
+async def test_a_slow_first_token_is_an_upstream_timeout(database_url: str) -> None:
+    outcome, model = await run_one(
+        database_url, [then_silence()], openai_first_token_seconds=0.3, openai_retries=3
+    )
+    assert outcome.error["code"] == "upstream_timeout"
+    assert "0.3 seconds" in outcome.error["message"]
+    assert outcome.message["status"] == "error" and outcome.message["content"] == ""
+    assert len(model.requests) == 1, "a timeout is not retried"
+    assert model.closed_by_client == 1
+
+
+async def test_a_stall_mid_answer_is_an_upstream_timeout_keeping_the_partial_text(
+    database_url: str,
+) -> None:
+    outcome, model = await run_one(
+        database_url, [then_silence("Hel", "lo")], openai_idle_seconds=0.3, openai_retries=3
+    )
+    assert outcome.error["code"] == "upstream_timeout"
+    assert "stalled" in outcome.error["message"]
+    assert (outcome.message["status"], outcome.message["content"]) == ("error", "Hello")
+    assert len(model.requests) == 1 and model.closed_by_client == 1
+
+
+async def test_an_answer_longer_than_the_total_time_is_an_upstream_timeout(
+    database_url: str,
+) -> None:
+    outcome, model = await run_one(
+        database_url, [endless("la ", pause=0.05)], openai_total_seconds=0.6
+    )
+    assert outcome.error["code"] == "upstream_timeout"
+    assert "did not finish within 0.6 seconds" in outcome.error["message"]
+    assert outcome.message["content"].startswith("la la ")
+    assert model.closed_by_client == 1
+
+
+# Upstream refusals.
+
+
+async def test_a_429_is_rate_limited_and_reports_retry_after(database_url: str) -> None:
+    limited = status(429, '{"error": {"message": "slow down"}}', {"Retry-After": "30"})
+    outcome, model = await run_one(database_url, [limited, answer("never")])
+    assert outcome.error["code"] == "upstream_rate_limited"
+    assert "Retry-After: 30" in outcome.error["message"]
+    assert len(model.requests) == 1, "a 30 s wait is longer than a first token may take"
+
+
+async def test_a_429_with_a_short_retry_after_is_retried(database_url: str) -> None:
+    limited = status(429, "", {"Retry-After": "0"})
+    outcome, model = await run_one(database_url, [limited, answer("ok")])
+    assert (outcome.terminal.event, outcome.message["content"]) == ("done", "ok")
+    assert outcome.stages == ["contacting model", "retrying", "writing"]
+    assert len(model.requests) == 2
+
+
+async def test_a_500_is_an_upstream_error_without_the_key(database_url: str) -> None:
+    echo = json.dumps({"error": {"message": f"engine crashed (key {API_KEY}) \n\n badly"}})
+    outcome, model = await run_one(database_url, [status(500, echo)], openai_api_key=API_KEY)
+    assert outcome.error["code"] == "upstream_error"
+    assert outcome.error["message"] == (
+        "the model server answered HTTP 500: engine crashed (key [redacted]) badly"
+    )
+    assert len(model.requests) == 2, "one retry before the first token"
+    assert API_KEY not in json.dumps([e.data_lines for e in outcome.events])
+
+
+async def test_a_400_is_not_retried(database_url: str) -> None:
+    outcome, model = await run_one(database_url, [status(400, '{"error": "model not found"}')])
+    assert outcome.error == {
+        "code": "upstream_error",
+        "message": "the model server answered HTTP 400: model not found",
+    }
+    assert len(model.requests) == 1
+
+
+async def test_a_401_shows_none_of_the_upstream_text(database_url: str) -> None:
+    echo = json.dumps({"error": {"message": f"Incorrect API key provided: {API_KEY[:6]}***"}})
+    outcome, model = await run_one(database_url, [status(401, echo)], openai_api_key=API_KEY)
+    assert outcome.error == {
+        "code": "upstream_error",
+        "message": "the model server refused the request (HTTP 401); check OPENAI_API_KEY",
+    }
+    assert len(model.requests) == 1
+
+
+async def test_a_refused_connection_is_an_upstream_error(database_url: str) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    outcome, _ = await run_one(
+        database_url, [], openai_base_url=f"http://127.0.0.1:{port}/v1", openai_retries=1
+    )
+    assert outcome.error["code"] == "upstream_error"
+    assert "could not connect" in outcome.error["message"]
+    assert outcome.stages == ["contacting model", "retrying"]
+
+
+# A broken stream.
+
+
+async def test_malformed_json_in_a_chunk_is_an_upstream_protocol_error(database_url: str) -> None:
+    outcome, _ = await run_one(database_url, [then_garbage("Hi", '{"choices": [')])
+    assert outcome.error["code"] == "upstream_protocol"
+    assert (outcome.message["status"], outcome.message["content"]) == ("error", "Hi")
+
+
+async def test_a_chunk_of_the_wrong_shape_is_an_upstream_protocol_error(database_url: str) -> None:
+    outcome, _ = await run_one(database_url, [then_garbage("Hi", '{"text": "no choices"}')])
+    assert outcome.error["code"] == "upstream_protocol"
+    assert outcome.message["content"] == "Hi"
+
+
+async def test_an_error_reported_mid_stream_is_an_upstream_error(database_url: str) -> None:
+    reported = json.dumps({"error": {"message": "out of memory", "type": "InternalError"}})
+    outcome, _ = await run_one(database_url, [then_garbage("Hi", reported)])
+    assert outcome.error == {
+        "code": "upstream_error",
+        "message": "the model server reported an error: out of memory",
+    }
+    assert outcome.message["content"] == "Hi"
+
+
+async def test_a_connection_dropped_mid_answer_is_an_upstream_error(database_url: str) -> None:
+    outcome, _ = await run_one(database_url, [then_drop("Hel")])
+    assert outcome.error["code"] == "upstream_error"
+    assert "broke during the answer" in outcome.error["message"]
+    assert (outcome.message["status"], outcome.message["content"]) == ("error", "Hel")
+
+
+async def test_a_body_ending_without_done_is_an_upstream_protocol_error(database_url: str) -> None:
+    outcome, _ = await run_one(database_url, [then_end_without_done("Hel")])
+    assert outcome.error["code"] == "upstream_protocol"
+    assert "[DONE]" in outcome.error["message"]
+    assert outcome.message["content"] == "Hel"
+
+
+# Retries: only before the first token.
+
+
+async def test_a_500_before_the_first_token_is_retried(database_url: str) -> None:
+    outcome, model = await run_one(database_url, [status(500, "busy"), answer("second try")])
+    assert (outcome.terminal.event, outcome.message["content"]) == ("done", "second try")
+    assert outcome.stages == ["contacting model", "retrying", "writing"]
+    assert len(model.requests) == 2
+    assert model.requests[0].body == model.requests[1].body
+
+
+async def test_no_retry_once_content_was_produced(database_url: str) -> None:
+    outcome, model = await run_one(
+        database_url, [then_drop("Hel"), answer("again")], openai_retries=3
+    )
+    assert outcome.error["code"] == "upstream_error"
+    assert outcome.message["content"] == "Hel"
+    assert len(model.requests) == 1
+
+
+# Cancel closes the upstream request.
+
+
+async def test_cancel_closes_the_upstream_connection(database_url: str) -> None:
+    token = await create_user(database_url, "alice")
+    async with FakeModel([then_silence("Hel")]) as model:
+        settings = openai_settings(
+            database_url, model.base_url, openai_idle_seconds=30, openai_total_seconds=60
+        )
+        async with running_server(settings) as srv, srv.client(token) as client:
+            project = await create_project(client)
+            events = await cancel_after_first_delta(client, project)
+            await model.wait_closed_by_client(5.0)
+    assert events[-1].event == "cancelled"
+    assert events[-1].data["message"]["content"] == "Hel"
+    assert model.closed_by_client == 1
+
+
+async def cancel_after_first_delta(client: Any, project: str) -> list[Frame]:
+    raw, cancelled = b"", False
+    url = f"/api/projects/{project}/generations"
+    async with client.stream("POST", url, json={"message": "Tell me a long story"}) as response:
+        async for chunk in response.aiter_bytes():
+            raw += chunk
+            if not cancelled and b"event: delta" in raw:
+                cancelled = True
+                start = events_only(parse_frames(raw[: raw.rindex(b"\n\n") + 2]))[0]
+                await cancel(client, project, start.data["assistant_message"]["id"])
+    return events_only(parse_frames(raw))
+
+
+async def cancel(client: Any, project: str, message_id: str) -> None:
+    response = await client.post(f"/api/projects/{project}/messages/{message_id}/cancel")
+    assert response.status_code == 202, response.text
+
+
+async def test_closing_the_generator_at_a_yield_closes_the_upstream_connection() -> None:
+    """The runner's ``aclosing`` closes a generator that waits at a yield (a cancel during
+    back-pressure): that must close the upstream request too, not leave it to the GC."""
+    async with FakeModel([then_silence("Hel")]) as model:
+        generator = OpenAIGenerator(
+            base_url=model.base_url, model=MODEL, timeouts=Timeouts(1.0, 5.0, 5.0, 10.0)
+        )
+        context = GenerationContext(a_message("user", 1), a_message("assistant", 2))
+        try:
+            items = generator(context)
+            async with contextlib.aclosing(items):  # type: ignore[type-var]
+                async for item in items:
+                    if isinstance(item, Delta):
+                        break
+            await model.wait_closed_by_client(2.0)
+        finally:
+            await generator.aclose()
+
+
+def a_message(role: Any, sequence: int) -> Message:
+    now = datetime.now(UTC)
+    return Message(
+        id=uuid4(),
+        project_id=uuid4(),
+        sequence=sequence,
+        role=role,
+        kind="message",
+        content="Tell me a long story",
+        status="success",
+        image_urls=[],
+        client_request_id=None,
+        created_by=uuid4(),
+        created_at=now,
+        updated_at=now,
+        error=None,
+    )
