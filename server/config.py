@@ -103,6 +103,22 @@ class Settings:
             raise SettingsError("PING_SECONDS and LEASE_SECONDS must be positive")
         if self.pool_min_size > self.pool_max_size:
             raise SettingsError("POOL_MIN_SIZE must not exceed POOL_MAX_SIZE")
+        timeouts = (
+            "openai_connect_timeout_seconds",
+            "openai_first_token_seconds",
+            "openai_idle_seconds",
+            "openai_total_seconds",
+            "max_stream_seconds",
+            "send_timeout_seconds",
+            "shutdown_grace_seconds",
+        )
+        for name in timeouts:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name.upper()} must be positive")
+        if self.openai_retries < 0 or self.history_messages < 0 or self.event_retention_hours < 0:
+            raise SettingsError(
+                "OPENAI_RETRIES, HISTORY_MESSAGES and EVENT_RETENTION_HOURS must not be negative"
+            )
         if self.log_format not in ("json", "text"):
             raise SettingsError("LOG_FORMAT must be 'json' or 'text'")
         if self.generator not in ("demo", "openai"):

@@ -1,0 +1,29 @@
+"""The demo generator's pieces, and the named queries file."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.db import load_queries
+from server.generators.demo import demo_answer, split_evenly
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 7, 20, 500])
+def test_split_evenly_keeps_the_text_and_the_count(pieces: int) -> None:
+    text = demo_answer("hello \U0001f600 world")
+    parts = split_evenly(text, pieces)
+    assert "".join(parts) == text
+    assert len(parts) == min(pieces, len(text))
+    assert all(parts)
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_demo_answer_is_deterministic() -> None:
+    assert demo_answer("abc") == demo_answer("abc")
+    assert demo_answer("abc") != demo_answer("abd")
+
+
+def test_every_query_is_named_once_and_not_empty() -> None:
+    queries = load_queries()
+    assert {"reserve_pair", "flush", "reap_expired", "cancel_message"} <= queries.keys()
+    assert all(sql.strip() for sql in queries.values())
