@@ -81,10 +81,14 @@ export const api = {
   getProject: (projectId) => send('GET', projectPath(projectId)),
   createProject: (title) => send('POST', '/api/projects', { title }),
 
-  /** One page of history, ascending by sequence; `before` pages towards older messages. */
-  listMessages(projectId, { limit = 50, before } = {}) {
+  /**
+   * One page of history, ascending by sequence; `before` pages towards older messages, `after`
+   * towards newer ones.
+   */
+  listMessages(projectId, { limit = 50, before, after } = {}) {
     const query = new URLSearchParams({ limit: String(limit) });
     if (before !== undefined) query.set('before', String(before));
+    if (after !== undefined) query.set('after', String(after));
     return send('GET', `${projectPath(projectId)}/messages?${query}`);
   },
   getMessage: (projectId, messageId) => send('GET', messagePath(projectId, messageId)),

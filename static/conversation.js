@@ -18,6 +18,10 @@ export class Conversation {
   #epoch = 0; // bumped on every switch: answers to requests of an older epoch are dropped
   #hasMore = false;
   #loadingOlder = false;
+  // Every message from the oldest shown one up to this sequence is shown. Other tabs and
+  // devices write into the same project: what they add above it is fetched by #catchUp.
+  #shownThrough = 0;
+  #catchingUp = Promise.resolve();
   // Kept until the server acknowledges the message, so that sending the same text again after
   // a failure reuses its clientRequestId and can never create a second generation.
   #draft = null;
@@ -60,6 +64,7 @@ export class Conversation {
       throw problem;
     }
     if (epoch !== this.#epoch) return;
+    this.#shownThrough = page.messages.at(-1)?.sequence ?? 0;
     this.#showPage(page, (messages) => this.#messages.showLatest(messages));
   }
 
@@ -69,6 +74,7 @@ export class Conversation {
     this.#projectId = null;
     this.#draft = null;
     this.#loadingOlder = false;
+    this.#shownThrough = 0;
     this.#messages.clear();
     this.#answers.closeAll(); // also brings the composer up to date
   }
@@ -122,15 +128,49 @@ export class Conversation {
     this.#hasMore = page.has_more;
     this.#messages.setHasMore(page.has_more);
     render(page.messages);
-    for (const message of page.messages) {
+    this.#followRunning(page.messages);
+    this.#sync();
+    // Scrolling up is what pages older history in; a page too short to scroll cannot do that.
+    if (this.#hasMore && this.#messages.underfilled) this.loadOlder();
+  }
+
+  #followRunning(messages) {
+    for (const message of messages) {
       const running = message.role === 'assistant' && isActive(message);
       if (running && !this.#answers.isRunning(message.id)) {
         this.#answers.follow(this.#projectId, message.id);
       }
     }
-    this.#sync();
-    // Scrolling up is what pages older history in; a page too short to scroll cannot do that.
-    if (this.#hasMore && this.#messages.underfilled) this.loadOlder();
+  }
+
+  /**
+   * Shows the messages written since #shownThrough that this page has not seen: another tab's
+   * exchange, which may even sit below this tab's own latest one. Their running answers are
+   * followed. Runs one at a time; a failure is left for the next call to make up for.
+   */
+  #catchUp() {
+    const epoch = this.#epoch;
+    this.#catchingUp = this.#catchingUp.then(() => this.#fetchNewer(epoch));
+  }
+
+  async #fetchNewer(epoch) {
+    try {
+      let more = true;
+      while (more && epoch === this.#epoch) {
+        const after = this.#shownThrough;
+        const page = await api.listMessages(this.#projectId, { limit: PAGE_SIZE, after });
+        if (epoch !== this.#epoch) return;
+        // Those shown already are up to date: their own streams keep them so.
+        const unseen = page.messages.filter((message) => !this.#messages.has(message.id));
+        unseen.forEach((message) => this.#messages.upsert(message));
+        this.#followRunning(unseen);
+        this.#shownThrough = page.messages.at(-1)?.sequence ?? after;
+        more = page.has_more && page.messages.length > 0;
+      }
+      this.#sync();
+    } catch (problem) {
+      if (epoch === this.#epoch && problem.status === 401) this.#report(problem);
+    }
   }
 
   #sync() {
@@ -156,6 +196,8 @@ export class Conversation {
         // A replay starts here too: forget the shown text, the deltas that follow rebuild it.
         this.#messages.upsert(data.user_message);
         this.#messages.upsert({ ...data.assistant_message, content: '' });
+        // Someone else's exchange got the sequences just below this one.
+        if (data.user_message.sequence > this.#shownThrough + 1) this.#catchUp();
         break;
       case 'progress':
         this.#messages.showProgress(messageId, data);
@@ -176,6 +218,7 @@ export class Conversation {
   #finish(message) {
     this.#messages.upsert(message);
     this.#answers.settle(message.id);
+    this.#catchUp(); // another tab may have written while this answer ran
     const outcome = { success: 'finished', cancelled: 'cancelled', error: 'failed' }[message.status];
     const code = message.error?.code ? `: ${message.error.code}` : '';
     this.#announce(`Answer #${message.sequence} ${outcome ?? message.status}${code}`);

@@ -29,6 +29,10 @@ export class MessageList {
     this.#empty.hidden = true; // until a page of history says the project is empty
   }
 
+  has(messageId) {
+    return this.#items.has(messageId);
+  }
+
   sequenceOf(messageId) {
     return Number(this.#items.get(messageId)?.dataset.sequence ?? 0);
   }
