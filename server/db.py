@@ -237,6 +237,8 @@ class Listener:
                 backoff = 0.1
             except (asyncpg.PostgresError, *_UNAVAILABLE) as exc:
                 logger.warning("LISTEN connection lost (%s); reconnecting in %.1fs", exc, backoff)
+            except Exception:
+                logger.exception("LISTEN connection failed; reconnecting in %.1fs", backoff)
             self.connected = False
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)

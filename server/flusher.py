@@ -57,9 +57,14 @@ class Flusher:
             try:
                 await self.flush_once()
                 backoff = self.interval
-            except DatabaseUnavailable:
+            except Exception as exc:
+                # Never let the writer die: whatever went wrong, the logs keep their events
+                # and the next attempt writes them.
                 self.failures += 1
-                logger.warning("flush failed: database unavailable; retrying in %.2fs", backoff)
+                if isinstance(exc, DatabaseUnavailable):
+                    logger.warning("flush failed: database unavailable; retry in %.2fs", backoff)
+                else:
+                    logger.exception("flush failed; retry in %.2fs", backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue

@@ -50,6 +50,8 @@ class LeaseKeeper:
                 await self.prune_now_and_then()
             except DatabaseUnavailable:
                 logger.warning("lease renewal skipped: database unavailable")
+            except Exception:
+                logger.exception("lease renewal or reaping failed; trying again next tick")
 
     async def renew_once(self) -> None:
         logs = list(self.runner.flusher.logs.values())
