@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from datetime import datetime
 
 from server.events import Event, delta_data, progress_data, start_event, terminal_event
 from server.models import TERMINAL_STATUSES, ErrorInfo
 from server.store import FlushItem, Pair
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """What PostgreSQL text can hold: a generator's NUL or lone surrogate would make every flush
+    of this message fail, so they become U+FFFD here, before anyone sees them."""
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 class MessageLog:
@@ -39,9 +48,10 @@ class MessageLog:
     # The producer's side
 
     def add_progress(self, stage: str, message: str, percent: float | None) -> None:
-        self._append("progress", progress_data(stage, message, percent))
+        self._append("progress", progress_data(storable(stage), storable(message), percent))
 
     def add_delta(self, text: str) -> None:
+        text = storable(text)
         self.parts.append(text)
         self._append("delta", delta_data(text))
 

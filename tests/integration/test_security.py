@@ -268,3 +268,24 @@ async def test_openapi_document_is_valid_and_complete(database_url: str) -> None
     assert expected <= operations
     sse = document["paths"]["/api/projects/{project_id}/messages/{message_id}/events"]["get"]
     assert "text/event-stream" in sse["responses"]["200"]["content"]
+
+
+class UnstorableGenerator:
+    async def __call__(self, context: GenerationContext) -> AsyncIterator[Item]:
+        yield Delta("nul \x00 here, ")
+        yield Delta("lone \ud800 surrogate")
+
+
+async def test_generator_output_the_database_cannot_store_is_replaced(database_url: str) -> None:
+    """Regression: a NUL from a model would have failed every flush of its message forever."""
+    token = await create_user(database_url, "alice")
+    async with (
+        running_server(settings_for(database_url), generator=UnstorableGenerator()) as srv,
+        srv.client(token) as client,
+    ):
+        project = await create_project(client)
+        events = await generate(client, project, "say something odd")
+        history = (await client.get(f"/api/projects/{project}/messages")).json()["messages"]
+    assert events[-1].event == "done"
+    assert history[1]["content"] == "nul \ufffd here, lone \ufffd surrogate"
+    assert events[-1].data["message"]["content"] == history[1]["content"]
