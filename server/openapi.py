@@ -89,7 +89,8 @@ _SSE = {
     "200": {
         "description": SSE_DESCRIPTION,
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
-    }
+    },
+    "204": {"description": "nothing left: the message is finished and the client has every event"},
 }
 _AUTH = ["401", "429", "503"]
 

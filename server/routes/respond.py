@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -18,11 +17,12 @@ def json_response(body: str, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
-def stream_message(
-    app: Services, request: Request, stored: StoredMessage, cursor: int
-) -> EventSourceResponse:
+def stream_message(app: Services, request: Request, stored: StoredMessage, cursor: int) -> Response:
     """The SSE stream of an assistant message's log from event ``cursor + 1``."""
     check_cursor(cursor, stored.last_event_id)
+    if stored.message.is_terminal and cursor == stored.last_event_id:
+        # Nothing left to send: 204 is how a server tells EventSource to stop reconnecting.
+        return Response(status_code=204)
     message = stored.message
     events = follow(
         message,
