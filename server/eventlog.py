@@ -123,4 +123,3 @@ class MessageLog:
         # Wake every current waiter at once, and give later ones a fresh event.
         self._changed.set()
         self._changed = asyncio.Event()
-        self.started = time.monotonic()

@@ -9,6 +9,7 @@ the stream has lived its maximum time: the client resumes with ``Last-Event-ID``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -44,41 +45,49 @@ async def follow(
     local: MessageLog | None,
     notifier: Notifier,
     limits: FollowLimits,
-) -> AsyncIterator[Event]:
-    """Yield the events of ``message``'s log with ids above ``after``, up to the terminal one."""
+) -> AsyncIterator[list[Event]]:
+    """Yield the events of ``message``'s log with ids above ``after``, up to the terminal one,
+    in batches: whatever became visible together is sent together (one write, not one each)."""
     cursor = after
     if local is not None:
-        async for event in _from_memory(local, cursor, limits):
-            yield event
-            cursor = event.id
-            if event.is_terminal:
+        async for batch in _from_memory(local, cursor, limits):
+            yield batch
+            cursor = batch[-1].id
+            if batch[-1].is_terminal:
                 return
     backoff = 0.1
     while not limits.over():
-        try:
-            events, finished = await read_stored(store, message, cursor)
-        except DatabaseUnavailable:
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
-            continue
-        backoff = 0.1
-        for event in events:
-            yield event
-            cursor = event.id
-        if finished:
-            return
-        if not events:
-            await notifier.wait(message.id, limits.wait_seconds())
+        # Subscribe before reading, so that news arriving during the read is not missed.
+        with notifier.watch(message.id) as news:
+            try:
+                events, finished = await read_stored(store, message, cursor)
+            except DatabaseUnavailable:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            backoff = 0.1
+            if events:
+                yield events
+                cursor = events[-1].id
+            if finished:
+                return
+            if not events:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(news.wait(), limits.wait_seconds())
 
 
-async def _from_memory(log: MessageLog, cursor: int, limits: FollowLimits) -> AsyncIterator[Event]:
+async def _from_memory(
+    log: MessageLog, cursor: int, limits: FollowLimits
+) -> AsyncIterator[list[Event]]:
     """The log's visible events; stops after the terminal one, or when the log is lost."""
     while True:
-        for event in log.visible_after(cursor):
-            yield event
-            cursor = event.id
-            if event.is_terminal:
+        batch = log.visible_after(cursor)
+        if batch:
+            yield batch
+            cursor = batch[-1].id
+            if batch[-1].is_terminal:
                 return
+            continue  # more may have become visible while the batch was being sent
         if log.lost or limits.over():
             return
         await log.changed(limits.wait_seconds())

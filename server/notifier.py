@@ -8,30 +8,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from uuid import UUID
 
 ALL = "*"
 
 
+class _Watch:
+    __slots__ = ("event", "watchers")
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.watchers = 0
+
+
 class Notifier:
     def __init__(self) -> None:
-        # message id -> (event, number of waiters)
-        self._waiters: dict[UUID, tuple[asyncio.Event, int]] = {}
+        self._watches: dict[UUID, _Watch] = {}
 
-    async def wait(self, message_id: UUID, seconds: float) -> None:
-        """Return when ``message_id`` has news, everything must be re-read, or after ``seconds``."""
-        event, count = self._waiters.get(message_id, (asyncio.Event(), 0))
-        self._waiters[message_id] = (event, count + 1)
+    @contextlib.contextmanager
+    def watch(self, message_id: UUID) -> Iterator[asyncio.Event]:
+        """An event set when ``message_id`` has news (or everything must be re-read) from now on.
+
+        Watch *before* reading the table: news that arrives during the read is then not lost.
+        """
+        entry = self._watches.get(message_id)
+        if entry is None:
+            entry = self._watches[message_id] = _Watch()
+        entry.watchers += 1
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), seconds)
+            yield entry.event
         finally:
-            current = self._waiters.get(message_id)
-            if current is not None and current[0] is event:
-                if current[1] <= 1:
-                    del self._waiters[message_id]
-                else:
-                    self._waiters[message_id] = (event, current[1] - 1)
+            entry.watchers -= 1
+            if entry.watchers <= 0 and self._watches.get(message_id) is entry:
+                del self._watches[message_id]
 
     def on_events(self, payload: str) -> None:
         """A NOTIFY payload: comma-separated message ids, or ``*``."""
@@ -43,15 +53,15 @@ class Notifier:
                 self.wake(UUID(raw))
 
     def wake(self, message_id: UUID) -> None:
-        found = self._waiters.pop(message_id, None)
-        if found is not None:
-            found[0].set()
+        entry = self._watches.pop(message_id, None)
+        if entry is not None:
+            entry.event.set()
 
     def wake_all(self) -> None:
-        waiters, self._waiters = self._waiters, {}
-        for event, _count in waiters.values():
-            event.set()
+        watches, self._watches = self._watches, {}
+        for entry in watches.values():
+            entry.event.set()
 
     @property
     def waiting(self) -> int:
-        return sum(count for _event, count in self._waiters.values())
+        return sum(entry.watchers for entry in self._watches.values())

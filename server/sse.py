@@ -58,7 +58,7 @@ def ping() -> ServerSentEvent:
 
 
 def event_stream(
-    events: AsyncIterator[Event],
+    events: AsyncIterator[list[Event]],
     *,
     gauge: StreamGauge,
     received: float,
@@ -68,14 +68,17 @@ def event_stream(
 ) -> EventSourceResponse:
     gauge.check()
 
-    async def frames() -> AsyncIterator[ServerSentEvent]:
+    async def frames() -> AsyncIterator[ServerSentEvent | bytes]:
         gauge.open += 1
         metrics.OPEN_STREAMS.inc()
         first = True
         try:
             yield ServerSentEvent(retry=retry_ms, sep=SEP)
-            async for event in events:
-                yield ServerSentEvent(data=event.data, event=event.name, id=str(event.id), sep=SEP)
+            async for batch in events:
+                yield b"".join(
+                    ServerSentEvent(data=e.data, event=e.name, id=str(e.id), sep=SEP).encode()
+                    for e in batch
+                )
                 if first:
                     metrics.FIRST_EVENT_SECONDS.observe(time.perf_counter() - received)
                     first = False

@@ -46,10 +46,14 @@ class FlushItem:
 
 
 def message_from_row(row: Row) -> StoredMessage:
+    # Rows come from our own schema, whose constraints already hold what validation would check:
+    # construct without validating (this is on every generation's path).
     error = None
     if row["error_code"] is not None:
-        error = ErrorInfo(code=row["error_code"], message=row["error_message"] or "")
-    message = Message(
+        error = ErrorInfo.model_construct(
+            code=row["error_code"], message=row["error_message"] or ""
+        )
+    message = Message.model_construct(
         id=row["id"],
         project_id=row["project_id"],
         sequence=row["sequence"],

@@ -1,0 +1,140 @@
+"""``python -m bench [--quick | --smoke]``: run the benchmark, write the results and the report.
+
+Full: under 10 minutes on 2 cores. ``--quick``: under 2 minutes, smaller sizes. ``--smoke``: a
+few seconds of each scenario at tiny sizes, for the test suite (pair it with ``--results-dir``,
+``--report`` and ``--plots-dir`` in a temporary directory so the committed report is untouched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from bench import machine, report, source
+from bench.database import Cluster
+from bench.plan import PLANS
+from bench.profile import py_spy
+from bench.scenarios import Bench, wait_quiet
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+logger = logging.getLogger("bench")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="smaller and shorter (< 2 minutes)")
+    size.add_argument("--smoke", action="store_true", help="tiny, seconds (for the test suite)")
+    parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "bench" / "results")
+    parser.add_argument("--report", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--plots-dir", type=Path, default=REPO_ROOT / "docs")
+    parser.add_argument("--no-profile", action="store_true", help="do not run py-spy")
+    parser.add_argument(
+        "--durable",
+        action="store_true",
+        help="PostgreSQL with fsync and synchronous commit (default: tuned like the tests)",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to SECONDS for the machine's other load to drop below 0.3 cores",
+    )
+    parser.add_argument("--keep-workdir", action="store_true", help="keep logs and data")
+    return parser.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> int:
+    plan = PLANS["smoke" if args.smoke else "quick" if args.quick else "full"]
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    now = datetime.datetime.now(datetime.UTC)
+    stamp = now.strftime("%Y%m%dT%H%M%SZ")
+    nofile = machine.raise_nofile_limit(65536)
+    niceness = machine.raise_priority(5)
+    background = await wait_quiet(args.wait_quiet) if args.wait_quiet else await wait_quiet(0)
+    workdir = Path(tempfile.mkdtemp(prefix="orderly-bench-"))
+    logger.info("bench %s: work directory %s", plan.name, workdir)
+    errors: dict[str, str] = {}
+    profile = not args.no_profile and plan.profile_s > 0 and py_spy() is not None
+    snapshot = source.snapshot(workdir)
+    code = source.describe(snapshot)
+    cluster = await asyncio.to_thread(Cluster.start, workdir, durable=args.durable)
+    bench = Bench(plan, workdir, args.results_dir, stamp, cluster, profile, snapshot)
+
+    async def step(name: str, action: Callable[[], Awaitable[None]]) -> None:
+        t0 = time.monotonic()
+        try:
+            await action()
+        except Exception as exc:
+            logger.error("scenario %s failed: %s", name, exc)
+            errors[name] = "".join(traceback.format_exception(exc))[-3000:]
+        bench.results.setdefault("scenario_seconds", {})[name] = round(time.monotonic() - t0, 1)
+
+    try:
+        await bench.prepare()
+        await step("throughput", bench.throughput)
+        await step("resume", bench.resume)
+        await step("open_streams", bench.open_streams)
+        await step("seed_method", bench.seed_method)
+        pg_settings = await cluster.settings()
+    finally:
+        await asyncio.to_thread(cluster.stop)
+        if not args.keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    results: dict[str, Any] = {
+        "format": 1,
+        "mode": plan.name,
+        "command": " ".join(["python -m bench", *sys.argv[1:]]),
+        "stamp": stamp,
+        "machine": machine.describe(cluster.version),
+        "duration_s": round(time.monotonic() - started, 1),
+        "plan": plan.as_dict(),
+        "postgres": {"version": cluster.version, "durable": args.durable, **pg_settings},
+        "client": {
+            "kind": "bench.load: Python asyncio raw-socket HTTP/1.1 client on uvloop, "
+            "keep-alive, one process",
+            "nofile_limit": nofile,
+        },
+        "servers": bench.servers,
+        "source": code,
+        "background_cores_before": background,
+        "niceness": niceness,
+        "scenarios": bench.results,
+        "profiles": bench.profiles,
+        "errors": errors,
+    }
+    if args.keep_workdir:
+        results["workdir"] = str(workdir)
+    results["targets"] = report.evaluate_targets(results)
+    path = args.results_dir / f"{stamp}.json"
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    report.write(results, args.report, args.plots_dir, results_file=path)
+    logger.info("results: %s; report: %s", path, args.report)
+    for target in results["targets"]:
+        logger.info("  %s: %s (%s)", target["name"], target["measured_text"], target["verdict"])
+    return 1 if errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s bench: %(message)s")
+    logging.getLogger("server").setLevel(logging.WARNING)  # the migration runner's notes
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""The ceiling: pgbench running the service's own SQL for one generation, and the seed app's
+``MAX(sequence) + 1`` method for comparison.
+
+The pgbench script is built from ``sql/queries.sql`` itself, so it stays the same SQL as the
+server's: ``reserve_pair`` (the reservation, with the ownership check and the per-user count),
+then ``flush`` for that one message with the events a demo generation writes (2 progress, 8
+deltas) and its final status and content. Parameters become pgbench expressions: the project and
+owner ids are computed from a random number (see ``bench.database``). The flush's one NOTIFY
+hint is left out: the service sends one per batch of many generations, not one per generation,
+so including it would lower the ceiling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from bench.database import SQL_PROJECT_ID, SQL_USER_ID
+from server.db import load_queries
+from server.events import delta_data, progress_data
+from server.generators.demo import demo_answer, split_evenly
+
+LEASE_OWNER = "0000000b-0000-0000-0000-00000000000b"
+PROMPT = "Benchmark question: how are you today?"
+_PARAM = re.compile(r"\$(\d+)\b")
+_TPS = re.compile(r"^tps = ([\d.]+) \(without initial connection time\)", re.MULTILINE)
+_TXNS = re.compile(r"^number of transactions actually processed: (\d+)", re.MULTILINE)
+_FAILED = re.compile(r"^number of failed transactions: (\d+)", re.MULTILINE)
+_LATENCY = re.compile(r"^latency average = ([\d.]+) ms", re.MULTILINE)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _array(values: list[str], cast: str) -> str:
+    return f"ARRAY[{', '.join(values)}]::{cast}[]"
+
+
+def _substitute(sql: str, params: dict[int, str]) -> str:
+    body = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
+    return _PARAM.sub(lambda m: f"({params[int(m[1])]})", body)
+
+
+def without_notify(flush_sql: str) -> tuple[str, bool]:
+    """The flush statement without its NOTIFY hint; False if the SQL no longer has that shape."""
+    start = flush_sql.find("), hint AS (")
+    end = flush_sql.find("CROSS JOIN hint")
+    if start < 0 or end < 0:
+        return flush_sql, False
+    return flush_sql[: start + 1] + "\nSELECT w.id, w.updated_at FROM written AS w", True
+
+
+def generation_script(queries_sql: Path) -> tuple[str, dict[str, Any]]:
+    """The pgbench script for one generation (from ``queries_sql``, the run's snapshot of
+    ``sql/queries.sql``), and a description of what it does."""
+    queries = load_queries(queries_sql)
+    project = SQL_PROJECT_ID.format(n=":n::int")
+    owner = SQL_USER_ID.format(n=":n::int")
+    reserve = _substitute(
+        queries["reserve_pair"],
+        {
+            1: project,
+            2: owner,
+            3: _literal(PROMPT),
+            4: "'{}'",
+            5: "NULL",
+            6: _literal(LEASE_OWNER),
+            7: "30",
+            8: "1000000",
+        },
+    )
+    answer = demo_answer(PROMPT)
+    parts = split_evenly(answer, 8)
+    events = [
+        ("progress", progress_data("thinking", "Reading the conversation", 0.0)),
+        ("progress", progress_data("writing", "Writing the answer", 10.0)),
+        *(("delta", delta_data(part)) for part in parts),
+    ]
+    n_events = len(events)
+    flush_sql, notify_removed = without_notify(queries["flush"])
+    flush = _substitute(
+        flush_sql,
+        {
+            1: _literal(LEASE_OWNER),
+            2: _array([project], "uuid"),
+            3: _array([":id::uuid"], "uuid"),
+            4: _array(["'success'"], "text"),
+            5: _array([_literal(answer)], "text"),
+            6: _array([str(n_events + 2)], "integer"),
+            7: _array(["NULL"], "text"),
+            8: _array(["NULL"], "text"),
+            9: f"array_fill({project}, ARRAY[{n_events}])",
+            10: f"array_fill(:id::uuid, ARRAY[{n_events}])",
+            11: _array([str(i + 2) for i in range(n_events)], "integer"),
+            12: _array([_literal(name) for name, _ in events], "text"),
+            13: _array([_literal(data) for _, data in events], "text"),
+        },
+    )
+    script = f"\\set n random(:lo, :hi)\n{reserve} \\aset\n{flush};\n"
+    return script, {
+        "statements": ["reserve_pair", "flush (1 message, its events, final status)"],
+        "events_per_generation": n_events,
+        "notify_removed": notify_removed,
+        "mode": "prepared",
+    }
+
+
+@dataclass
+class PgbenchRun:
+    clients: int
+    seconds: float
+    tps: float
+    transactions: int
+    failed: int
+    latency_ms: float | None
+    aborted: bool
+    stderr_tail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "clients": self.clients,
+            "seconds": self.seconds,
+            "rate": round(self.tps, 1),
+            "transactions": self.transactions,
+            "failed": self.failed,
+            "latency_avg_ms": self.latency_ms,
+            "aborted_clients": self.aborted,
+            **({"stderr": self.stderr_tail} if self.aborted else {}),
+        }
+
+
+async def run_pgbench(
+    bin_dir: Path,
+    url: str,
+    script: Path,
+    *,
+    clients: int,
+    seconds: float,
+    variables: dict[str, int],
+    on_start: Callable[[int], None] | None = None,
+) -> PgbenchRun:
+    """One pgbench run; ``on_start`` gets pgbench's pid (for the CPU meter)."""
+    args = [
+        str(bin_dir / "pgbench"),
+        "-n",
+        "-M",
+        "prepared",
+        "-c",
+        str(clients),
+        "-j",
+        str(min(2, clients)),
+        "-T",
+        str(max(1, round(seconds))),
+        "-f",
+        str(script),
+    ]
+    for name, value in variables.items():
+        args += ["-D", f"{name}={value}"]
+    proc = await asyncio.create_subprocess_exec(
+        *args, url, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    if on_start is not None:
+        on_start(proc.pid)
+    try:
+        out_b, err_b = await asyncio.wait_for(proc.communicate(), seconds + 60)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    out, err = out_b.decode(errors="replace"), err_b.decode(errors="replace")
+    tps = _TPS.search(out)
+    if tps is None:
+        raise RuntimeError(f"pgbench failed ({proc.returncode}):\n{out}\n{err}")
+    txns, failed, latency = _TXNS.search(out), _FAILED.search(out), _LATENCY.search(out)
+    return PgbenchRun(
+        clients=clients,
+        seconds=seconds,
+        tps=float(tps[1]),
+        transactions=int(txns[1]) if txns else 0,
+        failed=int(failed[1]) if failed else 0,
+        latency_ms=float(latency[1]) if latency else None,
+        aborted="aborted" in err,
+        stderr_tail=err[-1500:],
+    )
+
+
+# The seed app's method, for comparison
+
+
+SEED_TABLE = """
+CREATE TABLE IF NOT EXISTS seed_messages (
+    project_id integer NOT NULL,
+    sequence   bigint NOT NULL,
+    role       text NOT NULL,
+    content    text NOT NULL{constraint}
+)
+"""
+
+
+async def seed_method(
+    url: str, *, clients: int, seconds: float, unique: bool, project: int
+) -> dict[str, Any]:
+    """``MAX(sequence) + 1`` in its own query, then the INSERT, for a user message and then an
+    assistant message, by ``clients`` connections on one project for ``seconds``. With the
+    UNIQUE constraint the race shows as duplicate-key failures; without it, as duplicates."""
+    table = "seed_messages" if unique else "seed_messages_unconstrained"
+    constraint = ",\n    UNIQUE (project_id, sequence)" if unique else ""
+    admin = await asyncpg.connect(url)
+    try:
+        ddl = SEED_TABLE.replace("seed_messages", table).format(constraint=constraint)
+        await admin.execute(ddl)
+        await admin.execute(f"DELETE FROM {table} WHERE project_id = $1", project)
+    finally:
+        await admin.close()
+    counts = {"generations": 0, "inserts": 0, "duplicate_key": 0}
+    first_failure: list[float] = []
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    async def client() -> None:
+        conn = await asyncpg.connect(url)
+        try:
+            while time.perf_counter() < deadline:
+                for role in ("user", "assistant"):
+                    nxt = await conn.fetchval(
+                        f"SELECT coalesce(max(sequence), 0) + 1 FROM {table} WHERE project_id = $1",
+                        project,
+                    )
+                    try:
+                        await conn.execute(
+                            f"INSERT INTO {table} (project_id, sequence, role, content)"
+                            " VALUES ($1, $2, $3, 'hello')",
+                            project,
+                            nxt,
+                            role,
+                        )
+                        counts["inserts"] += 1
+                    except asyncpg.UniqueViolationError:
+                        counts["duplicate_key"] += 1
+                        if not first_failure:
+                            first_failure.append(time.perf_counter() - started)
+                counts["generations"] += 1
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    check = await asyncpg.connect(url)
+    try:
+        row = await check.fetchrow(
+            f"SELECT count(*) AS n, count(DISTINCT sequence) AS d, max(sequence) AS hi"
+            f" FROM {table} WHERE project_id = $1",
+            project,
+        )
+    finally:
+        await check.close()
+    assert row is not None
+    return {
+        "clients": clients,
+        "seconds": seconds,
+        "unique_constraint": unique,
+        "generations_attempted": counts["generations"],
+        "rows_written": int(row["n"]),
+        "duplicate_key_failures": counts["duplicate_key"],
+        "duplicate_sequences_written": int(row["n"]) - int(row["d"]),
+        "first_failure_after_s": round(first_failure[0], 4) if first_failure else None,
+        "gaps": int(row["hi"] or 0) - int(row["d"]),
+    }

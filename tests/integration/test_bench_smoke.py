@@ -1,0 +1,68 @@
+"""The benchmark harness (``python -m bench``) runs end to end in its smallest mode.
+
+Only that it completes and writes its results and report with the expected keys: no timing is
+asserted (the numbers of a smoke run on a busy machine mean nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SCENARIOS = (
+    "throughput",
+    "ratios",
+    "sequence_check",
+    "first_event",
+    "history",
+    "resume",
+    "open_streams",
+    "seed_method",
+)
+
+
+def test_bench_smoke_writes_results_and_report(tmp_path: Path, repo_root: Path) -> None:
+    out = tmp_path / "bench"
+    report = out / "benchmarks.md"
+    command = [
+        sys.executable,
+        "-m",
+        "bench",
+        "--smoke",
+        "--no-profile",
+        "--results-dir",
+        str(out),
+        "--report",
+        str(report),
+        "--plots-dir",
+        str(out),
+    ]
+    done = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-5000:]
+
+    files = list(out.glob("*.json"))
+    assert len(files) == 1
+    results = json.loads(files[0].read_text())
+    for key in ("machine", "plan", "postgres", "client", "servers", "scenarios", "targets"):
+        assert key in results, key
+    assert results["mode"] == "smoke"
+    assert results["errors"] == {}
+    for key in SCENARIOS:
+        assert key in results["scenarios"], key
+    for kind in ("spread", "contended"):
+        assert results["scenarios"]["ratios"][kind]["peak_ratio"] is not None
+    # Correctness, not speed: the service's sequences are exactly 1..N after the load.
+    assert results["scenarios"]["sequence_check"]["service_contended"]["ok"]
+    assert results["scenarios"]["sequence_check"]["service_spread"]["ok"]
+    assert len(results["targets"]) == 6
+    assert all(t["measured"] is not None for t in results["targets"])
+
+    text = report.read_text()
+    assert text.startswith("# Benchmarks")
+    assert "## Targets" in text
