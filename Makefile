@@ -24,13 +24,22 @@ test: $(STAMP) ## Run the test suite (embedded PostgreSQL, or TEST_DATABASE_URL)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff format --check, ruff check, mypy --strict
-	$(VENV)/bin/ruff format --check server tests
-	$(VENV)/bin/ruff check server tests
+	$(VENV)/bin/ruff format --check server tests bench
+	$(VENV)/bin/ruff check server tests bench
 	$(VENV)/bin/mypy --strict server
 
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) ## Run the benchmarks (about 6 min; BENCH_ARGS=--quick for about 90 s); writes docs/benchmarks.md
+	$(PY) -m bench $(BENCH_ARGS)
+
 format: $(STAMP) ## Reformat the code and apply safe lint fixes
-	$(VENV)/bin/ruff format server tests
-	$(VENV)/bin/ruff check --fix server tests
+	$(VENV)/bin/ruff format server tests bench
+	$(VENV)/bin/ruff check --fix server tests bench
 
 clean: ## Remove the virtualenv and caches (keeps .data/, the embedded database)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
