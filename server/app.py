@@ -6,7 +6,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from sse_starlette.sse import AppStatus
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -34,9 +33,6 @@ logger = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, *, generator: Generator | None = None) -> Starlette:
-    # We end streams ourselves when draining (server/worker.py): sse-starlette's own drain would
-    # cut them on SIGTERM before their generations could send a terminal event.
-    AppStatus.disable_automatic_graceful_drain()  # type: ignore[no-untyped-call]
     if settings.database_url is None:
         raise ValueError("create_app needs settings.database_url (see server/__main__.py)")
 

@@ -27,14 +27,22 @@ PAGE = 500
 class FollowLimits:
     closing: asyncio.Event  # set when this worker shuts down
     deadline: float  # loop time after which the stream ends
-    poll_seconds: float = 5.0
+    ping_seconds: float = 15.0  # an empty batch (a ping) after this long without events
 
     def over(self) -> bool:
-        return self.closing.is_set() or asyncio.get_running_loop().time() >= self.deadline
+        return self.closing.is_set() or _now() >= self.deadline
 
-    def wait_seconds(self) -> float:
-        remaining = self.deadline - asyncio.get_running_loop().time()
-        return max(0.0, min(self.poll_seconds, remaining))
+    def ping_due(self, quiet_since: float) -> bool:
+        return _now() - quiet_since >= self.ping_seconds
+
+    def wait_seconds(self, quiet_since: float) -> float:
+        """How long to wait for news: until the next ping is due, or the stream's end."""
+        now = _now()
+        return max(0.0, min(quiet_since + self.ping_seconds - now, self.deadline - now))
+
+
+def _now() -> float:
+    return asyncio.get_running_loop().time()
 
 
 async def follow(
@@ -52,10 +60,12 @@ async def follow(
     if local is not None:
         async for batch in _from_memory(local, cursor, limits):
             yield batch
-            cursor = batch[-1].id
-            if batch[-1].is_terminal:
-                return
+            if batch:  # (an empty batch is a ping)
+                cursor = batch[-1].id
+                if batch[-1].is_terminal:
+                    return
     backoff = 0.1
+    quiet_since = _now()
     while not limits.over():
         # Subscribe before reading, so that news arriving during the read is not missed.
         with notifier.watch(message.id) as news:
@@ -69,17 +79,22 @@ async def follow(
             if events:
                 yield events
                 cursor = events[-1].id
+                quiet_since = _now()
             if finished:
                 return
             if not events:
+                if limits.ping_due(quiet_since):
+                    yield []  # a ping; the slow poll of the table doubles as the fallback
+                    quiet_since = _now()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(news.wait(), limits.wait_seconds())
+                    await asyncio.wait_for(news.wait(), limits.wait_seconds(quiet_since))
 
 
 async def _from_memory(
     log: MessageLog, cursor: int, limits: FollowLimits
 ) -> AsyncIterator[list[Event]]:
     """The log's visible events; stops after the terminal one, or when the log is lost."""
+    quiet_since = _now()
     while True:
         batch = log.visible_after(cursor)
         if batch:
@@ -87,10 +102,15 @@ async def _from_memory(
             cursor = batch[-1].id
             if batch[-1].is_terminal:
                 return
+            quiet_since = _now()
             continue  # more may have become visible while the batch was being sent
         if log.lost or limits.over():
             return
-        await log.changed(limits.wait_seconds())
+        if limits.ping_due(quiet_since):
+            yield []
+            quiet_since = _now()
+            continue
+        await log.changed(limits.wait_seconds(quiet_since))
 
 
 async def read_stored(store: Store, message: Message, cursor: int) -> tuple[list[Event], bool]:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import ServerSentEvent
 from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 
 from server import metrics
 from server.errors import InvalidInput, MalformedRequest, TooManyStreams
 from server.events import Event
 
+logger = logging.getLogger(__name__)
 SEP = "\n"
-HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 MAX_EVENT_ID = 2**31 - 1
 
 
@@ -53,44 +57,100 @@ class StreamGauge:
             raise TooManyStreams()
 
 
-def ping() -> ServerSentEvent:
-    return ServerSentEvent(comment="ping", sep=SEP)
+PING = ServerSentEvent(comment="ping", sep=SEP).encode()
+_RAW_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 
 
-def event_stream(
-    events: AsyncIterator[list[Event]],
-    *,
-    gauge: StreamGauge,
-    received: float,
-    ping_seconds: float,
-    retry_ms: int,
-    send_timeout: float,
-) -> EventSourceResponse:
-    gauge.check()
+def encode(batch: list[Event]) -> bytes:
+    """A batch of events as one chunk of frames; an empty batch is a ping."""
+    if not batch:
+        return PING
+    return b"".join(
+        ServerSentEvent(data=e.data, event=e.name, id=str(e.id), sep=SEP).encode() for e in batch
+    )
 
-    async def frames() -> AsyncIterator[ServerSentEvent | bytes]:
-        gauge.open += 1
-        metrics.OPEN_STREAMS.inc()
-        first = True
+
+class EventStream(Response):
+    """A followed log as a Server-Sent Events response.
+
+    Frames are sse-starlette's ``ServerSentEvent``; the response itself is ours: one task writes
+    (each send bounded by ``send_timeout``, pings included, so a client that stops reading is
+    dropped) while another watches for the client going away. sse-starlette's response spawns
+    four tasks and a cancel scope per frame, which the benchmark profile showed as the largest
+    per-stream cost in CPU and memory (docs/benchmarks.md). Pings come from ``follow``, which
+    yields an empty batch when nothing was due for ``PING_SECONDS``.
+    """
+
+    def __init__(
+        self,
+        batches: AsyncIterator[list[Event]],
+        *,
+        gauge: StreamGauge,
+        received: float,
+        retry_ms: int,
+        send_timeout: float,
+    ) -> None:
+        # Not Response.__init__: there is no body to render; only __call__ is ours.
+        gauge.check()
+        self.status_code = 200
+        self.background = None
+        self.batches = batches
+        self.gauge = gauge
+        self.received = received
+        self.retry_ms = retry_ms
+        self.send_timeout = send_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] == "HEAD":  # a stream that never ends must not be opened for HEAD
+            await send({"type": "http.response.start", "status": 200, "headers": _RAW_HEADERS})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        writer = asyncio.create_task(self._write(send))
+        watcher = asyncio.create_task(_until_disconnect(receive))
         try:
-            yield ServerSentEvent(retry=retry_ms, sep=SEP)
-            async for batch in events:
-                yield b"".join(
-                    ServerSentEvent(data=e.data, event=e.name, id=str(e.id), sep=SEP).encode()
-                    for e in batch
-                )
-                if first:
-                    metrics.FIRST_EVENT_SECONDS.observe(time.perf_counter() - received)
-                    first = False
+            await asyncio.wait((writer, watcher), return_when=asyncio.FIRST_COMPLETED)
         finally:
-            gauge.open -= 1
+            for task in (writer, watcher):
+                task.cancel()
+            await asyncio.gather(writer, watcher, return_exceptions=True)
+            await self.batches.aclose()  # type: ignore[attr-defined]
+        failure = writer.exception() if writer.done() and not writer.cancelled() else None
+        if isinstance(failure, TimeoutError):
+            logger.info("closed a stream whose client stopped reading")
+        elif failure is not None:
+            logger.error("stream failed", exc_info=failure)
+
+    async def _write(self, send: Send) -> None:
+        self.gauge.open += 1
+        metrics.OPEN_STREAMS.inc()
+        try:
+            await self._send(
+                send, {"type": "http.response.start", "status": 200, "headers": _RAW_HEADERS}
+            )
+            await self._body(send, ServerSentEvent(retry=self.retry_ms, sep=SEP).encode())
+            first = True
+            async for batch in self.batches:
+                await self._body(send, encode(batch))
+                if first and batch:
+                    metrics.FIRST_EVENT_SECONDS.observe(time.perf_counter() - self.received)
+                    first = False
+            await self._send(send, {"type": "http.response.body", "body": b""})
+        finally:
+            self.gauge.open -= 1
             metrics.OPEN_STREAMS.dec()
 
-    return EventSourceResponse(
-        frames(),
-        headers=HEADERS,
-        ping=ping_seconds,
-        ping_message_factory=ping,
-        sep=SEP,
-        send_timeout=send_timeout,
-    )
+    async def _body(self, send: Send, chunk: bytes) -> None:
+        await self._send(send, {"type": "http.response.body", "body": chunk, "more_body": True})
+
+    async def _send(self, send: Send, message: Message) -> None:
+        async with asyncio.timeout(self.send_timeout):
+            await send(message)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -78,7 +78,7 @@ class Worker:
     def limits(self) -> FollowLimits:
         """The bounds of a stream opened now."""
         deadline = asyncio.get_running_loop().time() + self.settings.max_stream_seconds
-        return FollowLimits(self.closing, deadline)
+        return FollowLimits(self.closing, deadline, self.settings.ping_seconds)
 
     def _on_cancel(self, payload: str) -> None:
         with contextlib.suppress(ValueError):

@@ -8,7 +8,7 @@ from starlette.responses import Response
 from server.follow import follow
 from server.middleware import received_at
 from server.services import Services
-from server.sse import check_cursor, event_stream
+from server.sse import EventStream, check_cursor
 from server.store import StoredMessage
 
 
@@ -32,14 +32,12 @@ def stream_message(app: Services, request: Request, stored: StoredMessage, curso
         notifier=app.worker.notifier,
         limits=app.worker.limits(),
     )
-    settings = app.settings
-    return event_stream(
+    return EventStream(
         events,
         gauge=app.worker.streams,
         received=received_at(request.scope),
-        ping_seconds=settings.ping_seconds,
-        retry_ms=settings.retry_ms,
-        send_timeout=settings.send_timeout_seconds,
+        retry_ms=app.settings.retry_ms,
+        send_timeout=app.settings.send_timeout_seconds,
     )
 
 
