@@ -156,7 +156,7 @@ class Runner:
         if task is None or task.done():
             return False
         self._stop_reasons.setdefault(message_id, (status, error))
-        task.cancel()
+        _cancel_once(task)
         return True
 
     def abandon(self, message_id: UUID) -> None:
@@ -169,7 +169,7 @@ class Runner:
         task = self.tasks.get(message_id)
         if task is not None and not task.done():
             self._stop_reasons[message_id] = ABANDONED
-            task.cancel()
+            _cancel_once(task)
 
     async def shutdown(self, grace: float) -> None:
         """Refuse new work, give running generations ``grace`` seconds, then end the rest."""
@@ -181,3 +181,13 @@ class Runner:
             self.stop(message_id, "error", shutdown)
         if self.tasks:
             await asyncio.wait(list(self.tasks.values()), timeout=5)
+
+
+def _cancel_once(task: asyncio.Task[None]) -> None:
+    """Cancel a generation's task unless a cancellation is already on its way.
+
+    Regression: cancel, its NOTIFY and the fenced flush can each ask within milliseconds; a second
+    cancel would land inside the generator's cleanup and cut it short (the OpenAI generator's
+    upstream connection stayed open until shutdown)."""
+    if not task.cancelling():
+        task.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -155,3 +156,46 @@ async def test_generator_error_keeps_its_code(database_url: str) -> None:
         project = await create_project(client)
         events = await generate(client, project, "fail please")
     assert events[-1].data["error"] == {"code": "upstream_error", "message": "the model said no"}
+
+
+class CleanupGenerator:
+    """Writes one piece, then waits; its cleanup needs an await of its own (as closing an
+    upstream connection does)."""
+
+    def __init__(self) -> None:
+        self.cleaned_up = asyncio.Event()
+
+    async def __call__(self, context: GenerationContext) -> AsyncIterator[Item]:
+        try:
+            yield Delta("one piece")
+            await asyncio.sleep(60)
+        finally:
+            await asyncio.sleep(0.05)
+            self.cleaned_up.set()
+
+
+async def test_repeated_stops_do_not_cut_a_generators_cleanup_short(database_url: str) -> None:
+    """Regression: cancel, its NOTIFY and a fenced flush can each stop a generation within
+    milliseconds; a second cancellation landed inside the generator's cleanup."""
+    token = await create_user(database_url, "alice")
+    generator = CleanupGenerator()
+    async with (
+        running_server(settings_for(database_url), generator=generator) as srv,
+        srv.client(token) as client,
+    ):
+        project = await create_project(client)
+        accepted = await client.post(
+            f"/api/projects/{project}/generations",
+            json={"message": "x"},
+            headers={"Accept": "application/json"},
+        )
+        message_id = uuid.UUID(accepted.json()["assistant_message"]["id"])
+        runner = srv.services.runner
+        log = runner.local_log(message_id)
+        assert log is not None
+        while not log.parts:  # noqa: ASYNC110 (the log has no event for "has a part")
+            await asyncio.sleep(0.01)
+        for _ in range(3):
+            runner.abandon(message_id)
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(generator.cleaned_up.wait(), 2)
