@@ -82,7 +82,7 @@ async def test_placeholder_is_committed_before_start_arrives(database_url: str) 
                 row = await conn.fetchrow(
                     "SELECT status, sequence FROM messages WHERE project_id = $1 "
                     "AND role = 'assistant'",
-                    __import__("uuid").UUID(project),
+                    uuid.UUID(project),
                 )
             finally:
                 await conn.close()
