@@ -18,9 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from server import logs
+from server.auth import hash_token, issue_token
 from server.config import Settings, SettingsError
 from server.db import connect
 from server.migrate import migrate
+from server.store import Store
 
 logger = logging.getLogger("server")
 EMBEDDED_DATABASE = "orderly"
@@ -64,38 +66,21 @@ async def _migrate(url: str, to: int | None = None) -> None:
 
 
 async def _create_token(url: str, username: str) -> str:
-    from server.auth import issue_token
-    from server.db import Database
-    from server.store import Store
-
-    db = Database(url, min_size=1, max_size=1)
-    await db.open()
-    try:
-        return await issue_token(Store(db), username)
-    finally:
-        await db.close()
+    async with Store.single(url) as store:
+        return await issue_token(store, username)
 
 
 async def _revoke(url: str, token: str | None, username: str | None) -> int:
-    from server.auth import hash_token
-    from server.db import Database
-    from server.store import Store
-
-    db = Database(url, min_size=1, max_size=1)
-    await db.open()
-    try:
-        store = Store(db)
+    async with Store.single(url) as store:
         if username is not None:
             return await store.revoke_user_tokens(username)
         assert token is not None
         return await store.revoke_token(hash_token(token))
-    finally:
-        await db.close()
 
 
 async def _is_fresh(url: str) -> bool:
-    async with connect(url) as session:
-        return bool(await session.fetchval_sql("SELECT count(*) = 0 FROM users"))
+    async with Store.single(url) as store:
+        return await store.count_users() == 0
 
 
 def _exit_quietly(_signum: int, _frame: object) -> None:

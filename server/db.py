@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -163,8 +163,12 @@ class Database:
             self.in_flight -= 1
 
     async def fetchval(self, name: str, *args: Any) -> Any:
-        with translate_errors():
-            return await self.pool.fetchval(self.queries[name], *args, timeout=30)
+        self.in_flight += 1
+        try:
+            with translate_errors():
+                return await self.pool.fetchval(self.queries[name], *args, timeout=30)
+        finally:
+            self.in_flight -= 1
 
     def pool_usage(self) -> tuple[int, int, int]:
         """(connections open, in use, queries waiting for one)."""
@@ -210,10 +214,6 @@ async def retry_unavailable(action: Callable[[], Awaitable[None]], *, attempts: 
             if attempt == attempts - 1:
                 raise
             await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
-
-
-def as_list(rows: Sequence[Row]) -> list[dict[str, Any]]:
-    return [dict(r) for r in rows]
 
 
 class Listener:

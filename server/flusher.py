@@ -37,8 +37,6 @@ class Flusher:
         self.logs: dict[UUID, MessageLog] = {}  # this worker's logs that are not closed yet
         self._dirty: set[UUID] = set()
         self._wakeup = asyncio.Event()
-        self.flushes = 0
-        self.failures = 0
 
     def register(self, log: MessageLog) -> None:
         self.logs[log.placeholder.id] = log
@@ -60,7 +58,6 @@ class Flusher:
             except Exception as exc:
                 # Never let the writer die: whatever went wrong, the logs keep their events
                 # and the next attempt writes them.
-                self.failures += 1
                 if isinstance(exc, DatabaseUnavailable):
                     logger.warning("flush failed: database unavailable; retry in %.2fs", backoff)
                 else:
@@ -86,7 +83,6 @@ class Flusher:
             self._wakeup.set()
             metrics.FLUSH_FAILURES.inc()
             raise
-        self.flushes += 1
         metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
         metrics.FLUSH_BATCH.observe(len(items))
         metrics.EVENTS_FLUSHED.inc(sum(len(item.events) for item in items))

@@ -36,9 +36,7 @@ class LeaseKeeper:
         self.lease_seconds = lease_seconds
         # Renew three times per lease; reap at least as often, and at least every 5 seconds.
         self.interval = min(lease_seconds / 3, 5.0)
-        self.reaped = 0
         self.retention_seconds = retention_seconds  # 0: keep events forever
-        self.pruned = 0
         self._last_prune = 0.0
 
     async def run(self) -> None:
@@ -71,7 +69,6 @@ class LeaseKeeper:
             return
         self._last_prune = now
         while deleted := await self.store.prune_events(self.retention_seconds, PRUNE_BATCH):
-            self.pruned += deleted
             if deleted < PRUNE_BATCH:
                 return
 
@@ -80,7 +77,6 @@ class LeaseKeeper:
             reaped = await self.store.reap_expired(REAP_BATCH)
             for message_id in reaped:
                 self.runner.abandon(message_id)  # ours, if our own lease ran out
-            self.reaped += len(reaped)
             metrics.LEASES_REAPED.inc(len(reaped))
             metrics.GENERATIONS_FINISHED.labels("error").inc(len(reaped))
             if reaped:

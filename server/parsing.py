@@ -77,8 +77,11 @@ def validation_problem(exc: ValidationError) -> MalformedRequest | InvalidInput:
 
 
 def path_uuid(request: Request, name: str, what: str) -> UUID:
-    """A path id; one that is not a UUID names nothing that exists, hence 404."""
-    raw = request.path_params[name]
+    return parse_uuid(request.path_params[name], what)
+
+
+def parse_uuid(raw: str, what: str) -> UUID:
+    """An id; one that is not a UUID names nothing that exists, hence 404."""
     try:
         return UUID(raw)
     except ValueError:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -90,6 +91,17 @@ def _pair(rows: Sequence[Row]) -> Pair | None:
 class Store:
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    @classmethod
+    @asynccontextmanager
+    async def single(cls, url: str) -> AsyncIterator[Store]:
+        """A store on one connection, for short tasks (the CLI, test set-up)."""
+        db = Database(url, min_size=1, max_size=1)
+        await db.open()
+        try:
+            yield cls(db)
+        finally:
+            await db.close()
 
     # Users and tokens
 

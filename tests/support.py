@@ -16,7 +16,6 @@ import uvicorn
 from server.app import create_app
 from server.auth import issue_token
 from server.config import Settings
-from server.db import Database
 from server.generators.base import Generator
 from server.services import Services
 from server.store import Store
@@ -88,12 +87,8 @@ def settings_for(database_url: str, **overrides: Any) -> Settings:
 
 
 async def create_user(database_url: str, username: str) -> str:
-    db = Database(database_url, min_size=1, max_size=1)
-    await db.open()
-    try:
-        return await issue_token(Store(db), username)
-    finally:
-        await db.close()
+    async with Store.single(database_url) as store:
+        return await issue_token(store, username)
 
 
 @dataclass

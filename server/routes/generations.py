@@ -8,9 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server.errors import InvalidInput, MalformedRequest, NotFound
+from server.errors import InvalidInput, MalformedRequest
 from server.models import Accepted, GenerateRequest
-from server.parsing import read_json, validate
+from server.parsing import parse_uuid, path_uuid, read_json, validate
 from server.routes.respond import events_url, json_response, stream_message
 from server.services import Services, services
 from server.sse import last_event_id
@@ -19,7 +19,7 @@ from server.sse import last_event_id
 async def post_generation(request: Request) -> Response:
     app = services(request)
     user = await app.auth.authenticate(request)
-    project_id = _project_id(request.path_params["project_id"])
+    project_id = path_uuid(request, "project_id", "project")
     body = await read_json(request, GenerateRequest, max_bytes=app.settings.max_body_bytes)
     cursor = last_event_id(request)
     return await _generate(app, request, user.id, project_id, body, cursor)
@@ -36,7 +36,7 @@ async def get_generate_stream(request: Request) -> Response:
             raise MalformedRequest(
                 f"the query parameter {name} is required", code="missing_parameter"
             )
-    project_id = _project_id(params["projectId"])
+    project_id = parse_uuid(params["projectId"], "project")
     body = validate(
         GenerateRequest,
         {"message": params["message"], "client_request_id": params["clientRequestId"]},
@@ -78,13 +78,6 @@ async def _generate(
 def wants_json(request: Request) -> bool:
     accept = request.headers.get("accept", "")
     return "application/json" in accept and "text/event-stream" not in accept
-
-
-def _project_id(raw: str) -> UUID:
-    try:
-        return UUID(raw)
-    except ValueError:
-        raise NotFound(f"no project with id {raw!r}") from None
 
 
 routes = [
