@@ -149,6 +149,9 @@ LIMIT $4;
 -- rows (status, partial or final content, last event id) in one statement, so the terminal state
 -- and the log can never disagree. Fenced: only rows this worker still leases and that are not yet
 -- terminal are written, and the events of any other row are dropped with them.
+-- Idempotent: a flush whose COMMIT went through but whose reply was lost is sent again as it was
+-- (or with more events); stored events are skipped (ON CONFLICT DO NOTHING), and a row that
+-- already holds exactly the terminal state of its item counts as written without being touched.
 -- $1 lease owner; messages: $2 project ids, $3 ids, $4 statuses, $5 contents, $6 last event ids,
 -- $7 error codes, $8 error messages; events: $9 project ids, $10 message ids, $11 event ids,
 -- $12 names, $13 data
@@ -172,6 +175,13 @@ WITH batch AS (
     WHERE m.project_id = b.project_id AND m.id = b.id
       AND m.lease_owner = $1 AND m.status IN ('pending', 'streaming')
     RETURNING m.project_id, m.id, m.updated_at, m.status, m.created_by
+), already AS (
+    -- The retry of a terminal write that committed: this statement's snapshot already shows it.
+    SELECT m.id, m.updated_at
+    FROM messages AS m JOIN batch AS b ON m.project_id = b.project_id AND m.id = b.id
+    WHERE b.status IN ('success', 'error', 'cancelled')
+      AND m.status = b.status AND m.last_event_id = b.last_event_id
+      AND m.error_code IS NOT DISTINCT FROM b.error_code
 ), finished_by AS (
     -- Lock the users in id order, so that two workers' flushes cannot deadlock on them.
     SELECT id FROM users
@@ -191,6 +201,7 @@ WITH batch AS (
     FROM unnest($9::uuid[], $10::uuid[], $11::integer[], $12::text[], $13::text[])
         AS e (project_id, message_id, event_id, name, data)
     JOIN written AS w ON w.project_id = e.project_id AND w.id = e.message_id
+    ON CONFLICT (project_id, message_id, event_id) DO NOTHING
 ), hint AS (
     -- One small NOTIFY per flush, ids only (payloads are capped at 8000 bytes: '*' = re-read all).
     SELECT pg_notify('orderly_events',
@@ -198,7 +209,9 @@ WITH batch AS (
     FROM written
     HAVING count(*) > 0
 )
-SELECT w.id, w.updated_at FROM written AS w CROSS JOIN hint;
+SELECT w.id, w.updated_at FROM written AS w LEFT JOIN hint ON true
+UNION ALL
+SELECT a.id, a.updated_at FROM already AS a;
 
 -- name: message_by_id
 -- Internal reads (following a log); callers have already checked ownership.
