@@ -4,10 +4,11 @@
 The pgbench script is built from ``sql/queries.sql`` itself, so it stays the same SQL as the
 server's: ``reserve_pair`` (the reservation, with the ownership check and the per-user count),
 then ``flush`` for that one message with the events a demo generation writes (2 progress, 8
-deltas) and its final status and content. Parameters become pgbench expressions: the project and
-owner ids are computed from a random number (see ``bench.database``). The flush's one NOTIFY
-hint is left out: the service sends one per batch of many generations, not one per generation,
-so including it would lower the ceiling.
+deltas, one chunk) and its final status and content. Parameters become pgbench expressions: the
+project and owner ids are computed from a random number (see ``bench.database``). The flush's one
+NOTIFY hint is left out: the service sends one per batch of many generations, not one per
+generation, so including it would lower the ceiling. The flush is fenced by its worker's heartbeat,
+so the run first registers one for the script's worker (``SETUP_SQL``), expiring in a day.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import asyncpg
 
 from bench.database import SQL_PROJECT_ID, SQL_USER_ID
 from server.db import load_queries
-from server.events import delta_data, progress_data
+from server.events import Chunk, Event, delta_data, progress_data
 from server.generators.demo import demo_answer, split_evenly
 
 LEASE_OWNER = "0000000b-0000-0000-0000-00000000000b"
@@ -49,13 +50,20 @@ def _substitute(sql: str, params: dict[int, str]) -> str:
     return _PARAM.sub(lambda m: f"({params[int(m[1])]})", body)
 
 
+SETUP_SQL = (
+    "INSERT INTO workers (id, expires_at, host) "
+    f"VALUES ('{LEASE_OWNER}', now() + interval '1 day', 'pgbench') ON CONFLICT (id) DO NOTHING"
+)
+
+
 def without_notify(flush_sql: str) -> tuple[str, bool]:
     """The flush statement without its NOTIFY hint; False if the SQL no longer has that shape."""
     start = flush_sql.find("), hint AS (")
-    end = flush_sql.find("CROSS JOIN hint")
-    if start < 0 or end < 0:
+    end = flush_sql.find("\nSELECT ", start)
+    join = "LEFT JOIN hint ON true\n"
+    if start < 0 or end < 0 or join not in flush_sql[end:]:
         return flush_sql, False
-    return flush_sql[: start + 1] + "\nSELECT w.id, w.updated_at FROM written AS w", True
+    return flush_sql[: start + 1] + flush_sql[end:].replace(join, ""), True
 
 
 def generation_script(queries_sql: Path) -> tuple[str, dict[str, Any]]:
@@ -73,18 +81,18 @@ def generation_script(queries_sql: Path) -> tuple[str, dict[str, Any]]:
             4: "'{}'",
             5: "NULL",
             6: _literal(LEASE_OWNER),
-            7: "30",
-            8: "1000000",
+            7: "1000000",
         },
     )
     answer = demo_answer(PROMPT)
     parts = split_evenly(answer, 8)
-    events = [
+    named = [
         ("progress", progress_data("thinking", "Reading the conversation", 0.0)),
         ("progress", progress_data("writing", "Writing the answer", 10.0)),
         *(("delta", delta_data(part)) for part in parts),
     ]
-    n_events = len(events)
+    chunk = Chunk.of([Event(i + 2, name, data) for i, (name, data) in enumerate(named)])
+    n_events = len(named)
     flush_sql, notify_removed = without_notify(queries["flush"])
     flush = _substitute(
         flush_sql,
@@ -97,16 +105,16 @@ def generation_script(queries_sql: Path) -> tuple[str, dict[str, Any]]:
             6: _array([str(n_events + 2)], "integer"),
             7: _array(["NULL"], "text"),
             8: _array(["NULL"], "text"),
-            9: f"array_fill({project}, ARRAY[{n_events}])",
-            10: f"array_fill(:id::uuid, ARRAY[{n_events}])",
-            11: _array([str(i + 2) for i in range(n_events)], "integer"),
-            12: _array([_literal(name) for name, _ in events], "text"),
-            13: _array([_literal(data) for _, data in events], "text"),
+            9: _array([project], "uuid"),
+            10: _array([":id::uuid"], "uuid"),
+            11: _array([str(chunk.last_event_id)], "integer"),
+            12: _array([_literal(chunk.kinds)], "text"),
+            13: _array([_literal(chunk.data)], "text"),
         },
     )
     script = f"\\set n random(:lo, :hi)\n{reserve} \\aset\n{flush};\n"
     return script, {
-        "statements": ["reserve_pair", "flush (1 message, its events, final status)"],
+        "statements": ["reserve_pair", "flush (1 message, its events in one chunk, final status)"],
         "events_per_generation": n_events,
         "notify_removed": notify_removed,
         "mode": "prepared",
@@ -148,6 +156,11 @@ async def run_pgbench(
     on_start: Callable[[int], None] | None = None,
 ) -> PgbenchRun:
     """One pgbench run; ``on_start`` gets pgbench's pid (for the CPU meter)."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(SETUP_SQL)
+    finally:
+        await conn.close()
     args = [
         str(bin_dir / "pgbench"),
         "-n",

@@ -99,6 +99,7 @@ async def start_services(settings: Settings, generator: Generator) -> Services:
     await retry_unavailable(db.open, attempts=20)
     store = Store(db)
     worker = Worker(settings, store, generator)
+    await retry_unavailable(worker.open, attempts=20)
     limiter = RateLimiter(per_minute=settings.rate_per_minute, burst=settings.rate_burst)
     auth = Authenticator(store, cache_seconds=settings.token_cache_seconds, limiter=limiter)
     return Services(settings=settings, db=db, store=store, worker=worker, auth=auth)

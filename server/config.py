@@ -44,6 +44,7 @@ class Settings:
     retry_ms: int = 2000
     send_timeout_seconds: float = 30.0
     flush_interval_ms: int = 20
+    flush_delay_ms: int = 50
     lease_seconds: float = 30.0
     shutdown_grace_seconds: float = 10.0
     max_stream_seconds: float = 300.0
@@ -93,6 +94,7 @@ class Settings:
             "pool_min_size",
             "pool_max_size",
             "flush_interval_ms",
+            "flush_delay_ms",
         )
         for name in positive:
             if getattr(self, name) < 1:

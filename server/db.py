@@ -54,6 +54,10 @@ def translate_errors() -> Iterator[None]:
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name == "messages_idempotency_key":
             raise DuplicateRequest() from exc
+        if exc.constraint_name == "event_chunks_pkey":
+            # A message's writer and its end (cancel, the reaper) took the same event id in the
+            # same instant: the loser tries again, and then sees the other's write.
+            raise DatabaseUnavailable("a concurrent write took the same event id; retry") from exc
         raise
     except asyncpg.RaiseError as exc:
         if exc.args and exc.args[0] == "too_many_running_generations":

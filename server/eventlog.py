@@ -1,30 +1,31 @@
-"""The in-memory log of a running assistant message, and how a listener follows any log.
+"""The in-memory log of a running assistant message.
 
 The producing worker keeps each running message's log in memory (``MessageLog``). An event becomes
 *visible* to listeners only once the flusher has written it, so a client never sees an event that
 a crash could take back, and a listener on another worker (reading the table) sees the same log.
 Event 1 (start) is visible at once: it is derived from rows committed before it is built.
+
+The flusher writes a log's new events as chunks (a few events per row). A chunk, once formed, is
+sent unchanged until it is known to be written, so a flush retried after a lost reply writes
+nothing twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from datetime import datetime
 
-from server.events import Event, delta_data, progress_data, start_event, terminal_event
+from server.events import Chunk, Event, delta_data, progress_data, start_event, storable
+from server.events import terminal_event as terminal_event_of
 from server.models import TERMINAL_STATUSES, ErrorInfo
 from server.store import FlushItem, Pair
 
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def storable(text: str) -> str:
-    """What PostgreSQL text can hold: a generator's NUL or lone surrogate would make every flush
-    of this message fail, so they become U+FFFD here, before anyone sees them."""
-    return _UNSTORABLE.sub("\ufffd", text)
+# Bounds of one chunk (one row): a log that fell behind (the database was away) is written as
+# several chunks, each of a size the database handles comfortably.
+MAX_CHUNK_EVENTS = 512
+MAX_CHUNK_CHARS = 256 * 1024
 
 
 class MessageLog:
@@ -36,6 +37,8 @@ class MessageLog:
         self.events: list[Event] = [start_event(self.user, self.placeholder)]
         self.written = 1  # events[:written] are in the database
         self.visible = 1  # events[:visible] may be sent to listeners
+        self.sealed = 1  # events[:sealed] are in chunks (written, or sent and not yet confirmed)
+        self.chunks: list[Chunk] = []  # sealed, not yet known to be written
         self.status = "pending"
         self.parts: list[str] = []
         self.error: ErrorInfo | None = None
@@ -44,6 +47,8 @@ class MessageLog:
         self.lost = False  # another worker (or the reaper) owns the message now
         self._changed = asyncio.Event()
         self.started = time.monotonic()
+        self.waiting_since: float | None = None  # when the oldest unwritten news was made
+        self._unsealed_chars = 0  # characters of the events after ``sealed``
 
     # The producer's side
 
@@ -57,7 +62,10 @@ class MessageLog:
 
     def finish(self, status: str, error: ErrorInfo | None = None) -> None:
         if self.final_status is None:
+            if error is not None:  # an upstream's words: the same cleaning as its deltas
+                error = ErrorInfo(code=storable(error.code), message=storable(error.message))
             self.final_status, self.error = status, error
+            self._waiting()
 
     @property
     def unwritten(self) -> int:
@@ -67,23 +75,62 @@ class MessageLog:
     def needs_flush(self) -> bool:
         return not self.closed and (self.unwritten > 0 or self.final_status is not None)
 
+    def due(self, now: float, *, max_delay: float, min_events: int) -> bool:
+        """Whether the next flush should write this log: it ended, or has enough news to fill a
+        chunk, or its oldest news has waited ``max_delay`` seconds."""
+        if not self.needs_flush:
+            return False
+        if self.final_status is not None or self.unwritten >= min_events:
+            return True
+        return self.waiting_since is not None and now - self.waiting_since >= max_delay
+
     def snapshot(self) -> FlushItem:
-        """What the next flush writes for this message."""
+        """What the next flush writes for this log: every chunk not yet known to be written
+        (sealing the new events into chunks first), and the message's status."""
+        self._seal()
         final = self.final_status
         return FlushItem(
             project_id=self.placeholder.project_id,
             message_id=self.placeholder.id,
             status=final or self.status,
-            content="".join(self.parts),
-            last_event_id=len(self.events) + (1 if final else 0),
+            content="".join(self.parts) if final else None,
+            last_event_id=self.sealed + (1 if final else 0),
             error=self.error if final else None,
-            events=self.events[self.written :],
+            chunks=tuple(self.chunks),
         )
 
-    def mark_written(self, item: FlushItem, updated_at: datetime) -> None:
+    def pending_size(self) -> tuple[int, int]:
+        """About how many chunks and characters the next snapshot sends (to bound statements)."""
+        new = len(self.events) - self.sealed
+        chunks = len(self.chunks) + -(-new // MAX_CHUNK_EVENTS)
+        chars = sum(len(c.data) for c in self.chunks) + self._unsealed_chars
+        if self.final_status is not None:
+            chars += sum(map(len, self.parts))
+        return chunks, chars
+
+    def _seal(self) -> None:
+        start = self.sealed
+        while start < len(self.events):
+            end, chars = start, 0
+            while end < len(self.events) and end - start < MAX_CHUNK_EVENTS:
+                chars += len(self.events[end].data) + 1
+                if chars > MAX_CHUNK_CHARS and end > start:
+                    break
+                end += 1
+            self.chunks.append(Chunk.of(self.events[start:end]))
+            start = end
+        self.sealed = start
+        self._unsealed_chars = 0
+
+    def mark_written(self, item: FlushItem, updated_at: datetime | None) -> None:
         """The flush of ``item`` committed: publish its events (and the terminal one)."""
-        self.written = self.visible = self.written + len(item.events)
+        count = len(item.chunks)
+        del self.chunks[:count]
+        if item.chunks:
+            self.written = self.visible = item.chunks[-1].last_event_id
+        self.waiting_since = time.monotonic() if self.unwritten else None
         if item.status in TERMINAL_STATUSES:
+            assert updated_at is not None, "a terminal write returns its row's updated_at"
             final = self.placeholder.model_copy(
                 update={
                     "status": item.status,
@@ -92,8 +139,8 @@ class MessageLog:
                     "updated_at": updated_at,
                 }
             )
-            self.events.append(terminal_event(final, item.last_event_id))
-            self.written = self.visible = len(self.events)
+            self.events.append(terminal_event_of(final, item.last_event_id))
+            self.written = self.visible = self.sealed = len(self.events)
             self.closed = True
         self._notify()
 
@@ -107,6 +154,12 @@ class MessageLog:
             raise RuntimeError("the generation has already ended")
         self.status = "streaming"
         self.events.append(Event(len(self.events) + 1, name, data))
+        self._unsealed_chars += len(data) + 1
+        self._waiting()
+
+    def _waiting(self) -> None:
+        if self.waiting_since is None:
+            self.waiting_since = time.monotonic()
 
     # The listeners' side
 

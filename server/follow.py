@@ -20,7 +20,7 @@ from server.models import Message
 from server.notifier import Notifier
 from server.store import Store
 
-PAGE = 500
+PAGE = 200  # chunks per read (a few events each)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +128,7 @@ async def read_stored(store: Store, message: Message, cursor: int) -> tuple[list
         if found is None:
             raise LookupError(f"message {message.id} is gone")
         current = found
-    stored = await store.events_after(message.project_id, message.id, cursor, PAGE)
+    stored, more = await store.events_after(message.project_id, message.id, cursor, PAGE)
     chain: list[Event] = []
     for event in stored:
         if event.id != cursor + len(chain) + 1:
@@ -142,7 +142,7 @@ async def read_stored(store: Store, message: Message, cursor: int) -> tuple[list
         return [], True
     if cursor >= last - 1 or (chain and chain[-1].id == last - 1):
         return [*events, *chain, terminal], True
-    if len(chain) == PAGE:
+    if more and len(chain) == len(stored):
         return events + chain, False  # more pages to read
     # Pruned: a finished message whose log is gone is answered with its terminal event alone.
     return [terminal], True

@@ -41,8 +41,18 @@ FLUSH_BATCH = Histogram(
     "Messages written per flush",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
-FLUSH_FAILURES = Counter("orderly_flush_failures", "Flushes that failed (database away)")
+FLUSH_FAILURES = Counter("orderly_flush_failures", "Flush statements that failed")
 LEASES_REAPED = Counter("orderly_leases_reaped", "Messages closed by the reaper")
+HEARTBEAT_SECONDS = Histogram(
+    "orderly_heartbeat_seconds", "Duration of one heartbeat renewal", buckets=_FAST
+)
+HEARTBEAT_FAILURES = Counter(
+    "orderly_heartbeat_failures", "Heartbeat renewals that failed (database unavailable)"
+)
+HEARTBEAT_EXPIRED = Counter(
+    "orderly_heartbeat_expired", "Heartbeats found expired at renewal (their answers given up)"
+)
+EVENTS_PRUNED = Counter("orderly_events_pruned", "Stored events deleted by retention")
 CANCELS = Counter("orderly_cancels", "Generations cancelled through the API")
 POOL_IN_USE = Gauge(
     "orderly_db_pool_in_use", "Pool connections in use", multiprocess_mode="livesum"

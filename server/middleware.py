@@ -23,6 +23,10 @@ from server import logs, metrics
 access_logger = logging.getLogger("server.access")
 _SANE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 RECEIVED = "orderly.received"  # scope key: when the request arrived (perf_counter)
+# Scope key: the ``send`` that the outermost of our middleware received. Event streams send their
+# body chunks there, past every middleware: the middleware here needs only the response start,
+# and a wrapper call per chunk is a cost per event (see server/sse.py).
+RAW_SEND = "orderly.send"
 
 
 def received_at(scope: Scope) -> float:
@@ -129,6 +133,7 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         started = scope[RECEIVED] = time.perf_counter()
+        scope[RAW_SEND] = send
         rid = _request_id(scope)
         token = logs.request_id.set(rid)
         status = 0

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from server import metrics
 from server.errors import Conflict, Draining, DuplicateRequest, NotFound
 from server.eventlog import MessageLog
-from server.flusher import Flusher
+from server.flusher import Flusher, FlushPolicy
 from server.generators.base import Delta, GenerationContext, Generator, GeneratorError
 from server.models import ErrorInfo, GenerateRequest, Message
 from server.store import Pair, Store
@@ -41,19 +42,17 @@ class Runner:
         store: Store,
         generator: Generator,
         *,
-        lease_seconds: float,
-        flush_interval: float,
+        worker: Callable[[], UUID],
+        flush_policy: FlushPolicy,
         max_running_per_user: int = 10,
         history_messages: int = 10,
-        worker_id: UUID | None = None,
     ) -> None:
         self.store = store
         self.generator = generator
-        self.lease_seconds = lease_seconds
+        self.worker = worker  # the identity this worker writes under (its heartbeat's)
         self.max_running_per_user = max_running_per_user
         self.history_messages = history_messages
-        self.worker_id = worker_id or uuid4()
-        self.flusher = Flusher(store, self.worker_id, interval=flush_interval, on_lost=self.abandon)
+        self.flusher = Flusher(store, worker, flush_policy, on_lost=self.abandon)
         self.tasks: dict[UUID, asyncio.Task[None]] = {}
         self._stop_reasons: dict[UUID, tuple[str, ErrorInfo | None]] = {}
         self.draining = False
@@ -69,8 +68,7 @@ class Runner:
                 content=request.message,
                 image_urls=request.image_urls,
                 client_request_id=request.client_request_id,
-                lease_owner=self.worker_id,
-                lease_seconds=self.lease_seconds,
+                lease_owner=self.worker(),
                 running_cap=self.max_running_per_user,
             )
         except DuplicateRequest:
@@ -170,6 +168,11 @@ class Runner:
         if task is not None and not task.done():
             self._stop_reasons[message_id] = ABANDONED
             _cancel_once(task)
+
+    def abandon_all(self) -> None:
+        """This worker's heartbeat expired: every answer it was writing is another's to close."""
+        for message_id in {*self.flusher.logs, *self.tasks}:
+            self.abandon(message_id)
 
     async def shutdown(self, grace: float) -> None:
         """Refuse new work, give running generations ``grace`` seconds, then end the rest."""

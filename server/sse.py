@@ -1,24 +1,38 @@
-"""An event log, followed, as a Server-Sent Events response (frames built by sse-starlette)."""
+"""An event log, followed, as a Server-Sent Events response.
+
+The hot path of every stream: a constant, small Python cost per event. Frames are built directly
+as bytes (``Event.frame``); the request's own task writes them (one extra task per stream watches
+for the client going away); and no timer is set around a send: a per-worker ``SendWatchdog``
+drops, once a second, the streams whose client has not taken a frame for ``SEND_TIMEOUT_SECONDS``.
+Middleware sees the response start (access log, security headers); body chunks go straight to the
+server's ``send`` (see ``server/middleware.RAW_SEND``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
 
-from sse_starlette import ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from server import metrics
 from server.errors import InvalidInput, MalformedRequest, TooManyStreams
 from server.events import Event
+from server.middleware import RAW_SEND
 
 logger = logging.getLogger(__name__)
-SEP = "\n"
 MAX_EVENT_ID = 2**31 - 1
+PING = b": ping\n\n"
+_RAW_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 
 
 def last_event_id(request: Request) -> int:
@@ -57,42 +71,46 @@ class StreamGauge:
             raise TooManyStreams()
 
 
-PING = ServerSentEvent(comment="ping", sep=SEP).encode()
-_RAW_HEADERS = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-    (b"x-accel-buffering", b"no"),
-]
-
-
 def encode(batch: list[Event]) -> bytes:
     """A batch of events as one chunk of frames; an empty batch is a ping."""
     if not batch:
         return PING
-    return b"".join(
-        ServerSentEvent(data=e.data, event=e.name, id=str(e.id), sep=SEP).encode() for e in batch
-    )
+    if len(batch) == 1:
+        return batch[0].frame
+    return b"".join(e.frame for e in batch)
+
+
+class SendWatchdog:
+    """One deadline per stream instead of a timer around every send: a stream records when its
+    current send began; once a second the watchdog stops the streams whose send has waited longer
+    than ``timeout`` (a client that stopped reading: the transport's buffer is full)."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.streams: set[EventStream] = set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self.timeout / 2))
+            now = loop.time()
+            for stream in list(self.streams):
+                if stream.sending_since and now - stream.sending_since > self.timeout:
+                    stream.stop("timed out")
 
 
 class EventStream(Response):
-    """A followed log as a Server-Sent Events response.
-
-    Frames are sse-starlette's ``ServerSentEvent``; the response itself is ours: one task writes
-    (each send bounded by ``send_timeout``, pings included, so a client that stops reading is
-    dropped) while another watches for the client going away. sse-starlette's response spawns
-    four tasks and a cancel scope per frame, which the benchmark profile showed as the largest
-    per-stream cost in CPU and memory (docs/benchmarks.md). Pings come from ``follow``, which
-    yields an empty batch when nothing was due for ``PING_SECONDS``.
-    """
+    """A followed log as a Server-Sent Events response. Pings come from ``follow``, which yields
+    an empty batch when nothing was due for ``PING_SECONDS``."""
 
     def __init__(
         self,
         batches: AsyncIterator[list[Event]],
         *,
         gauge: StreamGauge,
+        watchdog: SendWatchdog,
         received: float,
         retry_ms: int,
-        send_timeout: float,
     ) -> None:
         # Not Response.__init__: there is no body to render; only __call__ is ours.
         gauge.check()
@@ -100,57 +118,63 @@ class EventStream(Response):
         self.background = None
         self.batches = batches
         self.gauge = gauge
+        self.watchdog = watchdog
         self.received = received
         self.retry_ms = retry_ms
-        self.send_timeout = send_timeout
+        self.sending_since = 0.0  # loop time the current send began; 0.0: not sending
+        self.stopped: str | None = None  # why the stream was stopped from outside
+        self._task: asyncio.Task[object] | None = None
+
+    def stop(self, reason: str) -> None:
+        """End the stream now (its client went away, or stopped reading)."""
+        if self.stopped is None and self._task is not None:
+            self.stopped = reason
+            self._task.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] == "HEAD":  # a stream that never ends must not be opened for HEAD
             await send({"type": "http.response.start", "status": 200, "headers": _RAW_HEADERS})
             await send({"type": "http.response.body", "body": b""})
             return
-        writer = asyncio.create_task(self._write(send))
-        watcher = asyncio.create_task(_until_disconnect(receive))
-        try:
-            await asyncio.wait((writer, watcher), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (writer, watcher):
-                task.cancel()
-            await asyncio.gather(writer, watcher, return_exceptions=True)
-            await self.batches.aclose()  # type: ignore[attr-defined]
-        failure = writer.exception() if writer.done() and not writer.cancelled() else None
-        if isinstance(failure, TimeoutError):
-            logger.info("closed a stream whose client stopped reading")
-        elif failure is not None:
-            logger.error("stream failed", exc_info=failure)
-
-    async def _write(self, send: Send) -> None:
+        task = self._task = asyncio.current_task()
+        watcher = asyncio.create_task(self._watch(receive))
         self.gauge.open += 1
+        self.watchdog.streams.add(self)
         metrics.OPEN_STREAMS.inc()
         try:
-            await self._send(
-                send, {"type": "http.response.start", "status": 200, "headers": _RAW_HEADERS}
-            )
-            await self._body(send, ServerSentEvent(retry=self.retry_ms, sep=SEP).encode())
-            first = True
-            async for batch in self.batches:
-                await self._body(send, encode(batch))
-                if first and batch:
-                    metrics.FIRST_EVENT_SECONDS.observe(time.perf_counter() - self.received)
-                    first = False
-            await self._send(send, {"type": "http.response.body", "body": b""})
+            await self._write(send, scope.get(RAW_SEND, send))
+        except asyncio.CancelledError:
+            if self.stopped is None or task is None:
+                raise  # the server's own cancellation
+            task.uncancel()
+            if self.stopped == "timed out":
+                logger.info("closed a stream whose client stopped reading")
         finally:
+            self._task = None  # a disconnect from now on has nothing left to stop
             self.gauge.open -= 1
+            self.watchdog.streams.discard(self)
             metrics.OPEN_STREAMS.dec()
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await self.batches.aclose()  # type: ignore[attr-defined]
 
-    async def _body(self, send: Send, chunk: bytes) -> None:
-        await self._send(send, {"type": "http.response.body", "body": chunk, "more_body": True})
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.stop("disconnected")
 
-    async def _send(self, send: Send, message: Message) -> None:
-        async with asyncio.timeout(self.send_timeout):
-            await send(message)
-
-
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+    async def _write(self, send: Send, raw_send: Send) -> None:
+        loop = asyncio.get_running_loop()
+        await send({"type": "http.response.start", "status": 200, "headers": _RAW_HEADERS})
+        retry = b"retry: %d\n\n" % self.retry_ms
+        await raw_send({"type": "http.response.body", "body": retry, "more_body": True})
+        first = True
+        async for batch in self.batches:
+            self.sending_since = loop.time()
+            await raw_send({"type": "http.response.body", "body": encode(batch), "more_body": True})
+            self.sending_since = 0.0
+            if first and batch:
+                metrics.FIRST_EVENT_SECONDS.observe(time.perf_counter() - self.received)
+                first = False
+        await raw_send({"type": "http.response.body", "body": b""})

@@ -9,7 +9,7 @@ from datetime import datetime
 from uuid import UUID
 
 from server.db import Database, Row
-from server.events import Event
+from server.events import Chunk, Event
 from server.models import ErrorInfo, Message, Project
 
 
@@ -35,15 +35,24 @@ class Pair:
 
 @dataclass(frozen=True, slots=True)
 class FlushItem:
-    """One running message's new state and its events not yet written."""
+    """One running message's new state and its chunks not yet known to be written."""
 
     project_id: UUID
     message_id: UUID
     status: str
-    content: str
+    content: str | None  # the final content, when the status is terminal
     last_event_id: int
     error: ErrorInfo | None
-    events: Sequence[Event]
+    chunks: Sequence[Chunk]
+
+    @property
+    def events(self) -> int:
+        return sum(len(chunk.kinds) for chunk in self.chunks)
+
+    @property
+    def size(self) -> int:
+        """Characters this item sends (its chunks' data and its final content)."""
+        return sum(len(chunk.data) for chunk in self.chunks) + len(self.content or "")
 
 
 def message_from_row(row: Row) -> StoredMessage:
@@ -150,7 +159,6 @@ class Store:
         image_urls: list[str],
         client_request_id: str | None,
         lease_owner: UUID,
-        lease_seconds: float,
         running_cap: int,
     ) -> Pair | None:
         """Reserve sequences 2k-1, 2k and write both messages; None if not the owner's project.
@@ -166,7 +174,6 @@ class Store:
             image_urls,
             client_request_id,
             lease_owner,
-            lease_seconds,
             running_cap,
         )
         return _pair(rows)
@@ -226,47 +233,25 @@ class Store:
 
     async def events_after(
         self, project_id: UUID, message_id: UUID, after: int, limit: int
-    ) -> list[Event]:
-        rows = await self.db.fetch("events_after", project_id, message_id, after, limit)
-        return [Event(r["event_id"], r["name"], r["data"]) for r in rows]
+    ) -> tuple[list[Event], bool]:
+        """Stored events after event ``after``, read ``limit`` chunks at a time; and whether more
+        chunks may follow the ones read."""
+        rows = await self.db.fetch("chunks_after", project_id, message_id, after, limit)
+        events = [
+            event
+            for row in rows
+            for event in Chunk(row["first_event_id"], row["kinds"], row["data"]).events()
+            if event.id > after
+        ]
+        return events, len(rows) == limit
 
-    async def renew_leases(
-        self, lease_owner: UUID, lease_seconds: float, running: Sequence[tuple[UUID, UUID]]
-    ) -> set[UUID]:
-        """Extend this owner's leases on ``(project id, message id)``; return the ids still held."""
-        rows = await self.db.fetch(
-            "renew_leases",
-            lease_owner,
-            lease_seconds,
-            [p for p, _ in running],
-            [m for _, m in running],
-        )
-        return {r["id"] for r in rows}
-
-    async def prune_events(self, retention_seconds: float, batch: int) -> int:
-        """Delete up to ``batch`` stored events of messages finished long enough ago."""
-        async with self.db.session() as session:
-            status = await session.execute_sql(
-                self.db.queries["prune_events"], retention_seconds, batch
-            )
-        return int(status.split()[-1])
-
-    async def reap_expired(self, limit: int) -> list[UUID]:
-        return [r["id"] for r in await self.db.fetch("reap_expired", limit)]
-
-    async def cancel(
-        self, project_id: UUID, message_id: UUID, owner_id: UUID
-    ) -> StoredMessage | None:
-        """Cancel a running assistant message; None when it is not running (or not found)."""
-        row = await self.db.fetchrow("cancel_message", project_id, message_id, owner_id)
-        return None if row is None else message_from_row(row)
-
-    async def flush(self, lease_owner: UUID, items: Sequence[FlushItem]) -> dict[UUID, datetime]:
-        """Write a batch; return ``{message id: updated_at}`` of the rows this owner still held."""
-        events = [(item, event) for item in items for event in item.events]
+    async def flush(self, worker: UUID, items: Sequence[FlushItem]) -> dict[UUID, datetime | None]:
+        """Write a batch; return the ids of the messages this worker still held, each with its
+        row's ``updated_at`` where the write changed the row (its status)."""
+        chunks = [(item, chunk) for item in items for chunk in item.chunks]
         rows = await self.db.fetch(
             "flush",
-            lease_owner,
+            worker,
             [i.project_id for i in items],
             [i.message_id for i in items],
             [i.status for i in items],
@@ -274,10 +259,101 @@ class Store:
             [i.last_event_id for i in items],
             [i.error.code if i.error else None for i in items],
             [i.error.message if i.error else None for i in items],
-            [i.project_id for i, _ in events],
-            [i.message_id for i, _ in events],
-            [e.id for _, e in events],
-            [e.name for _, e in events],
-            [e.data for _, e in events],
+            [i.project_id for i, _ in chunks],
+            [i.message_id for i, _ in chunks],
+            [c.first_event_id for _, c in chunks],
+            [c.kinds for _, c in chunks],
+            [c.data for _, c in chunks],
         )
         return {r["id"]: r["updated_at"] for r in rows}
+
+    # Workers' heartbeats and the reaper
+
+    async def register_worker(
+        self, worker: UUID, lease_seconds: float, host: str, pid: int
+    ) -> None:
+        await self.db.fetch("register_worker", worker, lease_seconds, host, pid)
+
+    async def renew_worker(self, worker: UUID, lease_seconds: float) -> bool:
+        """Extend the heartbeat; False if it had already expired (nothing is extended then)."""
+        return bool(await self.db.fetch("renew_worker", worker, lease_seconds))
+
+    async def expire_worker(self, worker: UUID) -> None:
+        await self.db.fetch("expire_worker", worker)
+
+    async def prune_events(self, retention_seconds: float, batch: int) -> tuple[int, int]:
+        """Delete up to ``batch`` stored chunks of messages finished long enough ago; the number
+        of chunks and of events deleted."""
+        row = await self.db.fetchrow("prune_events", retention_seconds, batch)
+        assert row is not None
+        return int(row["chunks"]), int(row["events"])
+
+    async def reap(self, limit: int) -> list[StoredMessage]:
+        """Close up to ``limit`` running messages whose worker stopped, as ``interrupted``."""
+        rows = await self.db.fetch("orphans", limit)
+        targets = [(r["project_id"], r["id"]) for r in rows]
+        return await self._close(targets, "error", "interrupted", INTERRUPTED_MESSAGE)
+
+    async def forget_workers(self) -> None:
+        await self.db.fetch("forget_workers")
+
+    async def next_expiry(self, worker: UUID) -> float | None:
+        """Seconds until another worker's heartbeat expires (None: there is no other worker)."""
+        seconds: float | None = await self.db.fetchval("next_expiry", worker)
+        return seconds
+
+    async def cancel(
+        self, project_id: UUID, message_id: UUID, owner_id: UUID
+    ) -> StoredMessage | None:
+        """Cancel a running assistant message, keeping the content its listeners have seen; None
+        when it is not running (or not found, or not the caller's)."""
+        closed = await self._close([(project_id, message_id)], "cancelled", None, None, owner_id)
+        return closed[0] if closed else None
+
+    async def end_unwritable(self, project_id: UUID, message_id: UUID) -> StoredMessage | None:
+        """End a running message that cannot be written (its flush fails whatever we do) as
+        ``error``, with the content of its written deltas."""
+        closed = await self._close(
+            [(project_id, message_id)], "error", "storage_error", STORAGE_ERROR_MESSAGE
+        )
+        return closed[0] if closed else None
+
+    async def _close(
+        self,
+        targets: Sequence[tuple[UUID, UUID]],
+        status: str,
+        code: str | None,
+        message: str | None,
+        owner_id: UUID | None = None,
+    ) -> list[StoredMessage]:
+        """End the running ones of ``targets`` (see ``close_messages``). A target whose writer
+        stored a chunk at the very moment is claimed again on a fresh snapshot."""
+        closed: list[StoredMessage] = []
+        for _attempt in range(CLOSE_ATTEMPTS):
+            if not targets:
+                break
+            rows = await self.db.fetch(
+                "close_messages",
+                [p for p, _ in targets],
+                [m for _, m in targets],
+                status,
+                code,
+                message,
+                owner_id,
+            )
+            closed += [message_from_row(r) for r in rows]
+            done = {r["id"] for r in rows}
+            targets = [t for t in targets if t[1] not in done]
+            if targets:  # not claimed: were they still running? (or ended by someone else)
+                still = await self.db.fetch(
+                    "running_among", [p for p, _ in targets], [m for _, m in targets]
+                )
+                running = {r["id"] for r in still}
+                targets = [t for t in targets if t[1] in running]
+        return closed
+
+
+# A claim loses only to a chunk stored in the same instant; a few rounds always settle it.
+CLOSE_ATTEMPTS = 5
+INTERRUPTED_MESSAGE = "the answer was interrupted: the worker writing it stopped"
+STORAGE_ERROR_MESSAGE = "the answer could not be stored; it ends with the text written so far"

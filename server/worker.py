@@ -19,37 +19,54 @@ from uuid import UUID
 from server import metrics
 from server.config import Settings
 from server.db import Listener
+from server.flusher import FlushPolicy
 from server.follow import FollowLimits
 from server.generators.base import Generator
-from server.leases import LeaseKeeper
+from server.heartbeat import Heartbeat
 from server.notifier import Notifier
+from server.reaper import Reaper
+from server.retention import Retention
 from server.runner import Runner
-from server.sse import StreamGauge
+from server.sse import SendWatchdog, StreamGauge
 from server.store import Store
 
 logger = logging.getLogger(__name__)
+# A log with this many unwritten events is written at the next flush (a chunk's target size).
+CHUNK_EVENTS = 4
 
 
 class Worker:
     def __init__(self, settings: Settings, store: Store, generator: Generator) -> None:
         assert settings.database_url is not None
         self.settings = settings
+        self.heartbeat = Heartbeat(
+            settings.database_url,
+            lease_seconds=settings.lease_seconds,
+            on_expired=lambda _expired: self.runner.abandon_all(),
+        )
+        policy = FlushPolicy(
+            interval=settings.flush_interval_ms / 1000,
+            max_delay=settings.flush_delay_ms / 1000,
+            min_events=CHUNK_EVENTS,
+        )
         self.runner = Runner(
             store,
             generator,
-            lease_seconds=settings.lease_seconds,
-            flush_interval=settings.flush_interval_ms / 1000,
+            worker=self.heartbeat.current,
+            flush_policy=policy,
             max_running_per_user=settings.max_running_per_user,
             history_messages=settings.history_messages,
         )
         self.generator = generator
         self.notifier = Notifier()
-        self.leases = LeaseKeeper(
+        self.reaper = Reaper(
             store,
-            self.runner,
+            worker=lambda: self.heartbeat.id,
             lease_seconds=settings.lease_seconds,
-            retention_seconds=settings.event_retention_hours * 3600,
+            on_reaped=self.runner.abandon,
         )
+        self.retention = Retention(store, retention_seconds=settings.event_retention_hours * 3600)
+        self.watchdog = SendWatchdog(settings.send_timeout_seconds)
         self.listener = Listener(
             settings.database_url,
             {"orderly_events": self.notifier.on_events, "orderly_cancel": self._on_cancel},
@@ -60,9 +77,16 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._drain: asyncio.Task[None] | None = None
 
+    async def open(self) -> None:
+        """Register this worker's heartbeat (before it takes any answer)."""
+        await self.heartbeat.open()
+
     def start(self) -> None:
         self._spawn(self.runner.flusher.run(), "flusher")
-        self._spawn(self.leases.run(), "leases")
+        self._spawn(self.heartbeat.run(), "heartbeat")
+        self._spawn(self.reaper.run(), "reaper")
+        self._spawn(self.retention.run(), "retention")
+        self._spawn(self.watchdog.run(), "send watchdog")
         self._spawn(self.listener.run(), "listener")
         self._spawn(self._report_pool(), "pool metrics")
 
@@ -98,7 +122,7 @@ class Worker:
         logger.info("draining: %d generation(s) running", len(self.runner.tasks))
         await self.runner.shutdown(self.settings.shutdown_grace_seconds)
         if not await self.runner.flusher.drain(5.0):
-            logger.error("draining: some events could not be written; leases will close them")
+            logger.error("draining: some events could not be written; the reapers will end them")
         self.closing.set()
         self.notifier.wake_all()
         for log in list(self.runner.flusher.logs.values()):
@@ -111,6 +135,7 @@ class Worker:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.heartbeat.close()
         close = getattr(self.generator, "aclose", None)
         if close is not None:  # a generator holding connections (the openai one)
             await close()

@@ -3,6 +3,8 @@
 -- Message rows are always returned with the same columns, in this order:
 --   id, project_id, sequence, role, kind, content, status, image_urls, client_request_id,
 --   created_by, created_at, updated_at, error_code, error_message, last_event_id
+-- Reads go through message_view, where a running message's content and last event id come from
+-- its stored log (sql/migrations/0005_event_chunks_and_heartbeats.sql).
 
 -- name: user_for_token_hash
 SELECT u.id, u.username
@@ -52,8 +54,8 @@ WHERE id = $1 AND owner_id = $2;
 -- the ownership check is the UPDATE's WHERE (no row: not found), and a failed insert rolls the
 -- counter back with it, so sequences never have gaps. The user's running count goes up in the
 -- same statement; over the cap, orderly_refuse aborts it all (nothing reserved, nothing written).
--- $1 project, $2 owner, $3 content, $4 image_urls, $5 client_request_id, $6 lease owner,
--- $7 lease seconds, $8 the user's cap on running generations
+-- $1 project, $2 owner, $3 content, $4 image_urls, $5 client_request_id, $6 the worker that
+-- writes the answer (its heartbeat holds it), $7 the user's cap on running generations
 WITH p AS (
     UPDATE projects SET last_sequence = last_sequence + 2
     WHERE id = $1 AND owner_id = $2
@@ -62,18 +64,17 @@ WITH p AS (
     UPDATE users
     SET running_generations = running_generations + 1
     WHERE id = $2 AND EXISTS (SELECT 1 FROM p)
-      AND CASE WHEN running_generations < $8 THEN true
+      AND CASE WHEN running_generations < $7 THEN true
                ELSE orderly_refuse('too_many_running_generations') END
 )
 INSERT INTO messages AS m (project_id, sequence, role, content, status, image_urls,
-                           client_request_id, created_by, last_event_id, lease_owner,
-                           lease_expires_at)
+                           client_request_id, created_by, last_event_id, lease_owner)
 SELECT $1::uuid, p.last_sequence - 1, 'user', $3::text, 'success', $4::text[], $5::text,
-       $2::uuid, 0, NULL::uuid, NULL::timestamptz
+       $2::uuid, 0, NULL::uuid
 FROM p
 UNION ALL
 SELECT $1::uuid, p.last_sequence, 'assistant', '', 'pending', '{}'::text[], $5::text, $2::uuid,
-       1, $6::uuid, now() + $7::float8 * interval '1 second'
+       1, $6::uuid
 FROM p
 RETURNING m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
           m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
@@ -83,7 +84,7 @@ RETURNING m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
        m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
        m.error_message, m.last_event_id
-FROM messages AS m JOIN projects AS p ON p.id = m.project_id
+FROM message_view AS m JOIN projects AS p ON p.id = m.project_id
 WHERE m.project_id = $1 AND p.owner_id = $2 AND m.client_request_id = $3
 ORDER BY m.sequence;
 
@@ -91,7 +92,7 @@ ORDER BY m.sequence;
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
        m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
        m.error_message, m.last_event_id
-FROM messages AS m JOIN projects AS p ON p.id = m.project_id
+FROM message_view AS m JOIN projects AS p ON p.id = m.project_id
 WHERE m.project_id = $1 AND m.id = $2 AND p.owner_id = $3;
 
 -- name: get_pair_of_assistant
@@ -99,7 +100,7 @@ WHERE m.project_id = $1 AND m.id = $2 AND p.owner_id = $3;
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
        m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
        m.error_message, m.last_event_id
-FROM messages AS m
+FROM message_view AS m
 WHERE m.project_id = $1 AND m.sequence IN ($2 - 1, $2)
 ORDER BY m.sequence;
 
@@ -111,7 +112,7 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.im
        m.error_message, m.last_event_id
 FROM projects AS p
 LEFT JOIN LATERAL (
-    SELECT * FROM messages WHERE project_id = $1 ORDER BY sequence DESC LIMIT $3
+    SELECT * FROM message_view WHERE project_id = $1 ORDER BY sequence DESC LIMIT $3
 ) AS m ON true
 WHERE p.id = $1 AND p.owner_id = $2;
 
@@ -121,7 +122,7 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.im
        m.error_message, m.last_event_id
 FROM projects AS p
 LEFT JOIN LATERAL (
-    SELECT * FROM messages WHERE project_id = $1 AND sequence < $4
+    SELECT * FROM message_view WHERE project_id = $1 AND sequence < $4
     ORDER BY sequence DESC LIMIT $3
 ) AS m ON true
 WHERE p.id = $1 AND p.owner_id = $2;
@@ -132,47 +133,88 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.im
        m.error_message, m.last_event_id
 FROM projects AS p
 LEFT JOIN LATERAL (
-    SELECT * FROM messages WHERE project_id = $1 AND sequence > $4
+    SELECT * FROM message_view WHERE project_id = $1 AND sequence > $4
     ORDER BY sequence ASC LIMIT $3
 ) AS m ON true
 WHERE p.id = $1 AND p.owner_id = $2;
 
--- name: events_after
-SELECT event_id, name, data
-FROM message_events
-WHERE project_id = $1 AND message_id = $2 AND event_id > $3
-ORDER BY event_id
+-- name: message_by_id
+-- Internal reads (following a log); callers have already checked ownership.
+SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
+       m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
+       m.error_message, m.last_event_id
+FROM message_view AS m
+WHERE m.project_id = $1 AND m.id = $2;
+
+-- name: chunks_after
+-- The stored events of a log after event $3: from the chunk that holds event $3 + 1 on, a chunk
+-- (the events of one flush) per row, $4 rows at most. Terminal markers are not events.
+SELECT first_event_id, kinds, data
+FROM event_chunks
+WHERE project_id = $1 AND message_id = $2 AND kinds <> 't'
+  AND first_event_id >= (
+      SELECT coalesce(max(first_event_id), 0) FROM event_chunks
+      WHERE project_id = $1 AND message_id = $2 AND first_event_id <= $3 + 1
+  )
+ORDER BY first_event_id
 LIMIT $4;
 
 -- name: flush
--- One batched write for all running generations of a worker: their new events and their message
--- rows (status, partial or final content, last event id) in one statement, so the terminal state
--- and the log can never disagree. Fenced: only rows this worker still leases and that are not yet
--- terminal are written, and the events of any other row are dropped with them.
--- Idempotent: a flush whose COMMIT went through but whose reply was lost is sent again as it was
--- (or with more events); stored events are skipped (ON CONFLICT DO NOTHING), and a row that
--- already holds exactly the terminal state of its item counts as written without being touched.
--- $1 lease owner; messages: $2 project ids, $3 ids, $4 statuses, $5 contents, $6 last event ids,
--- $7 error codes, $8 error messages; events: $9 project ids, $10 message ids, $11 event ids,
--- $12 names, $13 data
+-- One batched write for running generations of a worker: the new events of each, a chunk per
+-- message, and a message row only where its status changes (its first events: streaming; its
+-- end: the final status, content and terminal event id, and the terminal marker that claims the
+-- terminal event's id). A running answer's content is never rewritten: it is its stored log
+-- (message_view). The terminal state and the log are written in one statement.
+-- Fenced: only messages leased to this worker, still running, while its heartbeat has not
+-- expired. Against an end written meanwhile by cancel or the reaper, the primary key of
+-- event_chunks is the fence (see the migration 0005): their terminal marker takes the id this
+-- write's first chunk starts at, and whichever insert comes second fails; the flusher retries,
+-- and then finds the message ended.
+-- Idempotent: a flush whose COMMIT went through but whose reply was lost is sent again with the
+-- same chunks (a chunk, once formed, never changes): those already stored are skipped, and a row
+-- that already holds exactly the terminal state of its item counts as written, untouched.
+-- (NOT EXISTS rather than ON CONFLICT: a speculative insert costs an extra WAL record per row.)
+-- $1 the worker; messages: $2 project ids, $3 ids, $4 statuses, $5 final contents (NULL while
+-- running), $6 last event ids (the terminal event's at the end), $7 error codes, $8 error
+-- messages; chunks: $9 project ids, $10 message ids, $11 first event ids, $12 kinds, $13 data
 WITH batch AS (
     SELECT *
     FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::integer[], $7::text[],
                 $8::text[])
         AS b (project_id, id, status, content, last_event_id, error_code, error_message)
-), written AS (
+), held AS (
+    SELECT m.project_id, m.id, m.status AS was, b.status, b.last_event_id
+    FROM messages AS m JOIN batch AS b ON m.project_id = b.project_id AND m.id = b.id
+    WHERE m.lease_owner = $1 AND m.status IN ('pending', 'streaming')
+      AND EXISTS (SELECT 1 FROM workers AS w WHERE w.id = $1 AND w.expires_at > now())
+), new_chunks AS (
+    SELECT c.*
+    FROM unnest($9::uuid[], $10::uuid[], $11::integer[], $12::text[], $13::text[])
+        AS c (project_id, message_id, first_event_id, kinds, data)
+    UNION ALL
+    SELECT h.project_id, h.id, h.last_event_id, 't', ''
+    FROM held AS h WHERE h.status IN ('success', 'error', 'cancelled')
+), chunks AS (
+    INSERT INTO event_chunks (project_id, message_id, first_event_id, kinds, data)
+    SELECT c.project_id, c.message_id, c.first_event_id, c.kinds, c.data
+    FROM new_chunks AS c
+    JOIN held AS h ON h.project_id = c.project_id AND h.id = c.message_id
+    WHERE NOT EXISTS (
+        SELECT 1 FROM event_chunks AS e
+        WHERE e.project_id = c.project_id AND e.message_id = c.message_id
+          AND e.first_event_id = c.first_event_id
+    )
+), changed AS (
     UPDATE messages AS m
     SET status = b.status,
-        content = b.content,
+        content = coalesce(b.content, m.content),
         last_event_id = b.last_event_id,
         error_code = b.error_code,
         error_message = b.error_message,
         updated_at = now(),
-        lease_owner = CASE WHEN b.status IN ('pending', 'streaming') THEN m.lease_owner END,
-        lease_expires_at = CASE WHEN b.status IN ('pending', 'streaming')
-                                THEN m.lease_expires_at END
-    FROM batch AS b
-    WHERE m.project_id = b.project_id AND m.id = b.id
+        lease_owner = CASE WHEN b.status IN ('pending', 'streaming') THEN m.lease_owner END
+    FROM batch AS b JOIN held AS h ON h.project_id = b.project_id AND h.id = b.id
+    WHERE m.project_id = b.project_id AND m.id = b.id AND b.status <> h.was
       AND m.lease_owner = $1 AND m.status IN ('pending', 'streaming')
     RETURNING m.project_id, m.id, m.updated_at, m.status, m.created_by
 ), already AS (
@@ -185,108 +227,125 @@ WITH batch AS (
 ), finished_by AS (
     -- Lock the users in id order, so that two workers' flushes cannot deadlock on them.
     SELECT id FROM users
-    WHERE id IN (SELECT created_by FROM written WHERE status IN ('success', 'error', 'cancelled'))
+    WHERE id IN (SELECT created_by FROM changed WHERE status IN ('success', 'error', 'cancelled'))
     ORDER BY id
     FOR UPDATE
 ), released AS (
     UPDATE users AS u SET running_generations = greatest(0, u.running_generations - f.n)
     FROM (
-        SELECT created_by, count(*) AS n FROM written
+        SELECT created_by, count(*) AS n FROM changed
         WHERE status IN ('success', 'error', 'cancelled') GROUP BY created_by
     ) AS f
     WHERE u.id = f.created_by AND u.id IN (SELECT id FROM finished_by)
-), events AS (
-    INSERT INTO message_events (project_id, message_id, event_id, name, data)
-    SELECT e.project_id, e.message_id, e.event_id, e.name, e.data
-    FROM unnest($9::uuid[], $10::uuid[], $11::integer[], $12::text[], $13::text[])
-        AS e (project_id, message_id, event_id, name, data)
-    JOIN written AS w ON w.project_id = e.project_id AND w.id = e.message_id
-    ON CONFLICT (project_id, message_id, event_id) DO NOTHING
 ), hint AS (
     -- One small NOTIFY per flush, ids only (payloads are capped at 8000 bytes: '*' = re-read all).
     SELECT pg_notify('orderly_events',
                      CASE WHEN count(*) > 150 THEN '*' ELSE string_agg(id::text, ',') END)
-    FROM written
+    FROM held
     HAVING count(*) > 0
 )
-SELECT w.id, w.updated_at FROM written AS w LEFT JOIN hint ON true
+SELECT h.id, c.updated_at FROM held AS h
+LEFT JOIN changed AS c ON c.project_id = h.project_id AND c.id = h.id
+LEFT JOIN hint ON true
 UNION ALL
 SELECT a.id, a.updated_at FROM already AS a;
 
--- name: message_by_id
--- Internal reads (following a log); callers have already checked ownership.
-SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
-       m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-       m.error_message, m.last_event_id
+-- name: register_worker
+-- $1 the worker, $2 lease seconds, $3 host, $4 process id
+INSERT INTO workers (id, expires_at, host, pid)
+VALUES ($1, now() + $2::float8 * interval '1 second', $3, $4);
+
+-- name: renew_worker
+-- Extend the heartbeat, never one that already expired (its messages may be reaped by now).
+UPDATE workers SET expires_at = now() + $2::float8 * interval '1 second'
+WHERE id = $1 AND expires_at > now()
+RETURNING id;
+
+-- name: expire_worker
+-- A worker that stops: whatever it still leases is for the reapers to close now.
+UPDATE workers SET expires_at = now() WHERE id = $1;
+
+-- name: next_expiry
+-- Seconds until the earliest heartbeat of another worker expires (negative: already expired).
+SELECT extract(epoch FROM min(expires_at) - now())::float8 FROM workers WHERE id <> $1;
+
+-- name: orphans
+-- The reaper's work: running messages whose worker stopped (its heartbeat expired, or it has
+-- none: a worker from before heartbeats). Spans projects by design (a periodic sweep).
+SELECT m.project_id, m.id
 FROM messages AS m
-WHERE m.project_id = $1 AND m.id = $2;
+WHERE m.status IN ('pending', 'streaming') AND m.lease_owner IS NOT NULL
+  AND NOT EXISTS (
+      SELECT 1 FROM workers AS w WHERE w.id = m.lease_owner AND w.expires_at > now()
+  )
+LIMIT $1;
 
--- name: renew_leases
--- $1 lease owner, $2 lease seconds, $3 project ids, $4 message ids
-UPDATE messages AS m
-SET lease_expires_at = now() + $2::float8 * interval '1 second'
-FROM unnest($3::uuid[], $4::uuid[]) AS b (project_id, id)
-WHERE m.project_id = b.project_id AND m.id = b.id
-  AND m.lease_owner = $1 AND m.status IN ('pending', 'streaming')
-RETURNING m.id;
-
--- name: reap_expired
--- Close the running messages whose owner stopped renewing its lease: error 'interrupted', or
--- 'cancelled' when a cancel was asked for. The terminal event is derived from the row, so
--- bumping last_event_id appends it. SKIP LOCKED lets every worker reap without waiting on others.
-WITH expired AS (
-    SELECT project_id, id
-    FROM messages
-    WHERE status IN ('pending', 'streaming') AND lease_expires_at < now()
-    ORDER BY lease_expires_at
-    LIMIT $1
-    FOR UPDATE SKIP LOCKED
-), reaped AS (
+-- name: close_messages
+-- End running assistant messages (cancel, the reaper, a message that cannot be written) with the
+-- content of their stored deltas. Each claims its terminal event's id, the one after its last
+-- stored event, with a terminal marker: if the writer stored a chunk there meanwhile (or another
+-- end claimed it), the claim is skipped and that message is not closed by this statement (the
+-- caller looks again). A claimed id is past every chunk this statement's snapshot does not see,
+-- so the content read here is exactly the deltas stored before the end. Releases the users'
+-- running counts; tells every worker (the writer stops its generator).
+-- $1 project ids, $2 message ids, $3 status, $4 error code, $5 error message, $6 the caller, or
+-- NULL for internal ends (the caller must own the project)
+WITH target AS (
+    SELECT m.project_id, m.id, orderly_last_stored_event(m.project_id, m.id) + 1 AS terminal
+    FROM messages AS m
+    JOIN unnest($1::uuid[], $2::uuid[]) AS b (project_id, id)
+        ON m.project_id = b.project_id AND m.id = b.id
+    WHERE m.role = 'assistant' AND m.status IN ('pending', 'streaming')
+      AND ($6::uuid IS NULL OR EXISTS (
+          SELECT 1 FROM projects AS p WHERE p.id = m.project_id AND p.owner_id = $6
+      ))
+), claimed AS (
+    INSERT INTO event_chunks (project_id, message_id, first_event_id, kinds, data)
+    SELECT project_id, id, terminal, 't', '' FROM target
+    ON CONFLICT (project_id, message_id, first_event_id) DO NOTHING
+    RETURNING project_id, message_id, first_event_id
+), closed AS (
     UPDATE messages AS m
-    SET status = 'error',
-        error_code = 'interrupted',
-        error_message = 'the answer was interrupted: the worker writing it stopped',
-        last_event_id = m.last_event_id + 1,
+    SET status = $3,
+        error_code = $4,
+        error_message = $5,
+        content = orderly_stored_content(m.project_id, m.id),
+        last_event_id = c.first_event_id,
         lease_owner = NULL,
-        lease_expires_at = NULL,
         updated_at = now()
-    FROM expired AS e
-    WHERE m.project_id = e.project_id AND m.id = e.id
-    RETURNING m.id, m.created_by
-), reaped_for AS (
-    SELECT id FROM users WHERE id IN (SELECT created_by FROM reaped) ORDER BY id FOR UPDATE
-), released AS (
-    UPDATE users AS u SET running_generations = greatest(0, u.running_generations - r.n)
-    FROM (SELECT created_by, count(*) AS n FROM reaped GROUP BY created_by) AS r
-    WHERE u.id = r.created_by AND u.id IN (SELECT id FROM reaped_for)
-)
-SELECT id, pg_notify('orderly_events', id::text) FROM reaped;
-
--- name: cancel_message
--- Cancel ends the message here and now, with the content written so far; the owner learns of it
--- through NOTIFY (and, failing that, through its next fenced flush) and stops its generator.
--- $1 project, $2 message, $3 owner (the project's)
-WITH cancelled AS (
-    UPDATE messages AS m
-    SET status = 'cancelled',
-        last_event_id = m.last_event_id + 1,
-        lease_owner = NULL,
-        lease_expires_at = NULL,
-        updated_at = now()
-    FROM projects AS p
-    WHERE m.project_id = $1 AND m.id = $2 AND p.id = m.project_id AND p.owner_id = $3
-      AND m.role = 'assistant' AND m.status IN ('pending', 'streaming')
+    FROM claimed AS c
+    WHERE m.project_id = c.project_id AND m.id = c.message_id
+      AND m.status IN ('pending', 'streaming')
     RETURNING m.*
+), closed_for AS (
+    SELECT id FROM users WHERE id IN (SELECT created_by FROM closed) ORDER BY id FOR UPDATE
 ), released AS (
-    UPDATE users AS u SET running_generations = greatest(0, u.running_generations - 1)
-    FROM cancelled AS c
-    WHERE u.id = c.created_by
+    UPDATE users AS u SET running_generations = greatest(0, u.running_generations - c.n)
+    FROM (SELECT created_by, count(*) AS n FROM closed GROUP BY created_by) AS c
+    WHERE u.id = c.created_by AND u.id IN (SELECT id FROM closed_for)
 )
 SELECT c.id, c.project_id, c.sequence, c.role, c.kind, c.content, c.status, c.image_urls,
        c.client_request_id, c.created_by, c.created_at, c.updated_at, c.error_code,
        c.error_message, c.last_event_id,
        pg_notify('orderly_cancel', c.id::text), pg_notify('orderly_events', c.id::text)
-FROM cancelled AS c;
+FROM closed AS c;
+
+-- name: running_among
+-- Which of these messages are still running. $1 project ids, $2 message ids
+SELECT m.id
+FROM messages AS m
+JOIN unnest($1::uuid[], $2::uuid[]) AS b (project_id, id)
+    ON m.project_id = b.project_id AND m.id = b.id
+WHERE m.status IN ('pending', 'streaming');
+
+-- name: forget_workers
+-- Heartbeats that expired and lead nothing any more. Spans projects by design.
+DELETE FROM workers AS w
+WHERE w.expires_at < now()
+  AND NOT EXISTS (
+      SELECT 1 FROM messages AS m
+      WHERE m.lease_owner = w.id AND m.status IN ('pending', 'streaming')
+  );
 
 -- name: recent_history
 -- The context of a generation: the finished messages before it, newest $3, in sequence order.
@@ -303,19 +362,21 @@ FROM (
 ORDER BY m.sequence;
 
 -- name: prune_events
--- Retention: drop the stored events of finished messages, oldest first, a batch at a time. The
--- message rows keep the final content; a pruned log is answered with its terminal event alone.
--- Spans projects by design (a periodic sweep). $1 retention seconds, $2 batch size
+-- Retention: drop the stored events of finished messages, a batch of chunks at a time (their
+-- terminal markers too: an ended message's row is its end). The message rows keep the final content; a pruned log is answered with its terminal
+-- event alone. Spans projects by design (a periodic sweep). $1 retention seconds, $2 batch size
 WITH old AS (
-    SELECT e.project_id, e.message_id, e.event_id
-    FROM message_events AS e
-    JOIN messages AS m ON m.project_id = e.project_id AND m.id = e.message_id
-    WHERE e.created_at < now() - $1::float8 * interval '1 second'
+    SELECT c.project_id, c.message_id, c.first_event_id
+    FROM event_chunks AS c
+    JOIN messages AS m ON m.project_id = c.project_id AND m.id = c.message_id
+    WHERE c.created_at < now() - $1::float8 * interval '1 second'
       AND m.status IN ('success', 'error', 'cancelled')
-    ORDER BY e.created_at
     LIMIT $2
+), gone AS (
+    DELETE FROM event_chunks AS d
+    USING old
+    WHERE d.project_id = old.project_id AND d.message_id = old.message_id
+      AND d.first_event_id = old.first_event_id
+    RETURNING CASE WHEN d.kinds = 't' THEN 0 ELSE length(d.kinds) END AS events
 )
-DELETE FROM message_events AS d
-USING old
-WHERE d.project_id = old.project_id AND d.message_id = old.message_id
-  AND d.event_id = old.event_id;
+SELECT count(*) AS chunks, coalesce(sum(events), 0)::bigint AS events FROM gone;

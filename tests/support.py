@@ -77,6 +77,7 @@ def settings_for(database_url: str, **overrides: Any) -> Settings:
         demo_delta_ms=0,
         ping_seconds=15,
         flush_interval_ms=5,
+        flush_delay_ms=10,
         pool_max_size=20,
         token_cache_seconds=0.0,
         max_running_per_user=100_000,

@@ -1,7 +1,9 @@
 """The demo generator: offline and deterministic, with knobs for pace and length.
 
 The answer is derived from the prompt alone, so tests can predict it, and is cut into exactly
-``deltas`` pieces (fewer only when the answer is shorter than that) with ``delta_ms`` between them.
+``deltas`` pieces (fewer only when the answer is shorter than that), due ``delta_ms`` apart on a
+fixed schedule from the first, the way a model server's tokens arrive: a generator woken late (a
+busy event loop) catches up at once instead of pushing every later piece back.
 """
 
 from __future__ import annotations
@@ -42,7 +44,11 @@ class DemoGenerator:
         yield Progress("thinking", "Reading the conversation", 0.0)
         parts = split_evenly(demo_answer(context.prompt), self.deltas)
         yield Progress("writing", "Writing the answer", 10.0)
-        for part in parts:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for i, part in enumerate(parts, 1):
             if self.delay:
-                await asyncio.sleep(self.delay)
+                due = start + i * self.delay
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())
             yield Delta(part)

@@ -35,9 +35,9 @@ def stream_message(app: Services, request: Request, stored: StoredMessage, curso
     return EventStream(
         events,
         gauge=app.worker.streams,
+        watchdog=app.worker.watchdog,
         received=received_at(request.scope),
         retry_ms=app.settings.retry_ms,
-        send_timeout=app.settings.send_timeout_seconds,
     )
 
 

@@ -1,9 +1,10 @@
-"""The batched flush against a real PostgreSQL: what one statement writes, and what a retry does.
+"""The batched flush against a real PostgreSQL: what one statement writes, what a retry does, and
+what the fence lets through.
 
 A flush whose COMMIT reached the database but whose reply was lost (the connection broke in
-between) is sent again by the flusher. Regression: the retry's events hit the primary key of
-``message_events`` and the whole statement failed, every time, so the worker never wrote that
-message (nor any other in the same batch) again.
+between) is sent again by the flusher. Regression: the retry's events hit the primary key of the
+event table and the whole statement failed, every time, so the worker never wrote that message
+(nor any other in the same batch) again.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from server.events import Event, delta_data
+from server.events import Chunk, Event, delta_data
 from server.models import ErrorInfo
 from server.store import FlushItem, Pair, Store
 
-OWNER = uuid4()
+TERMINAL = ("success", "error", "cancelled")
 
 
 @pytest.fixture
@@ -26,8 +27,15 @@ async def store(database_url: str) -> AsyncIterator[Store]:
         yield store
 
 
-async def reserve(store: Store) -> Pair:
-    user_id = await store.create_token("alice", uuid4().bytes)
+@pytest.fixture
+async def worker(store: Store) -> UUID:
+    worker = uuid4()
+    await store.register_worker(worker, 30, "test", 0)
+    return worker
+
+
+async def reserve(store: Store, worker: UUID) -> Pair:
+    user_id = await store.create_token(f"user-{uuid4().hex[:8]}", uuid4().bytes)
     project = await store.create_project(user_id, "flushed")
     pair = await store.reserve_pair(
         project_id=project.id,
@@ -35,32 +43,43 @@ async def reserve(store: Store) -> Pair:
         content="hello",
         image_urls=[],
         client_request_id=None,
-        lease_owner=OWNER,
-        lease_seconds=30,
+        lease_owner=worker,
         running_cap=10,
     )
     assert pair is not None
     return pair
 
 
-def item(pair: Pair, texts: list[str], *, status: str, error: ErrorInfo | None = None) -> FlushItem:
+def item(
+    pair: Pair,
+    chunks: list[list[str]],
+    *,
+    status: str,
+    error: ErrorInfo | None = None,
+) -> FlushItem:
+    """A flush item whose chunks hold the given delta texts (the first event is id 2)."""
     message = pair.assistant.message
-    events = [Event(2 + i, "delta", delta_data(text)) for i, text in enumerate(texts)]
-    final = status in ("success", "error", "cancelled")
+    built, next_id = [], 2
+    for texts in chunks:
+        events = [Event(next_id + i, "delta", delta_data(t)) for i, t in enumerate(texts)]
+        built.append(Chunk.of(events))
+        next_id += len(texts)
+    final = status in TERMINAL
     return FlushItem(
         project_id=message.project_id,
         message_id=message.id,
         status=status,
-        content="".join(texts),
-        last_event_id=1 + len(events) + (1 if final else 0),
+        content="".join(t for texts in chunks for t in texts) if final else None,
+        last_event_id=next_id - 1 + (1 if final else 0),
         error=error,
-        events=events,
+        chunks=built,
     )
 
 
-async def stored_ids(store: Store, pair: Pair) -> list[int]:
+async def stored(store: Store, pair: Pair) -> list[tuple[int, str]]:
     message = pair.assistant.message
-    return [e.id for e in await store.events_after(message.project_id, message.id, 0, 100)]
+    events, _ = await store.events_after(message.project_id, message.id, 0, 100)
+    return [(e.id, e.data) for e in events]
 
 
 async def running_count(store: Store, user_id: UUID) -> int:
@@ -71,49 +90,99 @@ async def running_count(store: Store, user_id: UUID) -> int:
     return count
 
 
-async def test_a_flush_sent_again_after_its_reply_was_lost_is_a_no_op(store: Store) -> None:
-    pair = await reserve(store)
-    first = item(pair, ["Hel", "lo"], status="streaming")
-    assert set(await store.flush(OWNER, [first])) == {pair.assistant.message.id}
-    # The reply was lost: the flusher sends the same events again, with one more.
-    again = item(pair, ["Hel", "lo", "!"], status="streaming")
-    assert set(await store.flush(OWNER, [again])) == {pair.assistant.message.id}
-    assert await stored_ids(store, pair) == [2, 3, 4]
+async def sql(store: Store, statement: str, *args: object) -> None:
+    async with store.db.session() as session:
+        await session.execute_sql(statement, *args)
 
 
-async def test_a_terminal_flush_sent_again_is_written_once(store: Store) -> None:
-    pair = await reserve(store)
+async def test_a_flush_sent_again_after_its_reply_was_lost_is_a_no_op(
+    store: Store, worker: UUID
+) -> None:
+    pair = await reserve(store, worker)
+    first = item(pair, [["Hel", "lo"]], status="streaming")
+    assert set(await store.flush(worker, [first])) == {pair.assistant.message.id}
+    # The reply was lost: the flusher sends the same chunk again, and one more.
+    again = item(pair, [["Hel", "lo"], ["!"]], status="streaming")
+    assert set(await store.flush(worker, [again])) == {pair.assistant.message.id}
+    assert [i for i, _ in await stored(store, pair)] == [2, 3, 4]
+
+
+async def test_a_terminal_flush_sent_again_is_written_once(store: Store, worker: UUID) -> None:
+    pair = await reserve(store, worker)
     message = pair.assistant.message
     user_id = message.created_by
     assert await running_count(store, user_id) == 1
-    final = item(pair, ["Hel", "lo"], status="success")
-    written = await store.flush(OWNER, [final])
+    final = item(pair, [["Hel", "lo"]], status="success")
+    written = await store.flush(worker, [final])
     assert await running_count(store, user_id) == 0
     # Sent again: still ours (not "lost"), untouched, and the running count is not taken twice.
-    again = await store.flush(OWNER, [final])
+    again = await store.flush(worker, [final])
     assert again == written
     assert await running_count(store, user_id) == 0
-    stored = await store.message_by_id(message.project_id, message.id)
-    assert stored is not None
-    assert (stored.message.status, stored.message.content) == ("success", "Hello")
-    assert stored.message.updated_at == written[message.id]
-    assert await stored_ids(store, pair) == [2, 3]
+    found = await store.message_by_id(message.project_id, message.id)
+    assert found is not None
+    assert (found.message.status, found.message.content) == ("success", "Hello")
+    assert found.message.updated_at == written[message.id]
+    assert found.last_event_id == 4
+    assert [i for i, _ in await stored(store, pair)] == [2, 3]
 
 
-async def test_a_terminal_flush_does_not_claim_a_message_the_reaper_closed(store: Store) -> None:
-    pair = await reserve(store)
+async def test_a_terminal_flush_does_not_claim_a_message_the_reaper_closed(
+    store: Store, worker: UUID
+) -> None:
+    pair = await reserve(store, worker)
     message = pair.assistant.message
-    await store.flush(OWNER, [item(pair, ["Hel"], status="streaming")])
-    async with store.db.session() as session:
-        await session.execute_sql(
-            "UPDATE messages SET lease_expires_at = now() - interval '1 second' WHERE id = $1",
-            message.id,
-        )
-    assert await store.reap_expired(10) == [message.id]
+    await store.flush(worker, [item(pair, [["Hel"]], status="streaming")])
+    await sql(store, "UPDATE workers SET expires_at = now() - interval '1 second'")
+    reaped = await store.reap(10)
+    assert [r.message.id for r in reaped] == [message.id]
+    assert (reaped[0].message.status, reaped[0].message.content) == ("error", "Hel")
     # The reaper ended it as error/interrupted at event 3: an error of ours with the same id is
     # not the same write.
     failed = item(
-        pair, ["Hel"], status="error", error=ErrorInfo(code="generator_failed", message="x")
+        pair, [["Hel"]], status="error", error=ErrorInfo(code="generator_failed", message="x")
     )
     assert failed.last_event_id == 3
-    assert await store.flush(OWNER, [failed]) == {}
+    assert await store.flush(worker, [failed]) == {}
+
+
+async def test_a_running_message_reads_as_its_stored_log(store: Store, worker: UUID) -> None:
+    """The row is written only when the status changes; reads assemble the content so far."""
+    pair = await reserve(store, worker)
+    message = pair.assistant.message
+    await store.flush(worker, [item(pair, [["Hel", "lo"], [" wor"]], status="streaming")])
+    found = await store.message_by_id(message.project_id, message.id)
+    assert found is not None
+    assert (found.message.status, found.message.content, found.last_event_id) == (
+        "streaming",
+        "Hello wor",
+        4,
+    )
+
+
+async def test_nothing_is_written_through_an_expired_heartbeat(store: Store, worker: UUID) -> None:
+    """Regression: a lease that had expired, but was not yet reaped, could still be renewed and
+    written through."""
+    pair = await reserve(store, worker)
+    await sql(store, "UPDATE workers SET expires_at = now() - interval '1 second'")
+    assert await store.renew_worker(worker, 30) is False
+    assert await store.flush(worker, [item(pair, [["late"]], status="streaming")]) == {}
+    assert await stored(store, pair) == []
+
+
+async def test_cancel_keeps_the_written_deltas_and_fences_the_owner(
+    store: Store, worker: UUID
+) -> None:
+    pair = await reserve(store, worker)
+    message = pair.assistant.message
+    await store.flush(worker, [item(pair, [["one ", "two "]], status="streaming")])
+    cancelled = await store.cancel(message.project_id, message.id, message.created_by)
+    assert cancelled is not None
+    assert (cancelled.message.status, cancelled.message.content) == ("cancelled", "one two ")
+    assert cancelled.last_event_id == 4
+    assert await running_count(store, message.created_by) == 0
+    # The owner's next chunk (ids 4, 5) is refused: the log ends at the terminal event 4.
+    late = item(pair, [["one ", "two "], ["three ", "four"]], status="streaming")
+    assert await store.flush(worker, [late]) == {}
+    assert [i for i, _ in await stored(store, pair)] == [2, 3]
+    assert await store.cancel(message.project_id, message.id, message.created_by) is None

@@ -107,14 +107,15 @@ def test_every_statement_on_per_project_tables_filters_by_project_id() -> None:
     """What lets the schema be distributed by project_id (docs/scaling.md)."""
     # Statements that by design span projects, each with the reason.
     cross_project = {
-        "reap_expired": "the reaper sweeps every expired lease (a multi-shard statement)",
+        "orphans": "the reaper sweeps every expired heartbeat (a multi-shard statement)",
+        "forget_workers": "the reaper forgets workers that lead nothing (a multi-shard statement)",
         "list_projects": "a user's projects, by owner",
         "insert_project": "creates the project row itself",
         "prune_events": "the retention sweep over every project (a multi-shard statement)",
     }
     for name, sql in load_queries().items():
         text = re.sub(r"--[^\n]*", "", sql).lower()
-        touches = re.search(r"\b(messages|message_events)\b", text)
+        touches = re.search(r"\b(messages|message_view|event_chunks)\b", text)
         if not touches or name in cross_project:
             continue
         by_project = (
@@ -136,7 +137,7 @@ async def test_pruned_log_is_answered_with_its_terminal_event(database_url: str)
         url = f"/api/projects/{project}/messages/{message}/events"
         _, before = await read_stream(client, "GET", url)
         assert [e.id for e in events_only(before)] == [e.id for e in events]
-        deleted = await srv.services.store.prune_events(0.0, 1000)
+        _, deleted = await srv.services.store.prune_events(0.0, 1000)
         assert deleted == len(events) - 2  # start and the terminal event are not stored
         _, after = await read_stream(client, "GET", url)
         history = (await client.get(f"/api/projects/{project}/messages")).json()["messages"]

@@ -25,5 +25,5 @@ def test_demo_answer_is_deterministic() -> None:
 
 def test_every_query_is_named_once_and_not_empty() -> None:
     queries = load_queries()
-    assert {"reserve_pair", "flush", "reap_expired", "cancel_message"} <= queries.keys()
+    assert {"reserve_pair", "flush", "orphans", "close_messages"} <= queries.keys()
     assert all(sql.strip() for sql in queries.values())
