@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 from starlette.requests import Request
@@ -80,7 +81,18 @@ def wants_json(request: Request) -> bool:
     return "application/json" in accept and "text/event-stream" not in accept
 
 
+def get_without_head(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> Route:
+    """A GET route that answers HEAD with 405 (``Allow: GET``). Starlette answers HEAD on every
+    GET route by running the GET handler; for a GET that starts a generation, a prefetching
+    proxy or a link checker would start answers. A HEAD that answered 200 without running the
+    handler would claim what it never checked (authentication, the project, the limits)."""
+    route = Route(path, endpoint, methods=["GET"])
+    assert route.methods is not None
+    route.methods.discard("HEAD")
+    return route
+
+
 routes = [
     Route("/api/projects/{project_id}/generations", post_generation, methods=["POST"]),
-    Route("/api/generate-stream", get_generate_stream, methods=["GET"]),
+    get_without_head("/api/generate-stream", get_generate_stream),
 ]

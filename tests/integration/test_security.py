@@ -289,3 +289,38 @@ async def test_generator_output_the_database_cannot_store_is_replaced(database_u
     assert events[-1].event == "done"
     assert history[1]["content"] == "nul \ufffd here, lone \ufffd surrogate"
     assert events[-1].data["message"]["content"] == history[1]["content"]
+
+
+async def test_head_on_generate_stream_creates_nothing(database_url: str) -> None:
+    """Regression: Starlette answers HEAD on every GET route, so a HEAD of a generate-stream URL
+    (a prefetching proxy, a link checker) reserved a pair and started an answer."""
+    token = await create_user(database_url, "alice")
+    settings = settings_for(database_url, demo_delta_ms=100)
+    async with running_server(settings) as srv, srv.client(token) as client:
+        project = await create_project(client)
+        url = f"/api/generate-stream?projectId={project}&message=hi&clientRequestId=head1"
+        head = await client.head(url)
+        assert head.status_code == 405
+        assert head.headers["allow"] == "GET"
+        assert head.headers["content-type"] == "application/problem+json"
+        assert await _sequences(database_url, project) == []
+        # The other GET routes only read; HEAD of an answer's events opens no stream.
+        accepted = await client.post(
+            f"/api/projects/{project}/generations",
+            json={"message": "running"},
+            headers={"Accept": "application/json"},
+        )
+        events_url = accepted.json()["events_url"]
+        message = accepted.json()["assistant_message"]
+        for path in (
+            events_url,
+            f"/api/projects/{project}/messages/{message['id']}",
+            f"/api/projects/{project}/messages",
+            f"/api/projects/{project}",
+            "/api/projects",
+        ):
+            response = await asyncio.wait_for(client.head(path), 5)
+            assert response.status_code == 200, path
+            assert response.content == b""
+        assert srv.services.worker.streams.open == 0
+    assert await _sequences(database_url, project) == [1, 2]
