@@ -13,8 +13,9 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from server import metrics
-from server.errors import InvalidInput, MalformedRequest, TooManyStreams
+from server.errors import InvalidInput, MalformedRequest
 from server.events import Event
+from server.limits import StreamSlot
 
 logger = logging.getLogger(__name__)
 SEP = "\n"
@@ -43,18 +44,6 @@ def check_cursor(cursor: int, last_event_id: int) -> None:
             f"Last-Event-ID {cursor} is beyond the log (last event {last_event_id})",
             code="last_event_id_out_of_range",
         )
-
-
-class StreamGauge:
-    """Counts this worker's open streams against its limit (checked when a stream is asked for)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.open = 0
-
-    def check(self) -> None:
-        if self.open >= self.limit:
-            raise TooManyStreams()
 
 
 PING = ServerSentEvent(comment="ping", sep=SEP).encode()
@@ -89,22 +78,27 @@ class EventStream(Response):
         self,
         batches: AsyncIterator[list[Event]],
         *,
-        gauge: StreamGauge,
+        slot: StreamSlot,
         received: float,
         retry_ms: int,
         send_timeout: float,
     ) -> None:
         # Not Response.__init__: there is no body to render; only __call__ is ours.
-        gauge.check()
         self.status_code = 200
         self.background = None
         self.batches = batches
-        self.gauge = gauge
+        self.slot = slot  # this stream's place under the open-streams limit, held until it ends
         self.received = received
         self.retry_ms = retry_ms
         self.send_timeout = send_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._stream(scope, receive, send)
+        finally:
+            self.slot.release()  # however the stream ended: done, disconnect, error, HEAD
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] == "HEAD":  # a stream that never ends must not be opened for HEAD
             await send({"type": "http.response.start", "status": 200, "headers": _RAW_HEADERS})
             await send({"type": "http.response.body", "body": b""})
@@ -125,23 +119,17 @@ class EventStream(Response):
             logger.error("stream failed", exc_info=failure)
 
     async def _write(self, send: Send) -> None:
-        self.gauge.open += 1
-        metrics.OPEN_STREAMS.inc()
-        try:
-            await self._send(
-                send, {"type": "http.response.start", "status": 200, "headers": _RAW_HEADERS}
-            )
-            await self._body(send, ServerSentEvent(retry=self.retry_ms, sep=SEP).encode())
-            first = True
-            async for batch in self.batches:
-                await self._body(send, encode(batch))
-                if first and batch:
-                    metrics.FIRST_EVENT_SECONDS.observe(time.perf_counter() - self.received)
-                    first = False
-            await self._send(send, {"type": "http.response.body", "body": b""})
-        finally:
-            self.gauge.open -= 1
-            metrics.OPEN_STREAMS.dec()
+        await self._send(
+            send, {"type": "http.response.start", "status": 200, "headers": _RAW_HEADERS}
+        )
+        await self._body(send, ServerSentEvent(retry=self.retry_ms, sep=SEP).encode())
+        first = True
+        async for batch in self.batches:
+            await self._body(send, encode(batch))
+            if first and batch:
+                metrics.FIRST_EVENT_SECONDS.observe(time.perf_counter() - self.received)
+                first = False
+        await self._send(send, {"type": "http.response.body", "body": b""})
 
     async def _body(self, send: Send, chunk: bytes) -> None:
         await self._send(send, {"type": "http.response.body", "body": chunk, "more_body": True})

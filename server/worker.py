@@ -22,9 +22,9 @@ from server.db import Listener
 from server.follow import FollowLimits
 from server.generators.base import Generator
 from server.leases import LeaseKeeper
+from server.limits import StreamGauge
 from server.notifier import Notifier
 from server.runner import Runner
-from server.sse import StreamGauge
 from server.store import Store
 
 logger = logging.getLogger(__name__)

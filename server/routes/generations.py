@@ -14,7 +14,7 @@ from server.models import Accepted, GenerateRequest
 from server.parsing import parse_uuid, path_uuid, read_json, validate
 from server.routes.respond import events_url, json_response, stream_message
 from server.services import Services, services
-from server.sse import last_event_id
+from server.sse import check_cursor, last_event_id
 
 
 async def post_generation(request: Request) -> Response:
@@ -54,26 +54,32 @@ async def _generate(
     cursor: int,
 ) -> Response:
     """Start (or find) the generation; answer 202 JSON when asked for, else its stream."""
-    as_json = wants_json(request)
     if len(body.message) > app.settings.max_message_chars:
         raise InvalidInput(
             f"message must be at most {app.settings.max_message_chars} characters",
             code="message_too_long",
         )
-    if not as_json:
-        app.worker.streams.check()  # refuse before anything is reserved
-    submission = await app.runner.submit(user_id, project_id, body)
-    pair = submission.pair
-    if as_json:
+    if wants_json(request):
+        pair = (await app.runner.submit(user_id, project_id, body)).pair
         accepted = Accepted(
             user_message=pair.user.message,
             assistant_message=pair.assistant.message,
             events_url=events_url(pair.assistant),
         )
         return json_response(accepted.model_dump_json(), 202)
-    if submission.created:
-        cursor = 0  # a new generation's stream starts at its first event whatever was sent
-    return stream_message(app, request, pair.assistant, cursor)
+    # The stream's slot is taken before anything is reserved, so that a generation that starts
+    # always gets its stream; every way out before the stream takes it over gives it back.
+    slot = app.worker.streams.take()
+    try:
+        submission = await app.runner.submit(user_id, project_id, body)
+        assistant = submission.pair.assistant
+        if submission.created:
+            cursor = 0  # a new generation's stream starts at its first event whatever was sent
+        check_cursor(cursor, assistant.last_event_id)
+        return stream_message(app, request, assistant, cursor, slot)
+    except BaseException:
+        slot.release()
+        raise
 
 
 def wants_json(request: Request) -> bool:
