@@ -1,40 +1,96 @@
-"""This worker's limits: the per-user request rate and the open streams.
+"""This worker's limits: the per-user request rate, failed token lookups and open streams.
 
-Both are per worker process. With ``WORKERS=N`` a user may reach N times the rate across the
+All are per worker process. With ``WORKERS=N`` a user may reach N times the rate across the
 deployment; the per-user cap on running generations, which protects the expensive part, is
 enforced by the database instead.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from uuid import UUID
+from collections import OrderedDict
+from collections.abc import Hashable
 
 from server import metrics
 from server.errors import TooManyRequests, TooManyStreams
 
-_MAX_TRACKED = 100_000
+_WORKER = "worker"  # the key of a worker-wide bucket
 
 
 class RateLimiter:
-    def __init__(self, *, per_minute: int, burst: int) -> None:
+    """Token buckets, one per key (a user, a client address), refilling at ``per_minute`` up to
+    ``burst``. At most ``max_tracked`` keys are remembered, the least recently charged forgotten
+    first: one at a time, never all at once (a forgotten bucket comes back full)."""
+
+    def __init__(
+        self,
+        *,
+        per_minute: int,
+        burst: int,
+        code: str = "rate_limited",
+        detail: str = "too many requests; slow down",
+        max_tracked: int = 100_000,
+    ) -> None:
         self.rate = per_minute / 60.0
         self.burst = float(burst)
-        self._buckets: dict[UUID, tuple[float, float]] = {}  # user -> (tokens, last refill)
+        self.code = code
+        self.detail = detail
+        self.max_tracked = max_tracked
+        self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
 
-    def charge(self, user_id: UUID) -> None:
-        """Take one request from the user's bucket, or raise ``TooManyRequests``."""
+    def charge(self, key: Hashable) -> None:
+        """Take one request from the key's bucket, or raise ``TooManyRequests``."""
         now = time.monotonic()
-        tokens, last = self._buckets.get(user_id, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        tokens = self._tokens(key, now)
         if tokens < 1:
-            wait = max(1, round((1 - tokens) / self.rate))
-            error = TooManyRequests("too many requests; slow down", code="rate_limited")
-            error.retry_after = wait
+            error = TooManyRequests(self.detail, code=self.code)
+            error.retry_after = max(1, math.ceil((1 - tokens) / self.rate))
             raise error
-        if len(self._buckets) >= _MAX_TRACKED:
-            self._buckets.clear()
-        self._buckets[user_id] = (tokens - 1, now)
+        self._keep(key, tokens - 1, now)
+
+    def refund(self, key: Hashable) -> None:
+        """Give back one charge that turned out not to count."""
+        now = time.monotonic()
+        self._keep(key, min(self.burst, self._tokens(key, now) + 1), now)
+
+    def _tokens(self, key: Hashable, now: float) -> float:
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - last) * self.rate)
+
+    def _keep(self, key: Hashable, tokens: float, now: float) -> None:
+        self._buckets[key] = (tokens, now)
+        self._buckets.move_to_end(key)
+        if len(self._buckets) > self.max_tracked:
+            self._buckets.popitem(last=False)
+
+
+class FailedLookups:
+    """Failed token lookups, limited per client address and per worker.
+
+    Looking up a token the worker does not know costs a database query, and anybody can send
+    any token. Such a lookup is charged to its client's bucket and to the worker's before the
+    query, and given back when the token turns out to be valid: only failures count, and a
+    flood is refused (429) before it reaches the database."""
+
+    def __init__(self, *, per_minute: int, burst: int, worker_per_minute: int) -> None:
+        code, detail = "too_many_auth_failures", "too many invalid tokens; retry later"
+        self.per_client = RateLimiter(per_minute=per_minute, burst=burst, code=code, detail=detail)
+        self.worker = RateLimiter(
+            per_minute=worker_per_minute, burst=worker_per_minute, code=code, detail=detail
+        )
+
+    def charge(self, client: str) -> None:
+        self.per_client.charge(client)
+        try:
+            self.worker.charge(_WORKER)
+        except TooManyRequests:
+            self.per_client.refund(client)
+            raise
+
+    def refund(self, client: str) -> None:
+        self.per_client.refund(client)
+        self.worker.refund(_WORKER)
 
 
 class StreamGauge:

@@ -82,6 +82,9 @@ def settings_for(database_url: str, **overrides: Any) -> Settings:
         max_running_per_user=100_000,
         rate_per_minute=1_000_000,
         rate_burst=1_000_000,
+        auth_failures_per_minute=1_000_000,
+        auth_failures_burst=1_000_000,
+        auth_failures_worker_per_minute=1_000_000,
     )
     return dataclasses.replace(base, **overrides)
 
