@@ -81,16 +81,14 @@ class Authenticator:
             self.failures.refund(client)
         return user
 
-    async def authenticate(self, request: Request) -> User:
+    async def authenticate(self, request: Request, *, changes_state: bool = False) -> User:
+        """The request's user. ``changes_state``: a GET that changes state (EventSource can only
+        GET), held to the cookie's cross-origin check like an unsafe method."""
         token = bearer_token(request)
         if token is None:
             token = request.cookies.get(COOKIE_NAME)
-            if token and request.method in UNSAFE_METHODS and not same_origin(request):
-                raise NotAuthenticated(
-                    "cookie-authenticated requests that change state need a same-origin "
-                    "Origin header",
-                    code="cross_origin_request",
-                )
+            if token:
+                check_cookie_origin(request, changes_state)
         if not token:
             raise NotAuthenticated()
         user = await self.user_for_token(token, client_address(request))
@@ -115,6 +113,31 @@ def bearer_token(request: Request) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         raise NotAuthenticated("use 'Authorization: Bearer <token>'", code="invalid_token")
     return token.strip()
+
+
+def check_cookie_origin(request: Request, changes_state: bool) -> None:
+    """A cookie goes along with requests that other pages make (SameSite=Strict keeps other
+    sites out, not other origins of the same site: another port or subdomain), so a
+    cookie-authenticated request that changes state must show that it comes from our pages."""
+    if request.method in UNSAFE_METHODS and not same_origin(request):
+        raise NotAuthenticated(
+            "cookie-authenticated requests that change state need a same-origin Origin header",
+            code="cross_origin_request",
+        )
+    if changes_state and from_elsewhere(request):
+        raise NotAuthenticated(
+            "cookie-authenticated requests that change state must come from this site's pages",
+            code="cross_origin_request",
+        )
+
+
+def from_elsewhere(request: Request) -> bool:
+    """Whether a GET came from another origin. Browsers send no Origin on a same-origin GET
+    (EventSource included), so an absent one proves nothing; a present foreign one, or a
+    ``Sec-Fetch-Site`` other than ``same-origin`` or ``none`` (typed or bookmarked), does."""
+    if request.headers.get("origin") is not None and not same_origin(request):
+        return True
+    return request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none")
 
 
 def same_origin(request: Request) -> bool:

@@ -28,9 +28,10 @@ async def post_generation(request: Request) -> Response:
 
 async def get_generate_stream(request: Request) -> Response:
     """``new EventSource(url)``: a reconnect re-sends the same URL with ``Last-Event-ID``, so the
-    idempotency key is required, and the repeat resumes the same generation."""
+    idempotency key is required, and the repeat resumes the same generation. It changes state
+    under a GET, so a cookie must come with proof of our own origin."""
     app = services(request)
-    user = await app.auth.authenticate(request)
+    user = await app.auth.authenticate(request, changes_state=True)
     params = request.query_params
     for name in ("projectId", "message", "clientRequestId"):
         if not params.get(name):

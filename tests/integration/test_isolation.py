@@ -6,7 +6,14 @@ import uuid
 
 import pytest
 
-from tests.support import create_project, create_user, generate, running_server, settings_for
+from tests.support import (
+    create_project,
+    create_user,
+    generate,
+    read_stream,
+    running_server,
+    settings_for,
+)
 
 # (method, path template, JSON body); {p} = a project, {m} = its assistant message.
 PROJECT_ENDPOINTS = [
@@ -108,3 +115,48 @@ async def test_cookie_session_and_origin_check(world) -> None:  # type: ignore[n
         assert out.status_code == 204
         browser.cookies.clear()
         assert (await browser.get(f"/api/projects/{project}")).status_code == 401
+
+
+async def test_cookie_generate_stream_refuses_other_origins(world) -> None:  # type: ignore[no-untyped-def]
+    """Regression: GET /api/generate-stream starts a generation under the session cookie with no
+    check of where the request came from; SameSite=Strict keeps other sites out, but not a page
+    of the same site on another port or subdomain (an <img> or EventSource pointed at it)."""
+    srv, tokens, project, _message = world
+    url = "/api/generate-stream?projectId={p}&message=csrf&clientRequestId={k}"
+    refused = [
+        {"Sec-Fetch-Site": "same-site"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": "http://127.0.0.1:1"},
+        {"Origin": "http://localhost.example", "Sec-Fetch-Site": "same-origin"},
+    ]
+    allowed = [
+        {"Sec-Fetch-Site": "same-origin"},  # the demo page's EventSource: no Origin on it
+        {"Sec-Fetch-Site": "none"},  # typed into the address bar
+        {"Origin": srv.base_url, "Sec-Fetch-Site": "same-origin"},
+        {},  # a browser that sends neither header
+    ]
+    async with srv.client() as browser:
+        signed_in = await browser.post(
+            "/api/session", json={"token": tokens["alice"]}, headers={"Origin": srv.base_url}
+        )
+        assert signed_in.status_code == 204
+        for n, headers in enumerate(refused):
+            response = await browser.get(url.format(p=project, k=f"no{n}"), headers=headers)
+            assert response.status_code == 401, (headers, response.text)
+            assert response.json()["code"] == "cross_origin_request"
+        for n, headers in enumerate(allowed):
+            response, frames = await read_stream(
+                browser, "GET", url.format(p=project, k=f"yes{n}"), headers=headers
+            )
+            assert response.status_code == 200, (headers, response.text)
+            assert frames[-1].event == "done"
+    # A bearer token cannot be sent by another site's page: no such check applies to it.
+    async with srv.client(tokens["alice"]) as api:
+        headers = {"Origin": "https://elsewhere.example", "Sec-Fetch-Site": "cross-site"}
+        response, _frames = await read_stream(
+            api, "GET", url.format(p=project, k="bearer"), headers=headers
+        )
+        assert response.status_code == 200
+        history = (await api.get(f"/api/projects/{project}/messages")).json()["messages"]
+    keys = {m["client_request_id"] for m in history if m["role"] == "user"}
+    assert keys == {None, "yes0", "yes1", "yes2", "yes3", "bearer"}
