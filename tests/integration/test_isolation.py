@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -12,10 +11,10 @@ import httpx
 import pytest
 
 from server.auth import hash_token
-from server.generators.base import Delta, GenerationContext, Item
 from server.store import Store
 from tests.support import (
     Frame,
+    GatedGenerator,
     create_project,
     create_user,
     events_only,
@@ -203,18 +202,6 @@ async def test_revoked_token_is_401_on_every_endpoint(world, database_url: str) 
         assert await conn.fetchval("SELECT count(*) FROM messages") == 2
     finally:
         await conn.close()
-
-
-class GatedGenerator:
-    """One delta, then waits for the test to open the gate, then a second one."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-
-    async def __call__(self, context: GenerationContext) -> AsyncIterator[Item]:
-        yield Delta("first ")
-        await self.gate.wait()
-        yield Delta("second")
 
 
 async def _events_up_to(client: httpx.AsyncClient, url: str, last_id: int) -> list[Frame]:

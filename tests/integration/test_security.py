@@ -13,6 +13,7 @@ import httpx_sse
 
 from server.generators.base import Delta, GenerationContext, Item
 from tests.support import (
+    GatedGenerator,
     RunningServer,
     create_project,
     create_user,
@@ -303,18 +304,6 @@ async def test_head_on_generate_stream_creates_nothing(database_url: str) -> Non
             assert response.content == b""
         assert srv.services.worker.streams.open == 0
     assert await _sequences(database_url, project) == [1, 2]
-
-
-class GatedGenerator:
-    """Answers hold their stream open until the test opens the gate."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-
-    async def __call__(self, context: GenerationContext) -> AsyncIterator[Item]:
-        yield Delta("waiting, ")
-        await self.gate.wait()
-        yield Delta("done")
 
 
 async def _assistant_count(database_url: str) -> int:
