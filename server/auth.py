@@ -61,24 +61,12 @@ class Authenticator:
         user = self.cache.user(key)
         if user is not None or self.cache.known_invalid(key):
             return user
-        if self.cache.known_valid(key):
-            user = await self.store.user_for_token_hash(key)
-        else:
-            user = await self._guarded_lookup(key, client)
+        if not self.cache.known_valid(key):
+            self.failures.check(client)  # 429, and no query, when it failed too often
+        user = await self.store.user_for_token_hash(key)
+        if user is None:
+            self.failures.record(client)
         self.cache.remember(key, user)
-        return user
-
-    async def _guarded_lookup(self, key: bytes, client: str) -> User | None:
-        """A lookup of a token not known to be valid: charged to ``client`` and to the worker
-        before the query (429 when they failed too often), given back unless it fails."""
-        self.failures.charge(client)
-        try:
-            user = await self.store.user_for_token_hash(key)
-        except BaseException:
-            self.failures.refund(client)
-            raise
-        if user is not None:
-            self.failures.refund(client)
         return user
 
     async def authenticate(self, request: Request, *, changes_state: bool = False) -> User:

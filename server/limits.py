@@ -20,7 +20,7 @@ _WORKER = "worker"  # the key of a worker-wide bucket
 
 class RateLimiter:
     """Token buckets, one per key (a user, a client address), refilling at ``per_minute`` up to
-    ``burst``. At most ``max_tracked`` keys are remembered, the least recently charged forgotten
+    ``burst``. At most ``max_tracked`` keys are remembered, the least recently used forgotten
     first: one at a time, never all at once (a forgotten bucket comes back full)."""
 
     def __init__(
@@ -41,18 +41,22 @@ class RateLimiter:
 
     def charge(self, key: Hashable) -> None:
         """Take one request from the key's bucket, or raise ``TooManyRequests``."""
-        now = time.monotonic()
-        tokens = self._tokens(key, now)
+        self.check(key)
+        self.take(key)
+
+    def check(self, key: Hashable) -> None:
+        """Raise ``TooManyRequests`` if the key's bucket is empty; take nothing."""
+        tokens = self._tokens(key, time.monotonic())
         if tokens < 1:
             error = TooManyRequests(self.detail, code=self.code)
             error.retry_after = max(1, math.ceil((1 - tokens) / self.rate))
             raise error
-        self._keep(key, tokens - 1, now)
 
-    def refund(self, key: Hashable) -> None:
-        """Give back one charge that turned out not to count."""
+    def take(self, key: Hashable) -> None:
+        """Take one from the key's bucket, even past empty (down to ``-burst``): what several
+        requests in flight at once overspend is paid back by waiting."""
         now = time.monotonic()
-        self._keep(key, min(self.burst, self._tokens(key, now) + 1), now)
+        self._keep(key, max(-self.burst, self._tokens(key, now) - 1), now)
 
     def _tokens(self, key: Hashable, now: float) -> float:
         tokens, last = self._buckets.get(key, (self.burst, now))
@@ -66,12 +70,12 @@ class RateLimiter:
 
 
 class FailedLookups:
-    """Failed token lookups, limited per client address and per worker.
+    """Failed token lookups, counted per client address and per worker.
 
     Looking up a token the worker does not know costs a database query, and anybody can send
-    any token. Such a lookup is charged to its client's bucket and to the worker's before the
-    query, and given back when the token turns out to be valid: only failures count, and a
-    flood is refused (429) before it reaches the database."""
+    any token. Once a client's address, or the worker as a whole, has failed too often, such
+    lookups are refused (429) before they reach the database. Only failures are counted, so
+    any number of valid tokens may be looked up at once."""
 
     def __init__(self, *, per_minute: int, burst: int, worker_per_minute: int) -> None:
         code, detail = "too_many_auth_failures", "too many invalid tokens; retry later"
@@ -80,17 +84,13 @@ class FailedLookups:
             per_minute=worker_per_minute, burst=worker_per_minute, code=code, detail=detail
         )
 
-    def charge(self, client: str) -> None:
-        self.per_client.charge(client)
-        try:
-            self.worker.charge(_WORKER)
-        except TooManyRequests:
-            self.per_client.refund(client)
-            raise
+    def check(self, client: str) -> None:
+        self.per_client.check(client)
+        self.worker.check(_WORKER)
 
-    def refund(self, client: str) -> None:
-        self.per_client.refund(client)
-        self.worker.refund(_WORKER)
+    def record(self, client: str) -> None:
+        self.per_client.take(client)
+        self.worker.take(_WORKER)
 
 
 class StreamGauge:

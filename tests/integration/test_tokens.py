@@ -74,6 +74,23 @@ async def test_failed_token_lookups_are_limited_per_worker(database_url: str) ->
     assert statuses == [401] * 8 + [429] * 4
 
 
+async def test_valid_tokens_are_never_held_to_the_failure_limit(database_url: str) -> None:
+    """Only failures count: many users behind one address (a NAT, a proxy), all unknown to a
+    fresh worker and all arriving at once, are all let in."""
+    tokens = [await create_user(database_url, f"user{n}") for n in range(30)]
+    settings = settings_for(
+        database_url,
+        auth_failures_per_minute=6,
+        auth_failures_burst=2,
+        auth_failures_worker_per_minute=2,
+    )
+    async with running_server(settings) as srv, srv.client() as client:
+        answers = await asyncio.gather(
+            *(client.get("/api/projects", headers=_bearer(t, ATTACKER)) for t in tokens)
+        )
+    assert [r.status_code for r in answers] == [200] * 30
+
+
 async def test_random_tokens_do_not_evict_real_users_from_the_token_cache(
     database_url: str,
 ) -> None:
