@@ -20,13 +20,14 @@ from server.db import Database, retry_unavailable
 from server.errors import OrderlyError
 from server.generators import generator_from_settings
 from server.generators.base import Generator
-from server.limits import RateLimiter
+from server.limits import FailedLookups, RateLimiter
 from server.middleware import AccessLog, RequestLimits, SecurityHeaders
 from server.openapi import openapi_document
 from server.routes import generations, messages, ops, projects, session
 from server.services import Services
 from server.static import STATIC_DIR
 from server.store import Store
+from server.tokencache import TokenCache
 from server.worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -100,8 +101,16 @@ async def start_services(settings: Settings, generator: Generator) -> Services:
     store = Store(db)
     worker = Worker(settings, store, generator)
     await retry_unavailable(worker.open, attempts=20)
-    limiter = RateLimiter(per_minute=settings.rate_per_minute, burst=settings.rate_burst)
-    auth = Authenticator(store, cache_seconds=settings.token_cache_seconds, limiter=limiter)
+    auth = Authenticator(
+        store,
+        cache=TokenCache(seconds=settings.token_cache_seconds),
+        failures=FailedLookups(
+            per_minute=settings.auth_failures_per_minute,
+            burst=settings.auth_failures_burst,
+            worker_per_minute=settings.auth_failures_worker_per_minute,
+        ),
+        limiter=RateLimiter(per_minute=settings.rate_per_minute, burst=settings.rate_burst),
+    )
     return Services(settings=settings, db=db, store=store, worker=worker, auth=auth)
 
 

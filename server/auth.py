@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 
 from starlette.requests import Request
 
 from server.errors import NotAuthenticated
-from server.limits import RateLimiter
+from server.limits import FailedLookups, RateLimiter
 from server.store import Store, User
+from server.tokencache import TokenCache
 
 COOKIE_NAME = "orderly_session"
 COOKIE_MAX_AGE = 30 * 24 * 3600
 TOKEN_PREFIX = "ord_"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_CACHE_LIMIT = 10_000
 
 
 def new_token() -> str:
@@ -36,49 +35,62 @@ async def issue_token(store: Store, username: str) -> str:
 
 
 class Authenticator:
-    """Finds the user of a request. Lookups are cached for ``cache_seconds`` per token, so a
-    revoked token keeps working on a worker for at most that long (see docs/security.md)."""
+    """Finds the user of a request. A valid token's lookup is cached for ``TOKEN_CACHE_SECONDS``,
+    so a revoked token keeps working on a worker for at most that long; an invalid token's too,
+    and a lookup of a token the worker does not know is held to the limit on failed lookups
+    (see ``server/tokencache.py``, ``server/limits.py`` and docs/security.md)."""
 
     def __init__(
-        self, store: Store, *, cache_seconds: float, limiter: RateLimiter | None = None
+        self,
+        store: Store,
+        *,
+        cache: TokenCache,
+        failures: FailedLookups,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.store = store
+        self.cache = cache
+        self.failures = failures
         self.limiter = limiter
-        self.cache_seconds = cache_seconds
-        self._cache: dict[bytes, tuple[float, User | None]] = {}
 
-    async def user_for_token(self, token: str) -> User | None:
+    async def user_for_token(self, token: str, client: str) -> User | None:
+        """The token's user, or None; ``client`` (an address) pays for failed lookups."""
         # The database looks tokens up by their hash: the secret itself is never compared, so
         # there is no timing signal about it to measure.
         key = hash_token(token)
-        now = time.monotonic()
-        cached = self._cache.get(key)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        user = self.cache.user(key)
+        if user is not None or self.cache.known_invalid(key):
+            return user
+        if not self.cache.known_valid(key):
+            self.failures.check(client)  # 429, and no query, when it failed too often
         user = await self.store.user_for_token_hash(key)
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[key] = (now + self.cache_seconds, user)
+        if user is None:
+            self.failures.record(client)
+        self.cache.remember(key, user)
         return user
 
-    async def authenticate(self, request: Request) -> User:
+    async def authenticate(self, request: Request, *, changes_state: bool = False) -> User:
+        """The request's user. ``changes_state``: a GET that changes state (EventSource can only
+        GET), held to the cookie's cross-origin check like an unsafe method."""
         token = bearer_token(request)
         if token is None:
             token = request.cookies.get(COOKIE_NAME)
-            if token and request.method in UNSAFE_METHODS and not same_origin(request):
-                raise NotAuthenticated(
-                    "cookie-authenticated requests that change state need a same-origin "
-                    "Origin header",
-                    code="cross_origin_request",
-                )
+            if token:
+                check_cookie_origin(request, changes_state)
         if not token:
             raise NotAuthenticated()
-        user = await self.user_for_token(token)
+        user = await self.user_for_token(token, client_address(request))
         if user is None:
             raise NotAuthenticated("the token is not valid", code="invalid_token")
         if self.limiter is not None:
             self.limiter.charge(user.id)
         return user
+
+
+def client_address(request: Request) -> str:
+    """The client's address: the peer, or X-Forwarded-For from a trusted proxy (uvicorn's
+    ``FORWARDED_ALLOW_IPS``)."""
+    return request.client.host if request.client is not None else "-"
 
 
 def bearer_token(request: Request) -> str | None:
@@ -89,6 +101,31 @@ def bearer_token(request: Request) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         raise NotAuthenticated("use 'Authorization: Bearer <token>'", code="invalid_token")
     return token.strip()
+
+
+def check_cookie_origin(request: Request, changes_state: bool) -> None:
+    """A cookie goes along with requests that other pages make (SameSite=Strict keeps other
+    sites out, not other origins of the same site: another port or subdomain), so a
+    cookie-authenticated request that changes state must show that it comes from our pages."""
+    if request.method in UNSAFE_METHODS and not same_origin(request):
+        raise NotAuthenticated(
+            "cookie-authenticated requests that change state need a same-origin Origin header",
+            code="cross_origin_request",
+        )
+    if changes_state and from_elsewhere(request):
+        raise NotAuthenticated(
+            "cookie-authenticated requests that change state must come from this site's pages",
+            code="cross_origin_request",
+        )
+
+
+def from_elsewhere(request: Request) -> bool:
+    """Whether a GET came from another origin. Browsers send no Origin on a same-origin GET
+    (EventSource included), so an absent one proves nothing; a present foreign one, or a
+    ``Sec-Fetch-Site`` other than ``same-origin`` or ``none`` (typed or bookmarked), does."""
+    if request.headers.get("origin") is not None and not same_origin(request):
+        return True
+    return request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none")
 
 
 def same_origin(request: Request) -> bool:

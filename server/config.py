@@ -63,6 +63,10 @@ class Settings:
     pool_min_size: int = 2
     pool_max_size: int = 10
     token_cache_seconds: float = 5.0
+    # Failed token lookups (each a database query anybody can cause), per worker process
+    auth_failures_per_minute: int = 30
+    auth_failures_burst: int = 20
+    auth_failures_worker_per_minute: int = 600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -95,6 +99,9 @@ class Settings:
             "pool_max_size",
             "flush_interval_ms",
             "flush_delay_ms",
+            "auth_failures_per_minute",
+            "auth_failures_burst",
+            "auth_failures_worker_per_minute",
         )
         for name in positive:
             if getattr(self, name) < 1:

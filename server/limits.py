@@ -1,35 +1,129 @@
-"""Per-user request rate, a token bucket per worker process.
+"""This worker's limits: the per-user request rate, failed token lookups and open streams.
 
-With ``WORKERS=N`` a user may reach N times the rate across the deployment; the per-user cap on
-running generations, which protects the expensive part, is enforced by the database instead.
+All are per worker process. With ``WORKERS=N`` a user may reach N times the rate across the
+deployment; the per-user cap on running generations, which protects the expensive part, is
+enforced by the database instead.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from uuid import UUID
+from collections import OrderedDict
+from collections.abc import Hashable
 
-from server.errors import TooManyRequests
+from server import metrics
+from server.errors import TooManyRequests, TooManyStreams
 
-_MAX_TRACKED = 100_000
+_WORKER = "worker"  # the key of a worker-wide bucket
 
 
 class RateLimiter:
-    def __init__(self, *, per_minute: int, burst: int) -> None:
+    """Token buckets, one per key (a user, a client address), refilling at ``per_minute`` up to
+    ``burst``. At most ``max_tracked`` keys are remembered, the least recently used forgotten
+    first: one at a time, never all at once (a forgotten bucket comes back full)."""
+
+    def __init__(
+        self,
+        *,
+        per_minute: int,
+        burst: int,
+        code: str = "rate_limited",
+        detail: str = "too many requests; slow down",
+        max_tracked: int = 100_000,
+    ) -> None:
         self.rate = per_minute / 60.0
         self.burst = float(burst)
-        self._buckets: dict[UUID, tuple[float, float]] = {}  # user -> (tokens, last refill)
+        self.code = code
+        self.detail = detail
+        self.max_tracked = max_tracked
+        self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
 
-    def charge(self, user_id: UUID) -> None:
-        """Take one request from the user's bucket, or raise ``TooManyRequests``."""
-        now = time.monotonic()
-        tokens, last = self._buckets.get(user_id, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
+    def charge(self, key: Hashable) -> None:
+        """Take one request from the key's bucket, or raise ``TooManyRequests``."""
+        self.check(key)
+        self.take(key)
+
+    def check(self, key: Hashable) -> None:
+        """Raise ``TooManyRequests`` if the key's bucket is empty; take nothing."""
+        tokens = self._tokens(key, time.monotonic())
         if tokens < 1:
-            wait = max(1, round((1 - tokens) / self.rate))
-            error = TooManyRequests("too many requests; slow down", code="rate_limited")
-            error.retry_after = wait
+            error = TooManyRequests(self.detail, code=self.code)
+            error.retry_after = max(1, math.ceil((1 - tokens) / self.rate))
             raise error
-        if len(self._buckets) >= _MAX_TRACKED:
-            self._buckets.clear()
-        self._buckets[user_id] = (tokens - 1, now)
+
+    def take(self, key: Hashable) -> None:
+        """Take one from the key's bucket, even past empty (down to ``-burst``): what several
+        requests in flight at once overspend is paid back by waiting."""
+        now = time.monotonic()
+        self._keep(key, max(-self.burst, self._tokens(key, now) - 1), now)
+
+    def _tokens(self, key: Hashable, now: float) -> float:
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - last) * self.rate)
+
+    def _keep(self, key: Hashable, tokens: float, now: float) -> None:
+        self._buckets[key] = (tokens, now)
+        self._buckets.move_to_end(key)
+        if len(self._buckets) > self.max_tracked:
+            self._buckets.popitem(last=False)
+
+
+class FailedLookups:
+    """Failed token lookups, counted per client address and per worker.
+
+    Looking up a token the worker does not know costs a database query, and anybody can send
+    any token. Once a client's address, or the worker as a whole, has failed too often, such
+    lookups are refused (429) before they reach the database. Only failures are counted, so
+    any number of valid tokens may be looked up at once."""
+
+    def __init__(self, *, per_minute: int, burst: int, worker_per_minute: int) -> None:
+        code, detail = "too_many_auth_failures", "too many invalid tokens; retry later"
+        self.per_client = RateLimiter(per_minute=per_minute, burst=burst, code=code, detail=detail)
+        self.worker = RateLimiter(
+            per_minute=worker_per_minute, burst=worker_per_minute, code=code, detail=detail
+        )
+
+    def check(self, client: str) -> None:
+        self.per_client.check(client)
+        self.worker.check(_WORKER)
+
+    def record(self, client: str) -> None:
+        self.per_client.take(client)
+        self.worker.take(_WORKER)
+
+
+class StreamGauge:
+    """This worker's open streams against its limit.
+
+    A request that will answer with a stream takes a slot before anything is reserved and the
+    stream holds it until it ends: a burst cannot pass the limit together (the count is taken,
+    not just read), and an answer that has started always gets its stream (nothing is checked
+    after the reservation)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def take(self) -> StreamSlot:
+        if self.open >= self.limit:
+            raise TooManyStreams()
+        self.open += 1
+        metrics.OPEN_STREAMS.inc()
+        return StreamSlot(self)
+
+    def _give_back(self) -> None:
+        self.open -= 1
+        metrics.OPEN_STREAMS.dec()
+
+
+class StreamSlot:
+    """One place under the limit. ``release`` gives it back once, whichever path calls it."""
+
+    def __init__(self, gauge: StreamGauge) -> None:
+        self._gauge: StreamGauge | None = gauge
+
+    def release(self) -> None:
+        gauge, self._gauge = self._gauge, None
+        if gauge is not None:
+            gauge._give_back()

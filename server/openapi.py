@@ -110,7 +110,7 @@ def _operations() -> dict[str, dict[str, Any]]:
                 "requestBody": {"required": True, "content": _json(_ref(SessionRequest))},
                 "responses": {
                     "204": {"description": "signed in"},
-                    **_errors("400", "401", "413", "415", "422"),
+                    **_errors("400", "401", "413", "415", "422", "429", "503"),
                 },
             },
             "delete": {

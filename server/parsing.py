@@ -44,12 +44,20 @@ async def read_json(request: Request, model: type[Model], *, max_bytes: int) -> 
     content_type = request.headers.get("content-type", "")
     if content_type.split(";")[0].strip().lower() != "application/json":
         raise UnsupportedMediaType()
-    body = await read_body(request, max_bytes)
+    return validate(model, parse_json(await read_body(request, max_bytes)))
+
+
+def parse_json(body: bytes) -> object:
+    """A client's JSON document; anything that is not one is 400 ``invalid_json``."""
     try:
-        value = json.loads(body)
+        return json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise MalformedRequest("the body is not valid JSON", code="invalid_json") from None
-    return validate(model, value)
+    except RecursionError:
+        # The C decoder recurses once per level: 20,000 levels of [[[... fit in a small body.
+        raise MalformedRequest(
+            "the body is not valid JSON: it is nested too deeply", code="invalid_json"
+        ) from None
 
 
 def validate(model: type[Model], value: object) -> Model:

@@ -21,8 +21,9 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from server import metrics
-from server.errors import InvalidInput, MalformedRequest, TooManyStreams
+from server.errors import InvalidInput, MalformedRequest
 from server.events import Event
+from server.limits import StreamSlot
 from server.middleware import RAW_SEND
 
 logger = logging.getLogger(__name__)
@@ -57,18 +58,6 @@ def check_cursor(cursor: int, last_event_id: int) -> None:
             f"Last-Event-ID {cursor} is beyond the log (last event {last_event_id})",
             code="last_event_id_out_of_range",
         )
-
-
-class StreamGauge:
-    """Counts this worker's open streams against its limit (checked when a stream is asked for)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.open = 0
-
-    def check(self) -> None:
-        if self.open >= self.limit:
-            raise TooManyStreams()
 
 
 def encode(batch: list[Event]) -> bytes:
@@ -107,17 +96,16 @@ class EventStream(Response):
         self,
         batches: AsyncIterator[list[Event]],
         *,
-        gauge: StreamGauge,
+        slot: StreamSlot,
         watchdog: SendWatchdog,
         received: float,
         retry_ms: int,
     ) -> None:
         # Not Response.__init__: there is no body to render; only __call__ is ours.
-        gauge.check()
         self.status_code = 200
         self.background = None
         self.batches = batches
-        self.gauge = gauge
+        self.slot = slot  # this stream's place under the open-streams limit, held until it ends
         self.watchdog = watchdog
         self.received = received
         self.retry_ms = retry_ms
@@ -132,15 +120,19 @@ class EventStream(Response):
             self._task.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._stream(scope, receive, send)
+        finally:
+            self.slot.release()  # however the stream ended: done, disconnect, error, HEAD
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] == "HEAD":  # a stream that never ends must not be opened for HEAD
             await send({"type": "http.response.start", "status": 200, "headers": _RAW_HEADERS})
             await send({"type": "http.response.body", "body": b""})
             return
         task = self._task = asyncio.current_task()
         watcher = asyncio.create_task(self._watch(receive))
-        self.gauge.open += 1
         self.watchdog.streams.add(self)
-        metrics.OPEN_STREAMS.inc()
         try:
             await self._write(send, scope.get(RAW_SEND, send))
         except asyncio.CancelledError:
@@ -151,9 +143,7 @@ class EventStream(Response):
                 logger.info("closed a stream whose client stopped reading")
         finally:
             self._task = None  # a disconnect from now on has nothing left to stop
-            self.gauge.open -= 1
             self.watchdog.streams.discard(self)
-            metrics.OPEN_STREAMS.dec()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher

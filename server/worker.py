@@ -23,11 +23,12 @@ from server.flusher import FlushPolicy
 from server.follow import FollowLimits
 from server.generators.base import Generator
 from server.heartbeat import Heartbeat
+from server.limits import StreamGauge
 from server.notifier import Notifier
 from server.reaper import Reaper
 from server.retention import Retention
 from server.runner import Runner
-from server.sse import SendWatchdog, StreamGauge
+from server.sse import SendWatchdog
 from server.store import Store
 
 logger = logging.getLogger(__name__)

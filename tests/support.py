@@ -16,7 +16,7 @@ import uvicorn
 from server.app import create_app
 from server.auth import issue_token
 from server.config import Settings
-from server.generators.base import Generator
+from server.generators.base import Delta, GenerationContext, Generator, Item
 from server.services import Services
 from server.store import Store
 
@@ -83,8 +83,24 @@ def settings_for(database_url: str, **overrides: Any) -> Settings:
         max_running_per_user=100_000,
         rate_per_minute=1_000_000,
         rate_burst=1_000_000,
+        auth_failures_per_minute=1_000_000,
+        auth_failures_burst=1_000_000,
+        auth_failures_worker_per_minute=1_000_000,
     )
     return dataclasses.replace(base, **overrides)
+
+
+class GatedGenerator:
+    """Answers "first " at once, then wait for the test to open ``gate`` before "second": an
+    answer that stays running, with a stream that stays open, as long as the test needs."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+    async def __call__(self, context: GenerationContext) -> AsyncIterator[Item]:
+        yield Delta("first ")
+        await self.gate.wait()
+        yield Delta("second")
 
 
 async def create_user(database_url: str, username: str) -> str:

@@ -101,7 +101,7 @@ def _error_message(text: str) -> str:
     """``{"error": {"message": ...}}`` (OpenAI, vLLM), ``{"error": "..."}`` (Ollama) or as is."""
     try:
         document: Any = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # (RecursionError: nested too deeply to decode)
         return text
     error = document.get("error", document) if isinstance(document, dict) else document
     if isinstance(error, dict):

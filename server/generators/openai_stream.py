@@ -61,7 +61,7 @@ def chunk_text(data: str, secret: str | None) -> str:
     """The ``choices[0].delta.content`` of one chunk; "" for a chunk without content."""
     try:
         chunk: Any = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # (RecursionError: nested too deeply to decode)
         raise protocol_error("a chunk that is not JSON") from None
     if not isinstance(chunk, dict):
         raise protocol_error("a chunk that is not a JSON object")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 from starlette.requests import Request
@@ -13,7 +14,7 @@ from server.models import Accepted, GenerateRequest
 from server.parsing import parse_uuid, path_uuid, read_json, validate
 from server.routes.respond import events_url, json_response, stream_message
 from server.services import Services, services
-from server.sse import last_event_id
+from server.sse import check_cursor, last_event_id
 
 
 async def post_generation(request: Request) -> Response:
@@ -27,9 +28,10 @@ async def post_generation(request: Request) -> Response:
 
 async def get_generate_stream(request: Request) -> Response:
     """``new EventSource(url)``: a reconnect re-sends the same URL with ``Last-Event-ID``, so the
-    idempotency key is required, and the repeat resumes the same generation."""
+    idempotency key is required, and the repeat resumes the same generation. It changes state
+    under a GET, so a cookie must come with proof of our own origin."""
     app = services(request)
-    user = await app.auth.authenticate(request)
+    user = await app.auth.authenticate(request, changes_state=True)
     params = request.query_params
     for name in ("projectId", "message", "clientRequestId"):
         if not params.get(name):
@@ -53,26 +55,32 @@ async def _generate(
     cursor: int,
 ) -> Response:
     """Start (or find) the generation; answer 202 JSON when asked for, else its stream."""
-    as_json = wants_json(request)
     if len(body.message) > app.settings.max_message_chars:
         raise InvalidInput(
             f"message must be at most {app.settings.max_message_chars} characters",
             code="message_too_long",
         )
-    if not as_json:
-        app.worker.streams.check()  # refuse before anything is reserved
-    submission = await app.runner.submit(user_id, project_id, body)
-    pair = submission.pair
-    if as_json:
+    if wants_json(request):
+        pair = (await app.runner.submit(user_id, project_id, body)).pair
         accepted = Accepted(
             user_message=pair.user.message,
             assistant_message=pair.assistant.message,
             events_url=events_url(pair.assistant),
         )
         return json_response(accepted.model_dump_json(), 202)
-    if submission.created:
-        cursor = 0  # a new generation's stream starts at its first event whatever was sent
-    return stream_message(app, request, pair.assistant, cursor)
+    # The stream's slot is taken before anything is reserved, so that a generation that starts
+    # always gets its stream; every way out before the stream takes it over gives it back.
+    slot = app.worker.streams.take()
+    try:
+        submission = await app.runner.submit(user_id, project_id, body)
+        assistant = submission.pair.assistant
+        if submission.created:
+            cursor = 0  # a new generation's stream starts at its first event whatever was sent
+        check_cursor(cursor, assistant.last_event_id)
+        return stream_message(app, request, assistant, cursor, slot)
+    except BaseException:
+        slot.release()
+        raise
 
 
 def wants_json(request: Request) -> bool:
@@ -80,7 +88,18 @@ def wants_json(request: Request) -> bool:
     return "application/json" in accept and "text/event-stream" not in accept
 
 
+def get_without_head(path: str, endpoint: Callable[[Request], Awaitable[Response]]) -> Route:
+    """A GET route that answers HEAD with 405 (``Allow: GET``). Starlette answers HEAD on every
+    GET route by running the GET handler; for a GET that starts a generation, a prefetching
+    proxy or a link checker would start answers. A HEAD that answered 200 without running the
+    handler would claim what it never checked (authentication, the project, the limits)."""
+    route = Route(path, endpoint, methods=["GET"])
+    assert route.methods is not None
+    route.methods.discard("HEAD")
+    return route
+
+
 routes = [
     Route("/api/projects/{project_id}/generations", post_generation, methods=["POST"]),
-    Route("/api/generate-stream", get_generate_stream, methods=["GET"]),
+    get_without_head("/api/generate-stream", get_generate_stream),
 ]

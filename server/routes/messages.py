@@ -12,7 +12,7 @@ from server.models import MessageEnvelope, MessagePage
 from server.parsing import path_uuid, query_int
 from server.routes.respond import json_response, stream_message
 from server.services import Services, services
-from server.sse import last_event_id
+from server.sse import check_cursor, last_event_id
 from server.store import StoredMessage, User
 
 MAX_SEQUENCE = 2**62
@@ -49,7 +49,8 @@ async def message_events(request: Request) -> Response:
     stored = await _message(app, request, user)
     if stored.message.role != "assistant":
         raise NotFound("only assistant messages have an event stream")
-    return stream_message(app, request, stored, cursor)
+    check_cursor(cursor, stored.last_event_id)
+    return stream_message(app, request, stored, cursor, app.worker.streams.take())
 
 
 async def cancel(request: Request) -> Response:

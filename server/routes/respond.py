@@ -6,9 +6,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server.follow import follow
+from server.limits import StreamSlot
 from server.middleware import received_at
 from server.services import Services
-from server.sse import EventStream, check_cursor
+from server.sse import EventStream
 from server.store import StoredMessage
 
 
@@ -17,11 +18,15 @@ def json_response(body: str, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
-def stream_message(app: Services, request: Request, stored: StoredMessage, cursor: int) -> Response:
-    """The SSE stream of an assistant message's log from event ``cursor + 1``."""
-    check_cursor(cursor, stored.last_event_id)
+def stream_message(
+    app: Services, request: Request, stored: StoredMessage, cursor: int, slot: StreamSlot
+) -> Response:
+    """The SSE stream of an assistant message's log from event ``cursor + 1`` (checked by the
+    caller). The stream holds ``slot``, the caller's place under the open-streams limit, until it
+    ends; when no stream opens, the slot is given back here."""
     if stored.message.is_terminal and cursor == stored.last_event_id:
         # Nothing left to send: 204 is how a server tells EventSource to stop reconnecting.
+        slot.release()
         return Response(status_code=204)
     message = stored.message
     events = follow(
@@ -34,7 +39,7 @@ def stream_message(app: Services, request: Request, stored: StoredMessage, curso
     )
     return EventStream(
         events,
-        gauge=app.worker.streams,
+        slot=slot,
         watchdog=app.worker.watchdog,
         received=received_at(request.scope),
         retry_ms=app.settings.retry_ms,

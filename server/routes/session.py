@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server.auth import COOKIE_MAX_AGE, COOKIE_NAME, same_origin
+from server.auth import COOKIE_MAX_AGE, COOKIE_NAME, client_address, same_origin
 from server.errors import NotAuthenticated
 from server.models import SessionRequest
 from server.parsing import read_json
@@ -18,7 +18,7 @@ async def create_session(request: Request) -> Response:
     if request.headers.get("origin") is not None and not same_origin(request):
         raise NotAuthenticated("sign in from this site's own pages", code="cross_origin_request")
     body = await read_json(request, SessionRequest, max_bytes=app.settings.max_body_bytes)
-    if await app.auth.user_for_token(body.token) is None:
+    if await app.auth.user_for_token(body.token, client_address(request)) is None:
         raise NotAuthenticated("the token is not valid", code="invalid_token")
     response = Response(status_code=204)
     response.set_cookie(

@@ -168,3 +168,30 @@ async def test_unknown_route_and_method_are_problems(setup) -> None:  # type: ig
     wrong = await client.delete("/api/projects")
     assert wrong.status_code == 405
     assert wrong.headers["content-type"] == "application/problem+json"
+
+
+DEEP_JSON = [
+    b"[" * 20_000 + b"]" * 20_000,
+    b'{"message": ' + b'{"a": ' * 20_000 + b"1" + b"}" * 20_001,
+]
+
+
+@pytest.mark.parametrize("body", DEEP_JSON, ids=["array", "object"])
+async def test_deeply_nested_json_is_400_not_500(setup, body: bytes) -> None:  # type: ignore[no-untyped-def]
+    """Regression: json.loads raised RecursionError, a 500 on every JSON endpoint (the
+    unauthenticated sign-in included)."""
+    client, project, database_url = setup
+    headers = {"Content-Type": "application/json"}
+    for path in ("/api/session", "/api/projects", GEN.format(p=project)):
+        response = await client.post(path, content=body, headers=headers)
+        assert response.status_code == 400, (path, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["code"] == "invalid_json"
+    conn = await asyncpg.connect(database_url)
+    try:
+        last = await conn.fetchval(
+            "SELECT last_sequence FROM projects WHERE id = $1", uuid.UUID(project)
+        )
+    finally:
+        await conn.close()
+    assert last == 0

@@ -497,6 +497,21 @@ async def test_malformed_json_in_a_chunk_is_an_upstream_protocol_error(database_
     assert (outcome.message["status"], outcome.message["content"]) == ("error", "Hi")
 
 
+async def test_a_deeply_nested_chunk_is_an_upstream_protocol_error(database_url: str) -> None:
+    """Regression: json.loads raised RecursionError, which ended the answer as
+    generator_failed (an internal error) instead of naming the upstream's fault."""
+    outcome, _ = await run_one(database_url, [then_garbage("Hi", "[" * 20_000 + "]" * 20_000)])
+    assert outcome.error["code"] == "upstream_protocol"
+    assert outcome.message["content"] == "Hi"
+
+
+async def test_a_deeply_nested_error_body_is_an_upstream_error(database_url: str) -> None:
+    """Regression: the error body's excerpt parsed it as JSON and hit RecursionError."""
+    outcome, _ = await run_one(database_url, [status(400, "[" * 20_000 + "]" * 20_000)])
+    assert outcome.error["code"] == "upstream_error"
+    assert outcome.error["message"].startswith("the model server answered HTTP 400: [[[")
+
+
 async def test_a_chunk_of_the_wrong_shape_is_an_upstream_protocol_error(database_url: str) -> None:
     outcome, _ = await run_one(database_url, [then_garbage("Hi", '{"text": "no choices"}')])
     assert outcome.error["code"] == "upstream_protocol"

@@ -8,13 +8,17 @@ import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
+import httpx
 import httpx_sse
 
 from server.generators.base import Delta, GenerationContext, Item
 from tests.support import (
+    GatedGenerator,
+    RunningServer,
     create_project,
     create_user,
     generate,
+    parse_frames,
     read_stream,
     running_server,
     settings_for,
@@ -217,30 +221,6 @@ async def test_oversized_headers_and_urls_are_refused_without_harm(database_url:
             assert (await client.get("/api/projects")).status_code == 200
 
 
-async def test_revoked_token_is_401_everywhere(database_url: str) -> None:
-    from server.auth import hash_token
-    from server.db import Database
-    from server.store import Store
-
-    token = await create_user(database_url, "alice")
-    async with running_server(settings_for(database_url)) as srv, srv.client(token) as client:
-        project = await create_project(client)
-        db = Database(database_url, min_size=1, max_size=1)
-        await db.open()
-        try:
-            assert await Store(db).revoke_token(hash_token(token)) == 1
-        finally:
-            await db.close()
-        for path in (
-            "/api/projects",
-            f"/api/projects/{project}",
-            f"/api/projects/{project}/messages",
-        ):
-            response = await client.get(path)
-            assert response.status_code == 401
-            assert response.json()["code"] == "invalid_token"
-
-
 async def test_openapi_document_is_valid_and_complete(database_url: str) -> None:
     import schemathesis
 
@@ -289,3 +269,157 @@ async def test_generator_output_the_database_cannot_store_is_replaced(database_u
     assert events[-1].event == "done"
     assert history[1]["content"] == "nul \ufffd here, lone \ufffd surrogate"
     assert events[-1].data["message"]["content"] == history[1]["content"]
+
+
+async def test_head_on_generate_stream_creates_nothing(database_url: str) -> None:
+    """Regression: Starlette answers HEAD on every GET route, so a HEAD of a generate-stream URL
+    (a prefetching proxy, a link checker) reserved a pair and started an answer."""
+    token = await create_user(database_url, "alice")
+    settings = settings_for(database_url, demo_delta_ms=100)
+    async with running_server(settings) as srv, srv.client(token) as client:
+        project = await create_project(client)
+        url = f"/api/generate-stream?projectId={project}&message=hi&clientRequestId=head1"
+        head = await client.head(url)
+        assert head.status_code == 405
+        assert head.headers["allow"] == "GET"
+        assert head.headers["content-type"] == "application/problem+json"
+        assert await _sequences(database_url, project) == []
+        # The other GET routes only read; HEAD of an answer's events opens no stream.
+        accepted = await client.post(
+            f"/api/projects/{project}/generations",
+            json={"message": "running"},
+            headers={"Accept": "application/json"},
+        )
+        events_url = accepted.json()["events_url"]
+        message = accepted.json()["assistant_message"]
+        for path in (
+            events_url,
+            f"/api/projects/{project}/messages/{message['id']}",
+            f"/api/projects/{project}/messages",
+            f"/api/projects/{project}",
+            "/api/projects",
+        ):
+            response = await asyncio.wait_for(client.head(path), 5)
+            assert response.status_code == 200, path
+            assert response.content == b""
+        assert srv.services.worker.streams.open == 0
+    assert await _sequences(database_url, project) == [1, 2]
+
+
+async def _assistant_count(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        count: int = await conn.fetchval("SELECT count(*) FROM messages WHERE role = 'assistant'")
+    finally:
+        await conn.close()
+    return count
+
+
+async def test_open_streams_limit_holds_exactly_under_a_burst(database_url: str) -> None:
+    """Regression: the check before the reservation took no slot (a burst passed together) and
+    the second check, after submit, answered 503 for answers that had already started."""
+    token = await create_user(database_url, "alice")
+    generator = GatedGenerator()
+    settings = settings_for(database_url, max_streams_per_worker=3)
+    async with (
+        running_server(settings, generator=generator) as srv,
+        srv.client(token) as client,
+    ):
+        projects = [await create_project(client, f"p{i}") for i in range(4)]
+        statuses: list[int] = []
+        refusals: list[httpx.Response] = []
+        all_answered = asyncio.Event()
+
+        async def attempt(n: int) -> list[str]:
+            url = f"/api/projects/{projects[n % 4]}/generations"
+            async with client.stream("POST", url, json={"message": f"m{n}"}) as response:
+                statuses.append(response.status_code)
+                if len(statuses) == 20:
+                    all_answered.set()
+                if response.status_code != 200:
+                    await response.aread()
+                    refusals.append(response)
+                    return []
+                await all_answered.wait()
+                frames = parse_frames(await response.aread())
+            return [f.event for f in frames if f.event]
+
+        tasks = [asyncio.create_task(attempt(n)) for n in range(20)]
+        try:
+            await asyncio.wait_for(all_answered.wait(), 30)
+            assert sorted(statuses) == [200] * 3 + [503] * 17
+            assert srv.services.worker.streams.open == 3
+        finally:
+            generator.gate.set()
+            all_answered.set()
+            names = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        for response in refusals:
+            assert response.json()["code"] == "too_many_streams"
+            assert "retry-after" in response.headers
+        # Every started answer got its stream, to the end; a refused request started nothing.
+        assert sorted(n[-1] for n in names if n) == ["done"] * 3
+        assert await _assistant_count(database_url) == 3
+        assert srv.services.worker.streams.open == 0
+
+
+async def _no_stream_open(srv: RunningServer) -> None:
+    for _ in range(200):
+        if srv.services.worker.streams.open == 0:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{srv.services.worker.streams.open} stream slot(s) still held")
+
+
+async def test_stream_slots_come_back_on_every_path(database_url: str) -> None:
+    """With room for one stream, every way a request can end gives its slot back."""
+    token = await create_user(database_url, "alice")
+    settings = settings_for(
+        database_url, max_streams_per_worker=1, demo_deltas=5, demo_delta_ms=200
+    )
+    async with running_server(settings) as srv, srv.client(token) as client:
+        project = await create_project(client)
+        gen = f"/api/projects/{project}/generations"
+        stream_url = f"/api/generate-stream?projectId={project}&message=m&clientRequestId=k1"
+        # Refused before or by the reservation: unknown project, a reused key, a bad cursor.
+        assert (
+            await client.post(f"/api/projects/{uuid.uuid4()}/generations", json={"message": "x"})
+        ).status_code == 404
+        await _no_stream_open(srv)
+        # A stream read to its end.
+        response, frames = await read_stream(client, "GET", stream_url)
+        assert response.status_code == 200 and frames[-1].event == "done"
+        last = frames[-1].id
+        await _no_stream_open(srv)
+        reused = stream_url.replace("message=m", "message=other")
+        assert (await client.get(reused)).status_code == 409
+        beyond = await client.get(stream_url, headers={"Last-Event-ID": str(last + 5)})
+        assert beyond.status_code == 422
+        await _no_stream_open(srv)
+        # Nothing left to send: 204.
+        assert (
+            await client.get(stream_url, headers={"Last-Event-ID": str(last)})
+        ).status_code == 204
+        await _no_stream_open(srv)
+        # A JSON answer holds no stream, even while its generation runs.
+        accepted = await client.post(
+            gen, json={"message": "bg"}, headers={"Accept": "application/json"}
+        )
+        assert accepted.status_code == 202
+        assert srv.services.worker.streams.open == 0
+        # HEAD of the events opens nothing; a client that hangs up mid-stream lets go.
+        events_url = accepted.json()["events_url"]
+        assert (await client.head(events_url)).status_code == 200
+        await _no_stream_open(srv)
+        for url, method in ((events_url, "GET"), (gen, "POST")):
+            body = {"message": "hang up"} if method == "POST" else None
+            async with client.stream(method, url, json=body) as response:
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        break
+                assert srv.services.worker.streams.open == 1
+            await _no_stream_open(srv)
+        # The one slot is still there.
+        events = await generate(client, project, "last")
+        assert events[-1].event == "done"
+        await _no_stream_open(srv)

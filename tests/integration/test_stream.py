@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -20,13 +21,15 @@ from tests.support import (
     settings_for,
 )
 
+MESSAGE = "Hi there, \u00e9t\u00e9 \U0001f600"  # raw UTF-8 on the wire, not \\u escapes
+
 
 async def test_stream_wire_format(database_url: str) -> None:
     token = await create_user(database_url, "alice")
     async with running_server(settings_for(database_url)) as srv, srv.client(token) as client:
         project = await create_project(client)
         response, frames = await read_stream(
-            client, "POST", f"/api/projects/{project}/generations", json={"message": "Hi there"}
+            client, "POST", f"/api/projects/{project}/generations", json={"message": MESSAGE}
         )
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
@@ -41,7 +44,9 @@ async def test_stream_wire_format(database_url: str) -> None:
     assert events[-1].event == "done"
     for event in events:
         assert len(event.data_lines) == 1
-        assert ": " not in event.data_lines[0].split('"')[0], "compact JSON"
+        line = event.data_lines[0]
+        compact = json.dumps(json.loads(line), separators=(",", ":"), ensure_ascii=False)
+        assert line == compact, f"not compact JSON: {line}"
     start = events[0].data
     assert start["user_message"]["sequence"] == 1
     assert start["assistant_message"]["sequence"] == 2
@@ -49,7 +54,7 @@ async def test_stream_wire_format(database_url: str) -> None:
     done = events[-1].data["message"]
     joined = "".join(e.data["text"] for e in events if e.event == "delta")
     assert done["status"] == "success"
-    assert done["content"] == joined == demo_answer("Hi there")
+    assert done["content"] == joined == demo_answer(MESSAGE)
 
 
 async def test_finished_content_in_history_equals_joined_deltas(database_url: str) -> None:
