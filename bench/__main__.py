@@ -1,8 +1,10 @@
 """``python -m bench [--quick | --smoke]``: run the benchmark, write the results and the report.
 
-Full: under 10 minutes on 2 cores. ``--quick``: under 2 minutes, smaller sizes. ``--smoke``: a
-few seconds of each scenario at tiny sizes, for the test suite (pair it with ``--results-dir``,
-``--report`` and ``--plots-dir`` in a temporary directory so the committed report is untouched).
+Full: under 20 minutes on 2 cores (the model-pace scenario on two databases; more with
+``--baseline``). ``--quick``: a few minutes, smaller sizes. ``--smoke``: a few seconds of each
+scenario at tiny sizes, for the test suite (pair it with ``--results-dir``, ``--report`` and
+``--plots-dir`` in a temporary directory so the committed report is untouched). ``--only``: some
+scenarios alone.
 """
 
 from __future__ import annotations
@@ -23,12 +25,22 @@ from typing import Any
 
 from bench import machine, report, source
 from bench.database import Cluster
+from bench.pace import setup as pace_setup
 from bench.plan import PLANS
 from bench.profile import py_spy
 from bench.scenarios import Bench, wait_quiet
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 logger = logging.getLogger("bench")
+SCENARIOS = ("throughput", "resume", "open_streams", "seed_method", "model_pace")
+
+
+def scenario_names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"choose among {', '.join(SCENARIOS)}")
+    return names
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -53,6 +65,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="first wait up to SECONDS for the machine's other load to drop below 0.3 cores",
     )
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs and data")
+    parser.add_argument(
+        "--only",
+        type=scenario_names,
+        default=SCENARIOS,
+        metavar="NAMES",
+        help=f"run only these scenarios (comma-separated: {', '.join(SCENARIOS)})",
+    )
+    parser.add_argument(
+        "--model-pace-database-url",
+        default="auto",
+        metavar="URL",
+        help="the external PostgreSQL of the model-pace scenario (a database is created on it "
+        "and dropped); 'auto' (default): the one on 127.0.0.1:5432 if it answers (full and "
+        "quick runs); 'none': the embedded one only",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the model-pace scenario on the server code of git revision REV, side "
+        "by side (the build before the write-path rewrite)",
+    )
+    parser.add_argument(
+        "--pace-client",
+        choices=("auto", "c", "python"),
+        default="auto",
+        help="the model-pace client: C when gcc is there (auto, c), or the Python one",
+    )
     return parser.parse_args(argv)
 
 
@@ -71,8 +110,27 @@ async def run(args: argparse.Namespace) -> int:
     profile = not args.no_profile and plan.profile_s > 0 and py_spy() is not None
     snapshot = source.snapshot(workdir)
     code = source.describe(snapshot)
+    builds = pace_setup.builds(workdir, snapshot, args.baseline)
     cluster = await asyncio.to_thread(Cluster.start, workdir, durable=args.durable)
     bench = Bench(plan, workdir, args.results_dir, stamp, cluster, profile, snapshot)
+
+    async def model_pace() -> None:
+        pace, skipped = await pace_setup.scenario(
+            plan=plan,
+            workdir=workdir,
+            results_dir=args.results_dir,
+            stamp=stamp,
+            embedded_url=cluster.admin_url,
+            builds=builds,
+            database_option=args.model_pace_database_url,
+            client_option=args.pace_client,
+            profile=profile,
+        )
+        try:
+            await pace.run(skipped)
+        finally:
+            bench.results["model_pace"] = pace.results
+            bench.profiles.update(pace.profiles)
 
     async def step(name: str, action: Callable[[], Awaitable[None]]) -> None:
         t0 = time.monotonic()
@@ -85,10 +143,16 @@ async def run(args: argparse.Namespace) -> int:
 
     try:
         await bench.prepare()
-        await step("throughput", bench.throughput)
-        await step("resume", bench.resume)
-        await step("open_streams", bench.open_streams)
-        await step("seed_method", bench.seed_method)
+        actions = {
+            "throughput": bench.throughput,
+            "resume": bench.resume,
+            "open_streams": bench.open_streams,
+            "seed_method": bench.seed_method,
+            "model_pace": model_pace,
+        }
+        for name in SCENARIOS:
+            if name in args.only:
+                await step(name, actions[name])
         pg_settings = await cluster.settings()
     finally:
         await asyncio.to_thread(cluster.stop)
@@ -98,6 +162,7 @@ async def run(args: argparse.Namespace) -> int:
         "format": 1,
         "mode": plan.name,
         "command": " ".join(["python -m bench", *sys.argv[1:]]),
+        "scenarios_run": [n for n in SCENARIOS if n in args.only],
         "stamp": stamp,
         "machine": machine.describe(cluster.version),
         "duration_s": round(time.monotonic() - started, 1),
