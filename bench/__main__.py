@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import json
 import logging
@@ -35,6 +36,16 @@ logger = logging.getLogger("bench")
 SCENARIOS = ("throughput", "resume", "open_streams", "seed_method", "model_pace")
 
 
+def counts(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(n) for n in text.split(",") if n.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError("give whole numbers, comma-separated") from None
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError("give at least one number, each at least 1")
+    return values
+
+
 def scenario_names(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     unknown = [n for n in names if n not in SCENARIOS]
@@ -46,7 +57,7 @@ def scenario_names(text: str) -> tuple[str, ...]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="smaller and shorter (< 2 minutes)")
+    size.add_argument("--quick", action="store_true", help="smaller and shorter (a few minutes)")
     size.add_argument("--smoke", action="store_true", help="tiny, seconds (for the test suite)")
     parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "bench" / "results")
     parser.add_argument("--report", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
@@ -87,6 +98,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "by side (the build before the write-path rewrite)",
     )
     parser.add_argument(
+        "--pace-counts",
+        type=counts,
+        metavar="N[,N...]",
+        help="the model-pace steps' numbers of concurrent answers, instead of the plan's",
+    )
+    parser.add_argument(
         "--pace-client",
         choices=("auto", "c", "python"),
         default="auto",
@@ -97,6 +114,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def run(args: argparse.Namespace) -> int:
     plan = PLANS["smoke" if args.smoke else "quick" if args.quick else "full"]
+    if args.pace_counts:
+        plan = dataclasses.replace(
+            plan, pace=dataclasses.replace(plan.pace, counts=args.pace_counts)
+        )
     args.results_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     now = datetime.datetime.now(datetime.UTC)
