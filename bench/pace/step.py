@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -113,8 +114,10 @@ async def run_step(
     step = step_figures(
         run, found, keys, own_seconds=shape.own_seconds, wal_bytes=wal_after - wal_before
     )
+    checked_from = time.monotonic()
     answers = await check.check_answers(server.port, found, keys, ctx.tokens)
     sequences = await database.check_sequences(ctx.url, ctx.numbers)
+    step["check_seconds"] = round(time.monotonic() - checked_from, 1)
     step.update(
         n=shape.n,
         tag=tag,
