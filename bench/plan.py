@@ -25,6 +25,7 @@ class PacePlan:
     projects: int = 200  # answer i goes to project i % projects
     delta_chars: int = 5
     ramp_s: float = 0.5  # the answers of a step start spread over this
+    warmup_s: float = 2.0  # each server streams this long, then cancels, before its first step
     saturation_pace: float = 2.0  # stop the steps past this p99 pace (or at any failure)
     workers: int = 2
     lease_seconds: float = 3.0
@@ -142,6 +143,7 @@ SMOKE = dataclasses.replace(
         compare_clients=True,
         projects=3,
         ramp_s=0.1,
+        warmup_s=0.5,
     ),
 )
 

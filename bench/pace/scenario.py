@@ -2,6 +2,7 @@
 PostgreSQL; an external one given by URL) and each build (this one; ``--baseline REV``), a fresh
 database and a server with ``WORKERS=2``, ``LEASE_SECONDS=3`` and the demo generator, then
 
+- a warm-up on each new server: answers streamed for a couple of seconds, then cancelled;
 - steps of N concurrent answers at 40 deltas a second, N rising until the service saturates;
 - py-spy on the server at the largest N not saturated (this build, one database);
 - the long-answer pair: 16 KB answers and 2 KB ones at the same N and the same faster pace, so
@@ -28,6 +29,7 @@ from bench.pace.drift import generator_drift
 from bench.pace.run import Client
 from bench.pace.step import Context, Shape, run_step
 from bench.pace.target import Target
+from bench.pace.warmup import warm_up
 from bench.plan import PacePlan
 from bench.server import ServerProcess
 from bench.source import Source
@@ -93,7 +95,8 @@ class ModelPace:
         ctx = await self.context(target, build)
         out: dict[str, Any] = {"database": ctx.url.rsplit("/", 1)[-1], "sweep": []}
         plan = self.plan
-        async with self.server(ctx, build, "sweep", plan.deltas, plan.delta_ms) as server:
+        first = self.shape(plan.counts[0], plan.deltas, plan.delta_ms)
+        async with self.server(ctx, build, "sweep", first) as server:
             for n in plan.counts:
                 step = await self.step(
                     ctx, server, self.shape(n, plan.deltas, plan.delta_ms), f"n{n}"
@@ -151,14 +154,17 @@ class ModelPace:
 
     @contextlib.asynccontextmanager
     async def server(
-        self, ctx: Context, build: Build, what: str, deltas: int, delta_ms: int
+        self, ctx: Context, build: Build, what: str, shape: Shape
     ) -> AsyncIterator[ServerProcess]:
+        """A server for steps of ``shape`` (its pace is a setting), warmed up with its N."""
         name = f"pace-{ctx.target.key}-{build.key}-{what}"
-        settings = self.settings(deltas, delta_ms)
+        settings = self.settings(shape.deltas, shape.delta_ms)
         proc = ServerProcess(name, ctx.url, self.workdir, settings, cwd=build.source.root)
         self.results.setdefault("server_settings", proc.setting_env)
         await asyncio.to_thread(proc.start)
         try:
+            if self.plan.warmup_s > 0:
+                await warm_up(ctx, proc, shape, self.client, self.workdir, self.plan.warmup_s)
             yield proc
         finally:
             await asyncio.to_thread(proc.stop)
@@ -184,8 +190,8 @@ class ModelPace:
         plan = self.plan
         pair: dict[str, Any] = {}
         for name, deltas in (("short", plan.short_deltas), ("long", plan.long_deltas)):
-            async with self.server(ctx, build, name, deltas, plan.long_delta_ms) as server:
-                shape = self.shape(plan.long_count, deltas, plan.long_delta_ms)
+            shape = self.shape(plan.long_count, deltas, plan.long_delta_ms)
+            async with self.server(ctx, build, name, shape) as server:
                 pair[name] = await self.step(ctx, server, shape, name)
         short, long = pair["short"]["wal_per_answer_byte"], pair["long"]["wal_per_answer_byte"]
         pair["wal_ratio_long_to_short"] = round(long / short, 3) if short and long else None
