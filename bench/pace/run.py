@@ -32,26 +32,34 @@ class Client:
 
 
 def build(workdir: Path, prefer: str = "auto") -> Client:
-    """The C client compiled now (never committed as a binary), or the Python one when there is
-    no compiler, it fails, or ``prefer`` is ``python``."""
-    python = Client((sys.executable, "-m", "bench.pace.client"), "python", "")
+    """The C client compiled now (never committed as a binary); the Python one when ``prefer``
+    is ``python``, or (said so) when there is no compiler or it fails and ``prefer`` is
+    ``auto``. ``c`` with no working compiler is an error."""
+    python = (sys.executable, "-m", "bench.pace.client")
     if prefer == "python":
-        return Client(python.argv, "python", "Python client asked for (--pace-client python)")
+        return Client(python, "python", "Python client asked for (--pace-client python)")
+    built, why = _compile(workdir)
+    if built is not None:
+        return built
+    if prefer == "c":
+        raise RuntimeError(f"--pace-client c: {why}")
+    note = f"{why}: the Python client instead"
+    logger.warning("model pace: %s", note)
+    return Client(python, "python", note)
+
+
+def _compile(workdir: Path) -> tuple[Client | None, str]:
     gcc = shutil.which("gcc") or shutil.which("cc")
     if gcc is None:
-        note = "no C compiler (gcc) on this machine: the Python client instead"
-        logger.warning("model pace: %s", note)
-        return Client(python.argv, "python", note)
+        return None, "no C compiler (gcc) on this machine"
     binary = workdir / "pace-client"
     command = [gcc, "-O2", "-Wall", "-o", str(binary), str(SOURCE)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
-        note = f"gcc failed ({done.stderr.strip()[-300:]}): the Python client instead"
-        logger.warning("model pace: %s", note)
-        return Client(python.argv, "python", note)
+        return None, f"gcc failed ({done.stderr.strip()[-300:]})"
     version = subprocess.run([gcc, "--version"], capture_output=True, text=True).stdout
     first = version.splitlines()[0] if version else gcc
-    return Client((str(binary),), "c", f"bench/pace/client.c built with `{first}` -O2")
+    return Client((str(binary),), "c", f"bench/pace/client.c built with `{first}` -O2"), ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,7 +64,7 @@ async def scenario(
     elif why:
         skipped["external"] = why
     client = run.build(workdir, client_option)
-    python = run.build(workdir, "python")
+    python = run.build(workdir, "python")  # for one step beside the C client, for its cost
     # The targets are set for the durable external server: profile there when it is in.
     profile_on = targets[-1].key if profile and plan.pace.profile_s > 0 else None
     pace = ModelPace(
