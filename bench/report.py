@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.pace import report as pace_report
+from bench.pace import targets as pace_targets
 
 R = dict[str, Any]
 STREAM_BYTES_TARGET = 20 * 1024
@@ -110,7 +111,7 @@ def evaluate_targets(results: R) -> list[R]:
             else:
                 entry["verdict"] = f"missed: {value / limit:.2f} times the limit"
         out.append(entry)
-    return out + pace_report.targets(results)
+    return out + pace_targets.targets(results)
 
 
 # Plots

@@ -1,5 +1,5 @@
-"""The model-pace part of the report: its targets (issue 11, item 2), its section and its plot,
-all from the results dictionary (``results["scenarios"]["model_pace"]``)."""
+"""The model-pace part of the report: its section and its plot, from the results dictionary
+(``results["scenarios"]["model_pace"]``); its targets are in ``bench.pace.targets``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 R = dict[str, Any]
-TARGET_N = 1000
 BUILD_LABELS = {"current": "this build", "baseline": "baseline"}
 
 
@@ -20,161 +19,21 @@ def _n(value: Any, digits: int = 0) -> str:
     return str(value)
 
 
-def _pace(results: R) -> R:
+def pace_results(results: R) -> R:
     return (results.get("scenarios") or {}).get("model_pace") or {}
 
 
-def _ran(pace: R) -> list[tuple[str, R]]:
+def databases_run(pace: R) -> list[tuple[str, R]]:
     """The databases the scenario ran on, the external (the targets' database) last."""
     dbs = pace.get("databases") or {}
     return [(k, dbs[k]) for k in ("embedded", "external") if k in dbs and "builds" in dbs[k]]
-
-
-def _db_title(db: R) -> str:
-    s = db.get("settings") or {}
-    return (
-        f"{db.get('label', '?')}, PostgreSQL {db.get('version', '?')}, "
-        f"synchronous_commit={s.get('synchronous_commit', '?')}, fsync={s.get('fsync', '?')}"
-    )
-
-
-# Targets
-
-
-def targets(results: R) -> list[R]:
-    """The model-pace targets, on the external database (durable: the issue's setting) when the
-    scenario ran there, else on the embedded one (said in the name)."""
-    ran = _ran(_pace(results))
-    if not ran:
-        return []
-    key, db = ran[-1]
-    build = (db.get("builds") or {}).get("current") or {}
-    where = "" if key == "external" else " (embedded PostgreSQL, not durable)"
-    plan = _pace(results).get("plan") or {}
-    step = next((s for s in build.get("sweep", []) if s["n"] == TARGET_N), None)
-    missing = _why_missing(build, plan)
-    at = f"{TARGET_N:,} concurrent answers"
-    out = [
-        _entry(
-            f"model pace, {at}: p99 pace{where}",
-            "≤ 1.1",
-            1.1,
-            "ratio",
-            step and step["pace_rows"]["p99"],
-            lambda v: f"{v:.2f}",
-            missing,
-        ),
-        _entry(
-            f"model pace, {at}: delivery lag p99{where}",
-            "< 100 ms",
-            100.0,
-            "ms",
-            step and step["lag"]["p99_ms"],
-            lambda v: f"{v:.0f} ms",
-            missing,
-        ),
-        _entry(
-            f"model pace, {at}: first delta p99{where}",
-            "< 150 ms",
-            150.0,
-            "ms",
-            step and step["first_delta_ms"]["p99"],
-            lambda v: f"{v:.0f} ms",
-            missing,
-        ),
-        _entry(
-            f"model pace, {at}: healthy answers reaped, LEASE_SECONDS=3{where}",
-            "= 0",
-            0.0,
-            "answers",
-            step and sum(step["reaped"].values()),
-            lambda v: f"{v:.0f}",
-            missing,
-        ),
-    ]
-    steps = [
-        *build.get("sweep", []),
-        *((build.get("long") or {}).get(k) for k in ("short", "long")),
-    ]
-    wal = [s["wal_per_answer_byte"] for s in steps if s and s.get("wal_per_answer_byte")]
-    out.append(
-        _entry(
-            f"model pace: WAL bytes per answer byte, worst step{where}",
-            "≤ 30",
-            30.0,
-            "bytes",
-            max(wal) if wal else None,
-            lambda v: f"{v:.0f}",
-            "not measured",
-        )
-    )
-    ratio = (build.get("long") or {}).get("wal_ratio_long_to_short")
-    out.append(
-        _entry(
-            f"model pace: WAL per answer byte, 16 KB answers over 2 KB ones{where}",
-            "within 25%",
-            0.25,
-            "ratio",
-            ratio,
-            lambda v: f"{v:.2f}",
-            "not measured",
-        )
-    )
-    return out
-
-
-def _why_missing(build: R, plan: R) -> str:
-    if TARGET_N not in (plan.get("counts") or []):
-        return f"not in this plan (no {TARGET_N:,} step)"
-    stopped = build.get("stopped")
-    if stopped:
-        return f"missed: the steps stopped at {stopped['n']:,} answers ({stopped['why']})"
-    return "not measured"
-
-
-def _entry(
-    name: str,
-    target: str,
-    limit: float,
-    unit: str,
-    measured: float | None,
-    fmt: Callable[[float], str],
-    missing: str,
-) -> R:
-    entry: R = {"name": name, "target": target, "limit": limit, "unit": unit}
-    if measured is None:
-        met = False if missing.startswith("missed") else None
-        return {
-            **entry,
-            "measured": None,
-            "measured_text": "not measured",
-            "met": met,
-            "verdict": missing if met is False else f"— ({missing})",
-        }
-    value = float(measured)
-    if target.startswith("within"):
-        met = abs(value - 1) <= limit
-    elif target.startswith("<"):
-        met = value < limit
-    else:
-        met = value <= limit
-    verdict = "met" if met else _missed(target, value, limit)
-    return {**entry, "measured": value, "measured_text": fmt(value), "met": met, "verdict": verdict}
-
-
-def _missed(target: str, value: float, limit: float) -> str:
-    if target.startswith("within"):
-        return f"missed: {abs(value - 1) * 100:.0f}% apart"
-    if limit == 0:
-        return f"missed: {value:.0f}"
-    return f"missed: {value / limit:.2f} times the limit"
 
 
 # The section
 
 
 def section(results: R, images: dict[str, str]) -> list[str]:
-    pace = _pace(results)
+    pace = pace_results(results)
     if not pace:
         return []
     out: list[str] = []
@@ -196,7 +55,7 @@ def section(results: R, images: dict[str, str]) -> list[str]:
             f"`{(b.get('commit') or '?')[:10]}`, “{b.get('subject') or '?'}”), run the same way "
             "on a database migrated by its own migrations.\n"
         )
-    for _key, db in _ran(pace):
+    for _key, db in databases_run(pace):
         out += _database(db, plan)
     if "model_pace" in images:
         w(f"![model pace]({images['model_pace']})\n")
@@ -289,6 +148,9 @@ def _database(db: R, plan: R) -> list[str]:
     builds = db.get("builds") or {}
     for key, build in builds.items():
         w(f"#### {BUILD_LABELS.get(key, key)}: steps of N answers\n")
+        if "error" in build:
+            w(f"This run failed: `{build['error'].splitlines()[0]}`.\n")
+            continue
         out += _steps_table(build.get("sweep", []))
         stopped = build.get("stopped")
         cap = build.get("capacity")
@@ -314,7 +176,7 @@ def _database(db: R, plan: R) -> list[str]:
                 f"Under py-spy (the profile below), {prof['n']:,} answers ran at a p99 pace of "
                 f"{_n(prof['pace_rows']['p99'], 2)}.\n"
             )
-    if {"current", "baseline"} <= builds.keys():
+    if {"current", "baseline"} <= builds.keys() and not any("error" in b for b in builds.values()):
         out += _side_by_side(builds["current"], builds["baseline"])
     return out
 
@@ -420,7 +282,7 @@ def _client(pace: R) -> list[str]:
         "CPU per event delivered (µs, by N):"
     )
     busiest: R | None = None
-    for key, db in _ran(pace):
+    for key, db in databases_run(pace):
         sweep = ((db.get("builds") or {}).get("current") or {}).get("sweep", [])
         measured = [s for s in sweep if s["cpu"].get("client_own_us_per_event") is not None]
         by_step = ", ".join(
@@ -438,7 +300,7 @@ def _client(pace: R) -> list[str]:
         )
     compared = [
         (b["sweep"][0], b["python_client"])
-        for _k, db in _ran(pace)
+        for _k, db in databases_run(pace)
         for b in (db.get("builds") or {}).values()
         if b.get("python_client") and b.get("sweep")
     ]
@@ -463,7 +325,7 @@ def _client(pace: R) -> list[str]:
 def _invariants(pace: R) -> list[str]:
     steps = [
         (key, bkey, s)
-        for key, db in _ran(pace)
+        for key, db in databases_run(pace)
         for bkey, b in (db.get("builds") or {}).items()
         for s in [
             *b.get("sweep", []),
@@ -500,7 +362,7 @@ def _invariants(pace: R) -> list[str]:
 def plot(results: R, directory: Path, plt: Any) -> str | None:
     series = [
         (f"{db.get('label', key)}, {BUILD_LABELS.get(bkey, bkey)}", b.get("sweep", []))
-        for key, db in _ran(_pace(results))
+        for key, db in databases_run(pace_results(results))
         for bkey, b in (db.get("builds") or {}).items()
     ]
     series = [(name, steps) for name, steps in series if steps]

@@ -64,6 +64,7 @@ class ModelPace:
     results: dict[str, Any] = field(default_factory=dict)
     profiles: dict[str, Any] = field(default_factory=dict)
     broken: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
 
     async def run(self, skipped: dict[str, str]) -> None:
         self.results.update(
@@ -84,12 +85,23 @@ class ModelPace:
             try:
                 for build in self.builds:
                     logger.info("model pace: %s, %s build", target.label, build.key)
-                    entry["builds"][build.key] = await self.run_build(target, build)
+                    entry["builds"][build.key] = await self.run_build_or_fail(target, build)
             finally:
                 await target.drop()
         self.results["invariants_ok"] = not self.broken
         if self.broken:
             raise InvariantBroken("; ".join(self.broken[:5]))
+        if self.failed:
+            raise RuntimeError("; ".join(self.failed))
+
+    async def run_build_or_fail(self, target: Target, build: Build) -> dict[str, Any]:
+        """One build on one database; a failure is recorded and the others still run."""
+        try:
+            return await self.run_build(target, build)
+        except Exception as exc:
+            logger.exception("model pace: %s, %s build failed", target.label, build.key)
+            self.failed.append(f"{target.key}/{build.key}: {exc!r}"[:500])
+            return {"error": f"{type(exc).__name__}: {exc}"[:2000]}
 
     async def run_build(self, target: Target, build: Build) -> dict[str, Any]:
         ctx = await self.context(target, build)
