@@ -330,7 +330,7 @@ def _invariants(pace: R) -> list[str]:
         for s in [
             *b.get("sweep", []),
             *(v for k, v in (b.get("long") or {}).items() if isinstance(v, dict)),
-            *([b["profiled"]] if b.get("profiled") else []),
+            *(b[k] for k in ("python_client", "profiled") if b.get(k)),
         ]
     ]
     broken = [(k, b, s) for k, b, s in steps if not s["invariants"]["ok"]]

@@ -195,7 +195,12 @@ class ModelPace:
             ctx, server, shape, tag, client=client, workdir=self.workdir, on_start=on_start
         )
         if not step["invariants"]["ok"]:
-            self.broken.append(f"{ctx.target.key}/{ctx.build}/{tag}: {step['invariants']}")
+            inv = step["invariants"]
+            self.broken.append(
+                f"{ctx.target.key}/{ctx.build}/{tag}: answers {inv['answers']['problems']} "
+                f"(e.g. {inv['answers']['examples'][:1]}), sequences ok {inv['sequences']['ok']}, "
+                f"unfinished {inv['sequences']['unfinished']}"
+            )
         return step
 
     async def long_pair(self, ctx: Context, build: Build) -> dict[str, Any]:
