@@ -3,9 +3,11 @@ each receiving ~40 small deltas a second, on the embedded and on an external Pos
 an earlier build when asked.
 
 - ``scenario``: the steps, the long-answer pair, the profile; ``setup``: from the command line;
+  ``warmup``: each new server's warm-up;
 - ``step``: one step (requests, the client, WAL, rows, checks); ``figures``: its numbers;
 - ``client.c``, ``client``: the cheap load client (C, built at run time; Python as fallback);
   ``run``: building and running it, measuring CPU meanwhile;
 - ``target``: the databases; ``check``: the invariants through the API; ``prose``: prompts;
-  ``drift``: the demo generator's own drift; ``report``: its part of docs/benchmarks.md.
+  ``drift``: the demo generator's own drift; ``report``, ``targets``: its part of
+  docs/benchmarks.md.
 """

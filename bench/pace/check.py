@@ -136,7 +136,8 @@ async def check_answers(
         if isinstance(result, str):
             problem("replay_failed", key, result)
             return
-        outcomes[result.status if result.status != "error" else f"error/{result.error_code}"] += 1
+        outcome = f"error/{result.error_code}" if result.status == "error" else str(result.status)
+        outcomes[outcome] += 1
         if not result.ids_ok:
             problem("event_ids", key)
         if result.status != row.status:

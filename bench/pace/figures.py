@@ -115,5 +115,5 @@ def cpu_figures(run: ClientRun) -> dict[str, Any]:
 
 def failures(step: dict[str, Any]) -> int:
     """Answers that did not end well, as the client saw them or as their rows say (the larger)."""
-    rows = sum(step["rows_not_success"].values()) + step["rows_missing"]
-    return max(step["client_failed"], rows)
+    rows = int(sum(step["rows_not_success"].values())) + int(step["rows_missing"])
+    return max(int(step["client_failed"]), rows)

@@ -99,15 +99,33 @@ class ClientRun:
         return sum(a.events for a in self.answers)
 
 
+def answer(parts: list[str]) -> Answer:
+    """``i status error terminal start sent first_event first_delta last_delta ended deltas
+    events bytes contiguous``"""
+    n = [int(p) for p in parts[4:]]
+    return Answer(
+        status=int(parts[1]),
+        error=ERRORS[int(parts[2])],
+        terminal=parts[3],
+        start=n[0],
+        sent=n[1],
+        first_event=n[2],
+        first_delta=n[3],
+        last_delta=n[4],
+        ended=n[5],
+        deltas=n[6],
+        events=n[7],
+        bytes=n[8],
+        contiguous=n[9] == 1,
+    )
+
+
 def parse(lines: list[str], run: ClientRun) -> None:
     for line in lines:
         kind, _, rest = line.partition(" ")
         parts = rest.split()
         if kind == "A":
-            n = [int(p) for p in parts[4:]]
-            run.answers.append(
-                Answer(int(parts[1]), ERRORS[int(parts[2])], parts[3], *n[:9], contiguous=n[9] == 1)
-            )
+            run.answers.append(answer(parts))
         elif kind == "H":
             run.lags_us[int(parts[0])] = int(parts[1])
         elif kind == "R":
