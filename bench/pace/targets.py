@@ -134,7 +134,8 @@ def _entry(
 
 def _missed(target: str, value: float, limit: float) -> str:
     if target.startswith("within"):
-        return f"missed: {abs(value - 1) * 100:.0f}% apart"
+        side = "dearer" if value > 1 else "cheaper"
+        return f"missed: the long answers {abs(value - 1) * 100:.0f}% {side} per byte"
     if limit == 0:
         return f"missed: {value:.0f}"
     return f"missed: {value / limit:.2f} times the limit"
