@@ -34,7 +34,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	@touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP) ## Run the benchmarks (about 6 min; BENCH_ARGS=--quick for about 90 s); writes docs/benchmarks.md
+bench: $(BENCH_STAMP) ## Run the benchmarks (under 20 min, with the machine's PostgreSQL when it answers on :5432; BENCH_ARGS=--quick for a few minutes); writes docs/benchmarks.md
 	$(PY) -m bench $(BENCH_ARGS)
 
 format: $(STAMP) ## Reformat the code and apply safe lint fixes

@@ -1,14 +1,17 @@
 """``python -m bench [--quick | --smoke]``: run the benchmark, write the results and the report.
 
-Full: under 10 minutes on 2 cores. ``--quick``: under 2 minutes, smaller sizes. ``--smoke``: a
-few seconds of each scenario at tiny sizes, for the test suite (pair it with ``--results-dir``,
-``--report`` and ``--plots-dir`` in a temporary directory so the committed report is untouched).
+Full: under 20 minutes on 2 cores (the model-pace scenario on two databases; more with
+``--baseline``). ``--quick``: a few minutes, smaller sizes. ``--smoke``: a few seconds of each
+scenario at tiny sizes, for the test suite (pair it with ``--results-dir``, ``--report`` and
+``--plots-dir`` in a temporary directory so the committed report is untouched). ``--only``: some
+scenarios alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime
 import json
 import logging
@@ -23,18 +26,38 @@ from typing import Any
 
 from bench import machine, report, source
 from bench.database import Cluster
+from bench.pace import setup as pace_setup
 from bench.plan import PLANS
 from bench.profile import py_spy
 from bench.scenarios import Bench, wait_quiet
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 logger = logging.getLogger("bench")
+SCENARIOS = ("throughput", "resume", "open_streams", "seed_method", "model_pace")
+
+
+def counts(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(sorted({int(n) for n in text.split(",") if n.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError("give whole numbers, comma-separated") from None
+    if not values or values[0] < 1:
+        raise argparse.ArgumentTypeError("give at least one number, each at least 1")
+    return values
+
+
+def scenario_names(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"choose among {', '.join(SCENARIOS)}")
+    return names
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="smaller and shorter (< 2 minutes)")
+    size.add_argument("--quick", action="store_true", help="smaller and shorter (a few minutes)")
     size.add_argument("--smoke", action="store_true", help="tiny, seconds (for the test suite)")
     parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "bench" / "results")
     parser.add_argument("--report", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
@@ -53,11 +76,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="first wait up to SECONDS for the machine's other load to drop below 0.3 cores",
     )
     parser.add_argument("--keep-workdir", action="store_true", help="keep logs and data")
+    parser.add_argument(
+        "--only",
+        type=scenario_names,
+        default=SCENARIOS,
+        metavar="NAMES",
+        help=f"run only these scenarios (comma-separated: {', '.join(SCENARIOS)})",
+    )
+    parser.add_argument(
+        "--model-pace-database-url",
+        default="auto",
+        metavar="URL",
+        help="the external PostgreSQL of the model-pace scenario (a database is created on it "
+        "and dropped); 'auto' (default): the one on 127.0.0.1:5432 if it answers (full and "
+        "quick runs); 'none': the embedded one only",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the model-pace scenario on the server code of git revision REV, side "
+        "by side (the build before the write-path rewrite)",
+    )
+    parser.add_argument(
+        "--pace-counts",
+        type=counts,
+        metavar="N[,N...]",
+        help="the model-pace steps' numbers of concurrent answers, instead of the plan's",
+    )
+    parser.add_argument(
+        "--pace-client",
+        choices=("auto", "c", "python"),
+        default="auto",
+        help="the model-pace client: C when gcc is there (auto, c), or the Python one",
+    )
     return parser.parse_args(argv)
 
 
 async def run(args: argparse.Namespace) -> int:
     plan = PLANS["smoke" if args.smoke else "quick" if args.quick else "full"]
+    if args.pace_counts:
+        plan = dataclasses.replace(
+            plan, pace=dataclasses.replace(plan.pace, counts=args.pace_counts)
+        )
     args.results_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     now = datetime.datetime.now(datetime.UTC)
@@ -71,8 +131,27 @@ async def run(args: argparse.Namespace) -> int:
     profile = not args.no_profile and plan.profile_s > 0 and py_spy() is not None
     snapshot = source.snapshot(workdir)
     code = source.describe(snapshot)
+    builds = pace_setup.builds(workdir, snapshot, args.baseline)
     cluster = await asyncio.to_thread(Cluster.start, workdir, durable=args.durable)
     bench = Bench(plan, workdir, args.results_dir, stamp, cluster, profile, snapshot)
+
+    async def model_pace() -> None:
+        pace, skipped = await pace_setup.scenario(
+            plan=plan,
+            workdir=workdir,
+            results_dir=args.results_dir,
+            stamp=stamp,
+            embedded_url=cluster.admin_url,
+            builds=builds,
+            database_option=args.model_pace_database_url,
+            client_option=args.pace_client,
+            profile=profile,
+        )
+        try:
+            await pace.run(skipped)
+        finally:
+            bench.results["model_pace"] = pace.results
+            bench.profiles.update(pace.profiles)
 
     async def step(name: str, action: Callable[[], Awaitable[None]]) -> None:
         t0 = time.monotonic()
@@ -85,10 +164,16 @@ async def run(args: argparse.Namespace) -> int:
 
     try:
         await bench.prepare()
-        await step("throughput", bench.throughput)
-        await step("resume", bench.resume)
-        await step("open_streams", bench.open_streams)
-        await step("seed_method", bench.seed_method)
+        actions = {
+            "throughput": bench.throughput,
+            "resume": bench.resume,
+            "open_streams": bench.open_streams,
+            "seed_method": bench.seed_method,
+            "model_pace": model_pace,
+        }
+        for name in SCENARIOS:
+            if name in args.only:
+                await step(name, actions[name])
         pg_settings = await cluster.settings()
     finally:
         await asyncio.to_thread(cluster.stop)
@@ -98,6 +183,7 @@ async def run(args: argparse.Namespace) -> int:
         "format": 1,
         "mode": plan.name,
         "command": " ".join(["python -m bench", *sys.argv[1:]]),
+        "scenarios_run": [n for n in SCENARIOS if n in args.only],
         "stamp": stamp,
         "machine": machine.describe(cluster.version),
         "duration_s": round(time.monotonic() - started, 1),

@@ -21,7 +21,6 @@ import asyncpg
 
 from server.auth import hash_token
 from server.config import Settings
-from server.db import connect
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the wheel warns about XDG_RUNTIME_DIR on import
@@ -82,27 +81,9 @@ class Cluster:
     async def create(self, name: str, source: Path) -> str:
         """A new database migrated by ``python -m server migrate`` run in ``source`` (the run's
         snapshot of the server code); returns its URL."""
-        async with connect(self.admin_url) as session:
-            if not self.version:
-                self.version = str(await session.fetchval_sql("SHOW server_version"))
-            await session.execute_sql(f'DROP DATABASE IF EXISTS "{name}"')
-            await session.execute_sql(f'CREATE DATABASE "{name}"')
-        url = with_database(self.admin_url, name)
-        env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "server",
-            "migrate",
-            cwd=source,
-            env={**env, "DATABASE_URL": url},
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await asyncio.wait_for(proc.communicate(), 120)
-        if proc.returncode != 0:
-            raise RuntimeError(f"migrating {name} failed:\n{out.decode(errors='replace')}")
-        return url
+        if not self.version:
+            self.version = await server_version(self.admin_url)
+        return await create_database(self.admin_url, name, source)
 
     async def settings(self) -> dict[str, str]:
         names = ("fsync", "synchronous_commit", "shared_buffers", "max_connections", "wal_level")
@@ -111,6 +92,50 @@ class Cluster:
             return {n: str(await conn.fetchval(f"SHOW {n}")) for n in names}
         finally:
             await conn.close()
+
+
+async def server_version(admin_url: str) -> str:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        return str(await conn.fetchval("SHOW server_version"))
+    finally:
+        await conn.close()
+
+
+async def create_database(admin_url: str, name: str, source: Path) -> str:
+    """Create database ``name`` (dropping one of that name first) on the server of
+    ``admin_url`` and migrate it by ``python -m server migrate`` run in ``source``; its URL."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = with_database(admin_url, name)
+    env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server",
+        "migrate",
+        cwd=source,
+        env={**env, "DATABASE_URL": url},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"migrating {name} failed:\n{out.decode(errors='replace')}")
+    return url
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    """Drop database ``name``, closing whatever sessions are still connected to it."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
 
 
 async def seed(url: str, numbers: Iterable[int]) -> dict[int, str]:

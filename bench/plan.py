@@ -1,11 +1,34 @@
-"""How big and how long each scenario is, per mode: full (under 10 minutes on 2 cores), quick
-(under 2 minutes) and smoke (seconds, tiny sizes: for the test suite)."""
+"""How big and how long each scenario is, per mode: full (under 20 minutes on 2 cores with the
+model-pace scenario on two databases), quick (a few minutes) and smoke (seconds, tiny sizes: for
+the test suite)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class PacePlan:
+    """The model-pace scenario (9): answers streamed at a model's pace, many at once."""
+
+    counts: tuple[int, ...]  # concurrent answers, one step each, until saturated
+    deltas: int  # DEMO_DELTAS of the steps
+    delta_ms: int  # DEMO_DELTA_MS of the steps (25: 40 deltas a second)
+    long_count: int  # concurrent answers of the long-answer pair
+    long_deltas: int  # deltas of the long answer (3,300 of 5 characters: 16.5 KB)
+    short_deltas: int  # deltas of its short companion, at the same pace
+    long_delta_ms: int
+    profile_s: float  # py-spy at the largest step not saturated (0: none)
+    compare_clients: bool  # one step again with the Python client, for its cost
+    projects: int = 200  # answer i goes to project i % projects
+    delta_chars: int = 5
+    ramp_s: float = 0.5  # the answers of a step start spread over this
+    warmup_s: float = 2.0  # each server streams this long, then cancels, before its first step
+    saturation_pace: float = 2.0  # stop the steps past this p99 pace (or at any failure)
+    workers: int = 2
+    lease_seconds: float = 3.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +48,7 @@ class Plan:
     resume_samples: int
     seed_method_s: float  # per concurrency, MAX(sequence)+1 race
     profile_s: float  # py-spy recording under load (0: no profile)
+    pace: PacePlan
     workers: int = 2  # server workers for the throughput scenarios
     max_requests_per_step: int = 200_000
 
@@ -48,6 +72,17 @@ FULL = Plan(
     resume_samples=200,
     seed_method_s=4.0,
     profile_s=10.0,
+    pace=PacePlan(
+        counts=(100, 200, 500, 1000, 2000),
+        deltas=400,
+        delta_ms=25,
+        long_count=100,
+        long_deltas=3300,
+        short_deltas=400,
+        long_delta_ms=5,
+        profile_s=8.0,
+        compare_clients=True,
+    ),
 )
 
 QUICK = dataclasses.replace(
@@ -65,6 +100,17 @@ QUICK = dataclasses.replace(
     resume_samples=40,
     seed_method_s=2.0,
     profile_s=4.0,
+    pace=PacePlan(
+        counts=(100, 500),
+        deltas=200,
+        delta_ms=25,
+        long_count=50,
+        long_deltas=3300,
+        short_deltas=400,
+        long_delta_ms=5,
+        profile_s=3.0,
+        compare_clients=False,
+    ),
 )
 
 SMOKE = dataclasses.replace(
@@ -85,6 +131,20 @@ SMOKE = dataclasses.replace(
     seed_method_s=0.5,
     profile_s=0.0,
     workers=1,
+    pace=PacePlan(
+        counts=(5,),
+        deltas=80,
+        delta_ms=25,
+        long_count=3,
+        long_deltas=400,
+        short_deltas=80,
+        long_delta_ms=5,
+        profile_s=0.0,
+        compare_clients=True,
+        projects=3,
+        ramp_s=0.1,
+        warmup_s=0.5,
+    ),
 )
 
 PLANS = {p.name: p for p in (FULL, QUICK, SMOKE)}

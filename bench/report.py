@@ -13,6 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.pace import report as pace_report
+from bench.pace import targets as pace_targets
+
 R = dict[str, Any]
 STREAM_BYTES_TARGET = 20 * 1024
 
@@ -108,7 +111,7 @@ def evaluate_targets(results: R) -> list[R]:
             else:
                 entry["verdict"] = f"missed: {value / limit:.2f} times the limit"
         out.append(entry)
-    return out
+    return out + pace_targets.targets(results)
 
 
 # Plots
@@ -193,6 +196,9 @@ def plots(results: R, directory: Path) -> dict[str, str]:
         made["cpu"] = _save(fig, directory / "bench-cpu.png")
         plt.close(fig)
 
+    pace = pace_report.plot(results, directory, plt)
+    if pace:
+        made["model_pace"] = pace
     latency = [
         (
             "first event at half load\n(target on p99)",
@@ -270,6 +276,32 @@ def _source(code: R | None) -> str:
     if changed:
         text += " with uncommitted changes in " + ", ".join(f"`{c}`" for c in changed)
     return text + f" (snapshot digest `{code.get('sha256')}`)"
+
+
+def _throughput_settings(results: R) -> str:
+    settings = results.get("servers", {}).get("throughput")
+    if not settings:
+        return ""
+    return (
+        " The throughput servers run with `GENERATOR=demo`, `DEMO_DELTA_MS=0`, `DEMO_DELTAS=8`, "
+        "`LOG_LEVEL=warning` and per-user limits raised out of the way: "
+        + ", ".join(f"`{k}={v}`" for k, v in settings.items() if k not in ("HOST", "PORT"))
+        + "."
+    )
+
+
+def _profile_load(load: R | None) -> str:
+    if load and "clients" in load:
+        return (
+            f" at {load['clients']} clients ({load['rate_under_profiler']:.0f} generations/s "
+            "under the profiler)"
+        )
+    if load and "answers" in load:
+        return (
+            f" at {load['answers']:,} answers at once (p99 pace "
+            f"{_n(load['pace_p99_under_profiler'], 2)} under the profiler)"
+        )
+    return ""
 
 
 def write(results: R, report_path: Path, plots_dir: Path, *, results_file: Path) -> None:
@@ -622,6 +654,8 @@ def markdown(results: R, images: dict[str, str], results_rel: str) -> str:
             )
         w(text + "\n")
 
+    out += pace_report.section(results, images)
+
     profiles = results.get("profiles") or {}
     if profiles:
         w("## Profiles: where the server's CPU goes\n")
@@ -638,13 +672,7 @@ def markdown(results: R, images: dict[str, str], results_rel: str) -> str:
             if "error" in p:
                 w(f"No profile: {p['error']}\n")
                 continue
-            load = p.get("load")
-            extra = (
-                f" at {load['clients']} clients ({load['rate_under_profiler']:.0f} generations/s "
-                "under the profiler)"
-                if load
-                else ""
-            )
+            extra = _profile_load(p.get("load"))
             stacks = f" Stacks: `bench/results/{p['file']}`." if p.get("file") else ""
             w(f"{p['samples']:,} samples over {p.get('seconds', '?')} s{extra}.{stacks}\n")
             w("| by library (innermost frame) | % |\n|---|---|")
@@ -663,22 +691,24 @@ def markdown(results: R, images: dict[str, str], results_rel: str) -> str:
 
     w("## How to run it\n")
     w(
-        "```sh\nmake bench                 # the full run, under 10 minutes on 2 cores\n"
-        ".venv/bin/python -m bench --quick   # under 2 minutes\n"
+        "```sh\nmake bench                 # the full run, under 20 minutes on 2 cores\n"
+        ".venv/bin/python -m bench --quick   # a few minutes\n"
         ".venv/bin/python -m bench --smoke --results-dir /tmp/b --report /tmp/b/r.md "
-        "--plots-dir /tmp/b\n```\n"
+        "--plots-dir /tmp/b\n"
+        "# the model-pace scenario alone, on the machine's PostgreSQL too, beside another build\n"
+        ".venv/bin/python -m bench --only model_pace "
+        "--model-pace-database-url postgresql://postgres@127.0.0.1:5432/postgres "
+        "--baseline REV\n```\n"
     )
     w(
         "Options: `--no-profile` (skip py-spy), `--durable` (fsync on), `--wait-quiet SECONDS` "
         "(wait for the machine's other load to settle first), `--keep-workdir` (keep the "
-        "server and client logs). The servers run with `GENERATOR=demo`, `DEMO_DELTA_MS=0`, "
-        "`DEMO_DELTAS=8`, `LOG_LEVEL=warning` and per-user limits raised out of the way: "
-        + ", ".join(
-            f"`{k}={v}`"
-            for k, v in (results.get("servers", {}).get("throughput") or {}).items()
-            if k not in ("HOST", "PORT")
-        )
-        + ".\n"
+        "server and client logs), `--only NAMES` (some scenarios alone: throughput, resume, "
+        "open_streams, seed_method, model_pace), `--model-pace-database-url URL` (the external "
+        "PostgreSQL of the model-pace scenario: `auto`, the default, takes the one on "
+        "127.0.0.1:5432 when it answers, in full and quick runs; `none` leaves it out), "
+        "`--baseline REV` (the model-pace scenario on git revision REV's server code too, side "
+        "by side), `--pace-client c|python`." + _throughput_settings(results) + "\n"
     )
     if results.get("errors"):
         w("## Errors in this run\n")

@@ -7,6 +7,7 @@ asserted (the numbers of a smoke run on a busy machine mean nothing).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,9 @@ SCENARIOS = (
     "resume",
     "open_streams",
     "seed_method",
+    "model_pace",
 )
+EARLIER_TARGETS = 6
 
 
 def test_bench_smoke_writes_results_and_report(tmp_path: Path, repo_root: Path) -> None:
@@ -43,6 +46,9 @@ def test_bench_smoke_writes_results_and_report(tmp_path: Path, repo_root: Path) 
         "--plots-dir",
         str(out),
     ]
+    # With an external PostgreSQL (CI's second run), the model-pace scenario runs there too.
+    external = os.environ.get("TEST_DATABASE_URL")
+    command += ["--model-pace-database-url", external or "none"]
     done = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=280)
     assert done.returncode == 0, done.stderr[-5000:]
 
@@ -60,9 +66,22 @@ def test_bench_smoke_writes_results_and_report(tmp_path: Path, repo_root: Path) 
     # Correctness, not speed: the service's sequences are exactly 1..N after the load.
     assert results["scenarios"]["sequence_check"]["service_contended"]["ok"]
     assert results["scenarios"]["sequence_check"]["service_spread"]["ok"]
-    assert len(results["targets"]) == 6
-    assert all(t["measured"] is not None for t in results["targets"])
+    assert all(t["measured"] is not None for t in results["targets"][:EARLIER_TARGETS])
+    assert any(t["name"].startswith("model pace") for t in results["targets"])
+
+    # The model-pace scenario ran its steps and the long-answer pair, with the C client and the
+    # Python one, and every invariant held (the scenario fails otherwise).
+    pace = results["scenarios"]["model_pace"]
+    assert pace["invariants_ok"]
+    databases = ["embedded", *(["external"] if external else [])]
+    for name in databases:
+        build = pace["databases"][name]["builds"]["current"]
+        assert build["sweep"] and build["long"]["long"]["wal_per_answer_byte"] is not None
+    embedded = pace["databases"]["embedded"]["builds"]["current"]
+    if pace["client"]["kind"] == "c":
+        assert embedded["python_client"]["client"] == "python"
 
     text = report.read_text()
     assert text.startswith("# Benchmarks")
     assert "## Targets" in text
+    assert "## Streaming at a model's pace (9)" in text

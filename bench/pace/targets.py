@@ -1,0 +1,141 @@
+"""The model-pace targets (issue 11, item 2), judged from the results dictionary: on the
+external PostgreSQL (durable, the issue's setting) when the scenario ran there, else on the
+embedded one (said in each target's name)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bench.pace.report import R, databases_run, pace_results
+
+TARGET_N = 1000
+
+
+def targets(results: R) -> list[R]:
+    ran = databases_run(pace_results(results))
+    if not ran:
+        return []
+    key, db = ran[-1]
+    build = (db.get("builds") or {}).get("current") or {}
+    where = "" if key == "external" else " (embedded PostgreSQL, not durable)"
+    plan = pace_results(results).get("plan") or {}
+    step = next((s for s in build.get("sweep", []) if s["n"] == TARGET_N), None)
+    missing = _why_missing(build, plan)
+    at = f"{TARGET_N:,} concurrent answers"
+    out = [
+        _entry(
+            f"model pace, {at}: p99 pace{where}",
+            "≤ 1.1",
+            1.1,
+            "ratio",
+            step and step["pace_rows"]["p99"],
+            lambda v: f"{v:.2f}",
+            missing,
+        ),
+        _entry(
+            f"model pace, {at}: delivery lag p99{where}",
+            "< 100 ms",
+            100.0,
+            "ms",
+            step and step["lag"]["p99_ms"],
+            lambda v: f"{v:.0f} ms",
+            missing,
+        ),
+        _entry(
+            f"model pace, {at}: first delta p99{where}",
+            "< 150 ms",
+            150.0,
+            "ms",
+            step and step["first_delta_ms"]["p99"],
+            lambda v: f"{v:.0f} ms",
+            missing,
+        ),
+        _entry(
+            f"model pace, {at}: healthy answers reaped, LEASE_SECONDS=3{where}",
+            "= 0",
+            0.0,
+            "answers",
+            step and sum(step["reaped"].values()),
+            lambda v: f"{v:.0f}",
+            missing,
+        ),
+    ]
+    steps = [
+        *build.get("sweep", []),
+        *((build.get("long") or {}).get(k) for k in ("short", "long")),
+    ]
+    wal = [s["wal_per_answer_byte"] for s in steps if s and s.get("wal_per_answer_byte")]
+    out.append(
+        _entry(
+            f"model pace: WAL bytes per answer byte, worst step{where}",
+            "≤ 30",
+            30.0,
+            "bytes",
+            max(wal) if wal else None,
+            lambda v: f"{v:.0f}",
+            "not measured",
+        )
+    )
+    ratio = (build.get("long") or {}).get("wal_ratio_long_to_short")
+    out.append(
+        _entry(
+            f"model pace: WAL per answer byte, 16 KB answers over 2 KB ones{where}",
+            "within 25%",
+            0.25,
+            "ratio",
+            ratio,
+            lambda v: f"{v:.2f}",
+            "not measured",
+        )
+    )
+    return out
+
+
+def _why_missing(build: R, plan: R) -> str:
+    if "error" in build:
+        return "missed: the run failed"
+    if TARGET_N not in (plan.get("counts") or []):
+        return f"not in this plan (no {TARGET_N:,} step)"
+    stopped = build.get("stopped")
+    if stopped:
+        return f"missed: the steps stopped at {stopped['n']:,} answers ({stopped['why']})"
+    return "not measured"
+
+
+def _entry(
+    name: str,
+    target: str,
+    limit: float,
+    unit: str,
+    measured: float | None,
+    fmt: Callable[[float], str],
+    missing: str,
+) -> R:
+    entry: R = {"name": name, "target": target, "limit": limit, "unit": unit}
+    if measured is None:
+        met = False if missing.startswith("missed") else None
+        return {
+            **entry,
+            "measured": None,
+            "measured_text": "not measured",
+            "met": met,
+            "verdict": missing if met is False else f"— ({missing})",
+        }
+    value = float(measured)
+    if target.startswith("within"):
+        met = abs(value - 1) <= limit
+    elif target.startswith("<"):
+        met = value < limit
+    else:
+        met = value <= limit
+    verdict = "met" if met else _missed(target, value, limit)
+    return {**entry, "measured": value, "measured_text": fmt(value), "met": met, "verdict": verdict}
+
+
+def _missed(target: str, value: float, limit: float) -> str:
+    if target.startswith("within"):
+        side = "dearer" if value > 1 else "cheaper"
+        return f"missed: the long answers {abs(value - 1) * 100:.0f}% {side} per byte"
+    if limit == 0:
+        return f"missed: {value:.0f}"
+    return f"missed: {value / limit:.2f} times the limit"

@@ -1,0 +1,83 @@
+"""The model-pace benchmark's own logic: reading a replayed stream, the lag histogram, the
+prompts, the targets. (The scenario itself runs in tests/integration/test_bench_smoke.py.)"""
+
+from __future__ import annotations
+
+from bench.pace.check import parse_events
+from bench.pace.figures import histogram_ms
+from bench.pace.prose import prompt_for
+from bench.pace.targets import targets
+from server.generators.demo import demo_answer, split_evenly
+
+
+def frames(*events: tuple[int, str, str]) -> bytes:
+    head = "retry: 2000\n\n: ping\n\n"
+    return (head + "".join(f"id: {i}\nevent: {n}\ndata: {d}\n\n" for i, n, d in events)).encode()
+
+
+def test_a_replay_joins_the_deltas_and_reads_the_terminal_message() -> None:
+    body = frames(
+        (1, "start", "{}"),
+        (2, "delta", '{"text":"Hel"}'),
+        (3, "delta", '{"text":"lo\\n"}'),
+        (4, "done", '{"message":{"status":"success","content":"Hello\\n"}}'),
+    )
+    replay = parse_events(body)
+    assert replay.ids_ok and replay.terminal == "done" and replay.status == "success"
+    assert replay.joined == replay.content == "Hello\n"
+
+
+def test_a_replay_with_a_gap_or_an_event_after_the_terminal_is_not_ok() -> None:
+    gap = frames((1, "start", "{}"), (3, "done", '{"message":{"content":""}}'))
+    late = frames(
+        (1, "start", "{}"),
+        (2, "done", '{"message":{"content":""}}'),
+        (3, "delta", '{"text":"x"}'),
+    )
+    assert not parse_events(gap).ids_ok
+    assert not parse_events(late).ids_ok
+
+
+def test_an_error_event_gives_its_code() -> None:
+    body = frames(
+        (1, "start", "{}"),
+        (2, "error", '{"error":{"code":"interrupted","message":"m"},"message":{"status":"error"}}'),
+    )
+    replay = parse_events(body)
+    assert (replay.status, replay.error_code) == ("error", "interrupted")
+
+
+def test_the_lag_percentiles_are_bucket_upper_edges() -> None:
+    buckets = {0: 98, 1_000: 1, 50_000: 1}  # 100 lags: 98 under 0.1 ms, one at 1 ms, one at 50
+    figures = histogram_ms(buckets)
+    assert figures["count"] == 100
+    assert figures["p50_ms"] == 0.1
+    assert figures["p99_ms"] == 1.1
+    assert figures["max_ms"] == 50.1
+
+
+def test_prompts_give_answers_of_the_asked_length_in_deltas_of_five_characters() -> None:
+    prompts = [prompt_for(demo_answer, 2000, seed) for seed in range(20)]
+    assert len(set(prompts)) == 20
+    for prompt in prompts:
+        answer = demo_answer(prompt)
+        assert len(answer) == 2000
+        assert {len(p) for p in split_evenly(answer, 400)} == {5}
+
+
+def test_targets_say_why_the_1000_step_is_missing() -> None:
+    step = {"n": 500, "pace_rows": {"p99": 2.5}, "wal_per_answer_byte": 40.0}
+    build = {"sweep": [step], "stopped": {"n": 500, "why": "p99 pace 2.5 > 2"}, "long": {}}
+    results = {
+        "scenarios": {
+            "model_pace": {
+                "plan": {"counts": [100, 500, 1000]},
+                "databases": {"external": {"builds": {"current": build}}},
+            }
+        }
+    }
+    found = {t["name"].split(": ", 1)[1]: t for t in targets(results)}
+    assert found["p99 pace"]["met"] is False
+    assert "stopped at 500" in found["p99 pace"]["verdict"]
+    assert found["WAL bytes per answer byte, worst step"]["measured"] == 40.0
+    assert found["WAL bytes per answer byte, worst step"]["met"] is False
