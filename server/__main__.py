@@ -111,7 +111,7 @@ def serve(settings: Settings) -> None:
                 "`.venv/bin/python -m server token create demo`)\n"
             )
         # Printed once the server answers, not now: opened at once, the URL must work.
-        announce.when_ready(announce.local_url(settings.host, settings.port), notice)
+        announce.when_ready(settings.host, settings.port, notice)
         # The workers build their settings from the environment: hand them the resolved URL,
         # and with several workers a directory where their metrics meet.
         os.environ["DATABASE_URL"] = url

@@ -8,43 +8,55 @@ printed once per server, whatever the number of workers.
 
 from __future__ import annotations
 
+import http.client
+import socket
 import threading
 import time
-
-import httpx
 
 POLL_SECONDS = 0.05
 
 
-def local_url(host: str, port: int) -> str:
+def local_address(host: str) -> str:
     """How this machine reaches a server bound to ``host`` (a wildcard address means loopback)."""
-    if host in ("", "0.0.0.0"):
-        host = "127.0.0.1"
-    elif host == "::":
-        host = "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
-def when_ready(url: str, text: str) -> threading.Thread:
-    """Print ``text`` once ``{url}/healthz`` answers 200; polls from a daemon thread, so a server
-    that never comes up leaves nothing behind."""
-    thread = threading.Thread(target=_print_when_ready, args=(url, text), daemon=True)
+def when_ready(host: str, port: int, text: str) -> threading.Thread | None:
+    """Print ``text`` once ``/healthz`` answers 200 on ``host:port``, polled from a daemon thread
+    (a server that never comes up leaves nothing behind).
+
+    Call it before the server starts: when something already listens on the port, its answer
+    would say nothing about this server (which will fail to bind and say so), so nothing is
+    printed then and None is returned."""
+    address = local_address(host)
+    if _listening(address, port):
+        return None
+    thread = threading.Thread(target=_print_when_ready, args=(address, port, text), daemon=True)
     thread.start()
     return thread
 
 
-def _print_when_ready(url: str, text: str) -> None:
-    # trust_env=False: a proxy from the environment must not stand between us and loopback.
-    with httpx.Client(timeout=2.0, trust_env=False) as client:
-        while not _answers(client, f"{url}/healthz"):
-            time.sleep(POLL_SECONDS)
+def _listening(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+def _print_when_ready(address: str, port: int, text: str) -> None:
+    while not _healthy(address, port):
+        time.sleep(POLL_SECONDS)
     print(text, flush=True)
 
 
-def _answers(client: httpx.Client, url: str) -> bool:
+def _healthy(address: str, port: int) -> bool:
+    # http.client rather than httpx: no proxy from the environment, and no log line per poll.
+    connection = http.client.HTTPConnection(address, port, timeout=2.0)
     try:
-        return client.get(url).status_code == 200
-    except httpx.HTTPError:
+        connection.request("GET", "/healthz")
+        return connection.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
         return False
+    finally:
+        connection.close()

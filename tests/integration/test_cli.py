@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -95,3 +96,21 @@ async def _wait_for_output(
         assert proc.running, f"the server exited:\n{proc.log_tail()}"
         await asyncio.sleep(0.005)
     raise AssertionError(f"no sign-in URL after {timeout} s:\n{proc.log_tail()}")
+
+
+@pytest.mark.slow
+async def test_no_sign_in_url_when_another_server_holds_the_port(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Another process answering on the port is not us: this server cannot bind and exits, and
+    it must not have sent the user to the other one."""
+    with socket.create_server(("127.0.0.1", 0)) as squatter:
+        port = squatter.getsockname()[1]
+        proc = ServerProcess("serve", database_url, port, tmp_path / "serve.log")
+        proc.start()
+        try:
+            exit_code = await proc.wait_exit(60)
+        finally:
+            proc.stop()
+    assert exit_code not in (None, 0), proc.log_tail()
+    assert not SIGN_IN_URL.search(proc.log_tail(100_000)), proc.log_tail()
