@@ -97,6 +97,61 @@ async def test_send_shows_progress_then_the_streamed_answer(
     assert len([t for t in texts if t]) >= 3, f"the answer was not streamed: {texts}"
 
 
+async def test_first_message_with_no_project_starts_one_titled_from_it(
+    database_url: str, browser: Browser
+) -> None:
+    token = await create_user(database_url, "newcomer")
+    settings = settings_for(database_url, demo_deltas=10, demo_delta_ms=50)
+    async with running_server(settings) as srv, srv.client(token) as client:
+        page = await browser.new_page()
+        await sign_in(page, srv.base_url, token)
+        await expect(page.locator("#no-projects")).to_be_visible()
+        await expect(page.locator("#message-input")).to_be_enabled()
+
+        prompt = "Plan a picnic\nfor six people, with games"
+        await send(page, prompt)
+        await page.wait_for_url(re.compile(r"\?project=[0-9a-f-]{36}$"))
+        project = page.url.rsplit("=", 1)[1]
+        reply = answer(page, 2)
+        await expect(reply).to_have_attribute("data-status", "success", timeout=10_000)
+        shown = await shown_messages(page)
+        stored = await history(client, project)
+        projects = (await client.get("/api/projects")).json()["projects"]
+        title = "Plan a picnic for six people, with games"
+        await expect(page.locator("#project-title")).to_have_text(title)
+        await expect(page.locator("#projects .project-title")).to_have_text([title])
+        await expect(page.locator("#message-input")).to_have_value("")
+        states = (await recorded(page))["answers"]
+
+    assert [p["title"] for p in projects] == [title]
+    assert [m["content"] for m in stored] == [prompt, demo_answer(prompt)]
+    assert shown == as_shown(stored)
+    texts = assert_prefixes(states, stored[1]["id"], stored[1]["content"])
+    assert len([t for t in texts if t]) >= 3, f"the answer was not streamed: {texts}"
+
+
+async def test_a_long_first_message_is_cut_at_a_word_for_the_title(
+    database_url: str, browser: Browser
+) -> None:
+    token = await create_user(database_url, "newcomer")
+    words = [f"word{n}" for n in range(60)]  # 6 or 7 characters each, 400 in all
+    prompt = " ".join(words)
+    async with running_server(settings_for(database_url)) as srv, srv.client(token) as client:
+        page = await browser.new_page()
+        await sign_in(page, srv.base_url, token)
+        await send(page, prompt)
+        await expect(answer(page, 2)).to_have_attribute("data-status", "success")
+        (project,) = (await client.get("/api/projects")).json()["projects"]
+        stored = await history(client, project["id"])
+
+    title = project["title"]
+    assert title.endswith("…") and len(title) <= 80
+    kept = title.removesuffix("…").split(" ")
+    assert kept == words[: len(kept)], "whole words only, from the start"
+    assert len(" ".join(words[: len(kept) + 1])) > 79, "as many words as fit"
+    assert stored[0]["content"] == prompt
+
+
 async def test_reload_mid_answer_continues_without_duplicates(
     database_url: str, browser: Browser
 ) -> None:
