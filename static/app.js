@@ -5,6 +5,7 @@ import { api, network } from './api.js';
 import { Composer } from './composer.js';
 import { ConnectionIndicator } from './connection.js';
 import { Conversation } from './conversation.js';
+import { handleCopyButtons } from './markdown.js';
 import { ProjectList, titleFrom } from './projects.js';
 import { Banner, MessageList, announcer } from './view.js';
 
@@ -33,6 +34,7 @@ const conversation = new Conversation({
   olderButton: $('#load-older'),
   startProject,
 });
+handleCopyButtons($('#messages'));
 const projects = new ProjectList($('#projects'), $('#no-projects'), (projectId) => {
   setSidebarOpen(false);
   if (projectId !== conversation.projectId) openProject(projectId, { push: true });

@@ -27,6 +27,7 @@ from tests.browser.helpers import (
     open_project,
     recorded,
     send,
+    shown_content,
     shown_messages,
     sign_in,
     wait_for,
@@ -39,7 +40,11 @@ SHOWN_FIELDS = ("id", "sequence", "role", "status", "content")
 
 
 def as_shown(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{name: message[name] for name in SHOWN_FIELDS} for message in messages]
+    """What the page should show of stored messages: answers rendered from Markdown."""
+    return [
+        {**{name: message[name] for name in SHOWN_FIELDS}, "content": shown_content(message)}
+        for message in messages
+    ]
 
 
 async def test_send_shows_progress_then_the_streamed_answer(
@@ -347,6 +352,7 @@ async def test_markup_in_a_message_is_shown_as_text_and_runs_nothing(
     for shown in (live, reloaded):
         assert shown["messages"] == as_shown(stored)
         assert shown["messages"][0]["content"] == prompt
+        # The answer quotes the prompt; rendered as Markdown, its markup is still only text.
         assert "<script>alert(2)</script>" in shown["messages"][1]["content"]
         assert shown["elements"] == 0, "no element was made from the message's markup"
         assert shown["title"] == shown["sidebar"] == title
