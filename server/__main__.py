@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from server import logs
+from server import announce, logs
 from server.auth import hash_token, issue_token
 from server.config import Settings, SettingsError
 from server.db import connect
@@ -102,15 +102,16 @@ def serve(settings: Settings) -> None:
         base = settings.public_url or f"http://{settings.host}:{settings.port}"
         if asyncio.run(_is_fresh(url)):
             token = asyncio.run(_create_token(url, "demo"))
-            print(
+            notice = (
                 f"\nCreated user 'demo'. Open this URL to sign in:\n\n    {base}/#token={token}\n"
             )
         else:
-            print(
+            notice = (
                 f"\nServing on {base}/ (new sign-in link: "
                 "`.venv/bin/python -m server token create demo`)\n"
             )
-        sys.stdout.flush()
+        # Printed once the server answers, not now: opened at once, the URL must work.
+        announce.when_ready(settings.host, settings.port, notice)
         # The workers build their settings from the environment: hand them the resolved URL,
         # and with several workers a directory where their metrics meet.
         os.environ["DATABASE_URL"] = url

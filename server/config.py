@@ -24,7 +24,8 @@ class Settings:
     workers: int = 1
     public_url: str | None = None
     log_level: str = "info"
-    log_format: str = "json"
+    # auto: text when stderr is a terminal (a person reads it), JSON otherwise (a collector does)
+    log_format: str = "auto"
     # Generation
     generator: str = "demo"
     demo_deltas: int = 20
@@ -128,8 +129,8 @@ class Settings:
             raise SettingsError(
                 "OPENAI_RETRIES, HISTORY_MESSAGES and EVENT_RETENTION_HOURS must not be negative"
             )
-        if self.log_format not in ("json", "text"):
-            raise SettingsError("LOG_FORMAT must be 'json' or 'text'")
+        if self.log_format not in ("auto", "json", "text"):
+            raise SettingsError("LOG_FORMAT must be 'auto', 'json' or 'text'")
         if self.generator not in ("demo", "openai"):
             raise SettingsError("GENERATOR must be 'demo' or 'openai'")
 

@@ -5,7 +5,8 @@ import { api, network } from './api.js';
 import { Composer } from './composer.js';
 import { ConnectionIndicator } from './connection.js';
 import { Conversation } from './conversation.js';
-import { ProjectList } from './projects.js';
+import { handleCopyButtons } from './markdown.js';
+import { ProjectList, titleFrom } from './projects.js';
 import { Banner, MessageList, announcer } from './view.js';
 
 const $ = (selector) => document.querySelector(selector);
@@ -31,7 +32,9 @@ const conversation = new Conversation({
   report,
   scroller: $('#scroller'),
   olderButton: $('#load-older'),
+  startProject,
 });
+handleCopyButtons($('#messages'));
 const projects = new ProjectList($('#projects'), $('#no-projects'), (projectId) => {
   setSidebarOpen(false);
   if (projectId !== conversation.projectId) openProject(projectId, { push: true });
@@ -91,6 +94,20 @@ async function openProject(projectId, { push }) {
   }
 }
 
+/** A first message sent with no project open: a new project, titled from it, opened. */
+async function startProject(text) {
+  try {
+    const project = await api.createProject(titleFrom(text));
+    projects.add(project);
+    setSidebarOpen(false);
+    await openProject(project.id, { push: true });
+    return project.id;
+  } catch (problem) {
+    report(problem);
+    return null;
+  }
+}
+
 /**
  * `make run` prints a URL carrying a token in the fragment (never sent to the server in a URL).
  * Trade it for the HttpOnly session cookie, and take it out of the address bar and this history
@@ -121,6 +138,7 @@ async function start() {
   projects.render(list);
   const wanted = projectInUrl() ?? projects.newest;
   if (wanted) await openProject(wanted, { push: false });
+  else conversation.close(); // nothing to open: the message box starts a project
 }
 
 $('#new-project').addEventListener('submit', async (event) => {

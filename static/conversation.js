@@ -13,8 +13,11 @@ export class Conversation {
   #announce;
   #report;
   #answers;
+  #startProject;
 
   #projectId = null;
+  #opening = false; // the open project's first page is on its way: nothing can be sent yet
+  #creating = false; // a first message is creating its project
   #epoch = 0; // bumped on every switch: answers to requests of an older epoch are dropped
   #hasMore = false;
   #loadingOlder = false;
@@ -26,8 +29,22 @@ export class Conversation {
   // a failure reuses its clientRequestId and can never create a second generation.
   #draft = null;
 
-  constructor({ messages, composer, connection, announce, report, scroller, olderButton }) {
+  /**
+   * `startProject(text)` creates a project for a first message sent with no project open, opens
+   * it, and resolves to its id (or to null, having reported why not).
+   */
+  constructor({
+    messages,
+    composer,
+    connection,
+    announce,
+    report,
+    scroller,
+    olderButton,
+    startProject,
+  }) {
     this.#messages = messages;
+    this.#startProject = startProject;
     this.#composer = composer;
     this.#announce = announce;
     this.#report = report;
@@ -56,14 +73,21 @@ export class Conversation {
     this.close();
     const epoch = this.#epoch;
     this.#projectId = projectId;
+    this.#opening = true;
+    this.#sync();
     let page;
     try {
       page = await api.listMessages(projectId, { limit: PAGE_SIZE });
     } catch (problem) {
-      if (epoch === this.#epoch) this.#projectId = null;
+      if (epoch === this.#epoch) {
+        this.#projectId = null;
+        this.#opening = false;
+        this.#sync();
+      }
       throw problem;
     }
     if (epoch !== this.#epoch) return;
+    this.#opening = false;
     this.#shownThrough = page.messages.at(-1)?.sequence ?? 0;
     this.#showPage(page, (messages) => this.#messages.showLatest(messages));
   }
@@ -72,6 +96,7 @@ export class Conversation {
   close() {
     this.#epoch += 1;
     this.#projectId = null;
+    this.#opening = false;
     this.#draft = null;
     this.#loadingOlder = false;
     this.#shownThrough = 0;
@@ -97,9 +122,28 @@ export class Conversation {
   }
 
   send(text) {
-    if (!this.#projectId || this.#answers.busy) return;
+    if (this.#opening || this.#creating || this.#answers.busy) return;
+    if (!this.#projectId) {
+      this.#sendToNewProject(text);
+      return;
+    }
     if (this.#draft?.text !== text) this.#draft = { text, clientRequestId: newRequestId() };
     this.#answers.start(this.#projectId, text, this.#draft.clientRequestId);
+  }
+
+  /** No project is open: the message creates one, titled from it, and is sent there. */
+  async #sendToNewProject(text) {
+    this.#creating = true;
+    this.#sync();
+    let projectId = null;
+    try {
+      projectId = await this.#startProject(text);
+    } finally {
+      this.#creating = false;
+      this.#sync();
+    }
+    // Unless the user has opened another project meanwhile.
+    if (projectId !== null && projectId === this.#projectId) this.send(text);
   }
 
   /** Cancels the newest running answer. */
@@ -175,8 +219,9 @@ export class Conversation {
 
   #sync() {
     this.#composer.setState({
-      enabled: this.#projectId !== null,
-      busy: this.#answers.busy,
+      // With no project open the message box works too: its first message starts a project.
+      enabled: !this.#opening,
+      busy: this.#answers.busy || this.#creating,
       cancellable: this.#answers.runningIds.length > 0,
     });
   }

@@ -1,4 +1,24 @@
-// The project list in the sidebar: newest first, the open one marked with aria-current.
+// The project list in the sidebar: newest first, the open one marked with aria-current. And the
+// title of a project started by its first message.
+
+// The server takes titles of up to 200 characters; one read in a sidebar is better shorter.
+const TITLE_LENGTH = 80;
+
+/**
+ * A title from a first message: its first words, cut at a word boundary (and marked with an
+ * ellipsis) when the message is longer than TITLE_LENGTH characters.
+ */
+export function titleFrom(text) {
+  const whole = text.trim().split(/\s+/).join(' ');
+  const characters = Array.from(whole); // code points: a cut never splits a surrogate pair
+  if (characters.length <= TITLE_LENGTH) return whole;
+  const room = TITLE_LENGTH - 1; // and one for the ellipsis
+  // One character more than there is room for: a space there means the word before it fits.
+  const head = characters.slice(0, room + 1).join('');
+  const boundary = head.lastIndexOf(' ');
+  const cut = boundary > 0 ? head.slice(0, boundary) : characters.slice(0, room).join('');
+  return `${cut}…`;
+}
 
 export class ProjectList {
   #list;

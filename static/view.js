@@ -1,5 +1,7 @@
-// Rendering. Everything that came from the server is written with textContent or Text nodes:
-// nothing in this page ever parses data as HTML.
+// Rendering. Everything that came from the server is written with textContent or Text nodes,
+// except an answer's content, which markdown.js renders as Markdown (escaped, then sanitised).
+
+import { MarkdownContent } from './markdown.js';
 
 export const isActive = (message) => message.status === 'pending' || message.status === 'streaming';
 
@@ -13,6 +15,7 @@ export class MessageList {
   #empty;
   #olderButton;
   #items = new Map(); // message id -> element
+  #answers = new WeakMap(); // an assistant message's element -> its MarkdownContent
 
   constructor({ list, scroller, template, empty, olderButton }) {
     this.#list = list;
@@ -76,10 +79,15 @@ export class MessageList {
   appendContent(messageId, text) {
     const item = this.#items.get(messageId);
     if (!item) return;
+    this.#markStreaming(item);
+    const answer = this.#answers.get(item);
+    if (answer) {
+      answer.append(text); // rendered at the next frame, which keeps to the bottom itself
+      return;
+    }
     this.#followingBottom(() => {
-      this.#markStreaming(item);
       const content = item.querySelector('.content');
-      // One Text node grown in place: cheap for long answers, and never parsed as HTML.
+      // One Text node grown in place: cheap for long texts, and never parsed as HTML.
       const node = content.firstChild ?? content.appendChild(document.createTextNode(''));
       node.appendData(text);
     });
@@ -104,9 +112,14 @@ export class MessageList {
     if (!item) {
       item = this.#template.content.firstElementChild.cloneNode(true);
       this.#items.set(message.id, item);
+      if (message.role === 'assistant') {
+        const content = item.querySelector('.content');
+        const keepBottom = (render) => this.#followingBottom(render);
+        this.#answers.set(item, new MarkdownContent(content, keepBottom));
+      }
       this.#insert(item, message.sequence);
     }
-    fill(item, message);
+    fill(item, message, this.#answers.get(item));
   }
 
   /** Sequences, not arrival order, decide the position; new messages usually go last. */
@@ -142,8 +155,11 @@ function setStatus(item, status) {
   item.querySelector('.status').textContent = status;
 }
 
-/** Writes a full Message into its element; the content replaces what was shown. */
-function fill(item, message) {
+/**
+ * Writes a full Message into its element; the content replaces what was shown (rendered as
+ * Markdown by `answer` for an assistant message, as plain text for the user's own).
+ */
+function fill(item, message, answer) {
   const active = isActive(message);
   item.dataset.id = message.id;
   item.dataset.sequence = String(message.sequence);
@@ -152,7 +168,8 @@ function fill(item, message) {
   item.setAttribute('aria-busy', String(active));
   item.querySelector('.role').textContent = message.role;
   item.querySelector('.sequence').textContent = `#${message.sequence}`;
-  item.querySelector('.content').textContent = message.content ?? '';
+  if (answer) answer.set(message.content ?? '');
+  else item.querySelector('.content').textContent = message.content ?? '';
   showTime(item.querySelector('.created'), message.created_at);
 
   // A running answer's progress is unknown until its stream reports (or replays) it.

@@ -15,11 +15,16 @@ from server.generators.base import Delta, GenerationContext, Item, Progress
 
 
 def demo_answer(prompt: str) -> str:
+    """The prompt quoted, in a little Markdown (a code span, a list) for the page to render."""
     words = len(prompt.split())
     return (
         f"You wrote {words} word{'s' if words != 1 else ''} and {len(prompt)} characters: "
-        f"\u201c{prompt}\u201d. This answer comes from the demo generator, which streams it in "
-        "pieces so that you can watch the order, the progress and the resume at work."
+        f"\u201c{prompt}\u201d\n\n"
+        "This answer comes from the demo generator (`GENERATOR=demo`), which streams it in "
+        "pieces so that you can watch:\n\n"
+        "- the order of the messages,\n"
+        "- the progress of the answer,\n"
+        "- the resume after a reload or an outage."
     )
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tests.browser.markdown import rendered_text
+
 if TYPE_CHECKING:
     import httpx
     from playwright.async_api import BrowserContext, Dialog, Locator, Page
@@ -174,16 +176,25 @@ async def history(client: httpx.AsyncClient, project_id: str) -> list[dict[str, 
     return messages
 
 
+def shown_content(message: dict[str, Any]) -> str:
+    """The text the page shows for a stored message: an answer's Markdown is rendered, the
+    user's own text is shown as typed."""
+    content: str = message["content"]
+    return rendered_text(content) if message["role"] == "assistant" else content
+
+
 def assert_prefixes(states: list[dict[str, Any]], message_id: str, final: str) -> list[str]:
-    """Every text the page showed for this answer was a prefix of its final content: nothing
-    was shown twice or out of order on the way. Returns the distinct texts, in order."""
-    texts = []
+    """Every text the page showed for this answer was the rendering of a prefix of its final
+    content: nothing was shown twice or out of order on the way. Returns the distinct texts, in
+    order."""
+    renderings = {rendered_text(final[:end]) for end in range(len(final) + 1)}
+    texts: list[str] = []
     for state in states:
         if state["id"] != message_id:
             continue
-        assert final.startswith(state["content"]), (
-            f"the page showed {state['content']!r}, which is not a prefix of the final "
-            f"content {final!r}"
+        assert state["content"] in renderings, (
+            f"the page showed {state['content']!r}, which is not the rendering of a prefix of "
+            f"the final content {final!r}"
         )
         if not texts or texts[-1] != state["content"]:
             texts.append(state["content"])

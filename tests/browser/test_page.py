@@ -27,6 +27,7 @@ from tests.browser.helpers import (
     open_project,
     recorded,
     send,
+    shown_content,
     shown_messages,
     sign_in,
     wait_for,
@@ -39,7 +40,11 @@ SHOWN_FIELDS = ("id", "sequence", "role", "status", "content")
 
 
 def as_shown(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{name: message[name] for name in SHOWN_FIELDS} for message in messages]
+    """What the page should show of stored messages: answers rendered from Markdown."""
+    return [
+        {**{name: message[name] for name in SHOWN_FIELDS}, "content": shown_content(message)}
+        for message in messages
+    ]
 
 
 async def test_send_shows_progress_then_the_streamed_answer(
@@ -95,6 +100,61 @@ async def test_send_shows_progress_then_the_streamed_answer(
     # Then the text grew piece by piece, each step a prefix of the stored content.
     texts = assert_prefixes(states, stored[1]["id"], stored[1]["content"])
     assert len([t for t in texts if t]) >= 3, f"the answer was not streamed: {texts}"
+
+
+async def test_first_message_with_no_project_starts_one_titled_from_it(
+    database_url: str, browser: Browser
+) -> None:
+    token = await create_user(database_url, "newcomer")
+    settings = settings_for(database_url, demo_deltas=10, demo_delta_ms=50)
+    async with running_server(settings) as srv, srv.client(token) as client:
+        page = await browser.new_page()
+        await sign_in(page, srv.base_url, token)
+        await expect(page.locator("#no-projects")).to_be_visible()
+        await expect(page.locator("#message-input")).to_be_enabled()
+
+        prompt = "Plan a picnic\nfor six people, with games"
+        await send(page, prompt)
+        await page.wait_for_url(re.compile(r"\?project=[0-9a-f-]{36}$"))
+        project = page.url.rsplit("=", 1)[1]
+        reply = answer(page, 2)
+        await expect(reply).to_have_attribute("data-status", "success", timeout=10_000)
+        shown = await shown_messages(page)
+        stored = await history(client, project)
+        projects = (await client.get("/api/projects")).json()["projects"]
+        title = "Plan a picnic for six people, with games"
+        await expect(page.locator("#project-title")).to_have_text(title)
+        await expect(page.locator("#projects .project-title")).to_have_text([title])
+        await expect(page.locator("#message-input")).to_have_value("")
+        states = (await recorded(page))["answers"]
+
+    assert [p["title"] for p in projects] == [title]
+    assert [m["content"] for m in stored] == [prompt, demo_answer(prompt)]
+    assert shown == as_shown(stored)
+    texts = assert_prefixes(states, stored[1]["id"], stored[1]["content"])
+    assert len([t for t in texts if t]) >= 3, f"the answer was not streamed: {texts}"
+
+
+async def test_a_long_first_message_is_cut_at_a_word_for_the_title(
+    database_url: str, browser: Browser
+) -> None:
+    token = await create_user(database_url, "newcomer")
+    words = [f"word{n}" for n in range(60)]  # 6 or 7 characters each, 400 in all
+    prompt = " ".join(words)
+    async with running_server(settings_for(database_url)) as srv, srv.client(token) as client:
+        page = await browser.new_page()
+        await sign_in(page, srv.base_url, token)
+        await send(page, prompt)
+        await expect(answer(page, 2)).to_have_attribute("data-status", "success")
+        (project,) = (await client.get("/api/projects")).json()["projects"]
+        stored = await history(client, project["id"])
+
+    title = project["title"]
+    assert title.endswith("…") and len(title) <= 80
+    kept = title.removesuffix("…").split(" ")
+    assert kept == words[: len(kept)], "whole words only, from the start"
+    assert len(" ".join(words[: len(kept) + 1])) > 79, "as many words as fit"
+    assert stored[0]["content"] == prompt
 
 
 async def test_reload_mid_answer_continues_without_duplicates(
@@ -292,6 +352,7 @@ async def test_markup_in_a_message_is_shown_as_text_and_runs_nothing(
     for shown in (live, reloaded):
         assert shown["messages"] == as_shown(stored)
         assert shown["messages"][0]["content"] == prompt
+        # The answer quotes the prompt; rendered as Markdown, its markup is still only text.
         assert "<script>alert(2)</script>" in shown["messages"][1]["content"]
         assert shown["elements"] == 0, "no element was made from the message's markup"
         assert shown["title"] == shown["sidebar"] == title

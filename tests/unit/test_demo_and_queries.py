@@ -23,6 +23,13 @@ def test_demo_answer_is_deterministic() -> None:
     assert demo_answer("abc") != demo_answer("abd")
 
 
+def test_demo_answer_quotes_the_prompt_in_a_little_markdown() -> None:
+    answer = demo_answer("Hello there")
+    assert answer.startswith("You wrote 2 words and 11 characters: \u201cHello there\u201d\n\n")
+    assert "`GENERATOR=demo`" in answer, "a code span"
+    assert answer.count("\n- ") == 3, "a list"
+
+
 def test_every_query_is_named_once_and_not_empty() -> None:
     queries = load_queries()
     assert {"reserve_pair", "flush", "orphans", "close_messages"} <= queries.keys()
