@@ -143,6 +143,10 @@ class Database:
             await self._pool.close()
 
     @property
+    def is_open(self) -> bool:
+        return self._pool is not None
+
+    @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
             raise RuntimeError("Database.open() was not called")

@@ -13,7 +13,6 @@ nothing twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from datetime import datetime
 
@@ -166,11 +165,14 @@ class MessageLog:
     def visible_after(self, cursor: int) -> list[Event]:
         return self.events[cursor : self.visible]
 
-    async def changed(self, seconds: float) -> None:
-        """Wait until new events are visible or the log closes (or ``seconds`` pass)."""
-        waiter = self._changed
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(waiter.wait(), seconds)
+    async def changed(self) -> None:
+        """Wait until new events are visible, the log closes, or the worker's ticker wakes every
+        listener (``wake``) so that each can check its ping and its limits. No timer per wait: a
+        wait happens once per event batch of every listener."""
+        await self._changed.wait()
+
+    def wake(self) -> None:
+        self._notify()
 
     def _notify(self) -> None:
         # Wake every current waiter at once, and give later ones a fresh event.

@@ -110,7 +110,7 @@ async def _from_memory(
             yield []
             quiet_since = _now()
             continue
-        await log.changed(limits.wait_seconds(quiet_since))
+        await log.changed()  # woken by news, or by the worker's ticker (Worker.tick)
 
 
 async def read_stored(store: Store, message: Message, cursor: int) -> tuple[list[Event], bool]:

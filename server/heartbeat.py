@@ -43,7 +43,6 @@ class Heartbeat:
         self.registered = False
         self._db = Database(url, min_size=1, max_size=1)
         self._store = Store(self._db)
-        self._connected = False
 
     def current(self) -> UUID:
         """The identity under which new answers are taken (and written)."""
@@ -53,9 +52,8 @@ class Heartbeat:
 
     async def open(self) -> None:
         """Connect and register (safe to call again after it failed)."""
-        if not self._connected:
+        if not self._db.is_open:
             await self._db.open()
-            self._connected = True
         await self._register()
 
     async def close(self) -> None:

@@ -42,6 +42,7 @@ class Runner:
         store: Store,
         generator: Generator,
         *,
+        flush_store: Store | None = None,
         worker: Callable[[], UUID],
         flush_policy: FlushPolicy,
         max_running_per_user: int = 10,
@@ -52,7 +53,7 @@ class Runner:
         self.worker = worker  # the identity this worker writes under (its heartbeat's)
         self.max_running_per_user = max_running_per_user
         self.history_messages = history_messages
-        self.flusher = Flusher(store, worker, flush_policy, on_lost=self.abandon)
+        self.flusher = Flusher(flush_store or store, worker, flush_policy, on_lost=self.abandon)
         self.tasks: dict[UUID, asyncio.Task[None]] = {}
         self._stop_reasons: dict[UUID, tuple[str, ErrorInfo | None]] = {}
         self.draining = False
@@ -146,7 +147,7 @@ class Runner:
                     log.add_progress(item.stage, item.message, item.percent)
                 self.flusher.mark_dirty(log)
                 while log.unwritten >= MAX_UNWRITTEN_EVENTS:
-                    await log.changed(1.0)
+                    await log.changed()
 
     def stop(self, message_id: UUID, status: str, error: ErrorInfo | None = None) -> bool:
         """Stop a running generation; it ends with ``status``. False if it is not running here."""

@@ -18,7 +18,7 @@ from uuid import UUID
 
 from server import metrics
 from server.config import Settings
-from server.db import Listener
+from server.db import Database, Listener
 from server.flusher import FlushPolicy
 from server.follow import FollowLimits
 from server.generators.base import Generator
@@ -50,9 +50,13 @@ class Worker:
             max_delay=settings.flush_delay_ms / 1000,
             min_events=CHUNK_EVENTS,
         )
+        # The flusher writes on a connection of its own: a burst of requests that takes every
+        # pooled connection must not hold the running answers' events back.
+        self._flush_db = Database(settings.database_url, min_size=1, max_size=1)
         self.runner = Runner(
             store,
             generator,
+            flush_store=Store(self._flush_db),
             worker=self.heartbeat.current,
             flush_policy=policy,
             max_running_per_user=settings.max_running_per_user,
@@ -79,7 +83,10 @@ class Worker:
         self._drain: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        """Register this worker's heartbeat (before it takes any answer)."""
+        """Connect the flusher and register this worker's heartbeat (before it takes any
+        answer); safe to call again after it failed."""
+        if not self._flush_db.is_open:
+            await self._flush_db.open()
         await self.heartbeat.open()
 
     def start(self) -> None:
@@ -89,7 +96,17 @@ class Worker:
         self._spawn(self.retention.run(), "retention")
         self._spawn(self.watchdog.run(), "send watchdog")
         self._spawn(self.listener.run(), "listener")
+        self._spawn(self._tick(), "listener ticker")
         self._spawn(self._report_pool(), "pool metrics")
+
+    async def _tick(self) -> None:
+        """Wake every listener of this worker's logs now and then, so that each can send its
+        ping and notice its stream's end (listeners wait without a timer of their own)."""
+        interval = min(1.0, self.settings.ping_seconds / 4)
+        while True:
+            await asyncio.sleep(interval)
+            for log in list(self.runner.flusher.logs.values()):
+                log.wake()
 
     async def _report_pool(self) -> None:
         db = self.runner.store.db
@@ -137,6 +154,7 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.heartbeat.close()
+        await self._flush_db.close()
         close = getattr(self.generator, "aclose", None)
         if close is not None:  # a generator holding connections (the openai one)
             await close()
