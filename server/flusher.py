@@ -91,7 +91,7 @@ class Flusher:
         """Write the due logs (``everything``: every log with news), in bounded statements."""
         self._wakeup.clear()
         due = self._take_due(everything)
-        for batch in _bounded(due):
+        for batch in bounded(due):
             await self._write(batch)
 
     def _take_due(self, everything: bool) -> list[MessageLog]:
@@ -177,7 +177,7 @@ class Flusher:
         return sum(1 for log in self.logs.values() if log.needs_flush)
 
 
-def _bounded(logs: list[MessageLog]) -> Iterator[list[MessageLog]]:
+def bounded(logs: list[MessageLog]) -> Iterator[list[MessageLog]]:
     """``logs`` in batches of at most MAX_STATEMENT_CHUNKS chunks and MAX_STATEMENT_CHARS
     characters (a log that alone exceeds them goes alone)."""
     batch: list[MessageLog] = []

@@ -634,3 +634,17 @@ def a_message(role: Any, sequence: int) -> Message:
         updated_at=now,
         error=None,
     )
+
+
+async def test_an_upstream_error_text_the_database_cannot_store_is_cleaned(
+    database_url: str,
+) -> None:
+    """Regression: an upstream's error text reached `error_message` without the NUL/lone-surrogate
+    cleanup that deltas get; the final write then failed every time, and the answer never ended."""
+    body = json.dumps({"error": {"message": "bad\u0000 input \ud800 here"}})
+    outcome, _ = await run_one(database_url, [status(400, body)])
+    assert outcome.error == {
+        "code": "upstream_error",
+        "message": "the model server answered HTTP 400: bad\ufffd input \ufffd here",
+    }
+    assert outcome.message["status"] == "error"

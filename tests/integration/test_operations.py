@@ -3,10 +3,13 @@ per-project table filters by project_id."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import uuid
 
+import asyncpg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -145,3 +148,68 @@ async def test_pruned_log_is_answered_with_its_terminal_event(database_url: str)
     assert [(e.id, e.event) for e in pruned] == [(events[-1].id, "done")]
     assert pruned[0].data_lines == events[-1].data_lines
     assert history[1]["content"] == events[-1].data["message"]["content"]
+
+
+async def test_a_partially_pruned_log_never_skips_an_event(database_url: str) -> None:
+    """Retention deletes chunks a batch at a time, so a finished log can be half gone. A resume
+    gets either every missing event in order, or (once a gap lies ahead) the terminal event
+    alone: never a stream with a hole in it."""
+    from tests.support import events_only, read_stream
+
+    token = await create_user(database_url, "alice")
+    settings = settings_for(database_url, demo_deltas=30, demo_delta_ms=10, flush_delay_ms=30)
+    async with running_server(settings) as srv, srv.client(token) as client:
+        project = await create_project(client)
+        events = await generate(client, project, "to be pruned in part")
+        message = events[0].data["assistant_message"]["id"]
+        url = f"/api/projects/{project}/messages/{message}/events"
+        conn = await asyncpg.connect(database_url)
+        try:
+            chunks = await conn.fetch(
+                "SELECT first_event_id, length(kinds) AS n FROM event_chunks "
+                "WHERE message_id = $1 AND kinds <> 't' ORDER BY first_event_id",
+                uuid.UUID(message),
+            )
+            assert len(chunks) >= 3, "the answer was written in several chunks"
+            gap = chunks[len(chunks) // 2]
+            await conn.execute(
+                "DELETE FROM event_chunks WHERE message_id = $1 AND first_event_id = $2",
+                uuid.UUID(message),
+                gap["first_event_id"],
+            )
+        finally:
+            await conn.close()
+        gap_first, gap_last = gap["first_event_id"], gap["first_event_id"] + gap["n"] - 1
+        terminal = events[-1]
+        for cursor in range(0, terminal.id):
+            _, frames = await read_stream(
+                client, "GET", url, headers={"Last-Event-ID": str(cursor)}
+            )
+            got = events_only(frames)
+            if cursor >= gap_last:  # past the hole: everything after the cursor is still there
+                assert [e.id for e in got] == [e.id for e in events[cursor:]], cursor
+            else:  # the hole lies ahead: the terminal event alone
+                assert [(e.id, e.event) for e in got] == [(terminal.id, terminal.event)], cursor
+            assert got[-1].data_lines == terminal.data_lines
+        assert gap_first > 1
+
+
+async def test_heartbeat_renewals_are_in_the_metrics(database_url: str) -> None:
+    """Renewal latency and failures are measured (issue: renewals could be delayed unseen)."""
+
+    def samples(text: str) -> dict[str, float]:
+        return {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    settings = settings_for(database_url, lease_seconds=0.3)  # a renewal every 0.1 s
+    async with running_server(settings) as srv, srv.client() as client:
+        before = samples((await client.get("/metrics")).text)
+        await asyncio.sleep(0.6)
+        after = samples((await client.get("/metrics")).text)
+    assert after["orderly_heartbeat_seconds_count"] - before["orderly_heartbeat_seconds_count"] >= 3
+    for name in ("orderly_heartbeat_failures_total", "orderly_heartbeat_expired_total"):
+        assert after[name] == before[name], name
+    assert srv.services.worker.heartbeat.registered

@@ -203,6 +203,12 @@ async def db_rows(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
         await conn.close()
 
 
+async def running_counts(url: str) -> list[int]:
+    """Every user's count of running generations (the per-user cap's counter)."""
+    rows = await db_rows(url, "SELECT DISTINCT running_generations AS n FROM users")
+    return sorted(r["n"] for r in rows)
+
+
 async def running_messages(url: str) -> list[asyncpg.Record]:
     return await db_rows(
         url, "SELECT id, status FROM messages WHERE status IN ('pending', 'streaming')"
@@ -409,6 +415,7 @@ async def test_kill_9_is_reaped_by_the_other_process(database_url: str, spawn: S
         elapsed = time.monotonic() - killed_at
         assert elapsed <= lease + 4, f"reaped {elapsed:.1f}s after the kill (lease {lease}s)"
         assert await running_messages(database_url) == []
+        assert await running_counts(database_url) == [0], "the reaper gives the counts back"
         for message in messages:
             found = (await on_b.get(message_url(project, message))).json()
             assert found["status"] == "error" and found["error"]["code"] == "interrupted"
@@ -502,6 +509,7 @@ async def test_sigterm_drains_and_ends_every_stream(database_url: str, spawn: Sp
             assert terminal.data["error"]["code"] == "server_shutdown", name
             assert terminal.data["message"]["content"] == "".join(deltas(events)), name
         assert await running_messages(database_url) == []
+        assert await running_counts(database_url) == [0], "shutdown gives the counts back"
         history = (await on_b.get(f"/api/projects/{project}/messages")).json()["messages"]
         assistants = [m for m in history if m["role"] == "assistant"]
         assert len(assistants) == 3
