@@ -226,9 +226,15 @@ class Store:
         return messages, has_more
 
     async def recent_history(
-        self, project_id: UUID, before_sequence: int, limit: int
+        self, project_id: UUID, before_sequence: int, max_messages: int
     ) -> list[Message]:
-        rows = await self.db.fetch("recent_history", project_id, before_sequence, limit)
+        """The context of a generation: the latest whole successful turns before it (a user
+        message and its answer), at most ``max_messages`` messages (an odd number rounds down),
+        in sequence order. It alternates user and assistant, and ends on an answer."""
+        turns = max_messages // 2
+        if turns < 1:
+            return []
+        rows = await self.db.fetch("recent_history", project_id, before_sequence, turns)
         return [message_from_row(r).message for r in rows]
 
     async def events_after(

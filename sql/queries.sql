@@ -348,17 +348,29 @@ WHERE w.expires_at < now()
   );
 
 -- name: recent_history
--- The context of a generation: the finished messages before it, newest $3, in sequence order.
--- Never a placeholder, a running answer, or a failed or cancelled one.
+-- The context of a generation: the latest $3 whole turns before it, in sequence order. A turn is
+-- a successful answer and the user message just before it (user 2k-1, assistant 2k), so the
+-- context alternates user, assistant, ... and ends on an answer: a turn whose answer failed, was
+-- cancelled or has not ended yet is left out whole, its question too. The user message is
+-- checked by role, not parity: projects upgraded from the legacy layout can have pairs at
+-- (2k, 2k+1). The index on (project_id, sequence) is walked backwards from $2, two lookups per
+-- turn taken. $1 project, $2 the new user message's sequence, $3 turns
+WITH turns AS (
+    SELECT a.sequence
+    FROM messages AS a
+    WHERE a.project_id = $1 AND a.sequence < $2 AND a.role = 'assistant' AND a.status = 'success'
+      AND EXISTS (
+          SELECT 1 FROM messages AS u
+          WHERE u.project_id = $1 AND u.sequence = a.sequence - 1 AND u.role = 'user'
+      )
+    ORDER BY a.sequence DESC
+    LIMIT $3
+)
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
        m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
        m.error_message, m.last_event_id
-FROM (
-    SELECT * FROM messages
-    WHERE project_id = $1 AND sequence < $2 AND status = 'success'
-    ORDER BY sequence DESC
-    LIMIT $3
-) AS m
+FROM turns AS t
+JOIN messages AS m ON m.project_id = $1 AND m.sequence IN (t.sequence - 1, t.sequence)
 ORDER BY m.sequence;
 
 -- name: prune_events

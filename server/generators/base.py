@@ -1,7 +1,8 @@
 """What a generator is: an async iterator of ``Progress`` and ``Delta`` items.
 
 Generators know nothing of SQL or HTTP. They get the new user message and, on demand, the
-project's recent history in ``sequence`` order.
+project's recent history in ``sequence`` order: whole turns (a user message and its successful
+answer), so it alternates user and assistant and ends on an answer.
 """
 
 from __future__ import annotations

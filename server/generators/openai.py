@@ -1,9 +1,10 @@
 """The ``openai`` generator: any OpenAI-compatible ``/chat/completions`` server, streamed.
 
-The request carries the system prompt, the project's recent finished history and the new user
-message. The answer is read chunk by chunk under three clocks (``openai_clock``). Every failure
-ends the generation with a ``GeneratorError`` (the runner keeps the partial content). A request is
-tried again only while the upstream has not accepted it, so no text is ever produced twice.
+The request carries the system prompt, the project's latest whole successful turns (so the roles
+alternate, as strict chat templates require) and the new user message. The answer is read chunk
+by chunk under three clocks (``openai_clock``). Every failure ends the generation with a
+``GeneratorError`` (the runner keeps the partial content). A request is tried again only while
+the upstream has not accepted it, so no text is ever produced twice.
 
 Modules: ``openai_stream`` reads the SSE chunks, ``openai_failures`` turns upstream failures into
 error codes and safe messages.
@@ -162,7 +163,8 @@ async def _body_start(response: httpx.Response, clock: Clock) -> bytes:
 
 
 def chat_messages(system_prompt: str, history: list[Message], user: Message) -> list[Any]:
-    """The request's ``messages``: the system prompt, the history in order, the new message."""
+    """The request's ``messages``: the system prompt, the history in order (whole turns: user,
+    assistant, ...), the new message."""
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return [*system, *(_turn(message) for message in history), _turn(user)]
 

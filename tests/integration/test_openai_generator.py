@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
+import pytest
+
 from server.config import Settings
 from server.generators.base import Delta, GenerationContext
 from server.generators.openai import OpenAIGenerator
@@ -50,10 +52,12 @@ class Exchange:
 
     def __init__(
         self,
+        request: Received,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         on_closed_by_client: Callable[[], None],
     ) -> None:
+        self.request = request
         self.reader = reader
         self.writer = writer
         self._on_closed_by_client = on_closed_by_client
@@ -146,9 +150,10 @@ class FakeModel:
         assert task is not None
         self._tasks.add(task)
         try:
-            self.requests.append(await read_request(reader))
+            request = await read_request(reader)
+            self.requests.append(request)
             reply = self.replies[min(len(self.requests), len(self.replies)) - 1]
-            await reply(Exchange(reader, writer, self._closed_by_client))
+            await reply(Exchange(request, reader, writer, self._closed_by_client))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -179,6 +184,55 @@ def answer(*pieces: str, pause: float = 0.0) -> Reply:
         for piece in pieces:
             await asyncio.sleep(pause)
             await x.delta(piece)
+        await x.delta(finish_reason="stop")
+        await x.done()
+
+    return reply
+
+
+ROLES_MUST_ALTERNATE = json.dumps(
+    {
+        "object": "error",
+        "message": "Conversation roles must alternate user/assistant/user/assistant/...",
+        "type": "BadRequestError",
+        "code": 400,
+    }
+)
+
+
+def alternates(messages: list[Any]) -> bool:
+    """What a strict chat template (Gemma's, Mistral's...) accepts: an optional system message,
+    then user and assistant in turn, from a user message to a user message."""
+    roles = [m["role"] for m in messages]
+    if roles[:1] == ["system"]:
+        roles = roles[1:]
+    expected = ["user", "assistant"] * (len(roles) // 2) + ["user"]
+    return len(roles) % 2 == 1 and roles == expected
+
+
+def strict(reply: Reply) -> Reply:
+    """``reply``, behind a chat template that requires alternating roles: any other request is
+    refused with HTTP 400, as vLLM refuses it."""
+
+    async def guarded(x: Exchange) -> None:
+        if alternates(x.request.body["messages"]):
+            await reply(x)
+        else:
+            await status(400, ROLES_MUST_ALTERNATE)(x)
+
+    return guarded
+
+
+def held(started: asyncio.Event, gate: asyncio.Event, first: str, last: str) -> Reply:
+    """``first`` at once (then ``started`` is set), and ``last`` once the test opens ``gate``:
+    an answer kept running for as long as the test needs."""
+
+    async def reply(x: Exchange) -> None:
+        await x.head()
+        await x.delta(first)
+        started.set()
+        await gate.wait()
+        await x.delta(last)
         await x.delta(finish_reason="stop")
         await x.done()
 
@@ -341,7 +395,7 @@ async def test_an_answer_streams_as_deltas_and_succeeds(database_url: str) -> No
 
 async def test_the_request_carries_the_finished_history_in_order(database_url: str) -> None:
     token = await create_user(database_url, "alice")
-    replies = [answer("Hi!"), then_garbage("partial", "{oops"), answer("Fine.")]
+    replies = [answer("Hi!"), then_garbage("partial", "{oops"), strict(answer("Fine."))]
     image = "https://example.com/cat.png"
     async with FakeModel(replies) as model:
         settings = openai_settings(database_url, model.base_url, openai_api_key=API_KEY)
@@ -358,12 +412,11 @@ async def test_the_request_carries_the_finished_history_in_order(database_url: s
         {"type": "image_url", "image_url": {"url": image}},
     ]
     assert model.requests[0].body["messages"][1] == {"role": "user", "content": with_image}
-    # The failed answer ("partial") is not in the context; its question is (it was stored).
+    # The failed turn is left out whole: its answer ("partial") and its question.
     assert model.requests[2].body["messages"] == [
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": with_image},
         {"role": "assistant", "content": "Hi!"},
-        {"role": "user", "content": "And now?"},
         {"role": "user", "content": "Still there?"},
     ]
     for request in model.requests:
@@ -387,6 +440,91 @@ async def test_history_is_limited_to_the_most_recent_messages(database_url: str)
         "A2",
         "Q3",
     ]
+
+
+# A strict chat template: the roles of every request alternate.
+
+
+def contents(request: Received) -> list[str]:
+    return [m["content"] for m in request.body["messages"]]
+
+
+async def test_a_failed_answer_does_not_break_a_strict_template(database_url: str) -> None:
+    """Regression: a failed turn's question stayed in the context without its answer, so the
+    request held two user messages in a row and a strict template refused every later answer."""
+    replies = [strict(answer("A1")), then_garbage("partial", "{oops"), strict(answer("A3"))]
+    token = await create_user(database_url, "alice")
+    async with FakeModel(replies) as model:
+        settings = openai_settings(database_url, model.base_url)
+        async with running_server(settings) as srv, srv.client(token) as client:
+            project = await create_project(client)
+            ends = [(await generate(client, project, q))[-1].event for q in ("Q1", "Q2", "Q3")]
+            ends.append((await generate(client, project, "Q4"))[-1].event)
+    assert ends == ["done", "error", "done", "done"]
+    assert contents(model.requests[2]) == [SYSTEM_PROMPT, "Q1", "A1", "Q3"]
+    assert contents(model.requests[3]) == [SYSTEM_PROMPT, "Q1", "A1", "Q3", "A3", "Q4"]
+
+
+async def test_a_cancelled_answer_is_left_out_with_its_question(database_url: str) -> None:
+    token = await create_user(database_url, "alice")
+    replies = [strict(answer("A1")), strict(then_silence("Hel")), strict(answer("A3"))]
+    async with FakeModel(replies) as model:
+        settings = openai_settings(database_url, model.base_url, openai_idle_seconds=30)
+        async with running_server(settings) as srv, srv.client(token) as client:
+            project = await create_project(client)
+            await generate(client, project, "Q1")
+            cancelled = await cancel_after_first_delta(client, project)
+            last = await generate(client, project, "Q3")
+    assert (cancelled[-1].event, last[-1].event) == ("cancelled", "done")
+    assert contents(model.requests[2]) == [SYSTEM_PROMPT, "Q1", "A1", "Q3"]
+
+
+async def test_a_running_answer_is_left_out_with_its_question(database_url: str) -> None:
+    """A second message sent while the first answer streams: the first turn is not finished, so
+    none of it goes upstream (its question alone would make two user messages in a row)."""
+    token = await create_user(database_url, "alice")
+    started, gate = asyncio.Event(), asyncio.Event()
+    replies = [
+        strict(answer("A1")),
+        strict(held(started, gate, "Wait", "ed")),
+        strict(answer("A3")),
+    ]
+    async with FakeModel(replies) as model:
+        settings = openai_settings(database_url, model.base_url, openai_idle_seconds=30)
+        async with running_server(settings) as srv, srv.client(token) as client:
+            project = await create_project(client)
+            await generate(client, project, "Q1")
+            running = asyncio.create_task(generate(client, project, "Q2"))
+            await asyncio.wait_for(started.wait(), 5)
+            meanwhile = await generate(client, project, "Q3")
+            gate.set()
+            first = await running
+    assert (first[-1].event, meanwhile[-1].event) == ("done", "done")
+    assert contents(model.requests[2]) == [SYSTEM_PROMPT, "Q1", "A1", "Q3"]
+
+
+@pytest.mark.parametrize(
+    ("history_messages", "context"),
+    [
+        (4, ["Q1", "A1", "Q3", "A3"]),  # two turns: the failed one between does not count
+        (3, ["Q3", "A3"]),  # an odd number rounds down to whole turns
+        (1, []),
+    ],
+)
+async def test_the_history_window_counts_whole_successful_turns(
+    database_url: str, history_messages: int, context: list[str]
+) -> None:
+    token = await create_user(database_url, "alice")
+    replies = [strict(answer("A1")), then_garbage("partial", "{oops"), strict(answer("A3"))]
+    async with FakeModel(replies) as model:
+        settings = openai_settings(database_url, model.base_url, history_messages=history_messages)
+        async with running_server(settings) as srv, srv.client(token) as client:
+            project = await create_project(client)
+            for prompt in ("Q1", "Q2", "Q3"):
+                await generate(client, project, prompt)
+            last = await generate(client, project, "Q4")
+    assert last[-1].event == "done"
+    assert contents(model.requests[3]) == [SYSTEM_PROMPT, *context, "Q4"]
 
 
 # Time limits.
