@@ -133,5 +133,8 @@ async def test_migrated_schema_has_the_declared_constraints(database_url: str) -
         "messages_role_check",
         "messages_status_check",
         "messages_error_check",
+        "messages_usage_check",
+        "messages_finish_reason_check",
+        "messages_outcome_check",
     } <= names
     assert "messages_idempotency_key" in indexes

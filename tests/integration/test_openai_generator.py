@@ -771,4 +771,6 @@ def a_message(role: Any, sequence: int) -> Message:
         created_at=now,
         updated_at=now,
         error=None,
+        usage=None,
+        finish_reason=None,
     )
