@@ -76,12 +76,24 @@ class Exchange:
     async def event(self, data: str) -> None:
         await self.piece(f"data: {data}\n\n")
 
-    async def delta(self, content: str | None = None, **delta: Any) -> None:
+    async def delta(
+        self, content: str | None = None, *, finish_reason: str | None = None, **delta: Any
+    ) -> None:
         if content is not None:
             delta["content"] = content
         chunk = {"id": "c1", "object": "chat.completion.chunk", "model": MODEL}
-        chunk["choices"] = [{"index": 0, "delta": delta, "finish_reason": None}]
+        chunk["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
         await self.event(json.dumps(chunk))
+
+    async def usage(self, usage: Any) -> None:
+        """The last chunk of an answer whose request asked for usage: no choices."""
+        chunk = {"id": "c1", "object": "chat.completion.chunk", "model": MODEL, "choices": []}
+        await self.event(json.dumps({**chunk, "usage": usage}))
+
+    @property
+    def asks_for_usage(self) -> bool:
+        options = self.request.body.get("stream_options")
+        return isinstance(options, dict) and options.get("include_usage") is True
 
     async def end(self) -> None:
         """The end of the chunked body (HTTP is complete; [DONE] is separate)."""
@@ -177,14 +189,21 @@ async def read_request(reader: asyncio.StreamReader) -> Received:
 # Replies: the scripts of the fake model server.
 
 
-def answer(*pieces: str, pause: float = 0.0) -> Reply:
+def answer(
+    *pieces: str, pause: float = 0.0, finish_reason: str = "stop", usage: Any = None
+) -> Reply:
+    """The pieces, the finish reason, and ``usage`` (when given, and asked for), as OpenAI
+    sends them."""
+
     async def reply(x: Exchange) -> None:
         await x.head()
         await x.delta(role="assistant", content="")  # as OpenAI does: a role-only first chunk
         for piece in pieces:
             await asyncio.sleep(pause)
             await x.delta(piece)
-        await x.delta(finish_reason="stop")
+        await x.delta(finish_reason=finish_reason)
+        if usage is not None and x.asks_for_usage:
+            await x.usage(usage)
         await x.done()
 
     return reply
@@ -386,6 +405,7 @@ async def test_an_answer_streams_as_deltas_and_succeeds(database_url: str) -> No
     [request] = model.requests
     assert (request.method, request.path) == ("POST", "/v1/chat/completions")
     assert request.body["model"] == MODEL and request.body["stream"] is True
+    assert request.body["stream_options"] == {"include_usage": True}
     assert request.body["messages"] == [
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": "Hello?"},
@@ -527,6 +547,93 @@ async def test_the_history_window_counts_whole_successful_turns(
     assert contents(model.requests[3]) == [SYSTEM_PROMPT, *context, "Q4"]
 
 
+# Usage and finish reason.
+
+
+async def test_usage_and_finish_reason_are_asked_for_and_stored(database_url: str) -> None:
+    usage = {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14}
+    token = await create_user(database_url, "alice")
+    async with FakeModel([answer("Hel", "lo", usage=usage)]) as model:
+        settings = openai_settings(database_url, model.base_url)
+        async with running_server(settings) as srv, srv.client(token) as client:
+            project = await create_project(client)
+            outcome = Outcome(await generate(client, project, "Hi"))
+            history = (await client.get(f"/api/projects/{project}/messages")).json()["messages"]
+    assert model.requests[0].body["stream_options"] == {"include_usage": True}
+    expected = ("success", {"prompt_tokens": 12, "completion_tokens": 2}, "stop")
+    for message in (outcome.message, history[1]):
+        assert (message["status"], message["usage"], message["finish_reason"]) == expected
+
+
+async def test_an_answer_cut_short_by_length_is_a_success(database_url: str) -> None:
+    usage = {"prompt_tokens": 3, "completion_tokens": 2}
+    outcome, _ = await run_one(
+        database_url, [answer("Once upon", " a", finish_reason="length", usage=usage)]
+    )
+    assert outcome.terminal.event == "done"
+    assert (outcome.message["status"], outcome.message["content"]) == ("success", "Once upon a")
+    assert (outcome.message["finish_reason"], outcome.message["usage"]) == ("length", usage)
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        None,  # a server that ignores stream_options
+        {"prompt_tokens": 2**40, "completion_tokens": 2},  # more than the column holds
+        {"prompt_tokens": "12", "completion_tokens": 2},
+        {"prompt_tokens": -1, "completion_tokens": 2},
+        {"completion_tokens": 2},
+        [12, 2],
+    ],
+)
+async def test_an_upstream_without_usable_usage_leaves_it_null(
+    database_url: str, usage: Any
+) -> None:
+    outcome, _ = await run_one(database_url, [answer("Hello", usage=usage)])
+    assert (outcome.terminal.event, outcome.message["content"]) == ("done", "Hello")
+    assert (outcome.message["usage"], outcome.message["finish_reason"]) == (None, "stop")
+
+
+def refuses_stream_options(reply: Reply, body: str) -> Reply:
+    """``reply``, from a server that refuses the unknown field stream_options with HTTP 400."""
+
+    async def guarded(x: Exchange) -> None:
+        if "stream_options" in x.request.body:
+            await status(400, body)(x)
+        else:
+            await reply(x)
+
+    return guarded
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        '{"error": {"message": "Unrecognized request argument supplied: stream_options"}}',
+        "",  # a bare 400, which names nothing
+    ],
+)
+async def test_an_upstream_that_refuses_stream_options_is_asked_without_it(
+    database_url: str, refusal: str
+) -> None:
+    """Regression guard: asking for usage must not make every answer fail on a server that does
+    not know the option. The worker remembers, so later answers cost one request each."""
+    usage = {"prompt_tokens": 1, "completion_tokens": 1}
+    replies = [refuses_stream_options(answer("Hi", usage=usage), refusal)]
+    token = await create_user(database_url, "alice")
+    async with FakeModel(replies) as model:
+        settings = openai_settings(database_url, model.base_url, openai_retries=0)
+        async with running_server(settings) as srv, srv.client(token) as client:
+            project = await create_project(client)
+            answers = [Outcome(await generate(client, project, q)) for q in ("Q1", "Q2")]
+    for outcome in answers:
+        assert (outcome.terminal.event, outcome.message["content"]) == ("done", "Hi")
+        assert (outcome.message["usage"], outcome.message["finish_reason"]) == (None, "stop")
+        assert outcome.stages == ["contacting model", "writing"]
+    asked = ["stream_options" in request.body for request in model.requests]
+    assert asked == [True, False, False]
+
+
 # Time limits.
 
 
@@ -595,13 +702,26 @@ async def test_a_500_is_an_upstream_error_without_the_key(database_url: str) -> 
     assert API_KEY not in json.dumps([e.data_lines for e in outcome.events])
 
 
-async def test_a_400_is_not_retried(database_url: str) -> None:
-    outcome, model = await run_one(database_url, [status(400, '{"error": "model not found"}')])
-    assert outcome.error == {
-        "code": "upstream_error",
-        "message": "the model server answered HTTP 400: model not found",
-    }
-    assert len(model.requests) == 1
+async def test_a_400_is_not_retried_beyond_leaving_out_stream_options(
+    database_url: str,
+) -> None:
+    """The one other try of a 400 is without stream_options (which the 400 may be about); the
+    400 of that try is reported, and nothing is remembered: the next answer asks for usage."""
+    token = await create_user(database_url, "alice")
+    async with FakeModel([status(400, '{"error": "model not found"}')]) as model:
+        settings = openai_settings(database_url, model.base_url, openai_retries=3)
+        async with running_server(settings) as srv, srv.client(token) as client:
+            project = await create_project(client)
+            first = Outcome(await generate(client, project, "Hello?"))
+            second = Outcome(await generate(client, project, "Anyone?"))
+    for outcome in (first, second):
+        assert outcome.error == {
+            "code": "upstream_error",
+            "message": "the model server answered HTTP 400: model not found",
+        }
+        assert outcome.stages == ["contacting model"], "no retry is announced"
+    asked = ["stream_options" in request.body for request in model.requests]
+    assert asked == [True, False, True, False]
 
 
 async def test_a_401_shows_none_of_the_upstream_text(database_url: str) -> None:
