@@ -10,6 +10,7 @@ from typing import Any
 from uuid import UUID
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from server.generators.base import Delta, Finish, GenerationContext, GeneratorError, Item
 from server.models import Usage
@@ -148,3 +149,28 @@ async def test_the_openapi_document_describes_usage_and_finish_reason(database_u
     usage = schemas["Usage"]
     assert set(usage["required"]) == {"prompt_tokens", "completion_tokens"}
     assert usage["properties"]["prompt_tokens"]["type"] == "integer"
+
+
+async def tokens(client: httpx.AsyncClient) -> dict[str, float]:
+    """``orderly_tokens_total`` by kind."""
+    found = {}
+    for family in text_string_to_metric_families((await client.get("/metrics")).text):
+        for sample in family.samples:
+            if sample.name == "orderly_tokens_total":
+                found[sample.labels["kind"]] = sample.value
+    return found
+
+
+async def test_tokens_are_counted_in_the_metrics(database_url: str) -> None:
+    token = await create_user(database_url, "alice")
+    generator = ReportingGenerator()
+    settings = settings_for(database_url)
+    async with running_server(settings, generator=generator) as srv, srv.client(token) as client:
+        before = await tokens(client)
+        project = await create_project(client)
+        for prompt in ("one", "two", "fail"):  # the failed one's report is not counted
+            await generate(client, project, prompt)
+        after = await tokens(client)
+    assert set(before) == {"prompt", "completion"}, "both kinds are shown from the start"
+    assert after["prompt"] - before["prompt"] == 2 * USAGE["prompt_tokens"]
+    assert after["completion"] - before["completion"] == 2 * USAGE["completion_tokens"]
