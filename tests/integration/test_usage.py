@@ -13,6 +13,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.generators.base import Delta, Finish, GenerationContext, GeneratorError, Item
+from server.generators.demo import demo_pieces
 from server.models import Usage
 from server.store import Store
 from tests.support import (
@@ -174,3 +175,17 @@ async def test_tokens_are_counted_in_the_metrics(database_url: str) -> None:
     assert set(before) == {"prompt", "completion"}, "both kinds are shown from the start"
     assert after["prompt"] - before["prompt"] == 2 * USAGE["prompt_tokens"]
     assert after["completion"] - before["completion"] == 2 * USAGE["completion_tokens"]
+
+
+async def test_the_demo_generator_reports_usage_and_can_be_cut_short(database_url: str) -> None:
+    """Usage and a cut-short answer, without a model: the demo generator counts the message's
+    words and its pieces, and a message whose first word is /cut is answered by half."""
+    token = await create_user(database_url, "alice")
+    settings = settings_for(database_url, demo_deltas=6)
+    async with running_server(settings) as srv, srv.client(token) as client:
+        project = await create_project(client)
+        whole = (await generate(client, project, "How are you today?"))[-1].data["message"]
+        cut = (await generate(client, project, "/cut Tell me a story"))[-1].data["message"]
+    assert outcome(whole) == ("success", {"prompt_tokens": 4, "completion_tokens": 6}, "stop")
+    assert outcome(cut) == ("success", {"prompt_tokens": 5, "completion_tokens": 3}, "length")
+    assert cut["content"] == "".join(demo_pieces("/cut Tell me a story", 6)[0])
