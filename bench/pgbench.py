@@ -110,6 +110,10 @@ def generation_script(queries_sql: Path) -> tuple[str, dict[str, Any]]:
             11: _array([str(chunk.last_event_id)], "integer"),
             12: _array([_literal(chunk.kinds)], "text"),
             13: _array([_literal(chunk.data)], "text"),
+            # The demo's report: the prompt's words, the answer's pieces, and why it ended.
+            14: _array([str(len(PROMPT.split()))], "integer"),
+            15: _array([str(len(parts))], "integer"),
+            16: _array([_literal("stop")], "text"),
         },
     )
     script = f"\\set n random(:lo, :hi)\n{reserve} \\aset\n{flush};\n"

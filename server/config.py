@@ -39,6 +39,7 @@ class Settings:
     openai_idle_seconds: float = 60.0
     openai_total_seconds: float = 600.0
     openai_retries: int = 1
+    # At most this many earlier messages go upstream, as whole turns (10: the last 5 turns).
     history_messages: int = 10
     # Streams and the event log
     ping_seconds: float = 15.0

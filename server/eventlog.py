@@ -18,7 +18,7 @@ from datetime import datetime
 
 from server.events import Chunk, Event, delta_data, progress_data, start_event, storable
 from server.events import terminal_event as terminal_event_of
-from server.models import TERMINAL_STATUSES, ErrorInfo
+from server.models import MAX_FINISH_REASON_CHARS, TERMINAL_STATUSES, ErrorInfo, Usage
 from server.store import FlushItem, Pair
 
 # Bounds of one chunk (one row): a log that fell behind (the database was away) is written as
@@ -42,6 +42,8 @@ class MessageLog:
         self.parts: list[str] = []
         self.error: ErrorInfo | None = None
         self.final_status: str | None = None  # the generation ended; not yet written
+        self.usage: Usage | None = None  # what the generator reported, for a success
+        self.finish_reason: str | None = None
         self.closed = False  # no more events: the terminal one is visible, or the log was lost
         self.lost = False  # another worker (or the reaper) owns the message now
         self._changed = asyncio.Event()
@@ -59,11 +61,23 @@ class MessageLog:
         self.parts.append(text)
         self._append("delta", delta_data(text))
 
-    def finish(self, status: str, error: ErrorInfo | None = None) -> None:
+    def finish(
+        self,
+        status: str,
+        error: ErrorInfo | None = None,
+        *,
+        usage: Usage | None = None,
+        finish_reason: str | None = None,
+    ) -> None:
+        """The generation ended with ``status``; only a success keeps the generator's report of
+        ``usage`` and ``finish_reason`` (an answer ended any other way stores neither)."""
         if self.final_status is None:
             if error is not None:  # an upstream's words: the same cleaning as its deltas
                 error = ErrorInfo(code=storable(error.code), message=storable(error.message))
             self.final_status, self.error = status, error
+            if status == "success":
+                self.usage = usage
+                self.finish_reason = _finish_reason(finish_reason)
             self._waiting()
 
     @property
@@ -96,6 +110,8 @@ class MessageLog:
             last_event_id=self.sealed + (1 if final else 0),
             error=self.error if final else None,
             chunks=tuple(self.chunks),
+            usage=self.usage if final else None,
+            finish_reason=self.finish_reason if final else None,
         )
 
     def pending_size(self) -> tuple[int, int]:
@@ -136,6 +152,8 @@ class MessageLog:
                     "content": item.content,
                     "error": item.error,
                     "updated_at": updated_at,
+                    "usage": item.usage,
+                    "finish_reason": item.finish_reason,
                 }
             )
             self.events.append(terminal_event_of(final, item.last_event_id))
@@ -178,3 +196,10 @@ class MessageLog:
         # Wake every current waiter at once, and give later ones a fresh event.
         self._changed.set()
         self._changed = asyncio.Event()
+
+
+def _finish_reason(reason: str | None) -> str | None:
+    """A model server's word, as the database stores it: cleaned, bounded, never empty."""
+    if not reason:
+        return None
+    return storable(reason)[:MAX_FINISH_REASON_CHARS]

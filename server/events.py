@@ -67,6 +67,8 @@ def start_event(user: Message, assistant: Message) -> Event:
             "content": "",
             "error": None,
             "updated_at": assistant.created_at,
+            "usage": None,
+            "finish_reason": None,
         }
     )
     data = StartData(user_message=user, assistant_message=placeholder)

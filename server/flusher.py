@@ -143,6 +143,9 @@ class Flusher:
                 self.forget(log)
                 metrics.GENERATIONS_FINISHED.labels(item.status).inc()
                 metrics.GENERATION_SECONDS.observe(time.monotonic() - log.started)
+                if item.usage is not None:
+                    metrics.TOKENS.labels("prompt").inc(item.usage.prompt_tokens)
+                    metrics.TOKENS.labels("completion").inc(item.usage.completion_tokens)
             elif not log.needs_flush:
                 self._dirty.discard(item.message_id)
 

@@ -53,6 +53,13 @@ HEARTBEAT_EXPIRED = Counter(
     "orderly_heartbeat_expired", "Heartbeats found expired at renewal (their answers given up)"
 )
 EVENTS_PRUNED = Counter("orderly_events_pruned", "Stored events deleted by retention")
+TOKENS = Counter(
+    "orderly_tokens",
+    "Tokens of the successful answers this worker wrote, as their generator reported them",
+    ["kind"],
+)
+for _kind in ("prompt", "completion"):  # the only labels: shown from the start, at 0
+    TOKENS.labels(_kind)
 CANCELS = Counter("orderly_cancels", "Generations cancelled through the API")
 POOL_IN_USE = Gauge(
     "orderly_db_pool_in_use", "Pool connections in use", multiprocess_mode="livesum"

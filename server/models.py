@@ -89,6 +89,19 @@ class ErrorInfo(BaseModel):
     message: str
 
 
+# The range of the database's integer columns: a model server's count outside it is not stored.
+TokenCount = Annotated[int, Field(ge=0, le=2**31 - 1)]
+# The longest finish_reason stored; model servers send a short word (stop, length, ...).
+MAX_FINISH_REASON_CHARS = 64
+
+
+class Usage(BaseModel):
+    """Tokens of one answer, as its generator counted them."""
+
+    prompt_tokens: TokenCount
+    completion_tokens: TokenCount
+
+
 class Message(BaseModel):
     id: UUID
     project_id: UUID
@@ -103,6 +116,18 @@ class Message(BaseModel):
     created_at: datetime
     updated_at: datetime
     error: ErrorInfo | None
+    # What the generator reported of a successful answer: null otherwise, and while it runs.
+    usage: Annotated[
+        Usage | None,
+        Field(description="the answer's tokens as its generator counted them, or null"),
+    ]
+    finish_reason: Annotated[
+        Annotated[str, StringConstraints(max_length=MAX_FINISH_REASON_CHARS)] | None,
+        Field(
+            description="why the answer ended, as the model server said: stop, length (cut "
+            "short, still a success), content_filter, ...; or null"
+        ),
+    ]
 
     @property
     def is_terminal(self) -> bool:

@@ -17,7 +17,7 @@ from server import metrics
 from server.errors import Conflict, Draining, DuplicateRequest, NotFound
 from server.eventlog import MessageLog
 from server.flusher import Flusher, FlushPolicy
-from server.generators.base import Delta, GenerationContext, Generator, GeneratorError
+from server.generators.base import Delta, Finish, GenerationContext, Generator, GeneratorError
 from server.models import ErrorInfo, GenerateRequest, Message
 from server.store import Pair, Store
 
@@ -116,8 +116,8 @@ class Runner:
         message_id = log.placeholder.id
         metrics.GENERATIONS_RUNNING.inc()
         try:
-            await self._produce(log, context)
-            log.finish("success")
+            finish = await self._produce(log, context)
+            log.finish("success", usage=finish.usage, finish_reason=finish.finish_reason)
         except asyncio.CancelledError:
             reason = self._stop_reasons.pop(message_id, None)
             if reason is None:
@@ -135,10 +135,15 @@ class Runner:
             self.tasks.pop(message_id, None)
             self.flusher.mark_dirty(log)
 
-    async def _produce(self, log: MessageLog, context: GenerationContext) -> None:
+    async def _produce(self, log: MessageLog, context: GenerationContext) -> Finish:
+        """Run the generator into the log; its ``Finish`` (an empty one if it reported none)."""
+        finish = Finish()
         items = self.generator(context)
         async with contextlib.aclosing(items):  # type: ignore[type-var]
             async for item in items:
+                if isinstance(item, Finish):
+                    finish = item
+                    continue
                 if isinstance(item, Delta):
                     if not item.text:
                         continue
@@ -148,6 +153,7 @@ class Runner:
                 self.flusher.mark_dirty(log)
                 while log.unwritten >= MAX_UNWRITTEN_EVENTS:
                     await log.changed()
+        return finish
 
     def stop(self, message_id: UUID, status: str, error: ErrorInfo | None = None) -> bool:
         """Stop a running generation; it ends with ``status``. False if it is not running here."""

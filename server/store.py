@@ -10,7 +10,7 @@ from uuid import UUID
 
 from server.db import Database, Row
 from server.events import Chunk, Event
-from server.models import ErrorInfo, Message, Project
+from server.models import ErrorInfo, Message, Project, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,9 @@ class FlushItem:
     last_event_id: int
     error: ErrorInfo | None
     chunks: Sequence[Chunk]
+    # What the generator reported, at a successful end only.
+    usage: Usage | None = None
+    finish_reason: str | None = None
 
     @property
     def events(self) -> int:
@@ -63,6 +66,11 @@ def message_from_row(row: Row) -> StoredMessage:
         error = ErrorInfo.model_construct(
             code=row["error_code"], message=row["error_message"] or ""
         )
+    usage = None
+    if row["prompt_tokens"] is not None:
+        usage = Usage.model_construct(
+            prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"]
+        )
     message = Message.model_construct(
         id=row["id"],
         project_id=row["project_id"],
@@ -77,6 +85,8 @@ def message_from_row(row: Row) -> StoredMessage:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         error=error,
+        usage=usage,
+        finish_reason=row["finish_reason"],
     )
     return StoredMessage(message, row["last_event_id"])
 
@@ -226,9 +236,15 @@ class Store:
         return messages, has_more
 
     async def recent_history(
-        self, project_id: UUID, before_sequence: int, limit: int
+        self, project_id: UUID, before_sequence: int, max_messages: int
     ) -> list[Message]:
-        rows = await self.db.fetch("recent_history", project_id, before_sequence, limit)
+        """The context of a generation: the latest whole successful turns before it (a user
+        message and its answer), at most ``max_messages`` messages (an odd number rounds down),
+        in sequence order. It alternates user and assistant, and ends on an answer."""
+        turns = max_messages // 2
+        if turns < 1:
+            return []
+        rows = await self.db.fetch("recent_history", project_id, before_sequence, turns)
         return [message_from_row(r).message for r in rows]
 
     async def events_after(
@@ -264,6 +280,9 @@ class Store:
             [c.first_event_id for _, c in chunks],
             [c.kinds for _, c in chunks],
             [c.data for _, c in chunks],
+            [i.usage.prompt_tokens if i.usage else None for i in items],
+            [i.usage.completion_tokens if i.usage else None for i in items],
+            [i.finish_reason for i in items],
         )
         return {r["id"]: r["updated_at"] for r in rows}
 

@@ -2,7 +2,8 @@
 -- Every statement on a per-project table filters by project_id (see docs/scaling.md).
 -- Message rows are always returned with the same columns, in this order:
 --   id, project_id, sequence, role, kind, content, status, image_urls, client_request_id,
---   created_by, created_at, updated_at, error_code, error_message, last_event_id
+--   created_by, created_at, updated_at, error_code, error_message, last_event_id,
+--   prompt_tokens, completion_tokens, finish_reason
 -- Reads go through message_view, where a running message's content and last event id come from
 -- its stored log (sql/migrations/0005_event_chunks_and_heartbeats.sql).
 
@@ -78,12 +79,12 @@ SELECT $1::uuid, p.last_sequence, 'assistant', '', 'pending', '{}'::text[], $5::
 FROM p
 RETURNING m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
           m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-          m.error_message, m.last_event_id;
+          m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason;
 
 -- name: pair_by_request_id
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
        m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-       m.error_message, m.last_event_id
+       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
 FROM message_view AS m JOIN projects AS p ON p.id = m.project_id
 WHERE m.project_id = $1 AND p.owner_id = $2 AND m.client_request_id = $3
 ORDER BY m.sequence;
@@ -91,7 +92,7 @@ ORDER BY m.sequence;
 -- name: get_message
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
        m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-       m.error_message, m.last_event_id
+       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
 FROM message_view AS m JOIN projects AS p ON p.id = m.project_id
 WHERE m.project_id = $1 AND m.id = $2 AND p.owner_id = $3;
 
@@ -99,7 +100,7 @@ WHERE m.project_id = $1 AND m.id = $2 AND p.owner_id = $3;
 -- The user message and the assistant message of one generation (sequences 2k-1, 2k).
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
        m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-       m.error_message, m.last_event_id
+       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
 FROM message_view AS m
 WHERE m.project_id = $1 AND m.sequence IN ($2 - 1, $2)
 ORDER BY m.sequence;
@@ -109,7 +110,7 @@ ORDER BY m.sequence;
 -- not the caller's: the ownership check costs no extra round trip.
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
        m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-       m.error_message, m.last_event_id
+       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
 FROM projects AS p
 LEFT JOIN LATERAL (
     SELECT * FROM message_view WHERE project_id = $1 ORDER BY sequence DESC LIMIT $3
@@ -119,7 +120,7 @@ WHERE p.id = $1 AND p.owner_id = $2;
 -- name: history_before
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
        m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-       m.error_message, m.last_event_id
+       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
 FROM projects AS p
 LEFT JOIN LATERAL (
     SELECT * FROM message_view WHERE project_id = $1 AND sequence < $4
@@ -130,7 +131,7 @@ WHERE p.id = $1 AND p.owner_id = $2;
 -- name: history_after
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
        m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-       m.error_message, m.last_event_id
+       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
 FROM projects AS p
 LEFT JOIN LATERAL (
     SELECT * FROM message_view WHERE project_id = $1 AND sequence > $4
@@ -142,7 +143,7 @@ WHERE p.id = $1 AND p.owner_id = $2;
 -- Internal reads (following a log); callers have already checked ownership.
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
        m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-       m.error_message, m.last_event_id
+       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
 FROM message_view AS m
 WHERE m.project_id = $1 AND m.id = $2;
 
@@ -162,9 +163,9 @@ LIMIT $4;
 -- name: flush
 -- One batched write for running generations of a worker: the new events of each, a chunk per
 -- message, and a message row only where its status changes (its first events: streaming; its
--- end: the final status, content and terminal event id, and the terminal marker that claims the
--- terminal event's id). A running answer's content is never rewritten: it is its stored log
--- (message_view). The terminal state and the log are written in one statement.
+-- end: the final status, content, terminal event id, usage and finish reason, and the terminal
+-- marker that claims the terminal event's id). A running answer's content is never rewritten: it
+-- is its stored log (message_view). The terminal state and the log are written in one statement.
 -- Fenced: only messages leased to this worker, still running, while its heartbeat has not
 -- expired. Against an end written meanwhile by cancel or the reaper, the primary key of
 -- event_chunks is the fence (see the migration 0005): their terminal marker takes the id this
@@ -176,12 +177,15 @@ LIMIT $4;
 -- (NOT EXISTS rather than ON CONFLICT: a speculative insert costs an extra WAL record per row.)
 -- $1 the worker; messages: $2 project ids, $3 ids, $4 statuses, $5 final contents (NULL while
 -- running), $6 last event ids (the terminal event's at the end), $7 error codes, $8 error
--- messages; chunks: $9 project ids, $10 message ids, $11 first event ids, $12 kinds, $13 data
+-- messages; chunks: $9 project ids, $10 message ids, $11 first event ids, $12 kinds, $13 data;
+-- messages again (NULL but at a successful end): $14 prompt tokens, $15 completion tokens,
+-- $16 finish reasons
 WITH batch AS (
     SELECT *
     FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::integer[], $7::text[],
-                $8::text[])
-        AS b (project_id, id, status, content, last_event_id, error_code, error_message)
+                $8::text[], $14::integer[], $15::integer[], $16::text[])
+        AS b (project_id, id, status, content, last_event_id, error_code, error_message,
+              prompt_tokens, completion_tokens, finish_reason)
 ), held AS (
     SELECT m.project_id, m.id, m.status AS was, b.status, b.last_event_id
     FROM messages AS m JOIN batch AS b ON m.project_id = b.project_id AND m.id = b.id
@@ -211,6 +215,9 @@ WITH batch AS (
         last_event_id = b.last_event_id,
         error_code = b.error_code,
         error_message = b.error_message,
+        prompt_tokens = b.prompt_tokens,
+        completion_tokens = b.completion_tokens,
+        finish_reason = b.finish_reason,
         updated_at = now(),
         lease_owner = CASE WHEN b.status IN ('pending', 'streaming') THEN m.lease_owner END
     FROM batch AS b JOIN held AS h ON h.project_id = b.project_id AND h.id = b.id
@@ -326,7 +333,7 @@ WITH target AS (
 )
 SELECT c.id, c.project_id, c.sequence, c.role, c.kind, c.content, c.status, c.image_urls,
        c.client_request_id, c.created_by, c.created_at, c.updated_at, c.error_code,
-       c.error_message, c.last_event_id,
+       c.error_message, c.last_event_id, c.prompt_tokens, c.completion_tokens, c.finish_reason,
        pg_notify('orderly_cancel', c.id::text), pg_notify('orderly_events', c.id::text)
 FROM closed AS c;
 
@@ -348,17 +355,29 @@ WHERE w.expires_at < now()
   );
 
 -- name: recent_history
--- The context of a generation: the finished messages before it, newest $3, in sequence order.
--- Never a placeholder, a running answer, or a failed or cancelled one.
+-- The context of a generation: the latest $3 whole turns before it, in sequence order. A turn is
+-- a successful answer and the user message just before it (user 2k-1, assistant 2k), so the
+-- context alternates user, assistant, ... and ends on an answer: a turn whose answer failed, was
+-- cancelled or has not ended yet is left out whole, its question too. The user message is
+-- checked by role, not parity: projects upgraded from the legacy layout can have pairs at
+-- (2k, 2k+1). The index on (project_id, sequence) is walked backwards from $2, two lookups per
+-- turn taken. $1 project, $2 the new user message's sequence, $3 turns
+WITH turns AS (
+    SELECT a.sequence
+    FROM messages AS a
+    WHERE a.project_id = $1 AND a.sequence < $2 AND a.role = 'assistant' AND a.status = 'success'
+      AND EXISTS (
+          SELECT 1 FROM messages AS u
+          WHERE u.project_id = $1 AND u.sequence = a.sequence - 1 AND u.role = 'user'
+      )
+    ORDER BY a.sequence DESC
+    LIMIT $3
+)
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
        m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-       m.error_message, m.last_event_id
-FROM (
-    SELECT * FROM messages
-    WHERE project_id = $1 AND sequence < $2 AND status = 'success'
-    ORDER BY sequence DESC
-    LIMIT $3
-) AS m
+       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
+FROM turns AS t
+JOIN messages AS m ON m.project_id = $1 AND m.sequence IN (t.sequence - 1, t.sequence)
 ORDER BY m.sequence;
 
 -- name: prune_events

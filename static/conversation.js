@@ -266,6 +266,7 @@ export class Conversation {
     this.#catchUp(); // another tab may have written while this answer ran
     const outcome = { success: 'finished', cancelled: 'cancelled', error: 'failed' }[message.status];
     const code = message.error?.code ? `: ${message.error.code}` : '';
-    this.#announce(`Answer #${message.sequence} ${outcome ?? message.status}${code}`);
+    const cut = message.finish_reason === 'length' ? ', cut short' : '';
+    this.#announce(`Answer #${message.sequence} ${outcome ?? message.status}${code}${cut}`);
   }
 }

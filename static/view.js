@@ -180,6 +180,9 @@ function fill(item, message, answer) {
     item.querySelector('progress').removeAttribute('value');
   }
 
+  // finish_reason `length`: the model stopped at its limit, so the answer ends mid-way.
+  item.querySelector('.cut-short').hidden = message.finish_reason !== 'length';
+
   const error = item.querySelector('.error');
   error.hidden = message.status !== 'error';
   item.querySelector('.error-code').textContent = message.error?.code ?? '';

@@ -1,7 +1,9 @@
-"""What a generator is: an async iterator of ``Progress`` and ``Delta`` items.
+"""What a generator is: an async iterator of ``Progress`` and ``Delta`` items, and at most one
+``Finish`` last, reporting the answer's usage and finish reason.
 
 Generators know nothing of SQL or HTTP. They get the new user message and, on demand, the
-project's recent history in ``sequence`` order.
+project's recent history in ``sequence`` order: whole turns (a user message and its successful
+answer), so it alternates user and assistant and ends on an answer.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from server.models import Message
+from server.models import Message, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +27,18 @@ class Delta:
     text: str
 
 
-Item = Progress | Delta
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """The generator's last item, when it knows how the answer ended: what it cost (``usage``)
+    and why it stopped (``finish_reason``: ``stop``, ``length`` for an answer cut short, ...).
+    The runner keeps them for the answer's final write; a successful answer without a ``Finish``
+    stores null for both, and an answer that does not succeed never stores them."""
+
+    usage: Usage | None = None
+    finish_reason: str | None = None
+
+
+Item = Progress | Delta | Finish
 
 
 async def _no_history() -> list[Message]:

@@ -4,6 +4,11 @@ The answer is derived from the prompt alone, so tests can predict it, and is cut
 ``deltas`` pieces (fewer only when the answer is shorter than that), due ``delta_ms`` apart on a
 fixed schedule from the first, the way a model server's tokens arrive: a generator woken late (a
 busy event loop) catches up at once instead of pushing every later piece back.
+
+Like a model server, it reports usage (prompt tokens: the words of the message; completion
+tokens: the pieces sent) and why the answer ended: ``stop``; or ``length`` for a message whose
+first word is ``/cut``, whose answer stops after half its pieces, as a model's that reached its
+token limit (so that an answer cut short can be seen without a model).
 """
 
 from __future__ import annotations
@@ -11,7 +16,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from server.generators.base import Delta, GenerationContext, Item, Progress
+from server.generators.base import Delta, Finish, GenerationContext, Item, Progress
+from server.models import Usage
+
+# The first word of a message whose demo answer is cut short (finish_reason "length").
+CUT_SHORT = "/cut"
 
 
 def demo_answer(prompt: str) -> str:
@@ -40,6 +49,16 @@ def split_evenly(text: str, pieces: int) -> list[str]:
     return parts
 
 
+def demo_pieces(prompt: str, deltas: int) -> tuple[list[str], str]:
+    """The pieces of the answer to ``prompt`` and why it ends: all ``deltas`` pieces of
+    ``demo_answer(prompt)`` and ``stop``; or, when the prompt's first word is ``/cut``, the first
+    half of them and ``length``."""
+    parts = split_evenly(demo_answer(prompt), deltas)
+    if prompt.split(maxsplit=1)[:1] != [CUT_SHORT]:
+        return parts, "stop"
+    return parts[: max(1, len(parts) // 2)], "length"
+
+
 class DemoGenerator:
     def __init__(self, *, deltas: int = 20, delta_ms: int = 50) -> None:
         self.deltas = deltas
@@ -47,7 +66,7 @@ class DemoGenerator:
 
     async def __call__(self, context: GenerationContext) -> AsyncIterator[Item]:
         yield Progress("thinking", "Reading the conversation", 0.0)
-        parts = split_evenly(demo_answer(context.prompt), self.deltas)
+        parts, finish_reason = demo_pieces(context.prompt, self.deltas)
         yield Progress("writing", "Writing the answer", 10.0)
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -57,3 +76,5 @@ class DemoGenerator:
                 if due > loop.time():
                     await asyncio.sleep(due - loop.time())
             yield Delta(part)
+        usage = Usage(prompt_tokens=len(context.prompt.split()), completion_tokens=len(parts))
+        yield Finish(usage, finish_reason)

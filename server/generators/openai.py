@@ -1,9 +1,17 @@
 """The ``openai`` generator: any OpenAI-compatible ``/chat/completions`` server, streamed.
 
-The request carries the system prompt, the project's recent finished history and the new user
-message. The answer is read chunk by chunk under three clocks (``openai_clock``). Every failure
-ends the generation with a ``GeneratorError`` (the runner keeps the partial content). A request is
-tried again only while the upstream has not accepted it, so no text is ever produced twice.
+The request carries the system prompt, the project's latest whole successful turns (so the roles
+alternate, as strict chat templates require) and the new user message. The answer is read chunk
+by chunk under three clocks (``openai_clock``). Every failure ends the generation with a
+``GeneratorError`` (the runner keeps the partial content). A request is tried again only while
+the upstream has not accepted it, so no text is ever produced twice.
+
+Every request asks for the answer's usage (``stream_options.include_usage``); the answer ends
+with a ``Finish`` carrying it and the last ``finish_reason``. Some servers refuse that option
+(HTTP 400 or 422, whatever their text says): a request so refused is sent once more at once
+without it, and when that one is accepted this generator (one per worker process) leaves the
+option out from then on. A 400 for another reason is refused again and reported as before, and
+then nothing is remembered.
 
 Modules: ``openai_stream`` reads the SSE chunks, ``openai_failures`` turns upstream failures into
 error codes and safe messages.
@@ -13,17 +21,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
 from server.config import Settings
-from server.generators.base import Delta, GenerationContext, GeneratorError, Item, Progress
+from server.generators.base import (
+    Delta,
+    Finish,
+    GenerationContext,
+    GeneratorError,
+    Item,
+    Progress,
+)
 from server.generators.openai_clock import Clock, Timeouts
 from server.generators.openai_failures import Failure, status_failure, transport_failure
 from server.generators.openai_stream import ChatStream
 from server.models import Message
+
+logger = logging.getLogger(__name__)
 
 # Enough of an error body for its message. Messages show at most EXCERPT_CHARS of it, far less
 # than this, so a key cut in half at this limit can never show.
@@ -50,6 +68,8 @@ class OpenAIGenerator:
         self.system_prompt = system_prompt
         self.timeouts = timeouts
         self.retries = max(0, retries)
+        # Whether requests ask for usage; False once the server refused that (see above).
+        self.ask_usage = True
         self._secret = api_key or None
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # No read timeout here: the clocks bound every read, and tell a slow start from a stall.
@@ -85,14 +105,23 @@ class OpenAIGenerator:
         messages = chat_messages(
             self.system_prompt, await context.load_history(), context.user_message
         )
-        payload = {"model": self.model, "stream": True, "messages": messages}
+        ask_usage = self.ask_usage
         attempt = 0
-        while isinstance(opened := await self._open(payload, clock), Failure):
+        while True:
+            opened = await self._open(self._payload(messages, ask_usage), clock)
+            if not isinstance(opened, Failure):
+                break
+            if ask_usage and opened.bad_request:  # perhaps stream_options: at once, without
+                ask_usage = False
+                clock.new_attempt()
+                continue
             attempt += 1
             delay = self._retry_delay(opened, attempt, clock)
             yield Progress("retrying", f"{opened.error.message}; trying again", None)
             await asyncio.sleep(delay)
             clock.new_attempt()
+        if self.ask_usage and not ask_usage:
+            self._stop_asking_for_usage()
         # Closing the response on every way out (an error, a cancel, the runner's aclose) closes
         # the upstream connection, so an abandoned answer stops costing the model server.
         async with (
@@ -107,6 +136,22 @@ class OpenAIGenerator:
                     yield Delta(text)
                 # After the yields: time the consumer takes is not the model's idle time.
                 clock.received(text)
+        yield Finish(stream.usage, stream.finish_reason)
+
+    def _payload(self, messages: list[Any], ask_usage: bool) -> dict[str, Any]:
+        payload: dict[str, Any] = {"model": self.model, "stream": True, "messages": messages}
+        if ask_usage:
+            payload["stream_options"] = {"include_usage": True}
+        return payload
+
+    def _stop_asking_for_usage(self) -> None:
+        """The server refused a request with ``stream_options`` and accepted it without."""
+        if self.ask_usage:
+            self.ask_usage = False
+            logger.warning(
+                "the model server refused stream_options; requests leave it out from now on, "
+                "and answers carry no usage"
+            )
 
     def _retry_delay(self, failure: Failure, attempt: int, clock: Clock) -> float:
         """How long to wait before trying again; raises the failure's error when not to."""
@@ -162,7 +207,8 @@ async def _body_start(response: httpx.Response, clock: Clock) -> bytes:
 
 
 def chat_messages(system_prompt: str, history: list[Message], user: Message) -> list[Any]:
-    """The request's ``messages``: the system prompt, the history in order, the new message."""
+    """The request's ``messages``: the system prompt, the history in order (whole turns: user,
+    assistant, ...), the new message."""
     system = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return [*system, *(_turn(message) for message in history), _turn(user)]
 

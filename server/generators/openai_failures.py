@@ -28,6 +28,8 @@ class Failure:
     error: GeneratorError
     # Seconds to wait before trying again; None: trying again would not help.
     retry_after: float | None
+    # The upstream refused the request's shape (HTTP 400 or 422): an unknown field, say.
+    bad_request: bool = False
 
 
 def transport_failure(exc: httpx.TransportError, connect_seconds: float) -> Failure:
@@ -55,7 +57,7 @@ def status_failure(response: httpx.Response, body: bytes, secret: str | None) ->
     reason = excerpt(body.decode("utf-8", "replace"), secret)
     message = f"the model server answered HTTP {status}" + (f": {reason}" if reason else "")
     retry = RETRY_PAUSE_SECONDS if status >= 500 else None
-    return Failure(GeneratorError("upstream_error", message), retry)
+    return Failure(GeneratorError("upstream_error", message), retry, status in (400, 422))
 
 
 def _rate_limited(retry_after: str | None) -> Failure:

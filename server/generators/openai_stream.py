@@ -1,18 +1,25 @@
-"""Reading a streamed chat completion: SSE lines in, the answer's text pieces out.
+"""Reading a streamed chat completion: SSE lines in, the answer's text pieces out, and how it
+ended (the last ``finish_reason``, and the ``usage`` of the final chunk).
 
 OpenAI-compatible servers send one ``data: {json}`` event per chunk and end the answer with
-``data: [DONE]``. Whatever else the SSE format allows (comments, ``event:`` and ``id:`` fields)
-is ignored, as the format asks of a client.
+``data: [DONE]``; asked for usage (``stream_options.include_usage``), they send it in a last chunk
+whose ``choices`` is empty. Whatever else the SSE format allows (comments, ``event:`` and ``id:``
+fields) is ignored, as the format asks of a client. So is a ``usage`` or ``finish_reason`` of an
+unexpected shape: the answer's text is what matters, and it is still good.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
+
+from pydantic import ValidationError
 
 from server.generators.base import GeneratorError
 from server.generators.openai_failures import excerpt
+from server.models import Usage
 
 DONE = "[DONE]"
 
@@ -28,6 +35,8 @@ class ChatStream:
         self._lines = lines
         self._secret = secret
         self._data: list[str] = []
+        self.finish_reason: str | None = None  # the last one sent so far
+        self.usage: Usage | None = None
 
     async def next_text(self) -> str | None:
         """The next chunk's content ("" for a chunk that has none), or None after ``[DONE]``."""
@@ -36,7 +45,10 @@ class ChatStream:
             raise protocol_error("no [DONE]: the answer ended early")
         if data.strip() == DONE:
             return None
-        return chunk_text(data, self._secret)
+        chunk = parse_chunk(data, self._secret)
+        self.finish_reason = chunk.finish_reason or self.finish_reason
+        self.usage = chunk.usage or self.usage
+        return chunk.text
 
     async def _next_event(self) -> str | None:
         """The next event's data, or None when the body ends."""
@@ -57,8 +69,15 @@ class ChatStream:
         return data
 
 
-def chunk_text(data: str, secret: str | None) -> str:
-    """The ``choices[0].delta.content`` of one chunk; "" for a chunk without content."""
+@dataclass(frozen=True, slots=True)
+class ChatChunk:
+    text: str  # "" for a chunk without content
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
+def parse_chunk(data: str, secret: str | None) -> ChatChunk:
+    """One chunk: its ``choices[0].delta.content``, ``choices[0].finish_reason`` and ``usage``."""
     try:
         chunk: Any = json.loads(data)
     except (ValueError, RecursionError):  # (RecursionError: nested too deeply to decode)
@@ -71,14 +90,28 @@ def chunk_text(data: str, secret: str | None) -> str:
     choices = chunk.get("choices")
     if not isinstance(choices, list):
         raise protocol_error("a chunk without choices")
-    if not choices:  # a prompt-filter or usage chunk: nothing to add
-        return ""
+    usage = _usage(chunk.get("usage"))
+    if not choices:  # a prompt-filter or usage chunk: no text
+        return ChatChunk("", None, usage)
     delta = choices[0].get("delta") if isinstance(choices[0], dict) else None
     if not isinstance(delta, dict):
         raise protocol_error("a chunk without choices[0].delta")
+    given = choices[0].get("finish_reason")  # null until the last choice chunk
+    finish_reason = given if isinstance(given, str) and given else None
     content = delta.get("content")
     if content is None:  # the role-only first chunk, or the last one with finish_reason
-        return ""
+        return ChatChunk("", finish_reason, usage)
     if not isinstance(content, str):
         raise protocol_error("a chunk whose content is not a string")
-    return content
+    return ChatChunk(content, finish_reason, usage)
+
+
+def _usage(value: Any) -> Usage | None:
+    """``{"prompt_tokens": n, "completion_tokens": n, ...}`` as ``Usage``; None when absent (most
+    chunks) or of another shape (counts that are not integers, or out of range)."""
+    if not isinstance(value, dict):
+        return None
+    try:
+        return Usage.model_validate(value, strict=True)
+    except ValidationError:
+        return None

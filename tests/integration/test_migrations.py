@@ -10,6 +10,7 @@ import asyncpg
 
 from server.db import connect
 from server.migrate import discover, migrate
+from server.store import Store
 from tests.support import create_user, generate, running_server, settings_for
 
 
@@ -86,6 +87,17 @@ async def test_legacy_layout_upgrades_to_sequences(empty_database_url: str) -> N
     assert start["assistant_message"]["sequence"] == 7
     assert [m["sequence"] for m in history] == [1, 2, 3, 4, 5, 6, 7]
 
+    # A generation's context is whole turns, found by role: the upgraded pairs are not all at
+    # (2k-1, 2k). The failed answer (4) and the questions without an answer (1, 5) are left out.
+    async with Store.single(url) as store:
+        context = await store.recent_history(project, 8, 10)
+    assert [(m.sequence, m.role) for m in context] == [
+        (2, "user"),
+        (3, "assistant"),
+        (6, "user"),
+        (7, "assistant"),
+    ]
+
 
 async def test_concurrent_migrations_apply_each_once(empty_database_url: str) -> None:
     async def run() -> list[int]:
@@ -121,5 +133,8 @@ async def test_migrated_schema_has_the_declared_constraints(database_url: str) -
         "messages_role_check",
         "messages_status_check",
         "messages_error_check",
+        "messages_usage_check",
+        "messages_finish_reason_check",
+        "messages_outcome_check",
     } <= names
     assert "messages_idempotency_key" in indexes

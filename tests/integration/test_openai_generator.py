@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
+import pytest
+
 from server.config import Settings
 from server.generators.base import Delta, GenerationContext
 from server.generators.openai import OpenAIGenerator
@@ -50,10 +52,12 @@ class Exchange:
 
     def __init__(
         self,
+        request: Received,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         on_closed_by_client: Callable[[], None],
     ) -> None:
+        self.request = request
         self.reader = reader
         self.writer = writer
         self._on_closed_by_client = on_closed_by_client
@@ -72,12 +76,24 @@ class Exchange:
     async def event(self, data: str) -> None:
         await self.piece(f"data: {data}\n\n")
 
-    async def delta(self, content: str | None = None, **delta: Any) -> None:
+    async def delta(
+        self, content: str | None = None, *, finish_reason: str | None = None, **delta: Any
+    ) -> None:
         if content is not None:
             delta["content"] = content
         chunk = {"id": "c1", "object": "chat.completion.chunk", "model": MODEL}
-        chunk["choices"] = [{"index": 0, "delta": delta, "finish_reason": None}]
+        chunk["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish_reason}]
         await self.event(json.dumps(chunk))
+
+    async def usage(self, usage: Any) -> None:
+        """The last chunk of an answer whose request asked for usage: no choices."""
+        chunk = {"id": "c1", "object": "chat.completion.chunk", "model": MODEL, "choices": []}
+        await self.event(json.dumps({**chunk, "usage": usage}))
+
+    @property
+    def asks_for_usage(self) -> bool:
+        options = self.request.body.get("stream_options")
+        return isinstance(options, dict) and options.get("include_usage") is True
 
     async def end(self) -> None:
         """The end of the chunked body (HTTP is complete; [DONE] is separate)."""
@@ -146,9 +162,10 @@ class FakeModel:
         assert task is not None
         self._tasks.add(task)
         try:
-            self.requests.append(await read_request(reader))
+            request = await read_request(reader)
+            self.requests.append(request)
             reply = self.replies[min(len(self.requests), len(self.replies)) - 1]
-            await reply(Exchange(reader, writer, self._closed_by_client))
+            await reply(Exchange(request, reader, writer, self._closed_by_client))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -172,13 +189,69 @@ async def read_request(reader: asyncio.StreamReader) -> Received:
 # Replies: the scripts of the fake model server.
 
 
-def answer(*pieces: str, pause: float = 0.0) -> Reply:
+def answer(
+    *pieces: str, pause: float = 0.0, finish_reason: str = "stop", usage: Any = None
+) -> Reply:
+    """The pieces, the finish reason, and ``usage`` (when given, and asked for), as OpenAI
+    sends them."""
+
     async def reply(x: Exchange) -> None:
         await x.head()
         await x.delta(role="assistant", content="")  # as OpenAI does: a role-only first chunk
         for piece in pieces:
             await asyncio.sleep(pause)
             await x.delta(piece)
+        await x.delta(finish_reason=finish_reason)
+        if usage is not None and x.asks_for_usage:
+            await x.usage(usage)
+        await x.done()
+
+    return reply
+
+
+ROLES_MUST_ALTERNATE = json.dumps(
+    {
+        "object": "error",
+        "message": "Conversation roles must alternate user/assistant/user/assistant/...",
+        "type": "BadRequestError",
+        "code": 400,
+    }
+)
+
+
+def alternates(messages: list[Any]) -> bool:
+    """What a strict chat template (Gemma's, Mistral's...) accepts: an optional system message,
+    then user and assistant in turn, from a user message to a user message."""
+    roles = [m["role"] for m in messages]
+    if roles[:1] == ["system"]:
+        roles = roles[1:]
+    expected = ["user", "assistant"] * (len(roles) // 2) + ["user"]
+    return len(roles) % 2 == 1 and roles == expected
+
+
+def strict(reply: Reply) -> Reply:
+    """``reply``, behind a chat template that requires alternating roles: any other request is
+    refused with HTTP 400, as vLLM refuses it."""
+
+    async def guarded(x: Exchange) -> None:
+        if alternates(x.request.body["messages"]):
+            await reply(x)
+        else:
+            await status(400, ROLES_MUST_ALTERNATE)(x)
+
+    return guarded
+
+
+def held(started: asyncio.Event, gate: asyncio.Event, first: str, last: str) -> Reply:
+    """``first`` at once (then ``started`` is set), and ``last`` once the test opens ``gate``:
+    an answer kept running for as long as the test needs."""
+
+    async def reply(x: Exchange) -> None:
+        await x.head()
+        await x.delta(first)
+        started.set()
+        await gate.wait()
+        await x.delta(last)
         await x.delta(finish_reason="stop")
         await x.done()
 
@@ -332,6 +405,7 @@ async def test_an_answer_streams_as_deltas_and_succeeds(database_url: str) -> No
     [request] = model.requests
     assert (request.method, request.path) == ("POST", "/v1/chat/completions")
     assert request.body["model"] == MODEL and request.body["stream"] is True
+    assert request.body["stream_options"] == {"include_usage": True}
     assert request.body["messages"] == [
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": "Hello?"},
@@ -341,7 +415,7 @@ async def test_an_answer_streams_as_deltas_and_succeeds(database_url: str) -> No
 
 async def test_the_request_carries_the_finished_history_in_order(database_url: str) -> None:
     token = await create_user(database_url, "alice")
-    replies = [answer("Hi!"), then_garbage("partial", "{oops"), answer("Fine.")]
+    replies = [answer("Hi!"), then_garbage("partial", "{oops"), strict(answer("Fine."))]
     image = "https://example.com/cat.png"
     async with FakeModel(replies) as model:
         settings = openai_settings(database_url, model.base_url, openai_api_key=API_KEY)
@@ -358,12 +432,11 @@ async def test_the_request_carries_the_finished_history_in_order(database_url: s
         {"type": "image_url", "image_url": {"url": image}},
     ]
     assert model.requests[0].body["messages"][1] == {"role": "user", "content": with_image}
-    # The failed answer ("partial") is not in the context; its question is (it was stored).
+    # The failed turn is left out whole: its answer ("partial") and its question.
     assert model.requests[2].body["messages"] == [
         {"role": "system", "content": SYSTEM_PROMPT},
         {"role": "user", "content": with_image},
         {"role": "assistant", "content": "Hi!"},
-        {"role": "user", "content": "And now?"},
         {"role": "user", "content": "Still there?"},
     ]
     for request in model.requests:
@@ -387,6 +460,178 @@ async def test_history_is_limited_to_the_most_recent_messages(database_url: str)
         "A2",
         "Q3",
     ]
+
+
+# A strict chat template: the roles of every request alternate.
+
+
+def contents(request: Received) -> list[str]:
+    return [m["content"] for m in request.body["messages"]]
+
+
+async def test_a_failed_answer_does_not_break_a_strict_template(database_url: str) -> None:
+    """Regression: a failed turn's question stayed in the context without its answer, so the
+    request held two user messages in a row and a strict template refused every later answer."""
+    replies = [strict(answer("A1")), then_garbage("partial", "{oops"), strict(answer("A3"))]
+    token = await create_user(database_url, "alice")
+    async with FakeModel(replies) as model:
+        settings = openai_settings(database_url, model.base_url)
+        async with running_server(settings) as srv, srv.client(token) as client:
+            project = await create_project(client)
+            ends = [(await generate(client, project, q))[-1].event for q in ("Q1", "Q2", "Q3")]
+            ends.append((await generate(client, project, "Q4"))[-1].event)
+    assert ends == ["done", "error", "done", "done"]
+    assert contents(model.requests[2]) == [SYSTEM_PROMPT, "Q1", "A1", "Q3"]
+    assert contents(model.requests[3]) == [SYSTEM_PROMPT, "Q1", "A1", "Q3", "A3", "Q4"]
+
+
+async def test_a_cancelled_answer_is_left_out_with_its_question(database_url: str) -> None:
+    token = await create_user(database_url, "alice")
+    replies = [strict(answer("A1")), strict(then_silence("Hel")), strict(answer("A3"))]
+    async with FakeModel(replies) as model:
+        settings = openai_settings(database_url, model.base_url, openai_idle_seconds=30)
+        async with running_server(settings) as srv, srv.client(token) as client:
+            project = await create_project(client)
+            await generate(client, project, "Q1")
+            cancelled = await cancel_after_first_delta(client, project)
+            last = await generate(client, project, "Q3")
+    assert (cancelled[-1].event, last[-1].event) == ("cancelled", "done")
+    assert contents(model.requests[2]) == [SYSTEM_PROMPT, "Q1", "A1", "Q3"]
+
+
+async def test_a_running_answer_is_left_out_with_its_question(database_url: str) -> None:
+    """A second message sent while the first answer streams: the first turn is not finished, so
+    none of it goes upstream (its question alone would make two user messages in a row)."""
+    token = await create_user(database_url, "alice")
+    started, gate = asyncio.Event(), asyncio.Event()
+    replies = [
+        strict(answer("A1")),
+        strict(held(started, gate, "Wait", "ed")),
+        strict(answer("A3")),
+    ]
+    async with FakeModel(replies) as model:
+        settings = openai_settings(database_url, model.base_url, openai_idle_seconds=30)
+        async with running_server(settings) as srv, srv.client(token) as client:
+            project = await create_project(client)
+            await generate(client, project, "Q1")
+            running = asyncio.create_task(generate(client, project, "Q2"))
+            await asyncio.wait_for(started.wait(), 5)
+            meanwhile = await generate(client, project, "Q3")
+            gate.set()
+            first = await running
+    assert (first[-1].event, meanwhile[-1].event) == ("done", "done")
+    assert contents(model.requests[2]) == [SYSTEM_PROMPT, "Q1", "A1", "Q3"]
+
+
+@pytest.mark.parametrize(
+    ("history_messages", "context"),
+    [
+        (4, ["Q1", "A1", "Q3", "A3"]),  # two turns: the failed one between does not count
+        (3, ["Q3", "A3"]),  # an odd number rounds down to whole turns
+        (1, []),
+    ],
+)
+async def test_the_history_window_counts_whole_successful_turns(
+    database_url: str, history_messages: int, context: list[str]
+) -> None:
+    token = await create_user(database_url, "alice")
+    replies = [strict(answer("A1")), then_garbage("partial", "{oops"), strict(answer("A3"))]
+    async with FakeModel(replies) as model:
+        settings = openai_settings(database_url, model.base_url, history_messages=history_messages)
+        async with running_server(settings) as srv, srv.client(token) as client:
+            project = await create_project(client)
+            for prompt in ("Q1", "Q2", "Q3"):
+                await generate(client, project, prompt)
+            last = await generate(client, project, "Q4")
+    assert last[-1].event == "done"
+    assert contents(model.requests[3]) == [SYSTEM_PROMPT, *context, "Q4"]
+
+
+# Usage and finish reason.
+
+
+async def test_usage_and_finish_reason_are_asked_for_and_stored(database_url: str) -> None:
+    usage = {"prompt_tokens": 12, "completion_tokens": 2, "total_tokens": 14}
+    token = await create_user(database_url, "alice")
+    async with FakeModel([answer("Hel", "lo", usage=usage)]) as model:
+        settings = openai_settings(database_url, model.base_url)
+        async with running_server(settings) as srv, srv.client(token) as client:
+            project = await create_project(client)
+            outcome = Outcome(await generate(client, project, "Hi"))
+            history = (await client.get(f"/api/projects/{project}/messages")).json()["messages"]
+    assert model.requests[0].body["stream_options"] == {"include_usage": True}
+    expected = ("success", {"prompt_tokens": 12, "completion_tokens": 2}, "stop")
+    for message in (outcome.message, history[1]):
+        assert (message["status"], message["usage"], message["finish_reason"]) == expected
+
+
+async def test_an_answer_cut_short_by_length_is_a_success(database_url: str) -> None:
+    usage = {"prompt_tokens": 3, "completion_tokens": 2}
+    outcome, _ = await run_one(
+        database_url, [answer("Once upon", " a", finish_reason="length", usage=usage)]
+    )
+    assert outcome.terminal.event == "done"
+    assert (outcome.message["status"], outcome.message["content"]) == ("success", "Once upon a")
+    assert (outcome.message["finish_reason"], outcome.message["usage"]) == ("length", usage)
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        None,  # a server that ignores stream_options
+        {"prompt_tokens": 2**40, "completion_tokens": 2},  # more than the column holds
+        {"prompt_tokens": "12", "completion_tokens": 2},
+        {"prompt_tokens": -1, "completion_tokens": 2},
+        {"completion_tokens": 2},
+        [12, 2],
+    ],
+)
+async def test_an_upstream_without_usable_usage_leaves_it_null(
+    database_url: str, usage: Any
+) -> None:
+    outcome, _ = await run_one(database_url, [answer("Hello", usage=usage)])
+    assert (outcome.terminal.event, outcome.message["content"]) == ("done", "Hello")
+    assert (outcome.message["usage"], outcome.message["finish_reason"]) == (None, "stop")
+
+
+def refuses_stream_options(reply: Reply, body: str) -> Reply:
+    """``reply``, from a server that refuses the unknown field stream_options with HTTP 400."""
+
+    async def guarded(x: Exchange) -> None:
+        if "stream_options" in x.request.body:
+            await status(400, body)(x)
+        else:
+            await reply(x)
+
+    return guarded
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        '{"error": {"message": "Unrecognized request argument supplied: stream_options"}}',
+        "",  # a bare 400, which names nothing
+    ],
+)
+async def test_an_upstream_that_refuses_stream_options_is_asked_without_it(
+    database_url: str, refusal: str
+) -> None:
+    """Regression guard: asking for usage must not make every answer fail on a server that does
+    not know the option. The worker remembers, so later answers cost one request each."""
+    usage = {"prompt_tokens": 1, "completion_tokens": 1}
+    replies = [refuses_stream_options(answer("Hi", usage=usage), refusal)]
+    token = await create_user(database_url, "alice")
+    async with FakeModel(replies) as model:
+        settings = openai_settings(database_url, model.base_url, openai_retries=0)
+        async with running_server(settings) as srv, srv.client(token) as client:
+            project = await create_project(client)
+            answers = [Outcome(await generate(client, project, q)) for q in ("Q1", "Q2")]
+    for outcome in answers:
+        assert (outcome.terminal.event, outcome.message["content"]) == ("done", "Hi")
+        assert (outcome.message["usage"], outcome.message["finish_reason"]) == (None, "stop")
+        assert outcome.stages == ["contacting model", "writing"]
+    asked = ["stream_options" in request.body for request in model.requests]
+    assert asked == [True, False, False]
 
 
 # Time limits.
@@ -457,13 +702,26 @@ async def test_a_500_is_an_upstream_error_without_the_key(database_url: str) -> 
     assert API_KEY not in json.dumps([e.data_lines for e in outcome.events])
 
 
-async def test_a_400_is_not_retried(database_url: str) -> None:
-    outcome, model = await run_one(database_url, [status(400, '{"error": "model not found"}')])
-    assert outcome.error == {
-        "code": "upstream_error",
-        "message": "the model server answered HTTP 400: model not found",
-    }
-    assert len(model.requests) == 1
+async def test_a_400_is_not_retried_beyond_leaving_out_stream_options(
+    database_url: str,
+) -> None:
+    """The one other try of a 400 is without stream_options (which the 400 may be about); the
+    400 of that try is reported, and nothing is remembered: the next answer asks for usage."""
+    token = await create_user(database_url, "alice")
+    async with FakeModel([status(400, '{"error": "model not found"}')]) as model:
+        settings = openai_settings(database_url, model.base_url, openai_retries=3)
+        async with running_server(settings) as srv, srv.client(token) as client:
+            project = await create_project(client)
+            first = Outcome(await generate(client, project, "Hello?"))
+            second = Outcome(await generate(client, project, "Anyone?"))
+    for outcome in (first, second):
+        assert outcome.error == {
+            "code": "upstream_error",
+            "message": "the model server answered HTTP 400: model not found",
+        }
+        assert outcome.stages == ["contacting model"], "no retry is announced"
+    asked = ["stream_options" in request.body for request in model.requests]
+    assert asked == [True, False, True, False]
 
 
 async def test_a_401_shows_none_of_the_upstream_text(database_url: str) -> None:
@@ -633,6 +891,8 @@ def a_message(role: Any, sequence: int) -> Message:
         created_at=now,
         updated_at=now,
         error=None,
+        usage=None,
+        finish_reason=None,
     )
 
 

@@ -53,6 +53,9 @@ async def test_metrics_move(database_url: str) -> None:
     assert moved("orderly_flush_seconds_count") >= 1
     assert moved("orderly_time_to_first_event_seconds_count") == 3
     assert moved("orderly_generation_duration_seconds_count") == 3
+    # The demo generator's usage: one word per message, five pieces per answer.
+    assert moved("orderly_tokens_total", kind="prompt") == 3
+    assert moved("orderly_tokens_total", kind="completion") == 3 * 5
     route = "/api/projects/{project_id}/generations"
     assert moved("orderly_http_requests_total", route=route, status="200") == 3
     assert (

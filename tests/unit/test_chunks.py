@@ -28,6 +28,8 @@ def _message(role: str, sequence: int) -> Message:
         created_at=now,
         updated_at=now,
         error=None,
+        usage=None,
+        finish_reason=None,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server.db import load_queries
-from server.generators.demo import demo_answer, split_evenly
+from server.generators.demo import demo_answer, demo_pieces, split_evenly
 
 
 @pytest.mark.parametrize("pieces", [1, 2, 7, 20, 500])
@@ -28,6 +28,26 @@ def test_demo_answer_quotes_the_prompt_in_a_little_markdown() -> None:
     assert answer.startswith("You wrote 2 words and 11 characters: \u201cHello there\u201d\n\n")
     assert "`GENERATOR=demo`" in answer, "a code span"
     assert answer.count("\n- ") == 3, "a list"
+
+
+def test_demo_pieces_stop_after_the_whole_answer() -> None:
+    pieces, finish_reason = demo_pieces("Tell me a story", 7)
+    assert (pieces, finish_reason) == (split_evenly(demo_answer("Tell me a story"), 7), "stop")
+
+
+@pytest.mark.parametrize(("deltas", "sent"), [(7, 3), (20, 10), (2, 1), (1, 1)])
+def test_a_message_starting_with_cut_gets_half_its_answer_and_length(
+    deltas: int, sent: int
+) -> None:
+    prompt = "/cut Tell me a story"
+    pieces, finish_reason = demo_pieces(prompt, deltas)
+    assert finish_reason == "length"
+    assert pieces == split_evenly(demo_answer(prompt), deltas)[:sent]
+
+
+@pytest.mark.parametrize("prompt", ["/cutlery", "please /cut", "/Cut it"])
+def test_only_the_first_word_cut_cuts_short(prompt: str) -> None:
+    assert demo_pieces(prompt, 5)[1] == "stop"
 
 
 def test_every_query_is_named_once_and_not_empty() -> None:
