@@ -15,14 +15,14 @@ from typing import Protocol
 from server.models import Message, Usage
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per item; 4x cheaper so
 class Progress:
     stage: str
     message: str
     percent: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per item; 4x cheaper so
 class Delta:
     text: str
 

@@ -33,6 +33,7 @@ from server.db import connect
 from server.generators.base import Delta, GenerationContext, Item, Progress
 from server.generators.demo import demo_answer
 from server.migrate import migrate
+from server.reaper import REAP_SLACK_SECONDS
 from tests.processes import ServerProcess
 from tests.support import (
     Frame,
@@ -413,7 +414,10 @@ async def test_kill_9_is_reaped_by_the_other_process(database_url: str, spawn: S
             assert terminal.data["message"]["status"] == "error"
             assert terminal.data["message"]["content"] == "".join(deltas(events))
         elapsed = time.monotonic() - killed_at
-        assert elapsed <= lease + 4, f"reaped {elapsed:.1f}s after the kill (lease {lease}s)"
+        # The contract's bound (docs/api.md): within LEASE_SECONDS of the worker's last heartbeat,
+        # plus the reaper's slack; the listeners on B then need one NOTIFY and one read.
+        bound = lease + REAP_SLACK_SECONDS + 1.0
+        assert elapsed <= bound, f"reaped {elapsed:.1f}s after the kill (lease {lease}s)"
         assert await running_messages(database_url) == []
         assert await running_counts(database_url) == [0], "the reaper gives the counts back"
         for message in messages:
@@ -453,7 +457,8 @@ async def test_kill_9_then_restart_alone_reaps_its_own(database_url: str, spawn:
             return await running_messages(database_url) == []
 
         took = await eventually(none_running, lease + 5, "the restarted process to reap")
-        assert took <= lease + 3, f"reaped {took:.1f}s after the restart"
+        bound = lease + REAP_SLACK_SECONDS + 1.0
+        assert took <= bound, f"reaped {took:.1f}s after the restart (lease {lease}s)"
         events = await listener.finish(5)
         terminal = assert_complete_log(events)
         assert terminal.event == "error" and terminal.data["error"]["code"] == "interrupted"
