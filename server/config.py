@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from server.models import ON_RUNNING_POLICIES
+
 
 class SettingsError(ValueError):
     """A setting in the environment has an invalid value."""
@@ -41,6 +43,11 @@ class Settings:
     openai_retries: int = 1
     # At most this many earlier messages go upstream, as whole turns (10: the last 5 turns).
     history_messages: int = 10
+    # What a generation request does when an answer of its project is running, unless it says
+    # (on_running): concurrent, reject, enqueue or interrupt
+    on_running: str = "concurrent"
+    # How often each worker looks for queued answers whose turn came without a NOTIFY reaching it
+    queue_poll_seconds: float = 5.0
     # Streams and the event log
     ping_seconds: float = 15.0
     retry_ms: int = 2000
@@ -122,6 +129,7 @@ class Settings:
             "max_stream_seconds",
             "send_timeout_seconds",
             "shutdown_grace_seconds",
+            "queue_poll_seconds",
         )
         for name in timeouts:
             if getattr(self, name) <= 0:
@@ -134,6 +142,8 @@ class Settings:
             raise SettingsError("LOG_FORMAT must be 'auto', 'json' or 'text'")
         if self.generator not in ("demo", "openai"):
             raise SettingsError("GENERATOR must be 'demo' or 'openai'")
+        if self.on_running not in ON_RUNNING_POLICIES:
+            raise SettingsError(f"ON_RUNNING must be one of {', '.join(ON_RUNNING_POLICIES)}")
 
 
 def _parse(name: str, kind: str, raw: str) -> object:

@@ -18,7 +18,13 @@ from typing import Any, cast
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from server.errors import DatabaseUnavailable, DuplicateRequest, InvalidInput, TooManyRunning
+from server.errors import (
+    AnswerRunning,
+    DatabaseUnavailable,
+    DuplicateRequest,
+    InvalidInput,
+    TooManyRunning,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +68,9 @@ def translate_errors() -> Iterator[None]:
     except asyncpg.RaiseError as exc:
         if exc.args and exc.args[0] == "too_many_running_generations":
             raise TooManyRunning() from exc
+        if exc.args and exc.args[0] == "answer_running":  # detail: "<message id> <sequence>"
+            message_id, sequence = str(exc.detail).split()
+            raise AnswerRunning(message_id, int(sequence)) from exc
         raise
     except (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError) as exc:
         raise InvalidInput("text contains characters the database cannot store") from exc

@@ -20,6 +20,10 @@ class OrderlyError(Exception):
             self.code = code
         super().__init__(self.detail)
 
+    def fields(self) -> dict[str, object]:
+        """Members of the problem document beyond the standard ones."""
+        return {}
+
 
 class MalformedRequest(OrderlyError):
     """The request is malformed."""
@@ -43,6 +47,23 @@ class Conflict(OrderlyError):
     """The request conflicts with the current state."""
 
     status, code, title = 409, "conflict", "Conflict"
+
+
+class AnswerRunning(Conflict):
+    """An answer of this project is still running (the request's on_running is reject)."""
+
+    code = "answer_running"
+
+    def __init__(self, message_id: str, sequence: int) -> None:
+        super().__init__(
+            f"assistant message {message_id} (sequence {sequence}) of this project is still "
+            "running; wait for it to end, or send on_running enqueue or interrupt"
+        )
+        self.message_id = message_id
+        self.sequence = sequence
+
+    def fields(self) -> dict[str, object]:
+        return {"running_message_id": self.message_id, "running_sequence": self.sequence}
 
 
 class PayloadTooLarge(OrderlyError):
@@ -71,6 +92,9 @@ class InvalidInput(OrderlyError):
     ) -> None:
         super().__init__(detail, code=code)
         self.errors = errors or []
+
+    def fields(self) -> dict[str, object]:
+        return {"errors": self.errors} if self.errors else {}
 
 
 class TooManyRequests(OrderlyError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal, get_args
 from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
@@ -12,6 +12,9 @@ Status = Literal["pending", "streaming", "success", "error", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"success", "error", "cancelled"})
 
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+# What a generation request does when its project already has a running answer (docs/api.md).
+OnRunning = Literal["concurrent", "reject", "enqueue", "interrupt"]
+ON_RUNNING_POLICIES: tuple[str, ...] = get_args(OnRunning)
 
 
 def _storable(value: str) -> str:
@@ -71,6 +74,11 @@ class GenerateRequest(Input):
     message: Annotated[StorableText, StringConstraints(min_length=1), AfterValidator(_not_blank)]
     client_request_id: RequestId | None = None
     image_urls: Annotated[list[ImageUrl], Field(max_length=8)] = []
+    # None: the server's default (ON_RUNNING).
+    on_running: OnRunning | None = None
+
+    # The problem code of a request whose only invalid field is one of these.
+    error_codes: ClassVar[dict[str, str]] = {"on_running": "invalid_on_running"}
 
 
 class Project(BaseModel):

@@ -66,10 +66,14 @@ def validate(model: type[Model], value: object) -> Model:
     try:
         return model.model_validate(value)
     except ValidationError as exc:
-        raise validation_problem(exc) from None
+        raise validation_problem(exc, getattr(model, "error_codes", {})) from None
 
 
-def validation_problem(exc: ValidationError) -> MalformedRequest | InvalidInput:
+def validation_problem(
+    exc: ValidationError, codes: dict[str, str] | None = None
+) -> MalformedRequest | InvalidInput:
+    """400 for wrong types, else 422: ``invalid_input``, or ``codes[field]`` when that field is
+    the only one in error."""
     errors = [
         {
             "field": ".".join(str(p) for p in err["loc"]) or "(body)",
@@ -81,7 +85,10 @@ def validation_problem(exc: ValidationError) -> MalformedRequest | InvalidInput:
     summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     if any(e["type"].endswith(_TYPE_ERRORS) for e in errors):
         return MalformedRequest(f"wrong type: {summary}", code="wrong_type")
-    return InvalidInput(summary, code="invalid_input", errors=errors)
+    fields = {e["field"] for e in errors}
+    field = fields.pop() if len(fields) == 1 else ""
+    code = (codes or {}).get(field, "invalid_input")
+    return InvalidInput(summary, code=code, errors=errors)
 
 
 def path_uuid(request: Request, name: str, what: str) -> UUID:

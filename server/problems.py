@@ -9,7 +9,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from server.errors import InvalidInput, OrderlyError
+from server.errors import OrderlyError
 
 logger = logging.getLogger(__name__)
 
@@ -40,14 +40,13 @@ def problem(
 
 
 def from_error(error: OrderlyError) -> Response:
-    extra = {"errors": error.errors} if isinstance(error, InvalidInput) and error.errors else None
     return problem(
         error.status,
         error.title,
         error.detail,
         error.code,
         retry_after=error.retry_after,
-        extra=extra,
+        extra=error.fields(),
     )
 
 

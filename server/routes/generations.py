@@ -39,10 +39,10 @@ async def get_generate_stream(request: Request) -> Response:
                 f"the query parameter {name} is required", code="missing_parameter"
             )
     project_id = parse_uuid(params["projectId"], "project")
-    body = validate(
-        GenerateRequest,
-        {"message": params["message"], "client_request_id": params["clientRequestId"]},
-    )
+    fields = {"message": params["message"], "client_request_id": params["clientRequestId"]}
+    if params.get("onRunning"):
+        fields["on_running"] = params["onRunning"]
+    body = validate(GenerateRequest, fields)
     return await _generate(app, request, user.id, project_id, body, last_event_id(request))
 
 
