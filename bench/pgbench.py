@@ -82,6 +82,7 @@ def generation_script(queries_sql: Path) -> tuple[str, dict[str, Any]]:
             5: "NULL",
             6: _literal(LEASE_OWNER),
             7: "1000000",
+            8: "'concurrent'",
         },
     )
     answer = demo_answer(PROMPT)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from datetime import datetime
 
 from server.events import Chunk, Event, delta_data, progress_data, start_event, storable
@@ -30,13 +31,15 @@ MAX_CHUNK_CHARS = 256 * 1024
 class MessageLog:
     """One running assistant message: its events, content and fate, in this worker's memory."""
 
-    def __init__(self, pair: Pair) -> None:
+    def __init__(self, pair: Pair, stored: Sequence[Event] = ()) -> None:
+        """``stored``: events 2.. already written before the generation started (a queued
+        answer's ``queued`` event); they do not move the message to ``streaming``."""
         self.user = pair.user.message
         self.placeholder = pair.assistant.message
-        self.events: list[Event] = [start_event(self.user, self.placeholder)]
-        self.written = 1  # events[:written] are in the database
-        self.visible = 1  # events[:visible] may be sent to listeners
-        self.sealed = 1  # events[:sealed] are in chunks (written, or sent and not yet confirmed)
+        self.events: list[Event] = [start_event(self.user, self.placeholder), *stored]
+        self.written = len(self.events)  # events[:written] are in the database
+        self.visible = self.written  # events[:visible] may be sent to listeners
+        self.sealed = self.written  # events[:sealed] are in chunks (written, or sent, unconfirmed)
         self.chunks: list[Chunk] = []  # sealed, not yet known to be written
         self.status = "pending"
         self.parts: list[str] = []

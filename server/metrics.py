@@ -21,6 +21,13 @@ _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _SLOW = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 GENERATIONS_STARTED = Counter("orderly_generations_started", "Generations started")
+GENERATIONS_QUEUED = Counter(
+    "orderly_generations_queued", "Generations queued behind running answers (on_running enqueue)"
+)
+QUEUE_CLAIMS = Counter("orderly_queue_claims", "Queued answers this worker started")
+QUEUE_WAIT_SECONDS = Histogram(
+    "orderly_queue_wait_seconds", "Queued to started, for queued answers", buckets=_SLOW
+)
 GENERATIONS_FINISHED = Counter(
     "orderly_generations_finished", "Generations finished by this worker", ["status"]
 )

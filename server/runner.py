@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from server import metrics
-from server.errors import Conflict, Draining, DuplicateRequest, NotFound
+from server.errors import Conflict, Draining, DuplicateRequest, NotFound, ServiceUnavailable
 from server.eventlog import MessageLog
+from server.events import Event
 from server.flusher import Flusher, FlushPolicy
 from server.generators.base import Delta, Finish, GenerationContext, Generator, GeneratorError
 from server.models import ErrorInfo, GenerateRequest, Message
@@ -47,23 +48,31 @@ class Runner:
         flush_policy: FlushPolicy,
         max_running_per_user: int = 10,
         history_messages: int = 10,
+        on_running: str = "concurrent",
+        on_queued: Callable[[UUID], None] = lambda _project: None,
     ) -> None:
         self.store = store
         self.generator = generator
         self.worker = worker  # the identity this worker writes under (its heartbeat's)
         self.max_running_per_user = max_running_per_user
         self.history_messages = history_messages
+        self.on_running = on_running  # the policy of requests that do not say
+        self.on_queued = on_queued  # an answer of this project was queued (server/queue.py)
         self.flusher = Flusher(flush_store or store, worker, flush_policy, on_lost=self.abandon)
         self.tasks: dict[UUID, asyncio.Task[None]] = {}
         self._stop_reasons: dict[UUID, tuple[str, ErrorInfo | None]] = {}
         self.draining = False
 
     async def submit(self, user_id: UUID, project_id: UUID, request: GenerateRequest) -> Submission:
-        """Reserve the pair and start its generation, or find the pair of a repeated request."""
+        """Reserve the pair and start its generation (or queue it), or find the pair of a
+        repeated request. The request's ``on_running`` policy is applied by the reservation
+        (reject, enqueue) or right after it (interrupt); a repeat is found first, whatever the
+        policy."""
         if self.draining:
             raise Draining()
+        policy = request.on_running or self.on_running
         try:
-            pair = await self.store.reserve_pair(
+            reservation = await self.store.reserve_pair(
                 project_id=project_id,
                 owner_id=user_id,
                 content=request.message,
@@ -71,15 +80,42 @@ class Runner:
                 client_request_id=request.client_request_id,
                 lease_owner=self.worker(),
                 running_cap=self.max_running_per_user,
+                on_running=policy,
             )
         except DuplicateRequest:
             assert request.client_request_id is not None
             return Submission(await self._existing(user_id, project_id, request), created=False)
-        if pair is None:
+        if reservation is None:
             raise NotFound("no such project")
-        self._start(pair)
         metrics.GENERATIONS_STARTED.inc()
+        pair = reservation.pair
+        if reservation.queued:  # any worker starts it when its turn comes
+            metrics.GENERATIONS_QUEUED.inc()
+            self.on_queued(project_id)
+            return Submission(pair, created=True)
+        self._start(pair)
+        if policy == "interrupt":
+            await self._interrupt(pair, user_id)
         return Submission(pair, created=True)
+
+    async def _interrupt(self, pair: Pair, user_id: UUID) -> None:
+        """Cancel the answers that run before ``pair`` (after it started: whatever happens here,
+        the new answer runs)."""
+        assistant = pair.assistant.message
+        try:
+            closed = await self.store.interrupt(assistant.project_id, assistant.sequence, user_id)
+        except ServiceUnavailable:
+            logger.warning("on_running interrupt: the running answers could not be cancelled")
+            return
+        for stored in closed:
+            self.abandon(stored.message.id)  # ours? stop it now rather than on the NOTIFY
+        metrics.CANCELS.inc(len(closed))
+        metrics.GENERATIONS_FINISHED.labels("cancelled").inc(len(closed))
+
+    def start_claimed(self, pair: Pair, stored: list[Event]) -> None:
+        """Start a queued answer this worker claimed; ``stored``: its log's events so far after
+        ``start`` (the ``queued`` event)."""
+        self._start(pair, stored)
 
     async def _existing(self, user_id: UUID, project_id: UUID, request: GenerateRequest) -> Pair:
         assert request.client_request_id is not None
@@ -96,8 +132,8 @@ class Runner:
     def local_log(self, message_id: UUID) -> MessageLog | None:
         return self.flusher.logs.get(message_id)
 
-    def _start(self, pair: Pair) -> None:
-        log = MessageLog(pair)
+    def _start(self, pair: Pair, stored: list[Event] | None = None) -> None:
+        log = MessageLog(pair, stored or ())
         self.flusher.register(log)
         user = pair.user.message
 

@@ -33,6 +33,20 @@ class Pair:
     assistant: StoredMessage
 
 
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    pair: Pair
+    queued: bool  # waits in the queue (on_running enqueue, behind running answers); not leased
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A queued answer a worker took to start, and how long it had waited."""
+
+    assistant: StoredMessage
+    waited: float
+
+
 @dataclass(slots=True)  # not frozen: built per message per flush; 4x cheaper so
 class FlushItem:
     """One running message's new state and its chunks not yet known to be written."""
@@ -170,11 +184,14 @@ class Store:
         client_request_id: str | None,
         lease_owner: UUID,
         running_cap: int,
-    ) -> Pair | None:
+        on_running: str = "concurrent",
+    ) -> Reservation | None:
         """Reserve sequences 2k-1, 2k and write both messages; None if not the owner's project.
 
-        Raises ``DuplicateRequest`` when ``client_request_id`` is already used in the project, and
-        ``TooManyRunning`` when the user already runs ``running_cap`` generations.
+        Raises ``DuplicateRequest`` when ``client_request_id`` is already used in the project,
+        ``TooManyRunning`` when the user already runs ``running_cap`` generations, and
+        ``AnswerRunning`` when ``on_running`` is reject and an answer of the project runs. Under
+        enqueue, an answer behind running ones is queued rather than leased to ``lease_owner``.
         """
         rows = await self.db.fetch(
             "reserve_pair",
@@ -185,8 +202,13 @@ class Store:
             client_request_id,
             lease_owner,
             running_cap,
+            on_running,
         )
-        return _pair(rows)
+        pair = _pair(rows)
+        if pair is None:
+            return None
+        # A queued placeholder's log already holds its `queued` event (see reserve_pair).
+        return Reservation(pair, queued=pair.assistant.last_event_id > 1)
 
     async def pair_by_request_id(
         self, project_id: UUID, owner_id: UUID, client_request_id: str
@@ -329,6 +351,15 @@ class Store:
         closed = await self._close([(project_id, message_id)], "cancelled", None, None, owner_id)
         return closed[0] if closed else None
 
+    async def interrupt(
+        self, project_id: UUID, sequence: int, owner_id: UUID
+    ) -> list[StoredMessage]:
+        """Cancel the running answers (queued ones included) of a project below ``sequence``,
+        the way the cancel endpoint does; the ones this call ended."""
+        rows = await self.db.fetch("running_before", project_id, sequence)
+        targets = [(r["project_id"], r["id"]) for r in rows]
+        return await self._close(targets, "cancelled", None, None, owner_id)
+
     async def end_unwritable(self, project_id: UUID, message_id: UUID) -> StoredMessage | None:
         """End a running message that cannot be written (its flush fails whatever we do) as
         ``error``, with the content of its written deltas."""
@@ -370,6 +401,30 @@ class Store:
                 running = {r["id"] for r in still}
                 targets = [t for t in targets if t[1] in running]
         return closed
+
+    # The queue (server/queue.py)
+
+    async def claim_queued(
+        self, worker: UUID, projects: Sequence[UUID] | None, limit: int
+    ) -> list[Claim]:
+        """Take, for ``worker``, up to ``limit`` queued answers whose turn has come, in these
+        projects (None: in any project)."""
+        if projects is None:
+            rows = await self.db.fetch("claim_queued_anywhere", worker, limit)
+        else:
+            rows = await self.db.fetch("claim_queued", worker, list(projects), limit)
+        return [Claim(message_from_row(r), r["waited"] or 0.0) for r in rows]
+
+    async def claimed_by(self, worker: UUID) -> list[StoredMessage]:
+        """The queued answers ``worker`` claimed that have not written anything yet."""
+        return [message_from_row(r) for r in await self.db.fetch("claimed_by", worker)]
+
+    async def release_claims(self, worker: UUID, messages: Sequence[Message]) -> int:
+        """Put claimed answers that did not start back in the queue."""
+        rows = await self.db.fetch(
+            "release_claims", worker, [m.project_id for m in messages], [m.id for m in messages]
+        )
+        return len(rows)
 
 
 # A claim loses only to a chunk stored in the same instant; a few rounds always settle it.

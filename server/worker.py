@@ -25,6 +25,7 @@ from server.generators.base import Generator
 from server.heartbeat import Heartbeat
 from server.limits import StreamGauge
 from server.notifier import Notifier
+from server.queue import Queue
 from server.reaper import Reaper
 from server.retention import Retention
 from server.runner import Runner
@@ -61,7 +62,10 @@ class Worker:
             flush_policy=policy,
             max_running_per_user=settings.max_running_per_user,
             history_messages=settings.history_messages,
+            on_running=settings.on_running,
+            on_queued=lambda project_id: self.queue.poke(project_id),
         )
+        self.queue = Queue(store, self.runner, poll_seconds=settings.queue_poll_seconds)
         self.generator = generator
         self.notifier = Notifier()
         self.reaper = Reaper(
@@ -74,8 +78,12 @@ class Worker:
         self.watchdog = SendWatchdog(settings.send_timeout_seconds)
         self.listener = Listener(
             settings.database_url,
-            {"orderly_events": self.notifier.on_events, "orderly_cancel": self._on_cancel},
-            on_connect=self.notifier.wake_all,
+            {
+                "orderly_events": self.notifier.on_events,
+                "orderly_cancel": self._on_cancel,
+                "orderly_queue": self.queue.on_notify,
+            },
+            on_connect=self._on_listening,
         )
         self.closing = asyncio.Event()
         self.streams = StreamGauge(settings.max_streams_per_worker)
@@ -93,6 +101,7 @@ class Worker:
         self._spawn(self.runner.flusher.run(), "flusher")
         self._spawn(self.heartbeat.run(), "heartbeat")
         self._spawn(self.reaper.run(), "reaper")
+        self._spawn(self.queue.run(), "queue")
         self._spawn(self.retention.run(), "retention")
         self._spawn(self.watchdog.run(), "send watchdog")
         self._spawn(self.listener.run(), "listener")
@@ -121,6 +130,11 @@ class Worker:
         """The bounds of a stream opened now."""
         deadline = asyncio.get_running_loop().time() + self.settings.max_stream_seconds
         return FollowLimits(self.closing, deadline, self.settings.ping_seconds)
+
+    def _on_listening(self) -> None:
+        """(Re)connected: notifications sent meanwhile are lost, so re-read everything."""
+        self.notifier.wake_all()
+        self.queue.wake_all()
 
     def _on_cancel(self, payload: str) -> None:
         with contextlib.suppress(ValueError):

@@ -55,27 +55,45 @@ WHERE id = $1 AND owner_id = $2;
 -- the ownership check is the UPDATE's WHERE (no row: not found), and a failed insert rolls the
 -- counter back with it, so sequences never have gaps. The user's running count goes up in the
 -- same statement; over the cap, orderly_refuse aborts it all (nothing reserved, nothing written).
+-- The on_running policy is applied here too, against the running answers as they are once the
+-- project row is locked (orderly_running_answers, sql/migrations/0007_queued_answers.sql): under
+-- reject, an earlier running answer aborts the statement; under enqueue, an answer behind running
+-- ones is *queued*: no lease_owner (no worker holds it; the reaper leaves it alone), queued_at
+-- set, and its log starts with a `queued` progress event (event 2) written with the rows, so that
+-- it exists before any worker can claim the answer. (A queued placeholder comes back with
+-- last_event_id 2.)
 -- $1 project, $2 owner, $3 content, $4 image_urls, $5 client_request_id, $6 the worker that
--- writes the answer (its heartbeat holds it), $7 the user's cap on running generations
+-- writes the answer (its heartbeat holds it), $7 the user's cap on running generations, $8 the
+-- on_running policy
 WITH p AS (
     UPDATE projects SET last_sequence = last_sequence + 2
     WHERE id = $1 AND owner_id = $2
-    RETURNING last_sequence
+    RETURNING last_sequence, gen_random_uuid() AS assistant_id,
+              cardinality(orderly_running_answers(id, last_sequence - 1, $8, $5)) AS ahead
 ), u AS (
     UPDATE users
     SET running_generations = running_generations + 1
     WHERE id = $2 AND EXISTS (SELECT 1 FROM p)
       AND CASE WHEN running_generations < $7 THEN true
                ELSE orderly_refuse('too_many_running_generations') END
+), queued AS (
+    INSERT INTO event_chunks (project_id, message_id, first_event_id, kinds, data)
+    SELECT $1::uuid, p.assistant_id, 2, 'p',
+           '{"stage":"queued","message":"Queued behind ' || p.ahead || ' earlier answer'
+           || CASE WHEN p.ahead = 1 THEN '' ELSE 's' END || '","percent":null}'
+    FROM p
+    WHERE p.ahead > 0
 )
-INSERT INTO messages AS m (project_id, sequence, role, content, status, image_urls,
-                           client_request_id, created_by, last_event_id, lease_owner)
-SELECT $1::uuid, p.last_sequence - 1, 'user', $3::text, 'success', $4::text[], $5::text,
-       $2::uuid, 0, NULL::uuid
+INSERT INTO messages AS m (project_id, id, sequence, role, content, status, image_urls,
+                           client_request_id, created_by, last_event_id, lease_owner, queued_at)
+SELECT $1::uuid, gen_random_uuid(), p.last_sequence - 1, 'user', $3::text, 'success',
+       $4::text[], $5::text, $2::uuid, 0, NULL::uuid, NULL::timestamptz
 FROM p
 UNION ALL
-SELECT $1::uuid, p.last_sequence, 'assistant', '', 'pending', '{}'::text[], $5::text, $2::uuid,
-       1, $6::uuid
+SELECT $1::uuid, p.assistant_id, p.last_sequence, 'assistant', '', 'pending', '{}'::text[],
+       $5::text, $2::uuid, CASE WHEN p.ahead > 0 THEN 2 ELSE 1 END,
+       CASE WHEN p.ahead > 0 THEN NULL ELSE $6::uuid END,
+       CASE WHEN p.ahead > 0 THEN now() END
 FROM p
 RETURNING m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
           m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
@@ -244,6 +262,12 @@ WITH batch AS (
         WHERE status IN ('success', 'error', 'cancelled') GROUP BY created_by
     ) AS f
     WHERE u.id = f.created_by AND u.id IN (SELECT id FROM finished_by)
+), queue_hint AS (
+    -- An answer that ended may have been the last before a queued answer's turn: NOTIFY the
+    -- projects that have one (server/queue.py).
+    SELECT orderly_queue_hint(array_agg(DISTINCT project_id))
+    FROM changed WHERE status IN ('success', 'error', 'cancelled')
+    HAVING count(*) > 0
 ), hint AS (
     -- One small NOTIFY per flush, ids only (payloads are capped at 8000 bytes: '*' = re-read all).
     SELECT pg_notify('orderly_events',
@@ -254,6 +278,7 @@ WITH batch AS (
 SELECT h.id, c.updated_at FROM held AS h
 LEFT JOIN changed AS c ON c.project_id = h.project_id AND c.id = h.id
 LEFT JOIN hint ON true
+LEFT JOIN queue_hint ON true
 UNION ALL
 SELECT a.id, a.updated_at FROM already AS a;
 
@@ -330,12 +355,99 @@ WITH target AS (
     UPDATE users AS u SET running_generations = greatest(0, u.running_generations - c.n)
     FROM (SELECT created_by, count(*) AS n FROM closed GROUP BY created_by) AS c
     WHERE u.id = c.created_by AND u.id IN (SELECT id FROM closed_for)
+), queue_hint AS (
+    -- An answer that ended may have been the last before a queued answer's turn.
+    SELECT orderly_queue_hint(array_agg(DISTINCT project_id)) FROM closed HAVING count(*) > 0
 )
 SELECT c.id, c.project_id, c.sequence, c.role, c.kind, c.content, c.status, c.image_urls,
        c.client_request_id, c.created_by, c.created_at, c.updated_at, c.error_code,
        c.error_message, c.last_event_id, c.prompt_tokens, c.completion_tokens, c.finish_reason,
        pg_notify('orderly_cancel', c.id::text), pg_notify('orderly_events', c.id::text)
-FROM closed AS c;
+FROM closed AS c
+LEFT JOIN queue_hint ON true;
+
+-- name: running_before
+-- The running answers of project $1 (queued ones included) below sequence $2: what an
+-- interrupting request cancels.
+SELECT project_id, id
+FROM messages
+WHERE project_id = $1 AND sequence < $2 AND status IN ('pending', 'streaming')
+ORDER BY sequence;
+
+-- name: claim_queued
+-- Claim the queued answers of these projects whose turn has come (every earlier answer of the
+-- project has ended) for worker $1, while its heartbeat lives. SKIP LOCKED: two workers never
+-- claim the same answer, and neither waits for the other. A claimed answer is leased like any
+-- running one (the reaper ends it if its worker dies). $2 project ids, $3 how many at most
+WITH turn AS (
+    SELECT q.project_id, q.id
+    FROM unnest($2::uuid[]) AS b (project_id)
+    JOIN messages AS q ON q.project_id = b.project_id
+    WHERE q.status = 'pending' AND q.lease_owner IS NULL
+      AND NOT EXISTS (
+          SELECT 1 FROM messages AS e
+          WHERE e.project_id = q.project_id AND e.sequence < q.sequence
+            AND e.status IN ('pending', 'streaming')
+      )
+      AND EXISTS (SELECT 1 FROM workers AS w WHERE w.id = $1 AND w.expires_at > now())
+    LIMIT $3
+    FOR UPDATE OF q SKIP LOCKED
+)
+UPDATE messages AS m SET lease_owner = $1
+FROM turn AS t
+WHERE m.project_id = t.project_id AND m.id = t.id
+  AND m.status = 'pending' AND m.lease_owner IS NULL
+RETURNING m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
+          m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
+          m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens,
+          m.finish_reason, extract(epoch FROM now() - m.queued_at)::float8 AS waited;
+
+-- name: claim_queued_anywhere
+-- The slow poll's claim_queued: the queued answers of every project whose turn has come. Spans
+-- projects by design (a periodic sweep). $1 the worker, $2 how many at most
+WITH turn AS (
+    SELECT q.project_id, q.id
+    FROM messages AS q
+    WHERE q.status = 'pending' AND q.lease_owner IS NULL
+      AND NOT EXISTS (
+          SELECT 1 FROM messages AS e
+          WHERE e.project_id = q.project_id AND e.sequence < q.sequence
+            AND e.status IN ('pending', 'streaming')
+      )
+      AND EXISTS (SELECT 1 FROM workers AS w WHERE w.id = $1 AND w.expires_at > now())
+    LIMIT $2
+    FOR UPDATE OF q SKIP LOCKED
+)
+UPDATE messages AS m SET lease_owner = $1
+FROM turn AS t
+WHERE m.project_id = t.project_id AND m.id = t.id
+  AND m.status = 'pending' AND m.lease_owner IS NULL
+RETURNING m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
+          m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
+          m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens,
+          m.finish_reason, extract(epoch FROM now() - m.queued_at)::float8 AS waited;
+
+-- name: claimed_by
+-- Queued answers that worker $1 claimed and that have not started writing: the worker compares
+-- them with what it runs, to start a claim whose reply it never got. Spans projects by design
+-- (the worker's own answers).
+SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
+       m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
+       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
+FROM messages AS m
+WHERE m.lease_owner = $1 AND m.status = 'pending' AND m.queued_at IS NOT NULL;
+
+-- name: release_claims
+-- A draining worker gives back queued answers it claimed and has not started: queued again, and
+-- their turn has come, so every worker is told. $1 the worker, $2 project ids, $3 message ids
+WITH released AS (
+    UPDATE messages AS m SET lease_owner = NULL
+    FROM unnest($2::uuid[], $3::uuid[]) AS b (project_id, id)
+    WHERE m.project_id = b.project_id AND m.id = b.id
+      AND m.lease_owner = $1 AND m.status = 'pending' AND m.queued_at IS NOT NULL
+    RETURNING m.project_id, m.id
+)
+SELECT id, pg_notify('orderly_queue', project_id::text) FROM released;
 
 -- name: running_among
 -- Which of these messages are still running. $1 project ids, $2 message ids

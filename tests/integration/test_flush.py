@@ -37,7 +37,7 @@ async def worker(store: Store) -> UUID:
 async def reserve(store: Store, worker: UUID) -> Pair:
     user_id = await store.create_token(f"user-{uuid4().hex[:8]}", uuid4().bytes)
     project = await store.create_project(user_id, "flushed")
-    pair = await store.reserve_pair(
+    reservation = await store.reserve_pair(
         project_id=project.id,
         owner_id=user_id,
         content="hello",
@@ -46,8 +46,8 @@ async def reserve(store: Store, worker: UUID) -> Pair:
         lease_owner=worker,
         running_cap=10,
     )
-    assert pair is not None
-    return pair
+    assert reservation is not None
+    return reservation.pair
 
 
 def item(

@@ -118,6 +118,8 @@ def test_every_statement_on_per_project_tables_filters_by_project_id() -> None:
         "list_projects": "a user's projects, by owner",
         "insert_project": "creates the project row itself",
         "prune_events": "the retention sweep over every project (a multi-shard statement)",
+        "claim_queued_anywhere": "the queue's slow poll over every project (a multi-shard one)",
+        "claimed_by": "a worker's own claims, by worker (a multi-shard statement)",
     }
     for name, sql in load_queries().items():
         text = re.sub(r"--[^\n]*", "", sql).lower()

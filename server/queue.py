@@ -1,0 +1,135 @@
+"""The queue: answers reserved under ``on_running = enqueue`` wait in the database for their turn.
+
+A queued answer is a ``pending`` row that no worker leases (``lease_owner`` is NULL), with its
+``queued`` progress event already stored (``reserve_pair``). It costs nothing while it waits, the
+reaper never touches it, and no process holds it: its turn comes when every earlier answer of its
+project has ended, and then any worker may claim it (``claim_queued``: ``FOR UPDATE SKIP
+LOCKED``, while the worker's heartbeat lives) and start it like an answer of its own.
+
+How a worker learns that a turn came: every statement that ends an answer (the flush, cancel,
+the reaper, via ``orderly_queue_hint``) sends ``NOTIFY orderly_queue`` with the projects that have
+queued answers; the reserving worker looks at once too; and every ``QUEUE_POLL_SECONDS`` each
+worker looks at every project, for whatever a lost notification or a race left behind. The chain
+therefore never stalls behind a dead answer: a dead worker's running answer is ended by the
+reaper, whose end is one of those statements.
+
+A claim whose reply was lost, or whose answer could not be loaded, is still this worker's: the
+poll finds it (``claimed_by``) and starts it. A draining worker claims nothing, and gives back
+what it claimed and did not start, so queued work stays queued for another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from uuid import UUID
+
+from server import metrics
+from server.errors import ServiceUnavailable
+from server.models import Message
+from server.notifier import ALL
+from server.runner import Runner
+from server.store import Store
+
+logger = logging.getLogger(__name__)
+CLAIM_BATCH = 50
+# Chunks read of a claimed answer's log: it holds one (its `queued` event).
+STORED_CHUNKS = 16
+
+
+class Queue:
+    def __init__(self, store: Store, runner: Runner, *, poll_seconds: float) -> None:
+        self.store = store
+        self.runner = runner
+        self.poll_seconds = poll_seconds
+        self._projects: set[UUID] = set()  # projects to look at in the next round
+        self._everywhere = True  # the next round looks at every project (and at our claims)
+        self._wakeup = asyncio.Event()
+
+    def poke(self, project_id: UUID) -> None:
+        """A queued answer of this project may be startable now."""
+        self._projects.add(project_id)
+        self._wakeup.set()
+
+    def on_notify(self, payload: str) -> None:
+        """A NOTIFY orderly_queue payload: comma-separated project ids, or ``*``."""
+        if payload == ALL:
+            self.wake_all()
+            return
+        for raw in payload.split(","):
+            with contextlib.suppress(ValueError):
+                self.poke(UUID(raw))
+
+    def wake_all(self) -> None:
+        """Look everywhere now (notifications may have been missed)."""
+        self._everywhere = True
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        backoff = 0.1
+        self._wakeup.set()  # a worker that starts looks at once (answers may wait already)
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.poll_seconds)
+            if not self._wakeup.is_set():
+                self._everywhere = True  # the slow poll
+            self._wakeup.clear()
+            try:
+                await self.round()
+                backoff = 0.1
+            except Exception as exc:
+                if isinstance(exc, ServiceUnavailable):
+                    logger.warning("queue: %s; looking again in %.1fs", exc.detail, backoff)
+                else:
+                    logger.exception("queue: a round failed; looking again in %.1fs", backoff)
+                self.wake_all()  # whatever was asked, look at everything next time
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def round(self) -> int:
+        """Start the queued answers whose turn came (of the projects asked about, or anywhere);
+        how many were started."""
+        projects, self._projects = self._projects, set()
+        everywhere, self._everywhere = self._everywhere, False
+        if self.runner.draining:
+            return 0
+        worker = self.runner.worker()
+        started = 0
+        if everywhere:
+            started += await self._resume_claims(worker)
+        while everywhere or projects:
+            claims = await self.store.claim_queued(
+                worker, None if everywhere else sorted(projects), CLAIM_BATCH
+            )
+            for claim in claims:
+                metrics.QUEUE_WAIT_SECONDS.observe(claim.waited)
+                started += await self._start(worker, claim.assistant.message)
+            if len(claims) < CLAIM_BATCH:
+                break
+        return started
+
+    async def _resume_claims(self, worker: UUID) -> int:
+        """Start what this worker claimed and is not running: a claim whose reply was lost, or
+        whose answer could not be loaded then."""
+        running = {*self.runner.flusher.logs, *self.runner.tasks}
+        started = 0
+        for stored in await self.store.claimed_by(worker):
+            if stored.message.id not in running:
+                logger.warning("queue: starting answer %s, claimed earlier", stored.message.id)
+                started += await self._start(worker, stored.message)
+        return started
+
+    async def _start(self, worker: UUID, assistant: Message) -> int:
+        if self.runner.draining:  # queued again, for another worker
+            await self.store.release_claims(worker, [assistant])
+            return 0
+        pair = await self.store.pair_of(assistant)
+        if pair is None or pair.assistant.message.is_terminal:  # cancelled meanwhile
+            return 0
+        stored, _more = await self.store.events_after(
+            assistant.project_id, assistant.id, 1, STORED_CHUNKS
+        )
+        self.runner.start_claimed(pair, stored)
+        metrics.QUEUE_CLAIMS.inc()
+        return 1
