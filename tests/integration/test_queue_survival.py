@@ -1,0 +1,212 @@
+"""on_running across real server processes (``python -m server``) on one database: mixed
+policies at once on one project, and the queue going on when the worker running its head is
+killed. The invariants of API.md hold under every policy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from server.generators.demo import demo_answer
+from tests.integration import test_survival
+from tests.integration.test_survival import (
+    Spawn,
+    Stream,
+    assert_complete_log,
+    db_rows,
+    deltas,
+    events_url,
+    gen_url,
+    message_url,
+    replay,
+    running_messages,
+    start_all,
+    wire,
+)
+from tests.support import create_project, create_user
+
+pytestmark = pytest.mark.slow
+spawn = test_survival.spawn  # the fixture: server processes, always killed
+
+# The end of each assistant message, and when its first delta was written (database clock).
+TIMELINE = """
+SELECT m.sequence, m.status, m.content, m.error_code, m.updated_at AS ended, m.queued_at,
+       (SELECT min(c.created_at) FROM event_chunks AS c
+        WHERE c.project_id = m.project_id AND c.message_id = m.id AND c.kinds LIKE '%d%')
+           AS first_delta
+FROM messages AS m
+WHERE m.project_id = $1 AND m.role = 'assistant'
+ORDER BY m.sequence
+"""
+
+
+async def json_start(
+    client: httpx.AsyncClient, project: str, message: str, on_running: str
+) -> dict[str, Any]:
+    response = await client.post(
+        gen_url(project),
+        json={"message": message, "on_running": on_running},
+        headers={"Accept": "application/json"},
+    )
+    assert response.status_code == 202, response.text
+    accepted: dict[str, Any] = response.json()
+    return accepted
+
+
+async def test_mixed_policies_on_one_project_across_two_processes(
+    database_url: str, spawn: Spawn
+) -> None:
+    token = await create_user(database_url, "alice")
+    settings = {"demo_deltas": 6, "demo_delta_ms": 40, "max_running_per_user": 1000}
+    a, b = spawn("A", database_url, **settings), spawn("B", database_url, **settings)
+    await start_all(a, b)
+    cycle = ["enqueue", "concurrent", "enqueue", "reject", "enqueue"] * 2
+    cycle[7] = "interrupt"
+    policies = [cycle[n % len(cycle)] for n in range(40)]
+    async with a.client(token) as on_a, b.client(token) as on_b:
+        project = await create_project(on_a)
+
+        async def one(n: int) -> tuple[str, str, Stream]:
+            await asyncio.sleep((n * 0.037) % 0.6)  # overlapping, in no particular order
+            client = (on_a, on_b)[n % 2]
+            body = {"message": f"message {n}", "on_running": policies[n]}
+            stream = Stream(client, "POST", gen_url(project), json=body)
+            await stream.finish(60)
+            return f"message {n}", policies[n], stream
+
+        results = await asyncio.gather(*(one(n) for n in range(len(policies))))
+
+        async def idle() -> bool:
+            return await running_messages(database_url) == []
+
+        for _ in range(100):
+            if await idle():
+                break
+            await asyncio.sleep(0.1)
+        assert await idle(), "answers still running"
+
+        by_sequence: dict[int, tuple[str, str, list[Any]]] = {}
+        refused: list[dict[str, Any]] = []
+        for prompt, policy, stream in results:
+            if stream.status == 409:
+                assert policy == "reject"
+                assert stream.headers is not None
+                assert stream.headers["content-type"] == "application/problem+json"
+                refused.append(json.loads(stream.rest))
+                continue
+            assert stream.status == 200, (prompt, policy, stream.status)
+            events = stream.events
+            terminal = assert_complete_log(events)
+            content = terminal.data["message"]["content"]
+            assert content == "".join(deltas(events)), prompt
+            assert demo_answer(prompt).startswith(content)
+            if terminal.event == "done":
+                assert content == demo_answer(prompt)
+            else:
+                assert terminal.event == "cancelled", (prompt, wire(events[-2:]))
+            queued = [e for e in events if e.event == "progress" and e.data["stage"] == "queued"]
+            assert len(queued) <= 1 and (not queued or queued[0].id == 2), prompt
+            assert not queued or policy == "enqueue"
+            sequence = events[0].data["assistant_message"]["sequence"]
+            by_sequence[sequence] = (prompt, policy, events)
+            # Every stream replays the same from the table, on either process.
+            url = events_url(project, terminal.data["message"]["id"])
+            for client in (on_a, on_b):
+                _, replayed = await replay(client, url)
+                assert wire(replayed) == wire(events), prompt
+
+    # Invariants 1 and 2: 1..2n without gaps, pairs (2k-1, 2k); the refused wrote nothing.
+    rows = await db_rows(
+        database_url,
+        "SELECT id, sequence, role, status, content FROM messages WHERE project_id = $1 "
+        "ORDER BY sequence",
+        uuid.UUID(project),
+    )
+    assert [r["sequence"] for r in rows] == list(range(1, 2 * len(by_sequence) + 1))
+    assert sorted(by_sequence) == list(range(2, 2 * len(by_sequence) + 1, 2))
+    assert [r["role"] for r in rows] == ["user", "assistant"] * len(by_sequence)
+    # A refusal names a running answer of the project (it has ended since).
+    sequence_of = {str(r["id"]): r["sequence"] for r in rows if r["role"] == "assistant"}
+    for problem in refused:
+        assert problem["code"] == "answer_running"
+        assert sequence_of[problem["running_message_id"]] == problem["running_sequence"]
+
+    timeline = await db_rows(database_url, TIMELINE, uuid.UUID(project))
+    ends = {r["sequence"]: r["ended"] for r in timeline}
+    waited = 0
+    for row in timeline:
+        prompt, policy, events = by_sequence[row["sequence"]]
+        assert row["status"] in ("success", "cancelled"), (prompt, row["status"])
+        assert row["content"] == events[-1].data["message"]["content"]
+        earlier = [ends[s] for s in ends if s < row["sequence"]]
+        if policy == "enqueue" and row["first_delta"] is not None and earlier:
+            # An enqueued answer starts only after every earlier answer has ended.
+            assert row["first_delta"] > max(earlier), f"{prompt} started before an earlier end"
+            waited += row["queued_at"] is not None
+        if policy == "interrupt":
+            # Nothing before an interrupting answer outlived it.
+            assert all(end <= row["ended"] for end in earlier), prompt
+    # The run met every case: refusals, queued answers, answers cancelled by an interrupt.
+    statuses = [row["status"] for row in timeline]
+    queued_ones = [row for row in timeline if row["queued_at"] is not None]
+    cut = statuses.count("cancelled")
+    print(f"{len(refused)} refused, {len(queued_ones)} queued ({waited} ran), {cut} cut")
+    assert refused and waited >= 3 and cut
+
+
+async def test_kill_9_of_the_head_the_queue_goes_on_on_the_survivor(
+    database_url: str, spawn: Spawn
+) -> None:
+    token = await create_user(database_url, "alice")
+    lease = 1.5
+    # A writes a long head; B's answers are short.
+    a = spawn("A", database_url, demo_deltas=100, demo_delta_ms=100, lease_seconds=lease)
+    b = spawn("B", database_url, demo_deltas=5, demo_delta_ms=40, lease_seconds=lease)
+    await start_all(a, b)
+    async with a.client(token) as on_a, b.client(token) as on_b:
+        project = await create_project(on_a)
+        head = (await json_start(on_a, project, "The head", "enqueue"))["assistant_message"]
+        listeners = {"head": Stream(on_b, "GET", events_url(project, head["id"]))}
+        await listeners["head"].wait_until(lambda ev: len(deltas(ev)) >= 2, 10)
+        # Queued behind it: one reserved through A (its worker dies too), one through B.
+        queued = {
+            "first": await json_start(on_a, project, "First in the queue", "enqueue"),
+            "second": await json_start(on_b, project, "Second in the queue", "enqueue"),
+        }
+        for name, pair in queued.items():
+            message = pair["assistant_message"]["id"]
+            listeners[name] = Stream(on_b, "GET", events_url(project, message))
+            await listeners[name].wait_until(lambda ev: len(ev) == 2, 10)
+
+        a.kill()
+        events = await listeners["head"].finish(lease + 6)
+        terminal = assert_complete_log(events)
+        assert terminal.event == "error" and terminal.data["error"]["code"] == "interrupted"
+        assert terminal.data["message"]["content"] == "".join(deltas(events))
+        for name, prompt, ahead in (
+            ("first", "First in the queue", 1),
+            ("second", "Second in the queue", 2),
+        ):
+            events = await listeners[name].finish(15)
+            terminal = assert_complete_log(events)
+            assert [e.event for e in events[:2]] == ["start", "progress"]
+            assert events[1].data["message"] == (
+                f"Queued behind {ahead} earlier answer{'s' if ahead > 1 else ''}"
+            )
+            assert terminal.event == "done", (name, wire(events[-2:]))
+            assert terminal.data["message"]["content"] == demo_answer(prompt)
+            assert "".join(deltas(events)) == demo_answer(prompt)
+            found = await on_b.get(message_url(project, queued[name]["assistant_message"]["id"]))
+            assert found.json()["status"] == "success"
+    timeline = await db_rows(database_url, TIMELINE, uuid.UUID(project))
+    assert [r["status"] for r in timeline] == ["error", "success", "success"]
+    assert timeline[0]["error_code"] == "interrupted"
+    assert timeline[1]["first_delta"] > timeline[0]["ended"]
+    assert timeline[2]["first_delta"] > timeline[1]["ended"]
+    assert await running_messages(database_url) == []
+    assert b.running
