@@ -74,8 +74,15 @@ class GenerateRequest(Input):
     message: Annotated[StorableText, StringConstraints(min_length=1), AfterValidator(_not_blank)]
     client_request_id: RequestId | None = None
     image_urls: Annotated[list[ImageUrl], Field(max_length=8)] = []
-    # None: the server's default (ON_RUNNING).
-    on_running: OnRunning | None = None
+    on_running: Annotated[
+        OnRunning | None,
+        Field(
+            description="What to do when an answer of the project is running: start at once "
+            "(concurrent), 409 answer_running (reject), wait for every earlier answer to end "
+            "(enqueue), or cancel the running answers (interrupt). Default: the server's "
+            "ON_RUNNING (concurrent unless configured)."
+        ),
+    ] = None
 
     # The problem code of a request whose only invalid field is one of these.
     error_codes: ClassVar[dict[str, str]] = {"on_running": "invalid_on_running"}

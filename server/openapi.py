@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from server.models import (
+    ON_RUNNING_POLICIES,
     Accepted,
     CreateProject,
     GenerateRequest,
@@ -30,6 +31,12 @@ PROBLEM = {
         "detail": {"type": "string"},
         "code": {"type": "string", "description": "stable snake_case error code"},
         "errors": {"type": "array", "items": {"type": "object"}},
+        "running_message_id": {
+            "type": "string",
+            "format": "uuid",
+            "description": "answer_running: the newest running assistant message of the project",
+        },
+        "running_sequence": {"type": "integer", "description": "answer_running: its sequence"},
     },
 }
 SSE_DESCRIPTION = (
@@ -41,7 +48,8 @@ _ERROR_STATUSES = {
     "400": "Malformed request",
     "401": "Not authenticated",
     "404": "Not found (or not yours)",
-    "409": "Conflict",
+    "409": "Conflict: `answer_running` (on_running reject, an answer of the project runs), "
+    "`idempotency_key_reused`, `already_finished`",
     "413": "Body too large",
     "415": "Wrong content type",
     "422": "Invalid values",
@@ -170,6 +178,7 @@ def _operations() -> dict[str, dict[str, Any]]:
                         {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
                         True,
                     ),
+                    _query("onRunning", {"type": "string", "enum": list(ON_RUNNING_POLICIES)}),
                     *_LAST_EVENT_ID,
                 ],
                 "responses": {**_SSE, **_errors("400", "404", "409", "422", *_AUTH)},
