@@ -20,6 +20,10 @@ export class ApiError extends Error {
  */
 export const network = new EventTarget();
 
+// An answer sent while another of the project is still being written (from another tab, say)
+// waits for it, so that it is written with that answer in its context, in the order typed.
+const ON_RUNNING = 'enqueue';
+
 const segment = encodeURIComponent;
 const projectPath = (projectId) => `/api/projects/${segment(projectId)}`;
 const messagePath = (projectId, messageId) =>
@@ -99,13 +103,19 @@ export const api = {
     send('POST', `${projectPath(projectId)}/generations`, {
       message,
       client_request_id: clientRequestId,
+      on_running: ON_RUNNING,
     }),
 };
 
 /** URLs for EventSource, which can only GET and cannot set headers. */
 export const streamUrls = {
   generate(projectId, message, clientRequestId) {
-    const query = new URLSearchParams({ projectId, message, clientRequestId });
+    const query = new URLSearchParams({
+      projectId,
+      message,
+      clientRequestId,
+      onRunning: ON_RUNNING,
+    });
     return `/api/generate-stream?${query}`;
   },
   events(projectId, messageId, lastEventId = 0) {

@@ -96,7 +96,8 @@ export class MessageList {
   showProgress(messageId, { stage, message, percent }) {
     const item = this.#items.get(messageId);
     if (!item) return;
-    this.#markStreaming(item);
+    // A queued answer stays pending until it starts (the server says so with its next event).
+    if (stage !== 'queued') this.#markStreaming(item);
     item.querySelector('.progress-stage').textContent = stage ?? '';
     item.querySelector('.progress-message').textContent = message ?? '';
     const bar = item.querySelector('progress');
