@@ -262,11 +262,16 @@ WITH batch AS (
         WHERE status IN ('success', 'error', 'cancelled') GROUP BY created_by
     ) AS f
     WHERE u.id = f.created_by AND u.id IN (SELECT id FROM finished_by)
+    RETURNING u.id
 ), queue_hint AS (
     -- An answer that ended may have been the last before a queued answer's turn: NOTIFY the
-    -- projects that have one (server/queue.py).
+    -- projects that have one (server/queue.py). Looked at once the users' rows are locked
+    -- (released): an answer queued behind one of these by a reservation (which locks its user's
+    -- row too) is then either committed and seen, or committed after this statement, and then
+    -- its own worker finds that the turn came.
     SELECT orderly_queue_hint(array_agg(DISTINCT project_id))
-    FROM changed WHERE status IN ('success', 'error', 'cancelled')
+    FROM changed
+    WHERE status IN ('success', 'error', 'cancelled') AND (SELECT count(*) FROM released) >= 0
     HAVING count(*) > 0
 ), hint AS (
     -- One small NOTIFY per flush, ids only (payloads are capped at 8000 bytes: '*' = re-read all).
@@ -355,9 +360,14 @@ WITH target AS (
     UPDATE users AS u SET running_generations = greatest(0, u.running_generations - c.n)
     FROM (SELECT created_by, count(*) AS n FROM closed GROUP BY created_by) AS c
     WHERE u.id = c.created_by AND u.id IN (SELECT id FROM closed_for)
+    RETURNING u.id
 ), queue_hint AS (
-    -- An answer that ended may have been the last before a queued answer's turn.
-    SELECT orderly_queue_hint(array_agg(DISTINCT project_id)) FROM closed HAVING count(*) > 0
+    -- An answer that ended may have been the last before a queued answer's turn (see the
+    -- flush: looked at once the users' rows are locked).
+    SELECT orderly_queue_hint(array_agg(DISTINCT project_id))
+    FROM closed
+    WHERE (SELECT count(*) FROM released) >= 0
+    HAVING count(*) > 0
 )
 SELECT c.id, c.project_id, c.sequence, c.role, c.kind, c.content, c.status, c.image_urls,
        c.client_request_id, c.created_by, c.created_at, c.updated_at, c.error_code,

@@ -57,8 +57,8 @@ $$;
 -- Called by the statements that end answers (the flush, close_messages): NOTIFY orderly_queue
 -- with those of `projects` that have a queued answer, whose turn may have come (server/queue.py).
 -- Comma-separated project ids, or '*' (look at every project) past what a payload can hold.
--- VOLATILE: a snapshot of its own, taken after the ending statement's, so that it also sees an
--- answer queued while that statement ran (the slow poll covers what is queued after this).
+-- VOLATILE: a snapshot of its own, taken when it is called (after the ending statement has
+-- locked its users' rows), not when the ending statement began.
 CREATE FUNCTION orderly_queue_hint(projects uuid[]) RETURNS void
 LANGUAGE sql VOLATILE AS $$
     SELECT pg_notify('orderly_queue',
