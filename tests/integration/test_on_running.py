@@ -19,6 +19,7 @@ import asyncpg
 import httpx
 import pytest
 
+from server.config import Settings
 from server.errors import AnswerRunning
 from server.generators.base import Delta, GenerationContext, Item
 from server.store import Store
@@ -60,6 +61,12 @@ class Scripted:
             await self.gates[prompt].wait()
         yield Delta("to ")
         yield Delta(prompt)
+
+
+def without_poll(database_url: str, **overrides: Any) -> Settings:
+    """Settings whose slow poll never comes within a test: a queued answer starts only when a
+    NOTIFY (or the reserving worker itself) says that its turn came."""
+    return settings_for(database_url, queue_poll_seconds=600, **overrides)
 
 
 def answer(prompt: str) -> str:
@@ -129,7 +136,7 @@ def queued_progress(events: list[Any]) -> list[Any]:
 
 async def test_on_running_is_validated_in_the_body_and_the_query(database_url: str) -> None:
     token = await create_user(database_url, "alice")
-    async with running_server(settings_for(database_url)) as srv, srv.client(token) as client:
+    async with running_server(without_poll(database_url)) as srv, srv.client(token) as client:
         project = await create_project(client)
         for bad in ("queue", "REJECT", "", 3, None, ["enqueue"]):
             response = await client.post(
@@ -154,7 +161,7 @@ async def test_on_running_is_validated_in_the_body_and_the_query(database_url: s
 async def test_the_default_policy_is_the_on_running_setting(database_url: str) -> None:
     token = await create_user(database_url, "alice")
     script = Scripted()
-    settings = settings_for(database_url, on_running="reject")
+    settings = without_poll(database_url, on_running="reject")
     async with running_server(settings, generator=script) as srv, srv.client(token) as client:
         project = await create_project(client)
         await start(client, project, "hold on")
@@ -175,7 +182,7 @@ async def test_reject_is_a_409_naming_the_running_answer_and_writes_nothing(
     token = await create_user(database_url, "alice")
     script = Scripted()
     async with (
-        running_server(settings_for(database_url), generator=script) as srv,
+        running_server(without_poll(database_url), generator=script) as srv,
         srv.client(token) as client,
     ):
         project = await create_project(client)
@@ -227,7 +234,7 @@ async def test_reject_sees_a_reservation_that_committed_while_it_waited_for_the_
     lock when the rejecting one starts, and commits while it waits, is seen and refuses it
     (the statement's own snapshot, taken before the wait, would not see it)."""
     token = await create_user(database_url, "alice")
-    async with running_server(settings_for(database_url)) as srv, srv.client(token) as client:
+    async with running_server(without_poll(database_url)) as srv, srv.client(token) as client:
         project = uuid.UUID(await create_project(client))
         [owner] = await db(database_url, "SELECT owner_id FROM projects WHERE id = $1", project)
         [worker] = await db(database_url, "SELECT id FROM workers LIMIT 1")
@@ -255,7 +262,7 @@ async def test_interrupt_cancels_the_running_and_queued_answers_keeping_their_te
     token = await create_user(database_url, "alice")
     script = Scripted()
     async with (
-        running_server(settings_for(database_url), generator=script) as srv,
+        running_server(without_poll(database_url), generator=script) as srv,
         srv.client(token) as client,
     ):
         project = await create_project(client)
@@ -289,7 +296,7 @@ async def test_interrupt_cancels_the_running_and_queued_answers_keeping_their_te
 async def test_interrupt_with_nothing_running_just_starts(database_url: str) -> None:
     token = await create_user(database_url, "alice")
     async with (
-        running_server(settings_for(database_url), generator=Scripted()) as srv,
+        running_server(without_poll(database_url), generator=Scripted()) as srv,
         srv.client(token) as client,
     ):
         project = await create_project(client)
@@ -310,7 +317,7 @@ async def test_a_repeat_resumes_its_own_answer_under_every_policy(database_url: 
     token = await create_user(database_url, "alice")
     script = Scripted()
     async with (
-        running_server(settings_for(database_url), generator=script) as srv,
+        running_server(without_poll(database_url), generator=script) as srv,
         srv.client(token) as client,
     ):
         for policy in ("concurrent", "reject", "enqueue", "interrupt"):
@@ -364,7 +371,7 @@ async def test_enqueue_waits_for_every_earlier_answer_and_sees_them_in_its_conte
     token = await create_user(database_url, "alice")
     script = Scripted()
     async with (
-        running_server(settings_for(database_url), generator=script) as srv,
+        running_server(without_poll(database_url), generator=script) as srv,
         srv.client(token) as client,
     ):
         project = await create_project(client)
@@ -439,7 +446,7 @@ async def test_enqueue_with_nothing_running_starts_at_once(database_url: str) ->
     token = await create_user(database_url, "alice")
     script = Scripted()
     async with (
-        running_server(settings_for(database_url), generator=script) as srv,
+        running_server(without_poll(database_url), generator=script) as srv,
         srv.client(token) as client,
     ):
         project = await create_project(client)
@@ -462,7 +469,7 @@ async def test_cancelling_a_queued_answer_ends_it_and_the_chain_goes_on(
     token = await create_user(database_url, "alice")
     script = Scripted()
     async with (
-        running_server(settings_for(database_url), generator=script) as srv,
+        running_server(without_poll(database_url), generator=script) as srv,
         srv.client(token) as client,
     ):
         project = await create_project(client)
@@ -503,7 +510,7 @@ async def test_cancelling_a_queued_answer_ends_it_and_the_chain_goes_on(
 async def test_queued_answers_count_toward_the_running_cap(database_url: str) -> None:
     token = await create_user(database_url, "alice")
     script = Scripted()
-    settings = settings_for(database_url, max_running_per_user=3)
+    settings = without_poll(database_url, max_running_per_user=3)
     async with running_server(settings, generator=script) as srv, srv.client(token) as client:
         project = await create_project(client)
         await start(client, project, "hold head")
@@ -595,9 +602,9 @@ async def test_draining_leaves_queued_answers_queued_for_another_worker(
 ) -> None:
     token = await create_user(database_url, "alice")
     script = Scripted()
-    draining = settings_for(database_url, shutdown_grace_seconds=0.5)
+    draining = without_poll(database_url, shutdown_grace_seconds=0.5)
     async with (
-        running_server(settings_for(database_url), generator=script) as other,
+        running_server(without_poll(database_url), generator=script) as other,
         other.client(token) as on_other,
     ):
         async with running_server(draining, generator=script) as srv, srv.client(token) as client:
@@ -625,7 +632,7 @@ async def test_concurrent_enqueue_on_two_instances_keeps_order_and_context(
 ) -> None:
     token = await create_user(database_url, "alice")
     script = Scripted()
-    settings = settings_for(database_url, history_messages=1000)
+    settings = without_poll(database_url, history_messages=1000)
     async with (
         running_server(settings, generator=script) as one,
         running_server(settings, generator=script) as two,

@@ -62,7 +62,12 @@ async def test_mixed_policies_on_one_project_across_two_processes(
     database_url: str, spawn: Spawn
 ) -> None:
     token = await create_user(database_url, "alice")
-    settings = {"demo_deltas": 6, "demo_delta_ms": 40, "max_running_per_user": 1000}
+    settings = {
+        "demo_deltas": 6,
+        "demo_delta_ms": 40,
+        "max_running_per_user": 1000,
+        "queue_poll_seconds": 600,  # turns are announced by NOTIFY alone
+    }
     a, b = spawn("A", database_url, **settings), spawn("B", database_url, **settings)
     await start_all(a, b)
     cycle = ["enqueue", "concurrent", "enqueue", "reject", "enqueue"] * 2
@@ -165,8 +170,16 @@ async def test_kill_9_of_the_head_the_queue_goes_on_on_the_survivor(
     token = await create_user(database_url, "alice")
     lease = 1.5
     # A writes a long head; B's answers are short.
+    # No slow poll within the test: the next answer's turn is announced by the reaper's end.
     a = spawn("A", database_url, demo_deltas=100, demo_delta_ms=100, lease_seconds=lease)
-    b = spawn("B", database_url, demo_deltas=5, demo_delta_ms=40, lease_seconds=lease)
+    b = spawn(
+        "B",
+        database_url,
+        demo_deltas=5,
+        demo_delta_ms=40,
+        lease_seconds=lease,
+        queue_poll_seconds=600,
+    )
     await start_all(a, b)
     async with a.client(token) as on_a, b.client(token) as on_b:
         project = await create_project(on_a)
