@@ -536,6 +536,42 @@ async def test_queued_answers_count_toward_the_running_cap(database_url: str) ->
 # How a turn is noticed: NOTIFY, the slow poll, and a claim whose reply was lost
 
 
+async def test_an_answer_queued_as_the_one_ahead_ends_is_announced_by_that_end(
+    database_url: str,
+) -> None:
+    """The reservation that queues an answer and the flush that ends the answer ahead of it
+    overlap: the reservation (its transaction held open here) has read the head as running, and
+    the flush ends the head before the reservation commits. The flush's NOTIFY must still name
+    the project: it looks for queued answers only once it holds the user's row, which the
+    reservation holds until it commits. (Reserved outside any worker, so that no worker looks
+    by itself; and no slow poll.)"""
+    token = await create_user(database_url, "alice")
+    script = Scripted()
+    async with (
+        running_server(without_poll(database_url), generator=script) as srv,
+        srv.client(token) as client,
+    ):
+        project = await create_project(client)
+        head = await start(client, project, "hold head")
+        await wait_status(client, project, head["assistant_message"]["id"], "streaming")
+        [owner] = await db(
+            database_url, "SELECT owner_id FROM projects WHERE id = $1", uuid.UUID(project)
+        )
+        args = [uuid.UUID(project), owner["owner_id"], "queued", [], None, uuid.uuid4(), 100]
+        async with (
+            Store.single(database_url) as store,
+            store.db.session() as session,
+            session.transaction(),
+        ):
+            rows = await session.fetch("reserve_pair", *args, "enqueue")
+            [queued] = [r for r in rows if r["role"] == "assistant"]
+            assert queued["last_event_id"] == 2, "queued behind the running head"
+            script.release("hold head")  # its flush now waits for the user's row
+            await asyncio.sleep(0.5)
+        await wait_status(client, project, head["assistant_message"]["id"], "success")
+        await wait_status(client, project, str(queued["id"]), "success", 5)
+
+
 async def test_a_turn_that_came_without_a_notify_is_found_by_the_slow_poll(
     database_url: str,
 ) -> None:
