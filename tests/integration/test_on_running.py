@@ -572,6 +572,53 @@ async def test_an_answer_queued_as_the_one_ahead_ends_is_announced_by_that_end(
         await wait_status(client, project, str(queued["id"]), "success", 5)
 
 
+async def test_an_answer_queued_as_the_one_ahead_ends_is_started_by_its_own_worker(
+    database_url: str,
+) -> None:
+    """The other order: the end of the head (a cancel, its transaction held open here) has
+    looked for queued answers and holds the user's row when the request reserves; the
+    reservation reads the head as running, queues, and commits only after the end. No end will
+    announce it: the worker that queued it looks by itself. (No slow poll.)"""
+    token = await create_user(database_url, "alice")
+    script = Scripted()
+    async with (
+        running_server(without_poll(database_url), generator=script) as srv,
+        srv.client(token) as client,
+    ):
+        project = await create_project(client)
+        head = await start(client, project, "hold head")
+        head_id = uuid.UUID(head["assistant_message"]["id"])
+        await wait_status(client, project, str(head_id), "streaming")
+        [owner] = await db(
+            database_url, "SELECT owner_id FROM projects WHERE id = $1", uuid.UUID(project)
+        )
+        async with (
+            Store.single(database_url) as store,
+            store.db.session() as session,
+            session.transaction(),
+        ):
+            ended = await session.fetch(
+                "close_messages",
+                [uuid.UUID(project)],
+                [head_id],
+                "cancelled",
+                None,
+                None,
+                owner["owner_id"],
+            )
+            assert len(ended) == 1
+            request = asyncio.create_task(start(client, project, "queued", on_running="enqueue"))
+            await asyncio.sleep(0.5)
+            assert not request.done(), "the reservation waits for the user's row"
+        queued = (await request)["assistant_message"]
+        [row] = await db(
+            database_url, "SELECT queued_at FROM messages WHERE id = $1", uuid.UUID(queued["id"])
+        )
+        assert row["queued_at"] is not None, "it was queued behind the head"
+        await wait_status(client, project, queued["id"], "success", 5)
+        script.release("hold head")
+
+
 async def test_a_turn_that_came_without_a_notify_is_found_by_the_slow_poll(
     database_url: str,
 ) -> None:
