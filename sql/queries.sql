@@ -69,7 +69,7 @@ WITH p AS (
     UPDATE projects SET last_sequence = last_sequence + 2
     WHERE id = $1 AND owner_id = $2
     RETURNING last_sequence, gen_random_uuid() AS assistant_id,
-              cardinality(orderly_running_answers(id, last_sequence - 1, $8, $5)) AS ahead
+              cardinality(orderly_running_answers(id, last_sequence - 1, $8::text, $5::text)) AS ahead
 ), u AS (
     UPDATE users
     SET running_generations = running_generations + 1
@@ -78,9 +78,11 @@ WITH p AS (
                ELSE orderly_refuse('too_many_running_generations') END
 ), queued AS (
     INSERT INTO event_chunks (project_id, message_id, first_event_id, kinds, data)
+    -- (The compact JSON of events.progress_data; no colon before a letter, which pgbench
+    -- would read as a variable: bench/pgbench.py runs this statement.)
     SELECT $1::uuid, p.assistant_id, 2, 'p',
            '{"stage":"queued","message":"Queued behind ' || p.ahead || ' earlier answer'
-           || CASE WHEN p.ahead = 1 THEN '' ELSE 's' END || '","percent":null}'
+           || CASE WHEN p.ahead = 1 THEN '' ELSE 's' END || '","percent":' || 'null}'
     FROM p
     WHERE p.ahead > 0
 )
