@@ -14,8 +14,9 @@ therefore never stalls behind a dead answer: a dead worker's running answer is e
 reaper, whose end is one of those statements.
 
 A claim whose reply was lost, or whose answer could not be loaded, is still this worker's: the
-poll finds it (``claimed_by``) and starts it. A draining worker claims nothing, and gives back
-what it claimed and did not start, so queued work stays queued for another worker.
+poll finds it (``leased_to``) and starts it; so does a reservation whose reply was lost (the
+pair was written, leased to this worker, and nothing runs it). A draining worker claims nothing,
+and gives back what it claimed and did not start, so queued work stays queued for another worker.
 """
 
 from __future__ import annotations
@@ -110,13 +111,16 @@ class Queue:
         return started
 
     async def _resume_claims(self, worker: UUID) -> int:
-        """Start what this worker claimed and is not running: a claim whose reply was lost, or
-        whose answer could not be loaded then."""
+        """Start what is leased to this worker and not running: a claim or a reservation whose
+        reply was lost, or an answer that could not be loaded then. (``Runner`` starts an answer
+        once: a reservation whose reply arrives meanwhile finds it running.)"""
         running = {*self.runner.flusher.logs, *self.runner.tasks}
         started = 0
-        for stored in await self.store.claimed_by(worker):
+        for stored in await self.store.leased_to(worker):
             if stored.message.id not in running:
-                logger.warning("queue: starting answer %s, claimed earlier", stored.message.id)
+                logger.warning(
+                    "starting answer %s, leased to this worker earlier", stored.message.id
+                )
                 started += await self._start(worker, stored.message)
         return started
 

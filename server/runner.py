@@ -133,6 +133,10 @@ class Runner:
         return self.flusher.logs.get(message_id)
 
     def _start(self, pair: Pair, stored: list[Event] | None = None) -> None:
+        """Start ``pair``'s generation, once: the queue's sweep and a late reply of the same
+        reservation may both ask (both run in this event loop, so the check is atomic)."""
+        if pair.assistant.message.id in self.flusher.logs:
+            return
         log = MessageLog(pair, stored or ())
         self.flusher.register(log)
         user = pair.user.message

@@ -415,9 +415,9 @@ class Store:
             rows = await self.db.fetch("claim_queued", worker, list(projects), limit)
         return [Claim(message_from_row(r), r["waited"] or 0.0) for r in rows]
 
-    async def claimed_by(self, worker: UUID) -> list[StoredMessage]:
-        """The queued answers ``worker`` claimed that have not written anything yet."""
-        return [message_from_row(r) for r in await self.db.fetch("claimed_by", worker)]
+    async def leased_to(self, worker: UUID) -> list[StoredMessage]:
+        """The answers leased to ``worker`` that have not started writing."""
+        return [message_from_row(r) for r in await self.db.fetch("leased_to", worker)]
 
     async def release_claims(self, worker: UUID, messages: Sequence[Message]) -> int:
         """Put claimed answers that did not start back in the queue."""

@@ -439,15 +439,16 @@ RETURNING m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m
           m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens,
           m.finish_reason, extract(epoch FROM now() - m.queued_at)::float8 AS waited;
 
--- name: claimed_by
--- Queued answers that worker $1 claimed and that have not started writing: the worker compares
--- them with what it runs, to start a claim whose reply it never got. Spans projects by design
--- (the worker's own answers).
+-- name: leased_to
+-- Answers leased to worker $1 that have not started writing (pending): the worker compares them
+-- with what it runs, to start one whose start it missed: a claim of a queued answer, or a
+-- reservation, whose reply it never got (the statement committed, the connection broke). Spans
+-- projects by design (the worker's own answers).
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
        m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
        m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
 FROM messages AS m
-WHERE m.lease_owner = $1 AND m.status = 'pending' AND m.queued_at IS NOT NULL;
+WHERE m.lease_owner = $1 AND m.status = 'pending';
 
 -- name: release_claims
 -- A draining worker gives back queued answers it claimed and has not started: queued again, and

@@ -119,7 +119,7 @@ def test_every_statement_on_per_project_tables_filters_by_project_id() -> None:
         "insert_project": "creates the project row itself",
         "prune_events": "the retention sweep over every project (a multi-shard statement)",
         "claim_queued_anywhere": "the queue's slow poll over every project (a multi-shard one)",
-        "claimed_by": "a worker's own claims, by worker (a multi-shard statement)",
+        "leased_to": "a worker's own unstarted answers, by worker (a multi-shard statement)",
     }
     for name, sql in load_queries().items():
         text = re.sub(r"--[^\n]*", "", sql).lower()
