@@ -3,6 +3,9 @@ prompts, the targets. (The scenario itself runs in tests/integration/test_bench_
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from bench.pace import waldump
 from bench.pace.check import parse_events
 from bench.pace.figures import histogram_ms
 from bench.pace.prose import prompt_for
@@ -81,3 +84,17 @@ def test_targets_say_why_the_1000_step_is_missing() -> None:
     assert "stopped at 500" in found["p99 pace"]["verdict"]
     assert found["WAL bytes per answer byte, worst step"]["measured"] == 40.0
     assert found["WAL bytes per answer byte, worst step"]["met"] is False
+
+
+WALDUMP_STATS = Path(__file__).with_name("waldump-stats.txt")  # pg_waldump --stats=record
+
+
+def test_waldump_stats_are_summed_by_resource_manager() -> None:
+    found = waldump.parse(WALDUMP_STATS.read_text())
+    assert found["records"] == 41
+    assert (found["record_bytes"], found["fpi_bytes"]) == (3602, 68416)
+    assert found["checkpoints"] == 1  # the REDO record is a checkpoint's start, not another one
+    assert found["by_rmgr"]["Heap"] == {"records": 6, "record": 600, "fpi": 3404}
+    assert next(iter(found["by_rmgr"])) == "Btree"  # the largest first
+    assert found["by_type"]["Transaction/COMMIT"] == [2, 922, 0]
+    assert waldump.lsn_text((0x3E << 32) + 0xC2E518) == "3E/C2E518"
