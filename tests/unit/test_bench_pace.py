@@ -1,5 +1,6 @@
 """The model-pace benchmark's own logic: reading a replayed stream, the lag histogram, the
-prompts, the targets. (The scenario itself runs in tests/integration/test_bench_smoke.py.)"""
+prompts, the shapes of the steps and which answers they measure, the targets, the WAL
+statistics. (The scenario itself runs in tests/integration/test_bench_smoke.py.)"""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from pathlib import Path
 
 from bench.pace import waldump
 from bench.pace.check import parse_events
-from bench.pace.figures import histogram_ms
+from bench.pace.figures import coarse_width, concurrency, histogram_ms, measured
 from bench.pace.prose import prompt_for
+from bench.pace.run import Answer
+from bench.pace.shape import burst, steady, waves
 from bench.pace.targets import targets
 from server.generators.demo import demo_answer, split_evenly
 
@@ -59,6 +62,50 @@ def test_the_lag_percentiles_are_bucket_upper_edges() -> None:
     assert figures["max_ms"] == 50.1
 
 
+def test_the_lags_by_second_have_1_ms_buckets_below_a_second_and_100_ms_above() -> None:
+    figures = histogram_ms({-1000: 1, 0: 97, 5000: 1, 1_200_000: 1}, coarse_width)
+    assert (figures["p50_ms"], figures["p99_ms"], figures["max_ms"]) == (1.0, 6.0, 1300.0)
+
+
+def test_a_steady_step_warms_up_for_one_answer_then_measures_and_stops_starting() -> None:
+    shape = steady(1000, 400, 25, 5, measure_answers=2)  # 10 s answers
+    assert shape.window == (10.0, 30.0) and shape.stop_s == 30.0 and shape.spread_s == 10.0
+    assert shape.per_slot == 3  # an answer never ends before its own duration
+    spec = shape.spec(8000, [b""] * shape.answers)
+    assert (spec.slots, spec.stop_us, spec.window_start_us, spec.window_end_us) == (
+        1000,
+        30_000_000,
+        10_000_000,
+        30_000_000,
+    )
+    assert burst(1000, 400, 25, 5, 0.5, 3.0).spec(8000, [b""] * 1000).window_end_us == 3_000_000
+    short, long = (waves(100, deltas, 5, 5, 0.5, 16.5) for deltas in (412, 3300))
+    assert (long.per_slot, long.stop_s, long.window) == (1, None, (0.0, None))
+    assert short.per_slot == 10 and short.stop_s == 16.5 - 1.03  # the last end about 16.5 s
+
+
+def answer(start: int, ended: int) -> Answer:
+    return Answer(200, "ok", "done", start, start, start, start, ended, ended, 10, 13, 0, True, 0)
+
+
+def test_a_steady_step_measures_pace_on_answers_that_can_end_in_its_window() -> None:
+    shape = steady(3, 400, 25, 5, measure_answers=2)  # window 10-30 s
+    s = 1_000_000
+    answers = [answer(t * s, t * s + 10 * s) for t in (0, 5, 10, 15, 20, 25, 30)]
+    unused = Answer(0, "unused", "-", -1, -1, -1, -1, -1, -1, 0, 0, 0, True, 0)
+    first_delta, pace = measured(shape, [*answers, unused])
+    assert first_delta == [2, 3, 4, 5]  # started in [10 s, 30 s)
+    assert pace == [2, 3, 4]  # started in [10 s, 20 s]: they end in the window at pace 1
+    assert measured(burst(3, 400, 25, 5, 0.5, 3.0), answers) == (list(range(7)), list(range(7)))
+
+
+def test_concurrency_counts_the_answers_open_over_the_window() -> None:
+    s = 1_000_000
+    answers = [answer(0, 10 * s), answer(5 * s, 15 * s), answer(10 * s, 20 * s)]
+    figures = concurrency(answers, 5 * s, 15 * s)
+    assert figures == {"mean": 2.0, "min": 2, "max": 2}
+
+
 def test_prompts_give_answers_of_the_asked_length_in_deltas_of_five_characters() -> None:
     prompts = [prompt_for(demo_answer, 2000, seed) for seed in range(20)]
     assert len(set(prompts)) == 20
@@ -98,3 +145,4 @@ def test_waldump_stats_are_summed_by_resource_manager() -> None:
     assert next(iter(found["by_rmgr"])) == "Btree"  # the largest first
     assert found["by_type"]["Transaction/COMMIT"] == [2, 922, 0]
     assert waldump.lsn_text((0x3E << 32) + 0xC2E518) == "3E/C2E518"
+
