@@ -12,7 +12,7 @@ from bench.pace.figures import coarse_width, concurrency, histogram_ms, measured
 from bench.pace.prose import prompt_for
 from bench.pace.run import Answer
 from bench.pace.shape import burst, steady, waves
-from bench.pace.targets import targets
+from bench.pace.targets import burst_note, targets
 from server.generators.demo import demo_answer, split_evenly
 
 
@@ -146,3 +146,35 @@ def test_waldump_stats_are_summed_by_resource_manager() -> None:
     assert found["by_type"]["Transaction/COMMIT"] == [2, 922, 0]
     assert waldump.lsn_text((0x3E << 32) + 0xC2E518) == "3E/C2E518"
 
+
+def step(n: int, lag_p99: float, first_p99: float, reaped: int = 0) -> dict[str, object]:
+    return {
+        "n": n,
+        "pace_rows": {"p99": 1.01},
+        "lag": {"p99_ms": lag_p99},
+        "lag_phases": {"after": {"p99_ms": 5.0}},
+        "first_delta_ms": {"p50": first_p99 / 2, "p99": first_p99},
+        "reaped": {"error/interrupted": reaped} if reaped else {},
+        "wal_per_answer_byte": 20.0,
+        "window": {"start_s": 10.0, "end_s": 30.0},
+    }
+
+
+def test_a_burst_feeds_no_target_and_is_said_beside_them() -> None:
+    build = {"sweep": [step(1000, 40.0, 90.0)], "bursts": [step(1000, 450.0, 800.0, 2)]}
+    results = {
+        "scenarios": {
+            "model_pace": {
+                "plan": {"counts": [1000], "ramp_s": 0.5, "burst_window_s": 3.0},
+                "databases": {"external": {"builds": {"current": build}}},
+            }
+        }
+    }
+    found = {t["name"].split(": ", 1)[1]: t for t in targets(results)}
+    assert found["delivery lag p99"]["measured"] == 40.0 and found["delivery lag p99"]["met"]
+    assert found["first delta p99"]["measured"] == 90.0
+    assert found["healthy answers reaped, LEASE_SECONDS=3"]["measured"] == 0
+    assert "window (10-30 s)" in found["delivery lag p99"]["source"]
+    note = burst_note(results)
+    assert "450 ms over its first 3 s" in note and "400 / 800 ms" in note
+    assert "2 answer(s) reaped" in note
