@@ -43,6 +43,7 @@ from bench.source import Source
 logger = logging.getLogger("bench")
 PROJECT_BASE = 3_000_001  # project and user numbers, above those of the other scenarios
 CAPACITY_PACE = 1.1
+PYTHON_CLIENT_MAX_N = 200
 
 
 class InvariantBroken(AssertionError):
@@ -120,7 +121,7 @@ class ModelPace:
             for n in plan.counts:
                 step = await self.step(ctx, server, self.steady(n), f"n{n}")
                 out["sweep"].append(step)
-                if self.compare_here(target, build, out):
+                if self.compare_here(target, build, out, n):
                     out["python_client"] = await self.step(
                         ctx, server, self.steady(n), f"py{n}", self.python_client
                     )
@@ -135,10 +136,12 @@ class ModelPace:
         out["long"] = await self.long_pair(ctx, build)
         return out
 
-    def compare_here(self, target: Target, build: Build, out: dict[str, Any]) -> bool:
-        """The Python client runs one step too (the first), for its cost beside the C one's."""
+    def compare_here(self, target: Target, build: Build, out: dict[str, Any], n: int) -> bool:
+        """The Python client runs one step too (the first), for its cost beside the C one's;
+        not past ``PYTHON_CLIENT_MAX_N`` answers, where it would take a core from the server."""
         return (
             self.plan.compare_clients
+            and n <= PYTHON_CLIENT_MAX_N
             and self.client.kind == "c"
             and target is self.targets[0]
             and build.key == "current"
