@@ -132,6 +132,9 @@ def step_figures(
         "first_delta_ms": spread(
             [(answers[i].first_delta - answers[i].start) / 1000 for i in first_delta if i in ok], 1
         ),
+        "first_event_ms": spread(
+            [(answers[i].first_event - answers[i].start) / 1000 for i in first_delta if i in ok], 1
+        ),
         "connect_ms": spread([(a.sent - a.start) / 1000 for a in answers if a.sent >= 0], 1),
         "events": run.events,
         "window_events": run.window_events,

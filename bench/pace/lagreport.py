@@ -48,7 +48,50 @@ def section(pace: R, images: dict[str, str]) -> list[str]:
     if "model_pace_lag" in images:
         out.append(f"![delivery lag over time]({images['model_pace_lag']})\n")
     out += _by_second(*builds[-1][1:])
+    out += _server_side(builds)
     return out
+
+
+def _server_side(builds: list[tuple[str, R, R]]) -> list[str]:
+    """The server's own account over each window (its ``/metrics``): a delta reaches its
+    listener only once the flusher has written it, and an answer starts only once its
+    reservation has had a pool connection."""
+    out = [
+        "Where the time goes, by the server's own `/metrics` over each window (histograms read "
+        "at the window's edges, so p50 and p99 are the upper bounds of the server's buckets: "
+        "1, 2.5, 5, 10, 25, 50, 100, 250, 500 ms, 1 s...; gauges sampled every second). *First "
+        "event*: the client's, from connecting to the `start` event (the reservation's path); "
+        "*first delta* adds the generator's first sleep and the first flush.\n",
+        "| database | step | first event p50 / p99 ms (client) | first delta p99 ms | flush "
+        "statement p50 / p99 ms (≤) | flushes/s | messages per flush | events written/s "
+        "| pool: in use / waiting, mean (max) | heartbeat p99 ms (≤) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _key, db, build in builds:
+        for s in [*build.get("sweep", []), *build.get("bursts", [])]:
+            m = s.get("server_metrics") or {}
+            if "error" in m or not m:
+                continue
+            first = s.get("first_event_ms") or {}
+            out.append(
+                f"| {db.get('label', '?')} | {s['kind']} {s['n']:,} "
+                f"| {_n(first.get('p50'))} / {_n(first.get('p99'))} "
+                f"| {_n(s['first_delta_ms']['p99'])} "
+                f"| {_ms(m['flush_s']['p50_le'])} / {_ms(m['flush_s']['p99_le'])} "
+                f"| {_n(m['flushes_per_s'])} | {_n(m['flush_messages']['mean'], 1)} "
+                f"| {_n(m['events_flushed_per_s'])} "
+                f"| {_gauge(m['pool_in_use'])} / {_gauge(m['pool_waiting'])} "
+                f"| {_ms(m['heartbeat_s']['p99_le'])} |"
+            )
+    return [*out, ""] if len(out) > 3 else []
+
+
+def _ms(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds * 1000:g}"
+
+
+def _gauge(g: R) -> str:
+    return f"{_n(g.get('mean'), 1)} ({_n(g.get('max'))})"
 
 
 def _by_second(db: R, build: R) -> list[str]:

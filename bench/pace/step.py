@@ -16,7 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from bench import database
-from bench.pace import check, target, waldump
+from bench.pace import check, servermetrics, target, waldump
 from bench.pace.figures import failures, step_figures
 from bench.pace.prose import prompt_for
 from bench.pace.run import Client, Meters, run_client
@@ -83,14 +83,18 @@ async def run_step(
     async def backends() -> dict[str, Any]:
         return await target.backends(ctx.url)
 
+    watch = servermetrics.Watch(server.port)
+
     async def edge(name: str) -> None:
         wal[name] = await target.wal_position(ctx.url)
+        await watch.edge(name)
 
     meters = Meters(roots, workers, backends, edge)
     spec_path = workdir / f"pace-{ctx.target.key}-{ctx.build}-{tag}.spec"
     # A checkpoint first: every step starts in the same place of the checkpoint cycle.
     await target.checkpoint(ctx.url)
-    async with waldump.retained(ctx.url, f"orderly_bench_{os.getpid()}_{tag}"):
+    slot = f"orderly_bench_{os.getpid()}_{tag}"
+    async with waldump.retained(ctx.url, slot), watch.sampling():
         wal["step_start"] = await target.wal_position(ctx.url)
         run = await run_client(
             client,
@@ -106,6 +110,7 @@ async def run_step(
         records = await wal_records(ctx, shape, wal)
     found = await check.rows(ctx.url, ctx.projects, tag)
     step = step_figures(run, found, keys, shape, wal=wal, records=records)
+    step["server_metrics"] = watch.figures(run.window_us / 1e6)
     checked_from = time.monotonic()
     sent = [key for key, answer in zip(keys, run.answers, strict=True) if answer.started]
     answers = await check.check_answers(server.port, found, sent, ctx.tokens)
