@@ -19,9 +19,11 @@ def section(pace: R, images: dict[str, str]) -> list[str]:
         "### Steady state against a burst: the delivery lag over time\n",
         "The client keeps the lags apart by when the delta arrived: in a steady step before "
         "its window (the warm-up, slots still joining), in it, and after it (the drain); in a "
-        f"burst in its first {first} s and after; and in both by second of arrival. A "
-        "burst's tail shows as a peak in its first seconds that the steady state does not "
-        "have.\n",
+        f"burst in its first {first} s and after; and in both by second of arrival. Were the "
+        "lag a burst's start-up, it would show in the burst's first seconds and not in the "
+        "steady window; were it the load of N answers open, the steady step's lag would rise "
+        "during its warm-up as the slots join (at the full start rate from the first second) "
+        "and stay up through its window.\n",
         "| database | N | steady: warm-up p99 | steady: window p50 / p99 | steady: drain p99 "
         f"| burst: first {first} s p50 / p99 | burst: after p99 "
         "| first delta p99, steady / burst |",

@@ -11,6 +11,7 @@ from bench.pace.check import parse_events
 from bench.pace.figures import coarse_width, concurrency, histogram_ms, measured
 from bench.pace.prose import prompt_for
 from bench.pace.run import Answer
+from bench.pace.servermetrics import histogram
 from bench.pace.shape import burst, steady, waves
 from bench.pace.targets import burst_note, targets
 from server.generators.demo import demo_answer, split_evenly
@@ -178,3 +179,17 @@ def test_a_burst_feeds_no_target_and_is_said_beside_them() -> None:
     note = burst_note(results)
     assert "450 ms over its first 3 s" in note and "400 / 800 ms" in note
     assert "2 answer(s) reaped" in note
+
+
+def test_a_server_histogram_between_two_scrapes_gives_bucket_upper_bounds() -> None:
+    name = "orderly_flush_seconds"
+
+    def sample(counts: tuple[int, int, int], total: float) -> dict[tuple[str, str], float]:
+        edges = ('le="0.025"', 'le="0.25"', 'le="+Inf"')
+        out = {(f"{name}_bucket", le): float(c) for le, c in zip(edges, counts, strict=True)}
+        return {**out, (f"{name}_count", ""): float(counts[-1]), (f"{name}_sum", ""): total}
+
+    found = histogram(sample((10, 10, 10), 0.1), sample((60, 108, 110), 5.1), name)
+    assert found == {"count": 100, "mean": 0.05, "p50_le": 0.025, "p99_le": None}
+    found = histogram(sample((0, 0, 0), 0.0), sample((50, 100, 100), 3.0), name)
+    assert (found["p50_le"], found["p99_le"]) == (0.025, 0.25)
