@@ -68,9 +68,10 @@ def over_time(results: R, directory: Path, plt: Any) -> str | None:
         first = build["sweep"][0]["window"]
         ax.axvspan(first["start_s"], first["end_s"], color="gray", alpha=0.12, lw=0)
         ax.set_yscale("log")
-        plain = plt.matplotlib.ticker.FuncFormatter(lambda v, _p: f"{v:g}")
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        ticker = plt.matplotlib.ticker
+        ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _p: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("second of the step (the steady steps' window shaded)")
         ax.set_ylabel("delivery lag p99 of the deltas of that second, ms")
         ax.set_title(db.get("label", "?"), fontsize=9)
