@@ -6,7 +6,8 @@ beside an earlier build when asked.
   ``setup``: from the command line; ``warmup``: each new server's warm-up;
 - ``shape``: what a step asks for (steady, burst, waves) and its window; ``step``: one step
   (requests, the client, WAL, rows, checks); ``figures``: its numbers;
-- ``client.c``, ``client``: the cheap load client (C, built at run time; Python as fallback);
+- ``client.c``, ``client``: the cheap load client (C, built at run time; Python as fallback),
+  ``spec``: what it is given;
   ``run``: building and running it, measuring CPU over the window meanwhile;
 - ``waldump``: the WAL by kind of record; ``servermetrics``: the server's own ``/metrics``;
 - ``target``: the databases; ``check``: the invariants through the API; ``prose``: prompts;

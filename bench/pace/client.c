@@ -5,7 +5,8 @@
  * spread is short (a burst), a steady N open at any moment when it is one answer's duration and
  * each slot runs answers until a stop time (a closed loop). Built by the harness at run time
  * (gcc -O2) into the run's work directory; bench/pace/client.py is the same client in Python,
- * used when no C compiler is there. See bench/pace/client.py for the spec and output formats.
+ * used when no C compiler is there. See bench/pace/spec.py for the spec, bench/pace/client.py for
+ * the output.
  *
  * It parses HTTP/1.1 heads, chunked bodies and SSE frames, but never the JSON of an event: it
  * reads only the `id:` and `event:` lines, and timestamps each read once (CLOCK_MONOTONIC).

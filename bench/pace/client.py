@@ -1,17 +1,10 @@
 """The model-pace load client in Python (asyncio protocol on uvloop): the fallback of
 ``client.c`` when no C compiler is there, and the yardstick the report compares it with.
-``python -m bench.pace.client SPEC``.
-
-SPEC is a file: a header line ``host port delta_us spread_us timeout_ms slots stop_us
-window_start_us window_end_us count``, then ``count`` records (answers), each ``<length>\\n``
-and that many bytes of a whole HTTP request. Answer ``j`` belongs to slot ``j % slots``; a slot
-runs its answers one after another, each read to its terminal event, the next started as soon as
-the previous ends. Slot ``i`` starts its first answer at ``spread_us * i / slots`` microseconds
-after the start, and starts no further answer at or after ``stop_us`` (-1: each slot runs all of
-its answers; those left are *unused*). The window, ``[window_start_us, window_end_us)``
-(-1: until every answer has ended), is where the harness measures: the lags and counts of what
-arrives in it are kept apart. Output, on stdout, times in microseconds from the client's start
-(-1: never), C the client's CPU time (user + system) so far:
+``python -m bench.pace.client SPEC``; SPEC (the answers, their slots, the stop time and the
+window) is described in ``bench/pace/spec.py``. Each slot runs its answers one after another,
+each read to its terminal event, the next started as soon as the previous ends; the lags and
+counts of what arrives in the window are kept apart. Output, on stdout, times in microseconds
+from the client's start (-1: never), C the client's CPU time (user + system) so far:
 
 - ``measure_start C`` when the first stream is about to connect; ``window_start T C`` and
   ``window_end T C`` when the window's edges are crossed (the harness measures CPU and WAL
@@ -41,68 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
+from bench.pace.spec import Spec, read_spec
+
 E_OK, E_CONNECT, E_READ, E_EOF, E_HTTP, E_BAD, E_TIMEOUT, E_WRITE, E_UNUSED = range(9)
 LAG_STEP_US = 100
 LAG_MIN_US = -1_000_000
 LAG_MAX_US = LAG_MIN_US + (1_210_000 - 1) * LAG_STEP_US  # the client.c histogram's ends
 SECONDS = 600  # the lag by the second of arrival; the last second takes the rest
 TERMINAL = {b"done": "done", b"error": "error", b"cancelled": "cancelled"}
-
-
-@dataclass(frozen=True, slots=True)
-class Spec:
-    host: str
-    port: int
-    delta_us: int
-    spread_us: int
-    timeout_ms: int
-    requests: list[bytes]
-    slots: int = 0  # 0: one answer per slot
-    stop_us: int = -1
-    window_start_us: int = 0
-    window_end_us: int = -1
-
-    @property
-    def slot_count(self) -> int:
-        return self.slots or len(self.requests)
-
-
-def read_spec(path: Path) -> Spec:
-    data = path.read_bytes()
-    header, _, rest = data.partition(b"\n")
-    host, *numbers = header.split()
-    port, delta_us, spread_us, timeout_ms, slots, stop_us, w_start, w_end, count = map(int, numbers)
-    requests, pos = [], 0
-    for _ in range(count):
-        nl = rest.index(b"\n", pos)
-        size = int(rest[pos:nl])
-        requests.append(rest[nl + 1 : nl + 1 + size])
-        pos = nl + 1 + size
-    return Spec(
-        host.decode(),
-        port,
-        delta_us,
-        spread_us,
-        timeout_ms,
-        requests,
-        slots,
-        stop_us,
-        w_start,
-        w_end,
-    )
-
-
-def write_spec(path: Path, spec: Spec) -> None:
-    header = (
-        f"{spec.host} {spec.port} {spec.delta_us} {spec.spread_us} {spec.timeout_ms} "
-        f"{spec.slot_count} {spec.stop_us} {spec.window_start_us} {spec.window_end_us} "
-        f"{len(spec.requests)}\n"
-    )
-    with path.open("wb") as out:
-        out.write(header.encode())
-        for raw in spec.requests:
-            out.write(f"{len(raw)}\n".encode())
-            out.write(raw)
 
 
 @dataclass(slots=True)

@@ -1,6 +1,6 @@
 """Running the model-pace client: building it (the C one with gcc, into the run's work directory,
 else the Python one, said so), handing it its requests, measuring CPU while it runs, and reading
-what it wrote (see ``bench/pace/client.py`` for the formats)."""
+what it wrote (see ``bench/pace/spec.py`` and ``bench/pace/client.py`` for the formats)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.machine import CpuMeter
-from bench.pace.client import Spec, write_spec
+from bench.pace.spec import Spec, write_spec
 
 logger = logging.getLogger("bench")
 SOURCE = Path(__file__).resolve().parent / "client.c"

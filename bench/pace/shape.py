@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bench.pace.client import Spec
+from bench.pace.spec import Spec
 
 
 @dataclass(frozen=True, slots=True)

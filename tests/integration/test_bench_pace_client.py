@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.pace.client import Spec, write_spec
 from bench.pace.run import Client, ClientRun, build, parse
+from bench.pace.spec import Spec, write_spec
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 DELTAS = 5
