@@ -1,6 +1,6 @@
 """``python -m bench [--quick | --smoke]``: run the benchmark, write the results and the report.
 
-Full: under 20 minutes on 2 cores (the model-pace scenario on two databases; more with
+Full: under 25 minutes on 2 cores (the model-pace scenario on two databases; more with
 ``--baseline``). ``--quick``: a few minutes, smaller sizes. ``--smoke``: a few seconds of each
 scenario at tiny sizes, for the test suite (pair it with ``--results-dir``, ``--report`` and
 ``--plots-dir`` in a temporary directory so the committed report is untouched). ``--only``: some

@@ -1,4 +1,4 @@
-"""How big and how long each scenario is, per mode: full (under 20 minutes on 2 cores with the
+"""How big and how long each scenario is, per mode: full (under 25 minutes on 2 cores with the
 model-pace scenario on two databases), quick (a few minutes) and smoke (seconds, tiny sizes: for
 the test suite)."""
 
@@ -13,18 +13,22 @@ from typing import Any
 class PacePlan:
     """The model-pace scenario (9): answers streamed at a model's pace, many at once."""
 
-    counts: tuple[int, ...]  # concurrent answers, one step each, until saturated
+    counts: tuple[int, ...]  # concurrent answers, one steady step (and one burst) each
     deltas: int  # DEMO_DELTAS of the steps
     delta_ms: int  # DEMO_DELTA_MS of the steps (25: 40 deltas a second)
     long_count: int  # concurrent answers of the long-answer pair
     long_deltas: int  # deltas of the long answer (3,300 of 5 characters: 16.5 KB)
-    short_deltas: int  # deltas of its short companion, at the same pace
+    short_deltas: int  # deltas of its short companion, at the same pace, run back to back
     long_delta_ms: int
     profile_s: float  # py-spy at the largest step not saturated (0: none)
     compare_clients: bool  # one step again with the Python client, for its cost
     projects: int = 200  # answer i goes to project i % projects
     delta_chars: int = 5
-    ramp_s: float = 0.5  # the answers of a step start spread over this
+    # A steady step: one answer duration of warm-up, then a window this many answer durations
+    # long (and the drain: the answers open at its end run to their end, unmeasured).
+    measure_answers: float = 2.0
+    burst_window_s: float = 3.0  # a burst's figures over its first seconds
+    ramp_s: float = 0.5  # the answers of a burst (and of each side of the pair) start over this
     warmup_s: float = 2.0  # each server streams this long, then cancels, before its first step
     saturation_pace: float = 2.0  # stop the steps past this p99 pace (or at any failure)
     workers: int = 2
@@ -78,7 +82,7 @@ FULL = Plan(
         delta_ms=25,
         long_count=100,
         long_deltas=3300,
-        short_deltas=400,
+        short_deltas=412,  # 2 KB; 8 of them back to back take as long as one long answer
         long_delta_ms=5,
         profile_s=8.0,
         compare_clients=True,
@@ -106,7 +110,7 @@ QUICK = dataclasses.replace(
         delta_ms=25,
         long_count=50,
         long_deltas=3300,
-        short_deltas=400,
+        short_deltas=412,
         long_delta_ms=5,
         profile_s=3.0,
         compare_clients=False,
@@ -142,6 +146,7 @@ SMOKE = dataclasses.replace(
         profile_s=0.0,
         compare_clients=True,
         projects=3,
+        burst_window_s=1.0,
         ramp_s=0.1,
         warmup_s=0.5,
     ),

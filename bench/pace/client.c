@@ -1,8 +1,12 @@
 /*
- * The model-pace benchmark's load client: N streams started at once (or ramped), each read to its
- * terminal event, for about a microsecond of CPU per event. Built by the harness at run time
+ * The model-pace benchmark's load client: N slots, each running its answers one after another
+ * (the next as soon as the previous ends), every stream read to its terminal event, for about a
+ * microsecond of CPU per event. Slot i starts at i/N of a spread: N answers at once when the
+ * spread is short (a burst), a steady N open at any moment when it is one answer's duration and
+ * each slot runs answers until a stop time (a closed loop). Built by the harness at run time
  * (gcc -O2) into the run's work directory; bench/pace/client.py is the same client in Python,
- * used when no C compiler is there. See bench/pace/client.py for the spec and output formats.
+ * used when no C compiler is there. See bench/pace/spec.py for the spec, bench/pace/client.py for
+ * the output.
  *
  * It parses HTTP/1.1 heads, chunked bodies and SSE frames, but never the JSON of an event: it
  * reads only the `id:` and `event:` lines, and timestamps each read once (CLOCK_MONOTONIC).
@@ -26,13 +30,16 @@
 
 enum { S_IDLE, S_CONNECTING, S_SENDING, S_HEAD, S_SIZE, S_EXT, S_DATA, S_DATA_END, S_DONE };
 enum { K_NONE, K_START, K_DELTA, K_DONE, K_ERROR, K_CANCELLED, K_OTHER };
-enum { E_OK, E_CONNECT, E_READ, E_EOF, E_HTTP, E_BAD, E_TIMEOUT, E_WRITE };
+enum { E_OK, E_CONNECT, E_READ, E_EOF, E_HTTP, E_BAD, E_TIMEOUT, E_WRITE, E_UNUSED };
 
 #define LINE_KEEP 24
 #define HEAD_MAX 8192
 #define LAG_STEP_US 100
 #define LAG_MIN_US (-1000000LL)
 #define LAG_BUCKETS 1210000 /* -1 s .. +120 s in 100 us steps; the ends take the rest */
+#define PHASES 3              /* deltas that arrived before the window, in it, after it */
+#define SECONDS 600           /* the lag by the second of arrival; the last takes the rest */
+#define COARSE 2191           /* < 0; 0 .. 1 s in 1 ms steps; 1 .. 120 s in 100 ms steps */
 /* After a wake-up with work, wait this long before the next: the events of many streams are then
  * read in one wake-up (a few microseconds each instead of a wake-up each), and every arrival is
  * timed at most this late. */
@@ -40,18 +47,21 @@ enum { E_OK, E_CONNECT, E_READ, E_EOF, E_HTTP, E_BAD, E_TIMEOUT, E_WRITE };
 
 typedef struct {
     int fd, state, status, kind, terminal, error, contiguous, line_len;
+    long slot;
     const char *req;
     size_t req_len, req_off, head_len;
-    long long chunk_left, frame_id, last_id, events, deltas, bytes;
+    long long chunk_left, frame_id, last_id, events, deltas, bytes, window_deltas;
     int64_t start, sent, first_event, first_delta, last_delta, ended;
     char line[LINE_KEEP];
     char *head;
 } Conn;
 
-static uint32_t lags[LAG_BUCKETS];
-static int64_t t0_ns;
-static long long delta_us;
+static uint32_t lags[PHASES][LAG_BUCKETS];
+static uint32_t by_second[SECONDS][COARSE];
+static int64_t t0_ns, window_start, window_end; /* window_end < 0: until every answer ends */
+static long long delta_us, window_events, window_deltas;
 static int epfd, open_count;
+static long *ended_slots, ended_count; /* slots whose answer ended: their next one is due */
 
 static int64_t now_us(void) {
     struct timespec ts;
@@ -69,13 +79,35 @@ static void finish(Conn *c, int error, int64_t now) {
     free(c->head);
     c->head = NULL;
     open_count--;
+    ended_slots[ended_count++] = c->slot;
 }
 
-static void record_lag(int64_t lag) {
+static int phase(int64_t now) {
+    if (now < window_start) return 0;
+    return window_end < 0 || now < window_end ? 1 : 2;
+}
+
+/* The coarse buckets of the lag by second: their lower edges are printed, in microseconds. */
+static long coarse(int64_t lag) {
+    if (lag < 0) return 0;
+    if (lag < 1000000) return 1 + lag / 1000;
+    long i = 1001 + (long)((lag - 1000000) / 100000);
+    return i < COARSE ? i : COARSE - 1;
+}
+
+static long long coarse_edge(long i) {
+    if (i == 0) return -1000;
+    if (i <= 1000) return (long long)(i - 1) * 1000;
+    return 1000000 + (long long)(i - 1001) * 100000;
+}
+
+static void record_lag(int64_t lag, int64_t now, int in) {
     long long i = (lag - LAG_MIN_US) / LAG_STEP_US;
     if (i < 0) i = 0;
     if (i >= LAG_BUCKETS) i = LAG_BUCKETS - 1;
-    lags[i]++;
+    lags[in][i]++;
+    int64_t second = now / 1000000;
+    by_second[second < SECONDS ? second : SECONDS - 1][coarse(lag)]++;
 }
 
 static void frame_end(Conn *c, int64_t now) {
@@ -88,10 +120,14 @@ static void frame_end(Conn *c, int64_t now) {
     }
     c->last_id = c->frame_id;
     c->events++;
+    int in = phase(now);
+    window_events += in == 1;
     if (c->kind == K_DELTA) {
         if (c->deltas == 0) c->first_delta = now;
-        else record_lag(now - (c->first_delta + c->deltas * delta_us));
+        else record_lag(now - (c->first_delta + c->deltas * delta_us), now, in);
         c->deltas++;
+        c->window_deltas += in == 1;
+        window_deltas += in == 1;
         c->last_delta = now;
     } else if (c->kind == K_DONE || c->kind == K_ERROR || c->kind == K_CANCELLED) {
         c->terminal = c->kind;
@@ -264,9 +300,9 @@ static void readable(Conn *c, char *buf, size_t size) {
     }
 }
 
-/* Stream i starts at its share of the ramp: all at once when the ramp is 0. */
-static int64_t due_us(long i, long count, int64_t ramp_us) {
-    return count > 1 ? ramp_us * i / (count - 1) : 0;
+/* Slot i starts its first answer at i/slots of the spread: all at once when the spread is 0. */
+static int64_t due_us(long i, long slots, int64_t spread_us) {
+    return spread_us * i / slots;
 }
 
 static char *read_spec(const char *path, size_t *size) {
@@ -306,14 +342,53 @@ static void report(Conn *conns, long count) {
     static const char *terminals[] = {"-", "start", "delta", "done", "error", "cancelled", "other"};
     for (long i = 0; i < count; i++) {
         Conn *c = &conns[i];
-        printf("A %ld %d %d %s %lld %lld %lld %lld %lld %lld %lld %lld %lld %d\n", i, c->status,
-               c->error, terminals[c->terminal], (long long)c->start, (long long)c->sent,
-               (long long)c->first_event, (long long)c->first_delta, (long long)c->last_delta,
-               (long long)c->ended, c->deltas, c->events, c->bytes, c->contiguous);
+        printf("A %ld %d %d %s %lld %lld %lld %lld %lld %lld %lld %lld %lld %d %lld\n", i,
+               c->status, c->error, terminals[c->terminal], (long long)c->start,
+               (long long)c->sent, (long long)c->first_event, (long long)c->first_delta,
+               (long long)c->last_delta, (long long)c->ended, c->deltas, c->events, c->bytes,
+               c->contiguous, c->window_deltas);
     }
-    for (long i = 0; i < LAG_BUCKETS; i++)
-        if (lags[i]) printf("H %lld %u\n", LAG_MIN_US + i * LAG_STEP_US, lags[i]);
+    for (int p = 0; p < PHASES; p++)
+        for (long i = 0; i < LAG_BUCKETS; i++)
+            if (lags[p][i]) printf("H %d %lld %u\n", p, LAG_MIN_US + i * LAG_STEP_US, lags[p][i]);
+    for (long t = 0; t < SECONDS; t++)
+        for (long i = 0; i < COARSE; i++)
+            if (by_second[t][i]) printf("S %ld %lld %u\n", t, coarse_edge(i), by_second[t][i]);
+    printf("W %lld %lld\n", window_events, window_deltas);
     printf("R %lld %ld\n", cpu_us(), peak_rss_kib());
+}
+
+static void say(const char *what, int64_t now) {
+    printf("%s %lld %lld\n", what, (long long)now, cpu_us());
+    fflush(stdout);
+}
+
+/* The window's edges, said when crossed: the harness measures CPU and WAL between them. */
+static int window_state;
+
+static void window_edges(int64_t now) {
+    if (window_state == 0 && now >= window_start) { say("window_start", now); window_state = 1; }
+    if (window_state == 1 && window_end >= 0 && now >= window_end) {
+        say("window_end", now);
+        window_state = 2;
+    }
+}
+
+/* The next answer of each slot whose answer ended, unless the stop time has passed: then the
+ * slot's remaining answers are not used. */
+static void next_answers(Conn *conns, long count, long slots, int64_t stop_us,
+                         struct sockaddr_in *addr, int64_t now) {
+    while (ended_count > 0) {
+        long slot = ended_slots[--ended_count];
+        long j = slot;
+        while (j < count && conns[j].state != S_IDLE) j += slots;
+        if (j >= count) continue;
+        if (stop_us >= 0 && now >= stop_us) {
+            for (; j < count; j += slots) { conns[j].state = S_DONE; conns[j].error = E_UNUSED; }
+            continue;
+        }
+        start(&conns[j], addr, now);
+    }
 }
 
 int main(int argc, char **argv) {
@@ -327,15 +402,19 @@ int main(int argc, char **argv) {
     char *spec = read_spec(argv[1], &size);
     char host[64];
     int port;
-    long long ramp_us, timeout_ms;
-    long count;
+    long long spread_us, timeout_ms, stop_us, start_us, end_us;
+    long slots, count;
     int used = 0;
-    if (sscanf(spec, "%63s %d %lld %lld %lld %ld\n%n", host, &port, &delta_us, &ramp_us,
-               &timeout_ms, &count, &used) != 6 || count < 1) {
+    if (sscanf(spec, "%63s %d %lld %lld %lld %ld %lld %lld %lld %ld\n%n", host, &port, &delta_us,
+               &spread_us, &timeout_ms, &slots, &stop_us, &start_us, &end_us, &count,
+               &used) != 10 || count < 1 || slots < 1 || slots > count) {
         fprintf(stderr, "bad spec header\n");
         return 2;
     }
+    window_start = start_us;
+    window_end = end_us;
     Conn *conns = calloc((size_t)count, sizeof *conns);
+    ended_slots = calloc((size_t)count + 1, sizeof *ended_slots);
     char *p = spec + used;
     for (long i = 0; i < count; i++) {
         char *nl = memchr(p, '\n', size - (size_t)(p - spec));
@@ -343,12 +422,13 @@ int main(int argc, char **argv) {
         conns[i].req_len = strtoul(p, NULL, 10);
         conns[i].req = nl + 1;
         p = nl + 1 + conns[i].req_len;
+        conns[i].slot = i % slots;
         conns[i].fd = -1;
         conns[i].frame_id = -1;
         conns[i].last_id = -1;
         conns[i].contiguous = 1;
         conns[i].first_event = conns[i].first_delta = conns[i].last_delta = -1;
-        conns[i].sent = conns[i].ended = -1;
+        conns[i].start = conns[i].sent = conns[i].ended = -1;
     }
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
     inet_pton(AF_INET, host, &addr.sin_addr);
@@ -360,17 +440,22 @@ int main(int argc, char **argv) {
     fflush(stdout);
     static char buf[1 << 16];
     struct epoll_event events[512];
-    long next = 0;
+    long next = 0; /* the next slot to start its first answer */
     int64_t deadline = timeout_ms * 1000;
     for (;;) {
         int64_t now = now_us();
-        while (next < count && now >= due_us(next, count, ramp_us)) start(&conns[next++], &addr, now);
-        if ((next == count && open_count == 0) || now >= deadline) break;
-        int wait_ms = 100;
-        if (next < count) {
-            int64_t due = due_us(next, count, ramp_us) - now;
-            wait_ms = due <= 0 ? 0 : (int)((due + 999) / 1000);
-        }
+        window_edges(now);
+        next_answers(conns, count, slots, stop_us, &addr, now);
+        while (next < slots && now >= due_us(next, slots, spread_us))
+            start(&conns[next++], &addr, now);
+        next_answers(conns, count, slots, stop_us, &addr, now); /* those that failed at once */
+        if ((next == slots && open_count == 0) || now >= deadline) break;
+        int64_t wake = now + 100000;
+        if (next < slots && due_us(next, slots, spread_us) < wake)
+            wake = due_us(next, slots, spread_us);
+        if (window_state == 0 && window_start < wake) wake = window_start;
+        if (window_state == 1 && window_end >= 0 && window_end < wake) wake = window_end;
+        int wait_ms = wake <= now ? 0 : (int)((wake - now + 999) / 1000);
         int n = epoll_wait(epfd, events, 512, wait_ms);
         for (int i = 0; i < n; i++) {
             Conn *c = events[i].data.ptr;
@@ -388,8 +473,9 @@ int main(int argc, char **argv) {
         if (conns[i].state == S_IDLE) { conns[i].error = E_TIMEOUT; conns[i].state = S_DONE; }
         else finish(&conns[i], E_TIMEOUT, now); /* a no-op for those that ended */
     }
-    printf("measure_end %lld %lld\n", (long long)now, cpu_us());
-    fflush(stdout);
+    if (window_state == 0) say("window_start", now);
+    if (window_state < 2) say("window_end", now);
+    say("measure_end", now);
     getchar(); /* the harness reads our CPU time in /proc before we go */
     report(conns, count);
     return 0;

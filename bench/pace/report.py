@@ -1,32 +1,17 @@
-"""The model-pace part of the report: its section and its plot, from the results dictionary
-(``results["scenarios"]["model_pace"]``); its targets are in ``bench.pace.targets``."""
+"""The model-pace part of the report: its section and its plot of pace and lag by N, from the
+results dictionary (``results["scenarios"]["model_pace"]``). The lag over time is in
+``bench.pace.lagreport``, the WAL in ``bench.pace.walreport``, the targets in
+``bench.pace.targets``."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-R = dict[str, Any]
-BUILD_LABELS = {"current": "this build", "baseline": "baseline"}
+from bench.pace import costs, lagreport, walreport
+from bench.pace.results import BUILD_LABELS, R, databases_run, n_, pace_results
 
-
-def _n(value: Any, digits: int = 0) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, (int, float)):
-        return f"{value:,.{digits}f}"
-    return str(value)
-
-
-def pace_results(results: R) -> R:
-    return (results.get("scenarios") or {}).get("model_pace") or {}
-
-
-def databases_run(pace: R) -> list[tuple[str, R]]:
-    """The databases the scenario ran on, the external (the targets' database) last."""
-    dbs = pace.get("databases") or {}
-    return [(k, dbs[k]) for k in ("embedded", "external") if k in dbs and "builds" in dbs[k]]
+_n = n_
 
 
 # The section
@@ -59,7 +44,9 @@ def section(results: R, images: dict[str, str]) -> list[str]:
         out += _database(db, plan)
     if "model_pace" in images:
         w(f"![model pace]({images['model_pace']})\n")
-    out += _client(pace)
+    out += lagreport.section(pace, images)
+    out += walreport.section(pace)
+    out += costs.client(pace)
     out += _invariants(pace)
     return out
 
@@ -67,56 +54,87 @@ def section(results: R, images: dict[str, str]) -> list[str]:
 def _intro(plan: R, pace: R) -> str:
     settings = pace.get("server_settings") or {}
     own = plan.get("deltas", 0) * plan.get("delta_ms", 0) / 1000
+    measure = plan.get("measure_answers", 2)
+    short = plan.get("short_deltas", 0)
     return (
-        f"N answers at once (started over {plan.get('ramp_s', 0):g} s), N = "
-        f"{', '.join(f'{n:,}' for n in plan.get('counts', []))} until the service saturates "
-        f"(p99 pace above {plan.get('saturation_pace', 2):g}, or any answer not ending well). "
         f"Each answer is the demo generator's: `DEMO_DELTAS={plan.get('deltas')}` deltas of "
         f"about {plan.get('delta_chars')} characters, `DEMO_DELTA_MS={plan.get('delta_ms')}` "
         f"apart ({1000 // max(1, plan.get('delta_ms', 1))} a second, {own:g} s of the "
-        "generator's own time), quoting a prompt of prose-like random words (a fixed word "
-        "list, seeded, a different prompt per answer, so the answers compress like text). "
-        f"Answer i goes to project i mod {plan.get('projects')}, each of its own user. The "
-        f"server: `WORKERS={settings.get('WORKERS')}`, "
-        f"`LEASE_SECONDS={settings.get('LEASE_SECONDS')}`, `GENERATOR=demo`, the per-user "
-        "limits out of the way; each new server first streams its first step's N answers for "
-        f"{plan.get('warmup_s', 0):g} s and cancels them (a warm-up, not measured). Every "
-        "client reads its stream to the terminal event. Then the "
-        f"long-answer pair at {plan.get('long_count')} answers and a faster "
-        f"`DEMO_DELTA_MS={plan.get('long_delta_ms')}`: {plan.get('long_deltas'):,} deltas "
-        f"(about {plan.get('long_deltas', 0) * plan.get('delta_chars', 0) / 1000:.1f} KB) and "
-        f"{plan.get('short_deltas')} deltas (about "
-        f"{plan.get('short_deltas', 0) * plan.get('delta_chars', 0) / 1000:.1f} KB) at the same "
-        "pace, so that their WAL per answer byte differs by the answer's length alone.\n"
+        "generator's own time: *one answer duration*), quoting a prompt of prose-like random "
+        "words (a fixed word list, seeded, a different prompt per answer, so the answers "
+        "compress like text). Answer i goes to project i mod "
+        f"{plan.get('projects')}, each of its own user. The server: "
+        f"`WORKERS={settings.get('WORKERS')}`, `LEASE_SECONDS={settings.get('LEASE_SECONDS')}`, "
+        "`GENERATOR=demo`, the per-user limits out of the way; each new server first streams "
+        f"its first step's N answers for {plan.get('warmup_s', 0):g} s and cancels them (not "
+        "measured). Every client reads its stream to the terminal event. For N = "
+        f"{', '.join(f'{n:,}' for n in plan.get('counts', []))}, until the service saturates "
+        f"(p99 pace above {plan.get('saturation_pace', 2):g}, or any answer not ending well), "
+        "two steps on the same server, each after a `CHECKPOINT`:\n\n"
+        "- **steady state** (the targets' figures): a closed loop of N slots. Slot i starts "
+        f"its first answer at i/N of one answer duration, and each next answer as soon as the "
+        "previous one ends, so that about N answers are open at any moment and they start at "
+        "an even rate (N per answer duration), as in front of a model that keeps N "
+        "conversations going. The first answer duration is a warm-up (the slots are still "
+        f"joining); then the **measured window**, {measure:g} answer durations "
+        f"({own * measure:g} s); no answer starts after it, and those open at its end run to "
+        "their end unmeasured (the drain). Every answer of the step, warm-up and drain "
+        "included, is checked and counted in *not success*.\n"
+        "- **burst** (reported beside it, in no target): N answers started at once (over "
+        f"{plan.get('ramp_s', 0):g} s), one each, from an idle server, as a restart or a "
+        "thundering herd would; its figures over its first "
+        f"{plan.get('burst_window_s', 0):g} s, where the start-up falls.\n\n"
+        f"Then the long-answer pair, at {plan.get('long_count')} slots and a faster "
+        f"`DEMO_DELTA_MS={plan.get('long_delta_ms')}`: one answer of "
+        f"{plan.get('long_deltas', 0):,} deltas (about "
+        f"{plan.get('long_deltas', 0) * plan.get('delta_chars', 0) / 1000:.1f} KB) per slot, "
+        f"against answers of {short} deltas (about "
+        f"{short * plan.get('delta_chars', 0) / 1000:.1f} KB) back to back per slot for as long "
+        "(none started later than half a short answer before the long ones' own end): the same N "
+        "open, the same delta rate, the same duration and about the same bytes on both sides, "
+        "so that their WAL per answer byte differs by the answer's length alone.\n"
     )
 
 
 def _definitions(plan: R) -> str:
+    lead = plan.get("measure_answers", 2) - 1
+    first = "answer duration" if lead == 1 else f"{lead:g} answer durations"
     return (
-        "How each figure is taken:\n\n"
+        "How each figure is taken. *The window*: in a steady step, the measured window above "
+        "(seconds from the step's start, as the client's clock crossed them); in a burst, its "
+        "first seconds; in the pair, the whole step.\n\n"
         "- *pace*: the answer's duration over the generator's own (`DEMO_DELTAS` x "
         "`DEMO_DELTA_MS`); the duration from the assistant message's row, `updated_at - "
         "created_at` (reservation to the final write), over the answers that succeeded; "
-        "*client pace*: from the client's first event to its terminal event.\n"
+        "*client pace*: from the client's first event to its terminal event. Steady state: "
+        "over the answers that started in the window early enough to end in it at the "
+        f"generator's own pace (started in its first {first}), so that each ran its whole "
+        "life under the full load; burst and pair: every answer.\n"
         "- *delivery lag*: the time the client holds delta i minus the time it was due on the "
         "generator's schedule, the client's time of the answer's first delta plus i x "
         "`DEMO_DELTA_MS` (so a generator slowed down by the service counts too), over every "
-        "delta but the first; in 0.1 ms buckets, each figure the bucket's upper edge.\n"
+        "delta but the first **that arrived in the window**; in 0.1 ms buckets, each figure "
+        "the bucket's upper edge. The client also keeps the lags that arrived before and after "
+        "the window, and all of them by second of arrival (1 ms buckets).\n"
         "- *first delta*: from the client starting the request (its connect included) to the "
-        "first `delta` event; the generator sleeps `DEMO_DELTA_MS` before it.\n"
+        "first `delta` event; the generator sleeps `DEMO_DELTA_MS` before it. Steady state: "
+        "over the answers that started in the window; burst: all N.\n"
         "- *CPU per event*: cores of the process tree (the server: all its workers; "
         "PostgreSQL: the postmaster and all its children, the checkpointer and WAL writer "
-        "included) over the client's window (first connect to last terminal event), per event "
-        "delivered; *this database's backends*: the backends connected to the scenario's "
-        "database alone (other databases' sessions on a shared server left out).\n"
-        "- *WAL per answer byte*: `pg_current_wal_insert_lsn()` after the step minus before it "
-        "(a `CHECKPOINT` just before, so each step pays its full-page images alike where "
-        "`full_page_writes` is on), over the sum of `octet_length(content)` of the step's "
-        "answers; the user messages' own writes are in the WAL too.\n"
+        "included) over the window, per event that arrived in it; *this database's "
+        "backends*: the backends connected to the scenario's database alone (other databases' "
+        "sessions on a shared server left out).\n"
+        "- *WAL per answer byte*: `pg_current_wal_insert_lsn()` at the window's end minus at "
+        "its start, over the bytes of the deltas delivered in the window (each answer's "
+        "`octet_length(content)` pro rata of its deltas that arrived there); the reservations, "
+        "the user messages and the final content of the answers that ended in the window are "
+        "in that WAL too. *Whole step*: from just after the `CHECKPOINT` to the last answer's "
+        "end, over every answer's bytes. Split into records and full-page images below.\n"
         "- *not success*: answers that did not end `success`, by status and error code as "
         "their replayed terminal event says (healthy answers reaped show as `error/interrupted`)."
-        "\n- *events/s*: events the clients received over the window (offered: N x (deltas + "
-        "3) / the generator's own time).\n"
+        "\n- *events/s*: events that arrived in the window over its length (offered: N x "
+        "(deltas + 3) / the generator's own time); *open*: the answers open over the window, "
+        "mean (least-most of every 100 ms).\n"
     )
 
 
@@ -147,7 +165,7 @@ def _database(db: R, plan: R) -> list[str]:
     w(", ".join(f"`{k}={v}`" for k, v in s.items()) + ".\n")
     builds = db.get("builds") or {}
     for key, build in builds.items():
-        w(f"#### {BUILD_LABELS.get(key, key)}: steps of N answers\n")
+        w(f"#### {BUILD_LABELS.get(key, key)}: steady state, N answers open (the targets')\n")
         if "error" in build:
             w(f"This run failed: `{build['error'].splitlines()[0]}`.\n")
             continue
@@ -160,16 +178,10 @@ def _database(db: R, plan: R) -> list[str]:
             + (f" The steps stopped at {stopped['n']:,}: {stopped['why']}." if stopped else "")
             + "\n"
         )
-        out += _cpu_table(build.get("sweep", []))
-        long = build.get("long") or {}
-        if long.get("long"):
-            w("Long answers against short ones, at the same pace and N:\n")
-            out += _steps_table([long["short"], long["long"]], label=True)
-            ratio = long.get("wal_ratio_long_to_short")
-            w(
-                f"WAL per answer byte, long over short: **{_n(ratio, 2)}** (a write cost per "
-                "event that does not grow with the answer gives 1.0).\n"
-            )
+        out += costs.cpu_table(build.get("sweep", []))
+        if build.get("bursts"):
+            w(f"#### {BUILD_LABELS.get(key, key)}: bursts, N answers started at once (no target)\n")
+            out += _burst_table(build["bursts"], plan)
         prof = build.get("profiled")
         if prof:
             w(
@@ -181,24 +193,51 @@ def _database(db: R, plan: R) -> list[str]:
     return out
 
 
-def _steps_table(steps: list[R], *, label: bool = False) -> list[str]:
+def _steps_table(steps: list[R]) -> list[str]:
     head = (
-        "| N | answer | pace p50 / p99 | client pace p99 | delivery lag p50 / p99 ms "
-        "| first delta p50 / p99 ms | events/s (offered) | WAL B per answer byte "
-        "| not success | invariants |"
+        "| N | window s (open) | pace p50 / p99 | client pace p99 | delivery lag p50 / p99 ms "
+        "| first delta p50 / p99 ms | events/s (offered) | WAL B per answer byte (without FPI) "
+        "| answers | not success | invariants |"
     )
-    rows = [head, "|" + "---|" * 10]
+    rows = [head, "|" + "---|" * 11]
     for s in steps:
-        answer = f"{_n(s['mean_answer_bytes'])} B, {s['deltas']:,} x {s['delta_ms']} ms"
+        win = s["window"]
+        open_ = win["open_answers"]
+        no_fpi = s["wal"]["window"].get("per_answer_byte_without_fpi")
         rows.append(
-            f"| {s['n']:,} | {answer} "
+            f"| {s['n']:,} | {win['start_s']:g}-{win['end_s']:g} ({_n(open_['mean'])}: "
+            f"{_n(open_['min'])}-{_n(open_['max'])}) "
             f"| {_n(s['pace_rows']['p50'], 2)} / {_n(s['pace_rows']['p99'], 2)} "
             f"| {_n(s['pace_client']['p99'], 2)} "
             f"| {_n(s['lag']['p50_ms'], 1)} / {_n(s['lag']['p99_ms'], 1)} "
             f"| {_n(s['first_delta_ms']['p50'], 0)} / {_n(s['first_delta_ms']['p99'], 0)} "
             f"| {_n(s['events_per_s'])} ({_n(s['offered_events_per_s'])}) "
-            f"| {_n(s['wal_per_answer_byte'], 0)} | {_failures(s)} "
+            f"| {_n(s['wal_per_answer_byte'], 1)} ({_n(no_fpi, 1)}) "
+            f"| {s['answers']:,} | {_failures(s)} "
             f"| {'held' if s['invariants']['ok'] else '**BROKEN**'} |"
+        )
+    return [*rows, ""]
+
+
+def _burst_table(steps: list[R], plan: R) -> list[str]:
+    first = f"{plan.get('burst_window_s', 0):g}"
+    rows = [
+        f"| N | first delta p50 / p99 ms | delivery lag p50 / p99 ms, first {first} s "
+        "| lag p99 ms, after | pace p50 / p99 (whole answers) | events/s, first "
+        f"{first} s | cores server / postgres, first {first} s | not success | invariants |",
+        "|" + "---|" * 9,
+    ]
+    for s in steps:
+        cores = s["cpu"]["cores"]
+        rows.append(
+            f"| {s['n']:,} | {_n(s['first_delta_ms']['p50'], 0)} / "
+            f"{_n(s['first_delta_ms']['p99'], 0)} "
+            f"| {_n(s['lag']['p50_ms'], 1)} / {_n(s['lag']['p99_ms'], 1)} "
+            f"| {_n(s['lag_phases']['after']['p99_ms'], 1)} "
+            f"| {_n(s['pace_rows']['p50'], 2)} / {_n(s['pace_rows']['p99'], 2)} "
+            f"| {_n(s['events_per_s'])} "
+            f"| {_n(cores.get('server'), 2)} / {_n(cores.get('postgres'), 2)} "
+            f"| {_failures(s)} | {'held' if s['invariants']['ok'] else '**BROKEN**'} |"
         )
     return [*rows, ""]
 
@@ -207,29 +246,6 @@ def _failures(step: R) -> str:
     parts = [f"{k} {v}" for k, v in step.get("reaped", {}).items()]
     parts += [f"client {k} {v}" for k, v in step.get("client_errors", {}).items()]
     return ", ".join(parts) or "0"
-
-
-def _cpu_table(steps: list[R]) -> list[str]:
-    rows = [
-        "| N | cores: server / postgres (this database's backends) / client / other "
-        "| µs per event: server / postgres (this database's backends) / client | per worker "
-        "| busy sessions of other databases |",
-        "|---|---|---|---|---|",
-    ]
-    for s in steps:
-        c = s["cpu"]
-        cores, per = c["cores"], c["us_per_event"]
-        workers = ", ".join(f"{v:.2f}" for v in (c.get("workers_cores") or {}).values())
-        rows.append(
-            f"| {s['n']:,} | {_n(cores.get('server'), 2)} / {_n(cores.get('postgres'), 2)} "
-            f"({_n(c.get('postgres_own_backends_cores'), 2)}) / {_n(cores.get('client'), 3)} "
-            f"/ {_n(c.get('other_cores'), 2)} "
-            f"| {_n(per.get('server'), 1)} / {_n(per.get('postgres'), 1)} "
-            f"({_n(per.get('postgres_own_backends'), 1)}) "
-            f"/ {_n(c.get('client_own_us_per_event'), 2)} "
-            f"| {workers or '—'} | {_n(c.get('other_active_backends'))} |"
-        )
-    return [*rows, ""]
 
 
 def _side_by_side(current: R, baseline: R) -> list[str]:
@@ -244,7 +260,7 @@ def _side_by_side(current: R, baseline: R) -> list[str]:
     for s in baseline.get("sweep", []):
         steps.setdefault(s["n"], [None, None])[1] = s
     long_c, long_b = current.get("long") or {}, baseline.get("long") or {}
-    pairs = [(f"{n:,}", a, b) for n, (a, b) in sorted(steps.items())]
+    pairs = [(f"{n:,}, steady", a, b) for n, (a, b) in sorted(steps.items())]
     pairs += [
         (f"{k} answers, {long_c.get(k, {}).get('n', '?')}", long_c.get(k), long_b.get(k))
         for k in ("short", "long")
@@ -269,59 +285,6 @@ def _side_by_side(current: R, baseline: R) -> list[str]:
     return rows
 
 
-def _client(pace: R) -> list[str]:
-    client = pace.get("client") or {}
-    out = ["### The client and what it cost\n"]
-    kind = {"c": "a C program", "python": "the Python client"}.get(client.get("kind", ""), "?")
-    text = (
-        f"The load came from {kind} ({client.get('note', '')}): one process, non-blocking "
-        "sockets on epoll, one connection per answer; it parses the HTTP head, the chunked "
-        "body and each SSE frame's `id:` and `event:` lines, never the JSON, and takes the "
-        "clock once per read (the C client pauses 1 ms after each wake-up with work, so that "
-        "one wake-up reads many streams: every arrival is timed at most that late). Its own "
-        "CPU per event delivered (µs, by N):"
-    )
-    busiest: R | None = None
-    for key, db in databases_run(pace):
-        sweep = ((db.get("builds") or {}).get("current") or {}).get("sweep", [])
-        measured = [s for s in sweep if s["cpu"].get("client_own_us_per_event") is not None]
-        by_step = ", ".join(
-            f"{s['n']:,}: {s['cpu']['client_own_us_per_event']:.2f}" for s in measured
-        )
-        text += f" {key}, {by_step};" if by_step else ""
-        for s in measured:
-            if busiest is None or s["events_per_s"] > busiest["events_per_s"]:
-                busiest = s
-    if busiest is not None:
-        cores = busiest["cpu"]["client_own_us_per_event"] * busiest["events_per_s"] / 1e6
-        text += (
-            f" at the busiest step ({busiest['events_per_s']:,} events/s) it took {cores:.3f} "
-            "of a core."
-        )
-    compared = [
-        (b["sweep"][0], b["python_client"])
-        for _k, db in databases_run(pace)
-        for b in (db.get("builds") or {}).values()
-        if b.get("python_client") and b.get("sweep")
-    ]
-    if compared:
-        c, py = compared[0]
-        c_us = c["cpu"].get("client_own_us_per_event")
-        py_us = py["cpu"].get("client_own_us_per_event")
-        text += (
-            f" The same step of {c['n']:,} answers with the Python client "
-            f"(`bench/pace/client.py`, an asyncio protocol on uvloop): {_n(py_us, 2)} µs per "
-            f"event against {_n(c_us, 2)}"
-            + (
-                f"; at that cost, 40,000 events/s would take {py_us * 0.04:.2f} of a core from "
-                "the two that the server and PostgreSQL share."
-                if py_us
-                else "."
-            )
-        )
-    return [*out, text + "\n"]
-
-
 def _invariants(pace: R) -> list[str]:
     steps = [
         (key, bkey, s)
@@ -329,6 +292,7 @@ def _invariants(pace: R) -> list[str]:
         for bkey, b in (db.get("builds") or {}).items()
         for s in [
             *b.get("sweep", []),
+            *b.get("bursts", []),
             *(v for k, v in (b.get("long") or {}).items() if isinstance(v, dict)),
             *(b[k] for k in ("python_client", "profiled") if b.get(k)),
         ]
@@ -340,7 +304,8 @@ def _invariants(pace: R) -> list[str]:
         "replayed from `Last-Event-ID: 0` (`GET /api/projects/{p}/messages/{m}/events`), ids "
         "1..n without gaps and one terminal event, last; the joined `delta` texts equal to the "
         "terminal event's content and to the message row's; every assistant message terminal; "
-        "per project, sequences exactly 1..2k (users odd, assistants even). "
+        "per project, sequences exactly 1..2k (users odd, assistants even). Every answer "
+        "sent is checked, those of the warm-up and the drain of a steady step included. "
         f"{answers:,} answers in {len(steps)} steps: "
     )
     if not broken:
@@ -354,39 +319,3 @@ def _invariants(pace: R) -> list[str]:
             f"{inv['sequences']['ok']}, unfinished: {inv['sequences']['unfinished']}"
         )
     return [*lines, ""]
-
-
-# The plot
-
-
-def plot(results: R, directory: Path, plt: Any) -> str | None:
-    series = [
-        (f"{db.get('label', key)}, {BUILD_LABELS.get(bkey, bkey)}", b.get("sweep", []))
-        for key, db in databases_run(pace_results(results))
-        for bkey, b in (db.get("builds") or {}).items()
-    ]
-    series = [(name, steps) for name, steps in series if steps]
-    if not series:
-        return None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
-    for name, steps in series:
-        xs = [s["n"] for s in steps]
-        left.plot(xs, [s["pace_rows"]["p99"] for s in steps], "-o", label=name)
-        right.plot(xs, [s["lag"]["p99_ms"] for s in steps], "-o", label=name)
-    left.axhline(1.1, color="tab:red", ls="--", lw=1, label="target 1.1")
-    right.axhline(100, color="tab:red", ls="--", lw=1, label="target 100 ms")
-    for ax, label in (
-        (left, "p99 pace (duration / the generator's own)"),
-        (right, "delivery lag p99, ms"),
-    ):
-        ax.set_xscale("log")
-        ax.set_xlabel("concurrent answers")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.suptitle(f"Streaming at a model's pace ({results['machine']['date'][:10]})", fontsize=10)
-    fig.tight_layout()
-    path = directory / "bench-model-pace.png"
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return str(path)

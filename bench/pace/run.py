@@ -1,6 +1,6 @@
 """Running the model-pace client: building it (the C one with gcc, into the run's work directory,
 else the Python one, said so), handing it its requests, measuring CPU while it runs, and reading
-what it wrote (see ``bench/pace/client.py`` for the formats)."""
+what it wrote (see ``bench/pace/spec.py`` and ``bench/pace/client.py`` for the formats)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.machine import CpuMeter
-from bench.pace.client import Spec, write_spec
+from bench.pace.spec import Spec, write_spec
 
 logger = logging.getLogger("bench")
 SOURCE = Path(__file__).resolve().parent / "client.c"
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-ERRORS = ("ok", "connect", "read", "eof", "http", "bad_response", "timeout", "write")
+ERRORS = ("ok", "connect", "read", "eof", "http", "bad_response", "timeout", "write", "unused")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,14 +79,28 @@ class Answer:
     events: int
     bytes: int
     contiguous: bool
+    window_deltas: int  # its deltas that arrived in the window
+
+    @property
+    def started(self) -> bool:
+        """A connection was tried: the server may hold the answer, the checks expect it."""
+        return self.start >= 0
 
 
 @dataclass
 class ClientRun:
+    """What the client saw, and what was measured meanwhile. Times in microseconds from the
+    client's start; *the window* is where the harness measures (see ``bench/pace/client.py``)."""
+
     answers: list[Answer] = field(default_factory=list)
-    lags_us: dict[int, int] = field(default_factory=dict)  # bucket (lower edge) -> count
-    window_us: int = 0  # from the first connect to the last stream's end
+    lags_by_phase: dict[int, dict[int, int]] = field(default_factory=dict)  # 0, 1 (window), 2
+    lags_by_second: dict[int, dict[int, int]] = field(default_factory=dict)  # coarse buckets
+    window_start_us: int = 0  # when the client crossed the window's edges
+    window_end_us: int = 0
+    window_events: int = 0
+    window_deltas: int = 0
     window_cpu_us: int = 0  # the client's own CPU (user + system) over the window
+    end_us: int = 0  # when every answer had ended
     cpu_us: int = 0  # ... over its whole life, reading its spec and writing its report included
     max_rss_kib: int = 0
     cores: dict[str, Any] = field(default_factory=dict)  # CpuMeter over the window
@@ -95,13 +109,26 @@ class ClientRun:
     other_active_backends: int | None = None
 
     @property
+    def window_us(self) -> int:
+        return self.window_end_us - self.window_start_us
+
+    @property
     def events(self) -> int:
         return sum(a.events for a in self.answers)
 
+    @property
+    def lags_us(self) -> dict[int, int]:
+        """Every lag, whenever it arrived (bucket lower edge -> count)."""
+        merged: dict[int, int] = {}
+        for buckets in self.lags_by_phase.values():
+            for edge, count in buckets.items():
+                merged[edge] = merged.get(edge, 0) + count
+        return merged
+
 
 def answer(parts: list[str]) -> Answer:
-    """``i status error terminal start sent first_event first_delta last_delta ended deltas
-    events bytes contiguous``"""
+    """``j status error terminal start sent first_event first_delta last_delta ended deltas
+    events bytes contiguous window_deltas``"""
     n = [int(p) for p in parts[4:]]
     return Answer(
         status=int(parts[1]),
@@ -117,34 +144,43 @@ def answer(parts: list[str]) -> Answer:
         events=n[7],
         bytes=n[8],
         contiguous=n[9] == 1,
+        window_deltas=n[10],
     )
 
 
 def parse(lines: list[str], run: ClientRun) -> None:
     for line in lines:
         kind, _, rest = line.partition(" ")
-        parts = rest.split()
         if kind == "A":
-            run.answers.append(answer(parts))
-        elif kind == "H":
-            run.lags_us[int(parts[0])] = int(parts[1])
+            run.answers.append(answer(rest.split()))
+            continue
+        parts = [int(p) for p in rest.split()]
+        if kind == "H":
+            run.lags_by_phase.setdefault(parts[0], {})[parts[1]] = parts[2]
+        elif kind == "S":
+            run.lags_by_second.setdefault(parts[0], {})[parts[1]] = parts[2]
+        elif kind == "W":
+            run.window_events, run.window_deltas = parts[0], parts[1]
         elif kind == "R":
-            run.cpu_us, run.max_rss_kib = int(parts[0]), int(parts[1])
-        elif kind == "measure_start":
-            run.window_cpu_us -= int(parts[0])
+            run.cpu_us, run.max_rss_kib = parts[0], parts[1]
+        elif kind == "window_start":
+            run.window_start_us, run.window_cpu_us = parts[0], run.window_cpu_us - parts[1]
+        elif kind == "window_end":
+            run.window_end_us, run.window_cpu_us = parts[0], run.window_cpu_us + parts[1]
         elif kind == "measure_end":
-            run.window_us = int(parts[0])
-            run.window_cpu_us += int(parts[1])
+            run.end_us = parts[0]
 
 
 @dataclass
 class Meters:
-    """What to measure while the client runs: the server and PostgreSQL process trees, the
-    server's workers apart, and this database's own backends (asked for at the end)."""
+    """What to measure over the client's window: the server and PostgreSQL process trees, the
+    server's workers apart, and this database's own backends (asked for at the window's end);
+    ``edge`` is awaited at each edge of the window (``"start"``, ``"end"``), for the WAL."""
 
     roots: dict[str, int]
     workers: dict[str, int]
     backends: Callable[[], Awaitable[dict[str, Any]]]
+    edge: Callable[[str], Awaitable[None]] | None = None
 
 
 async def run_client(
@@ -197,25 +233,27 @@ async def _read(
     lines: list[str] = []
     async for raw in proc.stdout:
         line = raw.decode().strip()
-        if line.startswith("measure_start"):
+        lines.append(line)
+        if line.startswith("window_start"):
             meter.start()
             workers.start()
+            if meters.edge is not None:
+                await meters.edge("start")
             if on_start is not None:
                 on_start()
-            lines.append(line)
-        elif line.startswith("measure_end"):
+        elif line.startswith("window_end"):
+            if meters.edge is not None:
+                await meters.edge("end")
             ours = await meters.backends()
             for pid in ours["pids"]:  # counted from zero if they appeared since the start
                 meter.roots[f"backend {pid}"] = pid
             run.cores = meter.stop()
             run.workers = {k: v for k, v in workers.stop().items() if k in meters.workers}
-            assert proc.stdin is not None
-            proc.stdin.write(b"go\n")  # the client waits for this to write its report and go
-            proc.stdin.close()
             own = [run.cores.pop(f"backend {pid}") for pid in ours["pids"]]
             run.own_backends_cores = round(sum(own), 3) if own else None
             run.other_active_backends = ours["other_active"]
-            lines.append(line)
-        else:
-            lines.append(line)
+        elif line.startswith("measure_end"):
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")  # the client waits for this to write its report and go
+            proc.stdin.close()
     return lines

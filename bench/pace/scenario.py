@@ -3,10 +3,14 @@ PostgreSQL; an external one given by URL) and each build (this one; ``--baseline
 database and a server with ``WORKERS=2``, ``LEASE_SECONDS=3`` and the demo generator, then
 
 - a warm-up on each new server: answers streamed for a couple of seconds, then cancelled;
-- steps of N concurrent answers at 40 deltas a second, N rising until the service saturates;
+- for N rising until the service saturates: a steady step (N answers open at any moment at 40
+  deltas a second, a closed loop measured over a window after a warm-up: the targets' figures),
+  then a burst (N answers started at once: what a start-up costs, reported beside it);
 - py-spy on the server at the largest N not saturated (this build, one database);
-- the long-answer pair: 16 KB answers and 2 KB ones at the same N and the same faster pace, so
-  that their WAL per answer byte compares length alone.
+- the long-answer pair: 16 KB answers, and 2 KB ones back to back, at the same N, the same
+  faster pace and for the same time, so that their WAL per answer byte compares length alone.
+
+The shapes of the steps are in ``bench.pace.shape``.
 
 After every step the invariants are checked (``bench.pace.check``); a broken one fails the
 scenario once everything is recorded.
@@ -25,9 +29,11 @@ from typing import Any
 
 from bench import database
 from bench import profile as profiler
+from bench.pace import waldump
 from bench.pace.drift import generator_drift
 from bench.pace.run import Client
-from bench.pace.step import Context, Shape, run_step
+from bench.pace.shape import Shape, burst, steady, waves
+from bench.pace.step import Context, run_step
 from bench.pace.target import Target
 from bench.pace.warmup import warm_up
 from bench.plan import PacePlan
@@ -37,6 +43,7 @@ from bench.source import Source
 logger = logging.getLogger("bench")
 PROJECT_BASE = 3_000_001  # project and user numbers, above those of the other scenarios
 CAPACITY_PACE = 1.1
+PYTHON_CLIENT_MAX_N = 200
 
 
 class InvariantBroken(AssertionError):
@@ -105,34 +112,36 @@ class ModelPace:
 
     async def run_build(self, target: Target, build: Build) -> dict[str, Any]:
         ctx = await self.context(target, build)
-        out: dict[str, Any] = {"database": ctx.url.rsplit("/", 1)[-1], "sweep": []}
+        out: dict[str, Any] = {"database": ctx.url.rsplit("/", 1)[-1], "sweep": [], "bursts": []}
+        if isinstance(ctx.wal_files, str):
+            out["wal_records"] = ctx.wal_files
+            logger.info("model pace: no WAL by kind of record on %s: %s", target.label, out)
         plan = self.plan
-        first = self.shape(plan.counts[0], plan.deltas, plan.delta_ms)
-        async with self.server(ctx, build, "sweep", first) as server:
+        async with self.server(ctx, build, "sweep", self.steady(plan.counts[0])) as server:
             for n in plan.counts:
-                step = await self.step(
-                    ctx, server, self.shape(n, plan.deltas, plan.delta_ms), f"n{n}"
-                )
+                step = await self.step(ctx, server, self.steady(n), f"n{n}")
                 out["sweep"].append(step)
-                if self.compare_here(target, build, out):
-                    python = self.shape(n, plan.deltas, plan.delta_ms)
+                if self.compare_here(target, build, out, n):
                     out["python_client"] = await self.step(
-                        ctx, server, python, f"py{n}", self.python_client
+                        ctx, server, self.steady(n), f"py{n}", self.python_client
                     )
                 why = saturated(step, plan.saturation_pace)
-                if why:
+                if why:  # a burst past saturation would only say the same louder
                     out["stopped"] = {"n": n, "why": why}
                     break
+                out["bursts"].append(await self.step(ctx, server, self.burst(n), f"b{n}"))
             out["capacity"] = capacity(out["sweep"])
             if self.profile_on == target.key and build.key == "current" and plan.profile_s > 0:
                 out["profiled"] = await self.profiled(ctx, server, target, out["sweep"])
         out["long"] = await self.long_pair(ctx, build)
         return out
 
-    def compare_here(self, target: Target, build: Build, out: dict[str, Any]) -> bool:
-        """The Python client runs one step too (the first), for its cost beside the C one's."""
+    def compare_here(self, target: Target, build: Build, out: dict[str, Any], n: int) -> bool:
+        """The Python client runs one step too (the first), for its cost beside the C one's;
+        not past ``PYTHON_CLIENT_MAX_N`` answers, where it would take a core from the server."""
         return (
             self.plan.compare_clients
+            and n <= PYTHON_CLIENT_MAX_N
             and self.client.kind == "c"
             and target is self.targets[0]
             and build.key == "current"
@@ -150,10 +159,16 @@ class ModelPace:
             logger.warning(
                 "model pace: no postmaster found for %s: no PostgreSQL CPU", target.label
             )
-        return Context(target, build.key, url, numbers, projects, by_project, postmaster)
+        wal_files = await waldump.locate(url)
+        return Context(target, build.key, url, numbers, projects, by_project, postmaster, wal_files)
 
-    def shape(self, n: int, deltas: int, delta_ms: int) -> Shape:
-        return Shape(n, deltas, delta_ms, self.plan.delta_chars, self.plan.ramp_s)
+    def steady(self, n: int) -> Shape:
+        p = self.plan
+        return steady(n, p.deltas, p.delta_ms, p.delta_chars, p.measure_answers)
+
+    def burst(self, n: int) -> Shape:
+        p = self.plan
+        return burst(n, p.deltas, p.delta_ms, p.delta_chars, p.ramp_s, p.burst_window_s)
 
     def settings(self, deltas: int, delta_ms: int) -> dict[str, str]:
         return {
@@ -176,7 +191,15 @@ class ModelPace:
         await asyncio.to_thread(proc.start)
         try:
             if self.plan.warmup_s > 0:
-                await warm_up(ctx, proc, shape, self.client, self.workdir, self.plan.warmup_s)
+                await warm_up(
+                    ctx,
+                    proc,
+                    shape,
+                    self.client,
+                    self.workdir,
+                    seconds=self.plan.warmup_s,
+                    ramp_s=self.plan.ramp_s,
+                )
             yield proc
         finally:
             await asyncio.to_thread(proc.stop)
@@ -204,10 +227,13 @@ class ModelPace:
         return step
 
     async def long_pair(self, ctx: Context, build: Build) -> dict[str, Any]:
-        plan = self.plan
+        """Long answers, one per slot; short ones back to back for as long as a long one takes:
+        the same N, delta rate, duration and (about) bytes on both sides."""
+        p = self.plan
         pair: dict[str, Any] = {}
-        for name, deltas in (("short", plan.short_deltas), ("long", plan.long_deltas)):
-            shape = self.shape(plan.long_count, deltas, plan.long_delta_ms)
+        seconds = p.long_deltas * p.long_delta_ms / 1000
+        for name, deltas in (("short", p.short_deltas), ("long", p.long_deltas)):
+            shape = waves(p.long_count, deltas, p.long_delta_ms, p.delta_chars, p.ramp_s, seconds)
             async with self.server(ctx, build, name, shape) as server:
                 pair[name] = await self.step(ctx, server, shape, name)
         short, long = pair["short"]["wal_per_answer_byte"], pair["long"]["wal_per_answer_byte"]
@@ -217,7 +243,8 @@ class ModelPace:
     async def profiled(
         self, ctx: Context, server: ServerProcess, target: Target, sweep: list[dict[str, Any]]
     ) -> dict[str, Any]:
-        """The largest step not saturated again, with py-spy on the server from 1 s in."""
+        """The largest step not saturated again, with py-spy on the server from 1 s into its
+        window."""
         calm = [s for s in sweep if not saturated(s, self.plan.saturation_pace)]
         n = (calm[-1] if calm else sweep[0])["n"]
         output = self.results_dir / f"{self.stamp}-profile-model-pace.txt"
@@ -231,8 +258,7 @@ class ModelPace:
             recording.append(asyncio.get_running_loop().create_task(record()))
 
         logger.info("model pace: profiling the server at %d answers", n)
-        shape = self.shape(n, self.plan.deltas, self.plan.delta_ms)
-        step = await self.step(ctx, server, shape, f"prof{n}", on_start=on_start)
+        step = await self.step(ctx, server, self.steady(n), f"prof{n}", on_start=on_start)
         error = await recording[0] if recording else "the client never started"
         what = f"model pace: {n:,} answers at {1000 // self.plan.delta_ms} deltas/s, {target.label}"
         entry: dict[str, Any] = {"what": what, "seconds": self.plan.profile_s}

@@ -6,15 +6,16 @@ steps do, instead of paying those once-only costs in its own figures."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from bench.pace import check
-from bench.pace.client import Spec
 from bench.pace.run import Client, Meters, run_client
-from bench.pace.step import Context, Shape, requests
+from bench.pace.shape import Shape, burst
+from bench.pace.step import Context, requests
 from bench.server import ServerProcess
 from bench.wire import Connection, request_bytes
 
@@ -23,13 +24,21 @@ TAG = "warm"
 
 
 async def warm_up(
-    ctx: Context, server: ServerProcess, shape: Shape, client: Client, workdir: Path, seconds: float
+    ctx: Context,
+    server: ServerProcess,
+    like: Shape,
+    client: Client,
+    workdir: Path,
+    *,
+    seconds: float,
+    ramp_s: float,
 ) -> dict[str, Any]:
+    """``like``'s N answers started over ``ramp_s``, streamed for ``seconds``, cancelled."""
     started = time.monotonic()
+    shape = burst(like.n, like.deltas, like.delta_ms, like.delta_chars, ramp_s, ramp_s + seconds)
     keys, raw = requests(ctx, server.port, shape, TAG)
-    timeout_ms = round((shape.ramp_s + seconds) * 1000)
-    spec = Spec(
-        "127.0.0.1", server.port, shape.delta_ms * 1000, round(shape.ramp_s * 1e6), timeout_ms, raw
+    spec = dataclasses.replace(
+        shape.spec(server.port, raw), timeout_ms=round((ramp_s + seconds) * 1000)
     )
     path = workdir / f"pace-{ctx.target.key}-{ctx.build}-{TAG}.spec"
 
@@ -37,7 +46,7 @@ async def warm_up(
         return {"pids": [], "other_active": 0}
 
     meters = Meters({"server": server.pid}, {}, no_backends)
-    await run_client(client, spec, path, meters, timeout=seconds + shape.ramp_s + 60)
+    await run_client(client, spec, path, meters, timeout=seconds + ramp_s + 60)
     running = await _running(ctx, keys)
     await asyncio.gather(
         *(_cancel(server.port, row, ctx.tokens[row.project_id]) for row in running)

@@ -1,5 +1,7 @@
 """The model-pace load clients (C and Python) read the same streams the same way: chunks and
-frames cut at awkward places, pings and the retry line skipped, a refusal, a stream cut short."""
+frames cut at awkward places, pings and the retry line skipped, a refusal, a stream cut short;
+and they run slots the same way: answers back to back, none started after the stop time, the
+lags of what arrived in the window kept apart."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.pace.client import Spec, write_spec
 from bench.pace.run import Client, ClientRun, build, parse
+from bench.pace.spec import Spec, write_spec
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
 DELTAS = 5
@@ -56,14 +58,17 @@ async def server() -> AsyncIterator[int]:
     await srv.wait_closed()
 
 
-async def run(client: Client, port: int, tmp_path: Path) -> ClientRun:
-    paths = ("/ok", "/busy", "/cut", "/ok")
-    raw = [f"GET {p} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for p in paths]
-    spec = tmp_path / f"{client.kind}.spec"
-    write_spec(spec, Spec("127.0.0.1", port, 1000, 0, 20_000, raw))
+def requests(*paths: str) -> list[bytes]:
+    return [f"GET {p} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for p in paths]
+
+
+async def run(client: Client, port: int, tmp_path: Path, spec: Spec | None = None) -> ClientRun:
+    spec = spec or Spec("127.0.0.1", port, 1000, 0, 20_000, requests("/ok", "/busy", "/cut", "/ok"))
+    path = tmp_path / f"{client.kind}.spec"
+    write_spec(path, spec)
     proc = await asyncio.create_subprocess_exec(
         *client.argv,
-        str(spec),
+        str(path),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         cwd=REPO_ROOT,
@@ -75,11 +80,15 @@ async def run(client: Client, port: int, tmp_path: Path) -> ClientRun:
     return result
 
 
-@pytest.mark.parametrize("kind", ["c", "python"])
-async def test_the_clients_read_frames_cut_anywhere(kind: str, server: int, tmp_path: Path) -> None:
+def client_of(kind: str, tmp_path: Path) -> Client:
     if kind == "c" and not (shutil.which("gcc") or shutil.which("cc")):
         pytest.skip("no C compiler: the harness uses the Python client then")
-    client = build(tmp_path, kind)
+    return build(tmp_path, kind)
+
+
+@pytest.mark.parametrize("kind", ["c", "python"])
+async def test_the_clients_read_frames_cut_anywhere(kind: str, server: int, tmp_path: Path) -> None:
+    client = client_of(kind, tmp_path)
     result = await run(client, server, tmp_path)
     ok, busy, cut, again = result.answers
     for answer in (ok, again):
@@ -89,6 +98,41 @@ async def test_the_clients_read_frames_cut_anywhere(kind: str, server: int, tmp_
         assert answer.first_delta <= answer.last_delta <= answer.ended
     assert (busy.status, busy.error, busy.events) == (503, "http", 0)
     assert (cut.error, cut.terminal, cut.deltas) == ("eof", "-", DELTAS)
-    # One lag per delta after the first, of the streams that had deltas.
-    assert sum(result.lags_us.values()) == 3 * (DELTAS - 1)
+    # One lag per delta after the first, of the streams that had deltas; the window is the
+    # whole run by default, so every one of them arrived in it.
+    lags = 3 * (DELTAS - 1)
+    assert sum(result.lags_us.values()) == sum(result.lags_by_phase[1].values()) == lags
+    assert sum(sum(b.values()) for b in result.lags_by_second.values()) == lags
+    assert result.window_events == result.events and result.window_deltas == 3 * DELTAS
+    assert [a.window_deltas for a in result.answers] == [DELTAS, 0, DELTAS, DELTAS]
     assert result.window_us > 0 and result.window_cpu_us >= 0
+
+
+@pytest.mark.parametrize("kind", ["c", "python"])
+async def test_a_slot_runs_its_answers_one_after_another(
+    kind: str, server: int, tmp_path: Path
+) -> None:
+    client = client_of(kind, tmp_path)
+    spec = Spec("127.0.0.1", server, 1000, 0, 20_000, requests(*["/ok"] * 6), slots=2)
+    result = await run(client, server, tmp_path, spec)
+    assert [a.terminal for a in result.answers] == ["done"] * 6
+    for j in range(2, 6):  # answer j is slot j % 2's; it starts once the one before has ended
+        before, after = result.answers[j - 2], result.answers[j]
+        assert after.start >= before.ended
+
+
+@pytest.mark.parametrize("kind", ["c", "python"])
+async def test_no_answer_starts_after_the_stop_and_the_window_keeps_its_lags_apart(
+    kind: str, server: int, tmp_path: Path
+) -> None:
+    client = client_of(kind, tmp_path)
+    # The window starts after the stream has ended: every lag arrived before it.
+    raw = requests(*["/ok"] * 6)
+    spec = Spec("127.0.0.1", server, 1000, 0, 20_000, raw, 2, 0, 60_000_000, -1)
+    result = await run(client, server, tmp_path, spec)
+    first, unused = result.answers[:2], result.answers[2:]
+    assert [a.terminal for a in first] == ["done", "done"]
+    assert {(a.error, a.start, a.events) for a in unused} == {("unused", -1, 0)}
+    assert not any(a.started for a in unused)
+    assert sum(result.lags_by_phase[0].values()) == 2 * (DELTAS - 1)
+    assert 1 not in result.lags_by_phase and result.window_events == 0

@@ -69,15 +69,27 @@ def test_bench_smoke_writes_results_and_report(tmp_path: Path, repo_root: Path) 
     assert all(t["measured"] is not None for t in results["targets"][:EARLIER_TARGETS])
     assert any(t["name"].startswith("model pace") for t in results["targets"])
 
-    # The model-pace scenario ran its steps and the long-answer pair, with the C client and the
-    # Python one, and every invariant held (the scenario fails otherwise).
+    # The model-pace scenario ran its steady steps, a burst beside each and the long-answer
+    # pair, with the C client and the Python one, and every invariant held (the scenario fails
+    # otherwise).
     pace = results["scenarios"]["model_pace"]
     assert pace["invariants_ok"]
     databases = ["embedded", *(["external"] if external else [])]
     for name in databases:
         build = pace["databases"][name]["builds"]["current"]
-        assert build["sweep"] and build["long"]["long"]["wal_per_answer_byte"] is not None
+        steady, burst = build["sweep"][0], build["bursts"][0]
+        assert (steady["kind"], burst["kind"]) == ("steady", "burst")
+        assert steady["window"]["start_s"] > 0 and steady["lag"]["count"] > 0
+        assert steady["lag_by_second"] and burst["lag_by_second"]
+        assert steady["answers"] > steady["n"]  # the slots ran answers back to back
+        long = build["long"]
+        assert long["long"]["wal_per_answer_byte"] is not None
+        assert long["short"]["answers"] > long["long"]["answers"]
+        # The WAL split by kind of record, unless the harness said why it could not read it.
+        window = steady["wal"]["window"]
+        assert "record_bytes" in window or build.get("wal_records") or window.get("error")
     embedded = pace["databases"]["embedded"]["builds"]["current"]
+    assert "fpi_bytes" in embedded["sweep"][0]["wal"]["window"]  # the run's own cluster
     if pace["client"]["kind"] == "c":
         assert embedded["python_client"]["client"] == "python"
 
@@ -85,3 +97,4 @@ def test_bench_smoke_writes_results_and_report(tmp_path: Path, repo_root: Path) 
     assert text.startswith("# Benchmarks")
     assert "## Targets" in text
     assert "## Streaming at a model's pace (9)" in text
+    assert "Steady state against a burst" in text and "### WAL: records and full-page" in text
