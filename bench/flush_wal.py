@@ -82,7 +82,7 @@ async def _run(store: Store, url: str, k: int, *, answers: int, flushes: int) ->
     next_id = {pair.assistant.message.id: 2 for pair in pairs}
     rng = random.Random(k)
 
-    def batch() -> tuple[list[FlushItem], int]:
+    def batch(first: bool = False) -> tuple[list[FlushItem], int]:
         items, size = [], 0
         for pair in pairs:
             message = pair.assistant.message
@@ -99,11 +99,13 @@ async def _run(store: Store, url: str, k: int, *, answers: int, flushes: int) ->
                 first + k - 1,
                 None,
                 [Chunk.of(events)],
+                changes_status=first,  # only the first flush moves them to `streaming`
             )
             items.append(item)
         return items, size
 
-    for _ in range(5):  # the first flushes move every answer to `streaming`; not measured
+    await store.flush(worker, batch(first=True)[0])  # every answer to `streaming`
+    for _ in range(4):  # not measured
         await store.flush(worker, batch()[0])
     conn = await asyncpg.connect(url)
     try:

@@ -42,6 +42,7 @@ class MessageLog:
         self.sealed = self.written  # events[:sealed] are in chunks (written, or sent, unconfirmed)
         self.chunks: list[Chunk] = []  # sealed, not yet known to be written
         self.status = "pending"
+        self.stored_status = "pending"  # the status the message row holds
         self.parts: list[str] = []
         self.error: ErrorInfo | None = None
         self.final_status: str | None = None  # the generation ended; not yet written
@@ -105,10 +106,12 @@ class MessageLog:
         (sealing the new events into chunks first), and the message's status."""
         self._seal()
         final = self.final_status
+        status = final or self.status
         return FlushItem(
             project_id=self.placeholder.project_id,
             message_id=self.placeholder.id,
-            status=final or self.status,
+            status=status,
+            changes_status=status != self.stored_status or not self.chunks,
             content="".join(self.parts) if final else None,
             last_event_id=self.sealed + (1 if final else 0),
             error=self.error if final else None,
@@ -144,6 +147,7 @@ class MessageLog:
         """The flush of ``item`` committed: publish its events (and the terminal one)."""
         count = len(item.chunks)
         del self.chunks[:count]
+        self.stored_status = item.status
         if item.chunks:
             self.written = self.visible = item.chunks[-1].last_event_id
         self.waiting_since = time.monotonic() if self.unwritten else None

@@ -48,6 +48,11 @@ FLUSH_BATCH = Histogram(
     "Messages written per flush",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
+EVENT_LOOP_LAG_SECONDS = Histogram(
+    "orderly_event_loop_lag_seconds",
+    "How late a timer fires on the event loop (sampled about once a second per worker)",
+    buckets=_FAST,
+)
 FLUSH_FAILURES = Counter("orderly_flush_failures", "Flush statements that failed")
 LEASES_REAPED = Counter("orderly_leases_reaped", "Messages closed by the reaper")
 HEARTBEAT_SECONDS = Histogram(

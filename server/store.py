@@ -58,6 +58,9 @@ class FlushItem:
     last_event_id: int
     error: ErrorInfo | None
     chunks: Sequence[Chunk]
+    # Whether the message row changes (its first events, its end): only then is it sent as a
+    # row of changes; otherwise its chunks alone name it.
+    changes_status: bool = True
     # What the generator reported, at a successful end only.
     usage: Usage | None = None
     finish_reason: str | None = None
@@ -287,24 +290,25 @@ class Store:
         """Write a batch; return the ids of the messages this worker still held, each with its
         row's ``updated_at`` where the write changed the row (its status)."""
         chunks = [(item, chunk) for item in items for chunk in item.chunks]
+        changes = [item for item in items if item.changes_status]
         rows = await self.db.fetch(
             "flush",
             worker,
-            [i.project_id for i in items],
-            [i.message_id for i in items],
-            [i.status for i in items],
-            [i.content for i in items],
-            [i.last_event_id for i in items],
-            [i.error.code if i.error else None for i in items],
-            [i.error.message if i.error else None for i in items],
             [i.project_id for i, _ in chunks],
             [i.message_id for i, _ in chunks],
             [c.first_event_id for _, c in chunks],
             [c.kinds for _, c in chunks],
             [c.data for _, c in chunks],
-            [i.usage.prompt_tokens if i.usage else None for i in items],
-            [i.usage.completion_tokens if i.usage else None for i in items],
-            [i.finish_reason for i in items],
+            [i.project_id for i in changes],
+            [i.message_id for i in changes],
+            [i.status for i in changes],
+            [i.content for i in changes],
+            [i.last_event_id for i in changes],
+            [i.error.code if i.error else None for i in changes],
+            [i.error.message if i.error else None for i in changes],
+            [i.usage.prompt_tokens if i.usage else None for i in changes],
+            [i.usage.completion_tokens if i.usage else None for i in changes],
+            [i.finish_reason for i in changes],
         )
         return {r["id"]: r["updated_at"] for r in rows}
 

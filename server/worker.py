@@ -112,8 +112,12 @@ class Worker:
         """Wake every listener of this worker's logs now and then, so that each can send its
         ping and notice its stream's end (listeners wait without a timer of their own)."""
         interval = min(1.0, self.settings.ping_seconds / 4)
+        loop = asyncio.get_running_loop()
         while True:
+            due = loop.time() + interval
             await asyncio.sleep(interval)
+            # How late the loop woke us: the event loop's lag, for everything it runs.
+            metrics.EVENT_LOOP_LAG_SECONDS.observe(max(0.0, loop.time() - due))
             for log in list(self.runner.flusher.logs.values()):
                 log.wake()
 

@@ -186,6 +186,8 @@ LIMIT $4;
 -- end: the final status, content, terminal event id, usage and finish reason, and the terminal
 -- marker that claims the terminal event's id). A running answer's content is never rewritten: it
 -- is its stored log (message_view). The terminal state and the log are written in one statement.
+-- Most messages of a flush only gain a chunk: they are named by their chunks alone, and only the
+-- messages whose status changes come with a row of changes (fewer parameters to send).
 -- Fenced: only messages leased to this worker, still running, while its heartbeat has not
 -- expired. Against an end written meanwhile by cancel or the reaper, the primary key of
 -- event_chunks is the fence (see the migration 0005): their terminal marker takes the id this
@@ -195,33 +197,42 @@ LIMIT $4;
 -- same chunks (a chunk, once formed, never changes): those already stored are skipped, and a row
 -- that already holds exactly the terminal state of its item counts as written, untouched.
 -- (NOT EXISTS rather than ON CONFLICT: a speculative insert costs an extra WAL record per row.)
--- $1 the worker; messages: $2 project ids, $3 ids, $4 statuses, $5 final contents (NULL while
--- running), $6 last event ids (the terminal event's at the end), $7 error codes, $8 error
--- messages; chunks: $9 project ids, $10 message ids, $11 first event ids, $12 kinds, $13 data;
--- messages again (NULL but at a successful end): $14 prompt tokens, $15 completion tokens,
--- $16 finish reasons
-WITH batch AS (
+-- Returns the messages it wrote (or found already written), with updated_at where the row
+-- changed (for the terminal event).
+-- $1 the worker; chunks: $2 project ids, $3 message ids, $4 first event ids, $5 kinds, $6 data;
+-- changes: $7 project ids, $8 ids, $9 statuses, $10 final contents (NULL but at the end),
+-- $11 last event ids (the terminal event's at the end), $12 error codes, $13 error messages,
+-- $14 prompt tokens, $15 completion tokens, $16 finish reasons (NULL but at a successful end)
+WITH new_chunks AS (
     SELECT *
-    FROM unnest($2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::integer[], $7::text[],
-                $8::text[], $14::integer[], $15::integer[], $16::text[])
+    FROM unnest($2::uuid[], $3::uuid[], $4::integer[], $5::text[], $6::text[])
+        AS c (project_id, message_id, first_event_id, kinds, data)
+), changes AS (
+    SELECT *
+    FROM unnest($7::uuid[], $8::uuid[], $9::text[], $10::text[], $11::integer[], $12::text[],
+                $13::text[], $14::integer[], $15::integer[], $16::text[])
         AS b (project_id, id, status, content, last_event_id, error_code, error_message,
               prompt_tokens, completion_tokens, finish_reason)
+), batch AS (
+    SELECT project_id, message_id AS id FROM new_chunks
+    UNION
+    SELECT project_id, id FROM changes
 ), held AS (
     SELECT m.project_id, m.id, m.status AS was, b.status, b.last_event_id
-    FROM messages AS m JOIN batch AS b ON m.project_id = b.project_id AND m.id = b.id
+    FROM messages AS m
+    JOIN batch AS t ON m.project_id = t.project_id AND m.id = t.id
+    LEFT JOIN changes AS b ON b.project_id = t.project_id AND b.id = t.id
     WHERE m.lease_owner = $1 AND m.status IN ('pending', 'streaming')
       AND EXISTS (SELECT 1 FROM workers AS w WHERE w.id = $1 AND w.expires_at > now())
-), new_chunks AS (
-    SELECT c.*
-    FROM unnest($9::uuid[], $10::uuid[], $11::integer[], $12::text[], $13::text[])
-        AS c (project_id, message_id, first_event_id, kinds, data)
-    UNION ALL
-    SELECT h.project_id, h.id, h.last_event_id, 't', ''
-    FROM held AS h WHERE h.status IN ('success', 'error', 'cancelled')
 ), chunks AS (
     INSERT INTO event_chunks (project_id, message_id, first_event_id, kinds, data)
     SELECT c.project_id, c.message_id, c.first_event_id, c.kinds, c.data
-    FROM new_chunks AS c
+    FROM (
+        SELECT * FROM new_chunks
+        UNION ALL
+        SELECT h.project_id, h.id, h.last_event_id, 't', ''
+        FROM held AS h WHERE h.status IN ('success', 'error', 'cancelled')
+    ) AS c
     JOIN held AS h ON h.project_id = c.project_id AND h.id = c.message_id
     WHERE NOT EXISTS (
         SELECT 1 FROM event_chunks AS e
@@ -240,14 +251,14 @@ WITH batch AS (
         finish_reason = b.finish_reason,
         updated_at = now(),
         lease_owner = CASE WHEN b.status IN ('pending', 'streaming') THEN m.lease_owner END
-    FROM batch AS b JOIN held AS h ON h.project_id = b.project_id AND h.id = b.id
+    FROM changes AS b JOIN held AS h ON h.project_id = b.project_id AND h.id = b.id
     WHERE m.project_id = b.project_id AND m.id = b.id AND b.status <> h.was
       AND m.lease_owner = $1 AND m.status IN ('pending', 'streaming')
     RETURNING m.project_id, m.id, m.updated_at, m.status, m.created_by
 ), already AS (
     -- The retry of a terminal write that committed: this statement's snapshot already shows it.
     SELECT m.id, m.updated_at
-    FROM messages AS m JOIN batch AS b ON m.project_id = b.project_id AND m.id = b.id
+    FROM messages AS m JOIN changes AS b ON m.project_id = b.project_id AND m.id = b.id
     WHERE b.status IN ('success', 'error', 'cancelled')
       AND m.status = b.status AND m.last_event_id = b.last_event_id
       AND m.error_code IS NOT DISTINCT FROM b.error_code
