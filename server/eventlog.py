@@ -54,6 +54,7 @@ class MessageLog:
         self.started = time.monotonic()
         self.waiting_since: float | None = None  # when the oldest unwritten news was made
         self._unsealed_chars = 0  # characters of the events after ``sealed``
+        self.write_failures = 0  # the flusher's failed writes of this log alone, in a row
 
     # The producer's side
 

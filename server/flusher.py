@@ -22,12 +22,15 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from server import metrics
-from server.errors import DatabaseUnavailable
+from server.errors import ServiceUnavailable
 from server.eventlog import MessageLog
 from server.store import FlushItem, Store
 
 logger = logging.getLogger(__name__)
 
+# A message alone whose write fails this many times in a row (for a reason other than an
+# outage) is ended as unwritable.
+UNWRITABLE_AFTER = 3
 # Bounds of one flush statement; a log is never split between statements.
 MAX_STATEMENT_CHUNKS = 2_000
 MAX_STATEMENT_CHARS = 2 * 1024 * 1024
@@ -78,7 +81,7 @@ class Flusher:
             except Exception as exc:
                 # Never let the writer die: whatever went wrong, the logs keep their events
                 # and the next attempt writes them.
-                if isinstance(exc, DatabaseUnavailable):
+                if isinstance(exc, ServiceUnavailable):
                     logger.warning("flush failed: database unavailable; retry in %.2fs", backoff)
                 else:
                     logger.exception("flush failed; retry in %.2fs", backoff)
@@ -116,14 +119,25 @@ class Flusher:
         started = time.perf_counter()
         try:
             written = await self.store.flush(self.worker(), items)
-        except DatabaseUnavailable:
+        except ServiceUnavailable:
+            # The database is away, or this worker's heartbeat is being registered again (after
+            # it expired): wait and try again, as for an outage. Never a reason to end an answer.
             metrics.FLUSH_FAILURES.inc()
             self._wakeup.set()
             raise
         except Exception:
             metrics.FLUSH_FAILURES.inc()
             if len(logs) == 1:
-                await self._end_unwritable(logs[0])
+                log = logs[0]
+                log.write_failures += 1
+                if log.write_failures < UNWRITABLE_AFTER:
+                    # Once may be a passing fault the driver reported oddly: try it again later.
+                    logger.warning(
+                        "message %s could not be written; trying again", log.placeholder.id
+                    )
+                    self._wakeup.set()
+                    return
+                await self._end_unwritable(log)
                 return
             logger.warning("a flush of %d messages failed; writing them in halves", len(logs))
             half = len(logs) // 2
@@ -138,6 +152,7 @@ class Flusher:
                 logger.warning("message %s is no longer ours; dropping its log", item.message_id)
                 self.on_lost(item.message_id)
                 continue
+            log.write_failures = 0
             log.mark_written(item, written[item.message_id])
             if log.closed:
                 self.forget(log)

@@ -186,3 +186,40 @@ async def test_cancel_keeps_the_written_deltas_and_fences_the_owner(
     assert await store.flush(worker, [late]) == {}
     assert [i for i, _ in await stored(store, pair)] == [2, 3]
     assert await store.cancel(message.project_id, message.id, message.created_by) is None
+
+
+async def test_no_identity_yet_is_waited_for_not_taken_for_an_unwritable_message(
+    store: Store, worker: UUID
+) -> None:
+    """Regression (fault suite, seed 3015): while a worker registers a new heartbeat (its old one
+    expired), it has no identity to write under; the flusher split the batch down to one message
+    and ended a healthy answer as `storage_error`."""
+    from server.errors import ServiceUnavailable
+    from server.eventlog import MessageLog
+    from server.flusher import Flusher, FlushPolicy
+
+    pair = await reserve(store, worker)
+    other = await reserve(store, worker)
+
+    def no_identity() -> UUID:
+        raise ServiceUnavailable("this worker's heartbeat is not registered yet")
+
+    flusher = Flusher(
+        store, no_identity, FlushPolicy(interval=0.01, max_delay=0, min_events=1), on_lost=print
+    )
+    logs = [MessageLog(pair), MessageLog(other)]
+    for log in logs:
+        flusher.register(log)
+        log.add_delta("hello")
+        flusher.mark_dirty(log)
+    for _ in range(5):
+        with pytest.raises(ServiceUnavailable):
+            await flusher.flush_once()
+    for log in logs:
+        found = await store.message_by_id(log.placeholder.project_id, log.placeholder.id)
+        assert found is not None and found.message.status == "pending"
+        assert not log.closed and log.unwritten == 1
+    # With an identity again, everything is written.
+    flusher.worker = lambda: worker
+    await flusher.flush_once()
+    assert all(log.unwritten == 0 for log in logs)
