@@ -28,12 +28,15 @@ def stream_message(
         # Nothing left to send: 204 is how a server tells EventSource to stop reconnecting.
         slot.release()
         return Response(status_code=204)
-    message = stored.message
+    local = app.runner.local_log(stored.message.id)
+    # On the producing worker, follow the log's own copy of the message (shared by all of its
+    # listeners) rather than this request's: an open stream then keeps no row of its own alive.
+    message = stored.message if local is None else local.placeholder
     events = follow(
         message,
         cursor,
         store=app.store,
-        local=app.runner.local_log(message.id),
+        local=local,
         notifier=app.worker.notifier,
         limits=app.worker.limits(),
     )
