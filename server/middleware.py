@@ -12,7 +12,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from starlette.datastructures import MutableHeaders
@@ -51,10 +51,11 @@ class SecurityHeaders:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine: it hands back the inner app's, so that a response that lasts (an
+        # event stream) keeps no frame of this middleware alive, only the send wrapper.
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -63,7 +64,7 @@ class SecurityHeaders:
                     headers.setdefault(name, value)
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        return self.app(scope, receive, send_with_headers)
 
 
 class RequestLimits:
@@ -77,29 +78,29 @@ class RequestLimits:
         self.max_url_bytes = max_url_bytes
         self.max_header_bytes = max_header_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine: it hands back the refusal's or the inner app's, so that a response
+        # that lasts (an event stream) keeps no frame of this middleware alive.
         if scope["type"] == "http":
             url_size = len(scope.get("raw_path") or b"") + len(scope.get("query_string", b""))
             header_size = sum(len(k) + len(v) + 4 for k, v in scope["headers"])
             if url_size > self.max_url_bytes:
-                await _refuse(
+                return _refuse(
                     send,
                     414,
                     "URI Too Long",
                     "uri_too_long",
                     f"the URL must be at most {self.max_url_bytes} bytes",
                 )
-                return
             if header_size > self.max_header_bytes:
-                await _refuse(
+                return _refuse(
                     send,
                     431,
                     "Request Header Fields Too Large",
                     "headers_too_large",
                     f"the headers must total at most {self.max_header_bytes} bytes",
                 )
-                return
-        await self.app(scope, receive, send)
+        return self.app(scope, receive, send)
 
 
 async def _refuse(send: Send, status: int, title: str, code: str, detail: str) -> None:
