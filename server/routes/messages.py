@@ -10,7 +10,7 @@ from server import metrics
 from server.errors import Conflict, InvalidInput, NotFound
 from server.models import MessageEnvelope, MessagePage
 from server.parsing import path_uuid, query_int
-from server.routes.respond import json_response, stream_message
+from server.routes.respond import LastingEndpoint, json_response, stream_message
 from server.services import Services, services
 from server.sse import check_cursor, last_event_id
 from server.store import StoredMessage, User
@@ -84,7 +84,9 @@ routes = [
     Route("/api/projects/{project_id}/messages", history, methods=["GET"]),
     Route("/api/projects/{project_id}/messages/{message_id}", get_message, methods=["GET"]),
     Route(
-        "/api/projects/{project_id}/messages/{message_id}/events", message_events, methods=["GET"]
+        "/api/projects/{project_id}/messages/{message_id}/events",
+        LastingEndpoint(message_events),
+        methods=["GET"],
     ),
     Route("/api/projects/{project_id}/messages/{message_id}/cancel", cancel, methods=["POST"]),
 ]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from server.follow import follow
 from server.limits import StreamSlot
@@ -47,6 +50,21 @@ def stream_message(
         received=received_at(request.scope),
         retry_ms=app.settings.retry_ms,
     )
+
+
+class LastingEndpoint:
+    """``handler(request) -> Response`` as a bare ASGI app, for a route whose responses last
+    (event streams). Starlette wraps a function endpoint in closures, a Request and a second
+    layer of exception handling that all live as long as the response; this keeps one frame.
+    The handler's errors reach the app's ExceptionMiddleware, which maps them with the same
+    handlers, and its Request is dropped once it returned."""
+
+    def __init__(self, handler: Callable[[Request], Awaitable[Response]]) -> None:
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.handler(Request(scope, receive))
+        await response(scope, receive, send)
 
 
 def events_url(stored: StoredMessage) -> str:

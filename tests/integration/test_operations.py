@@ -38,8 +38,11 @@ async def test_metrics_move(database_url: str) -> None:
         before = _samples((await client.get("/metrics")).text)
         project = await create_project(client)
         for i in range(3):
-            await generate(client, project, f"m{i}")
+            events = await generate(client, project, f"m{i}")
         await client.get(f"/api/projects/{project}/messages")
+        # The events route is a bare ASGI endpoint (server/routes/respond.LastingEndpoint).
+        assistant = events[0].data["assistant_message"]["id"]
+        await client.get(f"/api/projects/{project}/messages/{assistant}/events")
         response = await client.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain")
     after = _samples(response.text)
@@ -51,7 +54,7 @@ async def test_metrics_move(database_url: str) -> None:
     assert moved("orderly_generations_finished_total", status="success") == 3
     assert moved("orderly_events_flushed_total") >= 3 * 7
     assert moved("orderly_flush_seconds_count") >= 1
-    assert moved("orderly_time_to_first_event_seconds_count") == 3
+    assert moved("orderly_time_to_first_event_seconds_count") == 3 + 1  # and the one replay
     assert moved("orderly_generation_duration_seconds_count") == 3
     # The demo generator's usage: one word per message, five pieces per answer.
     assert moved("orderly_tokens_total", kind="prompt") == 3
@@ -64,6 +67,8 @@ async def test_metrics_move(database_url: str) -> None:
         )
         == 1
     )
+    events_route = "/api/projects/{project_id}/messages/{message_id}/events"
+    assert moved("orderly_http_requests_total", route=events_route, status="200") == 1
     # No label carries a raw path or an id.
     assert not re.search(r'route="[^"]*[0-9a-f]{8}-[0-9a-f]{4}', response.text)
 
