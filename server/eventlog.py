@@ -50,7 +50,7 @@ class MessageLog:
         self.finish_reason: str | None = None
         self.closed = False  # no more events: the terminal one is visible, or the log was lost
         self.lost = False  # another worker (or the reaper) owns the message now
-        self._changed = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []  # one per waiting listener (``changed``)
         self.started = time.monotonic()
         self.waiting_since: float | None = None  # when the oldest unwritten news was made
         self._unsealed_chars = 0  # characters of the events after ``sealed``
@@ -191,19 +191,24 @@ class MessageLog:
     def visible_after(self, cursor: int) -> list[Event]:
         return self.events[cursor : self.visible]
 
-    async def changed(self) -> None:
-        """Wait until new events are visible, the log closes, or the worker's ticker wakes every
-        listener (``wake``) so that each can check its ping and its limits. No timer per wait: a
-        wait happens once per event batch of every listener."""
-        await self._changed.wait()
+    def changed(self) -> asyncio.Future[None]:
+        """A future done when new events are visible, the log closes, or the worker's ticker
+        wakes every listener (``wake``) so that each can check its ping and its limits. No timer
+        per wait: a wait happens once per event batch of every listener. A bare future, not a
+        coroutine around an ``asyncio.Event``: an idle listener keeps only this alive."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
 
     def wake(self) -> None:
         self._notify()
 
     def _notify(self) -> None:
-        # Wake every current waiter at once, and give later ones a fresh event.
-        self._changed.set()
-        self._changed = asyncio.Event()
+        # Wake every current waiter at once; later ones wait for the next news.
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():  # (its listener was cancelled while waiting)
+                waiter.set_result(None)
 
 
 def _finish_reason(reason: str | None) -> str | None:
