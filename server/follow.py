@@ -55,15 +55,28 @@ async def follow(
     limits: FollowLimits,
 ) -> AsyncIterator[list[Event]]:
     """Yield the events of ``message``'s log with ids above ``after``, up to the terminal one,
-    in batches: whatever became visible together is sent together (one write, not one each)."""
+    in batches: whatever became visible together is sent together (one write, not one each).
+
+    One generator for both sources: a nested one would be kept alive, with its frame, by every
+    open stream."""
     cursor = after
     if local is not None:
-        async for batch in _from_memory(local, cursor, limits):
-            yield batch
-            if batch:  # (an empty batch is a ping)
+        quiet_since = _now()
+        while True:
+            batch = local.visible_after(cursor)
+            if batch:
+                yield batch
                 cursor = batch[-1].id
                 if batch[-1].is_terminal:
                     return
+                quiet_since = _now()  # and look again: more may have become visible meanwhile
+            elif local.lost or limits.over():
+                break  # the table has the rest (unless the stream is over)
+            elif limits.ping_due(quiet_since):
+                yield []  # a ping
+                quiet_since = _now()
+            else:
+                await local.changed()  # woken by news, or by the worker's ticker (Worker.tick)
     backoff = 0.1
     quiet_since = _now()
     while not limits.over():
@@ -88,29 +101,6 @@ async def follow(
                     quiet_since = _now()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(news.wait(), limits.wait_seconds(quiet_since))
-
-
-async def _from_memory(
-    log: MessageLog, cursor: int, limits: FollowLimits
-) -> AsyncIterator[list[Event]]:
-    """The log's visible events; stops after the terminal one, or when the log is lost."""
-    quiet_since = _now()
-    while True:
-        batch = log.visible_after(cursor)
-        if batch:
-            yield batch
-            cursor = batch[-1].id
-            if batch[-1].is_terminal:
-                return
-            quiet_since = _now()
-            continue  # more may have become visible while the batch was being sent
-        if log.lost or limits.over():
-            return
-        if limits.ping_due(quiet_since):
-            yield []
-            quiet_since = _now()
-            continue
-        await log.changed()  # woken by news, or by the worker's ticker (Worker.tick)
 
 
 async def read_stored(store: Store, message: Message, cursor: int) -> tuple[list[Event], bool]:
