@@ -120,21 +120,31 @@ class EventStream(Response):
             self._task.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self._stream(scope, receive, send)
-        finally:
-            self.slot.release()  # however the stream ended: done, disconnect, error, HEAD
-
-    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # One frame for the life of the stream: each coroutine nested in it would be kept alive
+        # as long, by every open stream. What runs before or after the loop may nest.
         if scope["method"] == "HEAD":  # a stream that never ends must not be opened for HEAD
-            await send({"type": "http.response.start", "status": 200, "headers": _RAW_HEADERS})
-            await send({"type": "http.response.body", "body": b""})
+            self.slot.release()
+            await _head(send)
             return
         task = self._task = asyncio.current_task()
         watcher = asyncio.create_task(self._watch(receive))
-        self.watchdog.streams.add(self)
         try:
-            await self._write(send, scope.get(RAW_SEND, send))
+            self.watchdog.streams.add(self)
+            loop = asyncio.get_running_loop()
+            raw_send = scope.get(RAW_SEND, send)
+            await send({"type": "http.response.start", "status": 200, "headers": _RAW_HEADERS})
+            retry = b"retry: %d\n\n" % self.retry_ms
+            await raw_send({"type": "http.response.body", "body": retry, "more_body": True})
+            first = True
+            async for batch in self.batches:
+                self.sending_since = loop.time()
+                body = encode(batch)
+                await raw_send({"type": "http.response.body", "body": body, "more_body": True})
+                self.sending_since = 0.0
+                if first and batch:
+                    metrics.FIRST_EVENT_SECONDS.observe(time.perf_counter() - self.received)
+                    first = False
+            await raw_send({"type": "http.response.body", "body": b""})
         except asyncio.CancelledError:
             if self.stopped is None or task is None:
                 raise  # the server's own cancellation
@@ -142,29 +152,27 @@ class EventStream(Response):
             if self.stopped == "timed out":
                 logger.info("closed a stream whose client stopped reading")
         finally:
+            await self._close(watcher)
+
+    async def _close(self, watcher: asyncio.Task[None]) -> None:
+        """However the stream ended (done, disconnect, error): stop watching it, close its
+        follow and give its slot back."""
+        try:
             self._task = None  # a disconnect from now on has nothing left to stop
             self.watchdog.streams.discard(self)
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             await self.batches.aclose()  # type: ignore[attr-defined]
+        finally:
+            self.slot.release()
 
     async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
         self.stop("disconnected")
 
-    async def _write(self, send: Send, raw_send: Send) -> None:
-        loop = asyncio.get_running_loop()
-        await send({"type": "http.response.start", "status": 200, "headers": _RAW_HEADERS})
-        retry = b"retry: %d\n\n" % self.retry_ms
-        await raw_send({"type": "http.response.body", "body": retry, "more_body": True})
-        first = True
-        async for batch in self.batches:
-            self.sending_since = loop.time()
-            await raw_send({"type": "http.response.body", "body": encode(batch), "more_body": True})
-            self.sending_since = 0.0
-            if first and batch:
-                metrics.FIRST_EVENT_SECONDS.observe(time.perf_counter() - self.received)
-                first = False
-        await raw_send({"type": "http.response.body", "body": b""})
+
+async def _head(send: Send) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": _RAW_HEADERS})
+    await send({"type": "http.response.body", "body": b""})
