@@ -142,7 +142,12 @@ async def start_generations(port: int, token: str, count: int) -> list[str]:
 
 
 async def listen(
-    port: int, token: str, paths: list[str], count: int, on_open: Callable[[], None]
+    port: int,
+    token: str,
+    paths: list[str],
+    count: int,
+    on_open: Callable[[], None],
+    idle: float = 0.5,
 ) -> dict[str, Any]:
     """``count`` listeners spread over ``paths`` (bench/load.py), ``on_open`` called once all
     are attached and settled; returns the client's result once it has closed them."""
@@ -152,7 +157,7 @@ async def listen(
         "paths": [[paths[i % len(paths)], token] for i in range(count)],
         "batch": 250,
         "settle": 2.0,
-        "idle": 0.5,
+        "idle": idle,
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -335,6 +340,7 @@ def print_report(out: dict[str, Any], *, show_stacks: bool = False) -> None:
         print(f"    {name}: {size:,} bytes")
     if "traced_bytes_per_stream" in out:
         print(f"  tracemalloc per stream: {out['traced_bytes_per_stream']:,} bytes")
+    print(f"  pings per stream while idle: {out['pings_per_stream_idle']}")
     print(f"  tasks per stream: {out['tasks_per_stream']}", end="")
     print(f" (left after closing: {out['tasks_left_after_close']})")
     print(f"  gc-tracked objects per stream: {out['gc_objects_per_stream']}")
@@ -367,7 +373,12 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             before = Reading.take()
             readings: list[Reading] = []
             result = await listen(
-                port, tokens[USER], paths, args.streams, lambda: readings.append(Reading.take())
+                port,
+                tokens[USER],
+                paths,
+                args.streams,
+                lambda: readings.append(Reading.take()),
+                idle=args.idle,
             )
             if result.get("attached") != args.streams:
                 raise RuntimeError(f"not every listener attached: {result}")
@@ -378,6 +389,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(0.5)
             closed = Reading.take()
             out = report(args.streams, before, readings[0], closed, args.top)
+            out["pings_per_stream_idle"] = round(result["pings_received"] / args.streams, 2)
             out["open_after_close"] = app.state.services.worker.streams.open
             out["connections_after_close"] = len(server.server_state.connections)
             tracemalloc.stop()
@@ -390,6 +402,7 @@ def main() -> int:
     parser.add_argument("--generations", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=250)
     parser.add_argument("--ping-seconds", type=float, default=1.0)
+    parser.add_argument("--idle", type=float, default=0.5, help="seconds left idle, measured")
     parser.add_argument("--trace", action="store_true", help="tracemalloc by place")
     parser.add_argument("--frames", type=int, default=30, help="tracemalloc frames per trace")
     parser.add_argument("--top", type=int, default=30)
