@@ -120,6 +120,8 @@ class StreamGauge:
 class StreamSlot:
     """One place under the limit. ``release`` gives it back once, whichever path calls it."""
 
+    __slots__ = ("_gauge",)  # one per open stream
+
     def __init__(self, gauge: StreamGauge) -> None:
         self._gauge: StreamGauge | None = gauge
 
