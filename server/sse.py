@@ -1,8 +1,8 @@
 """An event log, followed, as a Server-Sent Events response.
 
 The hot path of every stream: a constant, small Python cost per event. Frames are built directly
-as bytes (``Event.frame``); the request's own task writes them (one extra task per stream watches
-for the client going away); and no timer is set around a send: a per-worker ``SendWatchdog``
+as bytes (``Event.frame``); the request's own task writes them (a ``DisconnectWatch``, not a task,
+watches for the client going away); and no timer is set around a send: a per-worker ``SendWatchdog``
 drops, once a second, the streams whose client has not taken a frame for ``SEND_TIMEOUT_SECONDS``.
 Middleware sees the response start (access log, security headers); body chunks go straight to the
 server's ``send`` (see ``server/middleware.RAW_SEND``).
@@ -11,7 +11,6 @@ server's ``send`` (see ``server/middleware.RAW_SEND``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from server import metrics
+from server.disconnect import DisconnectWatch
 from server.errors import InvalidInput, MalformedRequest
 from server.events import Event
 from server.limits import StreamSlot
@@ -127,8 +127,9 @@ class EventStream(Response):
             await _head(send)
             return
         task = self._task = asyncio.current_task()
-        watcher = asyncio.create_task(self._watch(receive))
+        watcher = DisconnectWatch(receive, self._disconnected)
         try:
+            watcher.start()
             self.watchdog.streams.add(self)
             loop = asyncio.get_running_loop()
             raw_send = scope.get(RAW_SEND, send)
@@ -154,23 +155,19 @@ class EventStream(Response):
         finally:
             await self._close(watcher)
 
-    async def _close(self, watcher: asyncio.Task[None]) -> None:
+    def _disconnected(self) -> None:
+        self.stop("disconnected")
+
+    async def _close(self, watcher: DisconnectWatch) -> None:
         """However the stream ended (done, disconnect, error): stop watching it, close its
         follow and give its slot back."""
         try:
             self._task = None  # a disconnect from now on has nothing left to stop
             self.watchdog.streams.discard(self)
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            watcher.close()
             await self.batches.aclose()  # type: ignore[attr-defined]
         finally:
             self.slot.release()
-
-    async def _watch(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        self.stop("disconnected")
 
 
 async def _head(send: Send) -> None:

@@ -12,6 +12,7 @@ import asyncpg
 from server.generators.base import Delta, GenerationContext, GeneratorError, Item, Progress
 from server.generators.demo import demo_answer
 from tests.support import (
+    GatedGenerator,
     create_project,
     create_user,
     events_only,
@@ -204,3 +205,36 @@ async def test_repeated_stops_do_not_cut_a_generators_cleanup_short(database_url
             runner.abandon(message_id)
             await asyncio.sleep(0.01)
         await asyncio.wait_for(generator.cleaned_up.wait(), 2)
+
+
+async def test_a_listener_that_hangs_up_frees_its_stream_at_once(database_url: str) -> None:
+    """Nothing is sent to an idle listener for PING_SECONDS: its hanging up must be noticed by
+    the stream's disconnect watch (server/disconnect.py), not by a failed write."""
+    token = await create_user(database_url, "alice")
+    generator = GatedGenerator()
+    settings = settings_for(database_url, ping_seconds=60)
+    async with (
+        running_server(settings, generator=generator) as srv,
+        srv.client(token) as client,
+    ):
+        project = await create_project(client)
+        response = await client.post(
+            f"/api/projects/{project}/generations",
+            json={"message": "hold"},
+            headers={"Accept": "application/json"},
+        )
+        url = response.json()["events_url"]
+        streams = srv.services.worker.streams
+        for _ in range(3):
+            async with client.stream("GET", url) as stream:
+                async for line in stream.aiter_lines():
+                    if line.startswith("data:"):
+                        break
+                assert streams.open == 1
+            # The client closed the connection; the server's stream ends within moments.
+            for _ in range(100):
+                if streams.open == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert streams.open == 0, "a stream outlived its client"
+        generator.gate.set()
