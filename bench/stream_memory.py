@@ -98,13 +98,13 @@ async def database() -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[tuple[uvicorn.Server, int]]:
+async def serving(app: Any, http: str) -> AsyncIterator[tuple[uvicorn.Server, int]]:
     """The app under uvicorn in this event loop, configured as ``server.__main__.serve``."""
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
         port=0,
-        http="httptools",
+        http=http,
         lifespan="on",
         proxy_headers=True,
         timeout_graceful_shutdown=5,
@@ -362,7 +362,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     async with database() as url:
         tokens = await seed(url, [USER])
         app = create_app(settings(url, args.ping_seconds))
-        async with serving(app) as (server, port):
+        async with serving(app, args.http) as (server, port):
             paths = await start_generations(port, tokens[USER], args.generations)
             await asyncio.sleep(0.5)  # the first flush writes their progress events
             # A warm-up round: caches, pools, the allocators' arenas, first-time imports.
@@ -403,6 +403,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=250)
     parser.add_argument("--ping-seconds", type=float, default=1.0)
     parser.add_argument("--idle", type=float, default=0.5, help="seconds left idle, measured")
+    parser.add_argument("--http", default="httptools", help="uvicorn's HTTP implementation")
     parser.add_argument("--trace", action="store_true", help="tracemalloc by place")
     parser.add_argument("--frames", type=int, default=30, help="tracemalloc frames per trace")
     parser.add_argument("--top", type=int, default=30)
