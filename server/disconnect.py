@@ -50,6 +50,8 @@ class DisconnectWatch:
                     continue
                 self._waiting = None
                 self._on_disconnect()
+            except asyncio.CancelledError:  # what it waited on was cancelled: quietly over
+                self._waiting = None
             except Exception as error:  # the server's receive failed: reported, as a task would
                 self._waiting = None
                 asyncio.get_running_loop().call_exception_handler(

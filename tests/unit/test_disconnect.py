@@ -96,3 +96,22 @@ async def test_a_failing_receive_is_reported_not_raised() -> None:
     finally:
         loop.set_exception_handler(previous)
     assert [type(c["exception"]) for c in reported] == [RuntimeError]
+
+
+async def test_a_receive_whose_future_is_cancelled_ends_the_watch_quietly() -> None:
+    reported: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    waited: asyncio.Future[dict[str, Any]] = loop.create_future()
+
+    async def receive() -> dict[str, Any]:
+        return await waited
+
+    try:
+        DisconnectWatch(receive, lambda: pytest.fail("not a disconnect")).start()
+        waited.cancel()
+        await settle()
+    finally:
+        loop.set_exception_handler(previous)
+    assert reported == []
