@@ -5,7 +5,9 @@ mode). No label is built from user input: routes are templates, statuses a fixed
 
 from __future__ import annotations
 
+import gc
 import os
+import time
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -53,6 +55,12 @@ EVENT_LOOP_LAG_SECONDS = Histogram(
     "How late a timer fires on the event loop (sampled about once a second per worker)",
     buckets=_FAST,
 )
+GC_PAUSE_SECONDS = Histogram(
+    "orderly_gc_pause_seconds",
+    "Garbage collections of a worker (every generation), each pausing its event loop",
+    ["generation"],
+    buckets=_FAST,
+)
 FLUSH_FAILURES = Counter("orderly_flush_failures", "Flush statements that failed")
 LEASES_REAPED = Counter("orderly_leases_reaped", "Messages closed by the reaper")
 HEARTBEAT_SECONDS = Histogram(
@@ -89,6 +97,21 @@ HTTP_SECONDS = Histogram(
     ["route"],
     buckets=_FAST,
 )
+
+
+def watch_garbage_collections() -> None:
+    """Time every garbage collection of this process (``GC_PAUSE_SECONDS``): a full collection
+    walks every live object, and its pause holds every stream of the worker."""
+    started = [0.0]
+
+    def on_collection(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            elapsed = time.perf_counter() - started[0]
+            GC_PAUSE_SECONDS.labels(str(info["generation"])).observe(elapsed)
+
+    gc.callbacks.append(on_collection)
 
 
 def exposition() -> tuple[bytes, str]:

@@ -98,6 +98,7 @@ class Worker:
         await self.heartbeat.open()
 
     def start(self) -> None:
+        metrics.watch_garbage_collections()
         self._spawn(self.runner.flusher.run(), "flusher")
         self._spawn(self.heartbeat.run(), "heartbeat")
         self._spawn(self.reaper.run(), "reaper")

@@ -66,8 +66,9 @@ def _server_side(builds: list[tuple[str, R, R]]) -> list[str]:
         "*first delta* adds the generator's first sleep and the first flush.\n",
         "| database | step | first event p50 / p99 ms (client) | first delta p99 ms | flush "
         "statement p50 / p99 ms (≤) | flushes/s | messages per flush | events written/s "
-        "| pool: in use / waiting, mean (max) | heartbeat p99 ms (≤) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| pool: in use / waiting, mean (max) | heartbeat p99 ms (≤) | event loop lag p50 / "
+        "p99 ms (≤) | GC pauses: count, p99 ms (≤) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _key, db, build in builds:
         for s in [*build.get("sweep", []), *build.get("bursts", [])]:
@@ -83,9 +84,18 @@ def _server_side(builds: list[tuple[str, R, R]]) -> list[str]:
                 f"| {_n(m['flushes_per_s'])} | {_n(m['flush_messages']['mean'], 1)} "
                 f"| {_n(m['events_flushed_per_s'])} "
                 f"| {_gauge(m['pool_in_use'])} / {_gauge(m['pool_waiting'])} "
-                f"| {_ms(m['heartbeat_s']['p99_le'])} |"
+                f"| {_ms(m['heartbeat_s']['p99_le'])} "
+                f"| {_ms(_le(m, 'loop_lag_s', 'p50_le'))} / {_ms(_le(m, 'loop_lag_s', 'p99_le'))} "
+                f"| {_n(m.get('gc_pause_s', {}).get('count'))}, "
+                f"{_ms(_le(m, 'gc_pause_s', 'p99_le'))} |"
             )
     return [*out, ""] if len(out) > 3 else []
+
+
+def _le(m: R, key: str, q: str) -> float | None:
+    """A histogram's bound, or None from a build without that histogram."""
+    found: float | None = (m.get(key) or {}).get(q)
+    return found
 
 
 def _ms(seconds: float | None) -> str:

@@ -23,6 +23,8 @@ HISTOGRAMS = {
     "flush_messages": "orderly_flush_batch_messages",
     "first_event_s": "orderly_time_to_first_event_seconds",
     "heartbeat_s": "orderly_heartbeat_seconds",
+    "loop_lag_s": "orderly_event_loop_lag_seconds",
+    "gc_pause_s": "orderly_gc_pause_seconds",
 }
 COUNTERS = {
     "events_flushed": "orderly_events_flushed_total",
@@ -115,8 +117,8 @@ def histogram(before: Sample, after: Sample, name: str) -> dict[str, Any]:
         if le is not None:
             bound = math.inf if le[1] == "+Inf" else float(le[1])
             buckets[bound] = buckets.get(bound, 0.0) + value - before.get((metric, labels), 0.0)
-    count = after.get((f"{name}_count", ""), 0.0) - before.get((f"{name}_count", ""), 0.0)
-    total = after.get((f"{name}_sum", ""), 0.0) - before.get((f"{name}_sum", ""), 0.0)
+    count = _summed(after, f"{name}_count") - _summed(before, f"{name}_count")
+    total = _summed(after, f"{name}_sum") - _summed(before, f"{name}_sum")
     out: dict[str, Any] = {
         "count": round(count),
         "mean": round(total / count, 4) if count else None,
@@ -126,3 +128,8 @@ def histogram(before: Sample, after: Sample, name: str) -> dict[str, Any]:
         found = [b for b in sorted(buckets) if count and buckets[b] >= rank]
         out[f"p{q}_le"] = found[0] if found and not math.isinf(found[0]) else None
     return out
+
+
+def _summed(sample: Sample, metric: str) -> float:
+    """A series summed over its labels (a histogram by GC generation, say)."""
+    return sum(value for (name, _labels), value in sample.items() if name == metric)
