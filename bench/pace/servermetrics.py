@@ -94,6 +94,10 @@ class Watch:
         out: dict[str, Any] = {k: histogram(before, after, v) for k, v in HISTOGRAMS.items()}
         for key, name in COUNTERS.items():
             out[key] = after.get((name, ""), 0.0) - before.get((name, ""), 0.0)
+        out["gc_by_generation"] = {
+            gen: histogram(before, after, "orderly_gc_pause_seconds", f'generation="{gen}"')
+            for gen in ("0", "1", "2")
+        }
         out["flushes_per_s"] = round(out["flush_s"]["count"] / max(seconds, 1e-9), 1)
         out["events_flushed_per_s"] = round(out.pop("events_flushed") / max(seconds, 1e-9))
         for key, name in GAUGES.items():
@@ -106,23 +110,27 @@ class Watch:
         return out
 
 
-def histogram(before: Sample, after: Sample, name: str) -> dict[str, Any]:
+def histogram(before: Sample, after: Sample, name: str, only: str = "") -> dict[str, Any]:
     """The histogram's observations between two samples: count, mean, and p50/p99 as the upper
-    bound of their bucket (the server's buckets are coarse: say so when reading them)."""
+    bound of their bucket (the server's buckets are coarse: say so when reading them). ``only``:
+    the series whose labels contain it (all by default)."""
     buckets: dict[float, float] = {}
     for (metric, labels), value in after.items():
-        if metric != f"{name}_bucket":
+        if metric != f"{name}_bucket" or only not in labels:
             continue
         le = re.search(r'le="([^"]+)"', labels)
         if le is not None:
             bound = math.inf if le[1] == "+Inf" else float(le[1])
             buckets[bound] = buckets.get(bound, 0.0) + value - before.get((metric, labels), 0.0)
-    count = _summed(after, f"{name}_count") - _summed(before, f"{name}_count")
-    total = _summed(after, f"{name}_sum") - _summed(before, f"{name}_sum")
+    count = _summed(after, f"{name}_count", only) - _summed(before, f"{name}_count", only)
+    total = _summed(after, f"{name}_sum", only) - _summed(before, f"{name}_sum", only)
     out: dict[str, Any] = {
         "count": round(count),
         "mean": round(total / count, 4) if count else None,
     }
+    # The slowest observation's bucket (cumulative buckets: the first that holds them all).
+    holding = [b for b in sorted(buckets) if count and buckets[b] >= count]
+    out["max_le"] = holding[0] if holding and not math.isinf(holding[0]) else None
     for q in (50, 99):
         rank = math.ceil(q / 100 * count)
         found = [b for b in sorted(buckets) if count and buckets[b] >= rank]
@@ -130,6 +138,8 @@ def histogram(before: Sample, after: Sample, name: str) -> dict[str, Any]:
     return out
 
 
-def _summed(sample: Sample, metric: str) -> float:
+def _summed(sample: Sample, metric: str, only: str = "") -> float:
     """A series summed over its labels (a histogram by GC generation, say)."""
-    return sum(value for (name, _labels), value in sample.items() if name == metric)
+    return sum(
+        value for (name, labels), value in sample.items() if name == metric and only in labels
+    )
