@@ -8,6 +8,7 @@ sentences, so that one run reports all of them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -20,6 +21,7 @@ import httpx
 from tests.faults.clients import TERMINAL, ClientRecord, Received, read_stream
 
 RUNNING = ("pending", "streaming")
+REPLAY_TIMEOUT = 20.0  # a finished message's whole log, read back: bounds waiting only
 EVENT_FOR_STATUS = {"success": "done", "error": "error", "cancelled": "cancelled"}
 
 
@@ -143,11 +145,25 @@ async def read_back(
             found.append(f"GET message {row.id}: {response.status_code} {response.text[:200]}")
             continue
         messages[row.id] = response.json()
-        headers = {"Last-Event-ID": "0"}
-        reply = await read_stream(server, "GET", f"{base}/events", stop_after=None, headers=headers)
-        if reply.status != 200 or reply.detail:
-            found.append(f"replay of {row.id}: {reply.status} {reply.detail}")
-        replays[row.id] = reply.events
+        replay: list[Received] = []
+        try:
+            reply = await asyncio.wait_for(
+                read_stream(
+                    server,
+                    "GET",
+                    f"{base}/events",
+                    stop_after=None,
+                    into=replay,
+                    headers={"Last-Event-ID": "0"},
+                ),
+                REPLAY_TIMEOUT,
+            )
+        except TimeoutError:
+            found.append(f"replay of {row.id} (finished): still open after {REPLAY_TIMEOUT}s")
+        else:
+            if reply.status != 200 or reply.detail:
+                found.append(f"replay of {row.id}: {reply.status} {reply.detail}")
+        replays[row.id] = replay
     return messages, replays, found
 
 

@@ -28,6 +28,7 @@ class Run:
     records: list[ClientRecord] = field(default_factory=list)
     stats: ProxyStats = field(default_factory=ProxyStats)
     fault_log: list[str] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)  # assistant messages by status
     healed_after: float = 0.0  # seconds from the run's start to the heal
     terminal_after: float | None = None  # seconds from the heal until nothing ran
     violations: list[str] = field(default_factory=list)
@@ -49,7 +50,7 @@ def summary(run: Run) -> str:
     lines = [
         f"seed {run.seed}, window {run.window:g}s: healed at {run.healed_after:.1f}s, "
         f"all terminal {terminal} later; {len(run.records)} generations {dict(styles)}, "
-        f"{retries} refusals retried, {notes} notes",
+        f"ended {dict(run.outcomes)}; {retries} refusals retried, {notes} notes",
         f"proxy: {run.stats}",
         *run.fault_log,
     ]
@@ -78,7 +79,8 @@ def write_report(run: Run) -> None:
         "healed_after": round(run.healed_after, 2),
         "terminal_after": None if run.terminal_after is None else round(run.terminal_after, 2),
         "generations": len(run.records),
-        "statuses": dict(Counter(record.plan.style for record in run.records)),
+        "styles": dict(Counter(record.plan.style for record in run.records)),
+        "outcomes": dict(run.outcomes),
         "proxy": dataclasses.asdict(run.stats),
         "faults": run.fault_log,
         "violations": run.violations,

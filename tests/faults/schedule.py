@@ -33,7 +33,7 @@ class Fault:
             "cut": f"cut {self.amount:.0%} of the connections",
             "lose_replies": f"lose {self.amount:.0%} of the replies for {self.seconds:.1f}s",
             "delay": f"delay replies by {self.amount * 1000:.0f}ms for {self.seconds:.1f}s",
-            "refuse": f"refuse new connections for {self.seconds:.1f}s",
+            "refuse": f"cut every connection and refuse new ones for {self.seconds:.1f}s",
             "restart_postgres": f"stop PostgreSQL ({self.mode}) for {self.seconds:.1f}s",
         }[self.kind]
         return f"at {self.at:5.2f}s: {what}"
@@ -102,7 +102,8 @@ class FaultRunner:
                 self.proxy.lose_rate = fault.amount
             elif fault.kind == "delay":
                 self.proxy.reply_delay = fault.amount
-            else:
+            else:  # refuse: everyone must reconnect, and cannot for a while
                 self.proxy.refusing = True
+                self.proxy.cut(1.0)
             await asyncio.sleep(fault.seconds)
             self.proxy.heal()

@@ -64,7 +64,8 @@ REAP_INTERVAL = min(LEASE_SECONDS / 3, 5.0)
 SLACK_SECONDS = 12.0
 TERMINAL_BOUND = LEASE_SECONDS + REAP_INTERVAL + SLACK_SECONDS
 CLIENT_GRACE = 20.0  # then, for the clients to read their streams' ends
-FRESH_TIMEOUT = 30.0  # for a new generation on each process, once everything is over
+FRESH_TIMEOUT = 30.0
+STARTUP_TIMEOUT = 60.0  # for a new generation on each process, once everything is over
 
 
 async def test_invariants_hold_under_faults(
@@ -80,7 +81,7 @@ async def test_invariants_hold_under_faults(
         ]
         for server in servers:
             server.start()
-        await asyncio.gather(*(server.wait_ready() for server in servers))
+        await asyncio.gather(*(server.wait_ready(STARTUP_TIMEOUT) for server in servers))
         async with http_clients(servers, tokens) as http:
             run = Run(fault_seed, window, await create_projects(http), stats=proxy.stats)
             await faults_and_clients(run, proxy, fault_postgres, http, fault_database)
@@ -189,6 +190,7 @@ async def check_everything(
     scripted = [row for row in rows if row.project_id != run.fresh_project]
     found += invariants.check_pairs_match_clients(scripted, run.records)
     status = {row.id: row.status for row in rows}
+    run.outcomes.update(row.status for row in scripted if row.role == "assistant")
     for user, clients in enumerate(http):
         user_rows = [row for row in rows if row.project_id in run.projects[user]]
         messages, replays, problems = await invariants.read_back(clients, user_rows)
