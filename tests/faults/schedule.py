@@ -59,7 +59,10 @@ def _draw(rng: random.Random, kind: str, start: float, slot: float) -> Fault:
         return Fault(at, kind, seconds, round(rng.uniform(0.05, 0.5), 2))
     if kind == "refuse":
         return Fault(at, kind, seconds)
-    return Fault(at, kind, seconds, mode=rng.choice(("fast", "immediate")))
+    # Outages from well under to well over a 3 s lease: some answers live through them, others
+    # are ended by the reaper while their worker still runs them.
+    downtime = round(rng.uniform(0.5, 5.0), 2)
+    return Fault(at, kind, downtime, mode=rng.choice(("fast", "immediate")))
 
 
 class FaultRunner:
