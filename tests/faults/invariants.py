@@ -218,6 +218,12 @@ def check_client(
     return found
 
 
+def outcome(message: Mapping[str, Any]) -> str:
+    """``success``, ``cancelled``, or ``error/<code>``."""
+    error = message.get("error")
+    return f"error/{error['code']}" if error else str(message["status"])
+
+
 def joined_deltas(events: Iterable[Received]) -> str:
     return "".join(json.loads(e.data)["text"] for e in events if e.event == "delta")
 

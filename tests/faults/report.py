@@ -28,7 +28,7 @@ class Run:
     records: list[ClientRecord] = field(default_factory=list)
     stats: ProxyStats = field(default_factory=ProxyStats)
     fault_log: list[str] = field(default_factory=list)
-    outcomes: Counter[str] = field(default_factory=Counter)  # assistant messages by status
+    outcomes: Counter[str] = field(default_factory=Counter)  # answers by status (error code)
     healed_after: float = 0.0  # seconds from the run's start to the heal
     terminal_after: float | None = None  # seconds from the heal until nothing ran
     violations: list[str] = field(default_factory=list)

@@ -190,13 +190,14 @@ async def check_everything(
     scripted = [row for row in rows if row.project_id != run.fresh_project]
     found += invariants.check_pairs_match_clients(scripted, run.records)
     status = {row.id: row.status for row in rows}
-    run.outcomes.update(row.status for row in scripted if row.role == "assistant")
     for user, clients in enumerate(http):
         user_rows = [row for row in rows if row.project_id in run.projects[user]]
         messages, replays, problems = await invariants.read_back(clients, user_rows)
         found += problems
         for message_id, message in messages.items():
             found += invariants.check_log(message, replays[message_id], status[message_id])
+            if message["project_id"] != run.fresh_project:
+                run.outcomes[invariants.outcome(message)] += 1
         for record in (r for r in run.records if r.plan.user == user):
             message_id = record.message_id or ""
             found += invariants.check_client(
