@@ -27,6 +27,7 @@ from tests.support import events_only, parse_frames
 TERMINAL = frozenset({"done", "error", "cancelled"})
 RETRYABLE = frozenset({429, 503})
 MAX_RETRY_WAIT = 1.0
+RECONNECT_PAUSE = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +230,8 @@ class Client:
                 )
             if reply.status == 200:
                 self._take(reply, f"resume on {server} from {cursor}")
+                if self.record.cursor == cursor:
+                    await asyncio.sleep(RECONNECT_PAUSE)  # an empty stream: do not spin
                 return True
             if reply.status == 204:
                 if not self.record.has_terminal:

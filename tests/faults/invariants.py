@@ -112,16 +112,16 @@ def check_pairs_match_clients(rows: Sequence[Row], records: Iterable[ClientRecor
     """Each client's generation is exactly one pair, and every pair is some client's."""
     found = []
     assistants = {(r.project_id, r.client_request_id): r for r in rows if r.role == "assistant"}
-    planned = set()
+    planned: set[tuple[str, str | None]] = set()
     for record in records:
         key = (record.project_id, record.plan.key)
         planned.add(key)
         row = assistants.get(key)
         if record.message_id is not None and (row is None or row.id != record.message_id):
             found.append(f"{record.plan.key}: its message {record.message_id} is not its pair")
-    for key, row in assistants.items():
-        if key not in planned:
-            found.append(f"a pair nobody asked for: {key} (assistant {row.id})")
+    for pair_key, row in assistants.items():
+        if pair_key not in planned:
+            found.append(f"a pair nobody asked for: {pair_key} (assistant {row.id})")
     return found
 
 
