@@ -68,18 +68,19 @@ async def running_counts(database_url: str) -> dict[str, int]:
     return {r["username"]: r["running_generations"] for r in records}
 
 
-async def unfinished(database_url: str) -> list[dict[str, Any]]:
-    """Assistant messages not terminal yet, with their lease (the evidence when one is stuck)."""
+async def unfinished(database_url: str) -> list[str]:
+    """Messages not terminal yet, each as its row (the evidence when one is stuck: its lease
+    among others), without its content, whatever the columns are called by then."""
     conn = await asyncpg.connect(database_url, timeout=10)
     try:
         records = await conn.fetch(
-            "SELECT id, project_id, sequence, status, last_event_id, lease_owner, "
-            "lease_expires_at - now() AS lease_left FROM messages "
-            "WHERE status IN ('pending', 'streaming') ORDER BY project_id, sequence"
+            "SELECT now() AS now, to_jsonb(m) - 'content' - 'image_urls' AS row "
+            "FROM messages AS m WHERE status IN ('pending', 'streaming') "
+            "ORDER BY project_id, sequence"
         )
     finally:
         await conn.close()
-    return [dict(r) for r in records]
+    return [f"at {r['now']}: {r['row']}" for r in records]
 
 
 # Sequences
