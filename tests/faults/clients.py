@@ -54,6 +54,7 @@ class ClientRecord:
     project_id: str
     message_id: str | None = None
     pieces: list[list[Received]] = field(default_factory=list)  # one per stream read
+    starts: list[int] = field(default_factory=list)  # statuses of the start requests
     cancels: list[int] = field(default_factory=list)  # statuses of the cancel requests
     problems: list[str] = field(default_factory=list)  # what the contract does not allow
     notes: list[str] = field(default_factory=list)  # allowed, but worth counting
@@ -182,6 +183,7 @@ class Client:
             except httpx.TransportError as exc:
                 await self._note_then_wait(f"POST (json) on {plan.server}: {exc!r}")
                 continue
+            self.record.starts.append(response.status_code)
             if response.status_code == 202:
                 self.record.message_id = response.json()["assistant_message"]["id"]
                 break
@@ -199,6 +201,7 @@ class Client:
                 reply = await read_stream(
                     self.servers[server], method, url, stop_after=stop_after, into=piece, **kwargs
                 )
+            self.record.starts.append(reply.status)
             if reply.status == 200 and reply.events:
                 self._take(reply, f"start on {server}")
                 start = reply.events[0]

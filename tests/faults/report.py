@@ -94,7 +94,8 @@ def artifacts_dir(seed: int) -> Path:
 
 
 def save_evidence(run: Run, servers: Sequence[ServerProcess], rows: Sequence[Any]) -> None:
-    """The servers' logs, every client's record and the message rows, for a failed run."""
+    """The servers' logs, every client's record and the message rows: for a failed run, or
+    for any run with FAULT_EVIDENCE set."""
     where = artifacts_dir(run.seed)
     shutil.rmtree(where, ignore_errors=True)
     where.mkdir(parents=True)
@@ -115,6 +116,7 @@ def _record(record: ClientRecord) -> dict[str, Any]:
         "project_id": record.project_id,
         "message_id": record.message_id,
         "pieces": [[(e.id, e.event, e.data[:120]) for e in piece] for piece in record.pieces],
+        "starts": record.starts,
         "cancels": record.cancels,
         "problems": record.problems,
         "notes": record.notes,

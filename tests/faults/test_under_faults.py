@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Sequence
 
@@ -89,7 +90,7 @@ async def test_invariants_hold_under_faults(
     run.violations += [f"{s.name} exited: {s.log_tail(500)}" for s in servers if not s.running]
     print(summary(run))
     write_report(run)
-    if run.violations:
+    if run.violations or os.environ.get("FAULT_EVIDENCE"):
         save_evidence(run, servers, await invariants.message_rows(fault_database))
     assert run.stats.cut + run.stats.replies_lost + run.stats.refused > 0, "no fault hit"
     assert not run.violations, failure_message(run)
