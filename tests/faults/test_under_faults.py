@@ -54,13 +54,14 @@ SERVER_SETTINGS = {
     "rate_per_minute": 100_000,
     "rate_burst": 100_000,
 }
-# How soon after the faults heal every message must be terminal. A message whose worker still
-# holds it finishes within the rest of its generation (DEMO_DELTAS x DEMO_DELTA_MS = 1.5 s) and
-# the flusher's backoff (at most 2 s). A message whose worker lost it (the reply to its
-# reservation was lost, or its lease ran out during an outage) has a lease set before the heal,
-# which runs out within LEASE_SECONDS, and a reaper, which runs every min(LEASE_SECONDS / 3, 5)
-# seconds (server/leases.py), closes it at its next tick. The slack covers those few seconds of
-# work, the pools reconnecting and a slow shared machine: it bounds waiting, it measures no speed.
+# How soon after the faults heal every message must be terminal. A message that its worker runs
+# finishes within the rest of its generation (DEMO_DELTAS x DEMO_DELTA_MS = 1.5 s) and the
+# flusher's backoff (at most 2 s). A message that no worker runs any more (the reply to its
+# reservation was lost, or its worker lost its lease in an outage) must be closed by a reaper:
+# whatever lease it had was last renewed before the heal, so it runs out within LEASE_SECONDS,
+# and a reaper looks at least every min(LEASE_SECONDS / 3, 5) seconds (server/reaper.py). The
+# slack covers those few seconds of work, the pools reconnecting and a slow shared machine: it
+# bounds waiting, it measures no speed.
 REAP_INTERVAL = min(LEASE_SECONDS / 3, 5.0)
 SLACK_SECONDS = 12.0
 TERMINAL_BOUND = LEASE_SECONDS + REAP_INTERVAL + SLACK_SECONDS
