@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
 .DEFAULT_GOAL := help
-.PHONY: help run test lint format bench clean
+.PHONY: help run test soak lint format bench clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-8s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,8 +35,18 @@ $(BENCH_STAMP): pyproject.toml | $(PY)
 run: $(RUN_STAMP) ## Start the service on http://127.0.0.1:8000 (installs only what it needs; embedded PostgreSQL unless DATABASE_URL is set)
 	$(PY) -m server
 
-test: $(DEV_STAMP) ## Run the test suite (installs the dev extras; embedded PostgreSQL, or TEST_DATABASE_URL)
+test: $(DEV_STAMP) ## Run the test suite (installs the dev extras; embedded PostgreSQL, or TEST_DATABASE_URL); FAULT_SEED=N reruns a fault seed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+SOAK_SEEDS ?= 20
+SOAK_SECONDS ?= 40
+SOAK_REPORT := test-artifacts/soak.jsonl
+
+soak: $(DEV_STAMP) ## Fault-injection soak: SOAK_SEEDS seeds (20) x SOAK_SECONDS of faults (40); SOAK_FIRST_SEED=N fixes the seeds; docs/reliability.md
+	@mkdir -p test-artifacts && rm -f $(SOAK_REPORT)
+	SOAK_SEEDS=$(SOAK_SEEDS) SOAK_FIRST_SEED=$(SOAK_FIRST_SEED) FAULT_SECONDS=$(SOAK_SECONDS) \
+	  FAULT_REPORT=$(SOAK_REPORT) $(PY) -m pytest tests/faults/test_under_faults.py -q $(PYTEST_ARGS); \
+	  status=$$?; $(PY) -m tests.faults.soak_report $(SOAK_REPORT); exit $$status
 
 lint: $(DEV_STAMP) ## ruff format --check, ruff check, mypy --strict
 	$(VENV)/bin/ruff format --check server tests bench

@@ -1,0 +1,112 @@
+"""The fault schedule of a run, drawn from its seed, and the loop that carries it out.
+
+Every run injects each kind of fault at least once, in an order and at times drawn from the seed,
+plus a few more of the cheap kinds in longer runs. The faults follow one another (one slot each
+in the window), with quiet time in between so that the clients make progress, and the schedule
+ends healed: the proxy passes everything and PostgreSQL is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+
+from server.embedded import EmbeddedPostgres
+from tests.faults.proxy import FaultProxy
+
+KINDS = ("cut", "lose_replies", "delay", "refuse", "restart_postgres")
+EXTRA_KINDS = ("cut", "lose_replies", "delay", "refuse")
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    at: float  # seconds after the run began
+    kind: str
+    seconds: float  # how long it lasts; a cut is instant
+    amount: float = 0.0  # cut: share of connections; lose_replies: rate per request; delay: s
+    mode: str = ""  # restart_postgres: pg_ctl's shutdown mode
+
+    def __str__(self) -> str:
+        what = {
+            "cut": f"cut {self.amount:.0%} of the connections",
+            "lose_replies": f"lose {self.amount:.0%} of the replies for {self.seconds:.1f}s",
+            "delay": f"delay replies by {self.amount * 1000:.0f}ms for {self.seconds:.1f}s",
+            "refuse": f"cut every connection and refuse new ones for {self.seconds:.1f}s",
+            "restart_postgres": f"stop PostgreSQL ({self.mode}) for {self.seconds:.1f}s",
+        }[self.kind]
+        return f"at {self.at:5.2f}s: {what}"
+
+
+def fault_schedule(seed: int, window: float) -> list[Fault]:
+    """The faults of a run of ``window`` seconds: the same list for the same seed and window."""
+    rng = random.Random(f"schedule:{seed}")
+    kinds = [*KINDS, *(rng.choice(EXTRA_KINDS) for _ in range(max(0, round(window / 10))))]
+    rng.shuffle(kinds)
+    slot = window / len(kinds)
+    return [_draw(rng, kind, i * slot, slot) for i, kind in enumerate(kinds)]
+
+
+def _draw(rng: random.Random, kind: str, start: float, slot: float) -> Fault:
+    at = round(start + rng.uniform(0.1, 0.3) * slot, 2)
+    seconds = round(rng.uniform(0.4, 0.7) * slot, 2)
+    if kind == "cut":
+        return Fault(at, kind, 0.0, round(rng.uniform(0.3, 1.0), 2))
+    if kind == "lose_replies":
+        return Fault(at, kind, seconds, round(rng.uniform(0.1, 0.4), 2))
+    if kind == "delay":
+        return Fault(at, kind, seconds, round(rng.uniform(0.05, 0.5), 2))
+    if kind == "refuse":
+        return Fault(at, kind, seconds)
+    # Outages from well under to well over a 3 s lease: some answers live through them, others
+    # are ended by the reaper while their worker still runs them.
+    downtime = round(rng.uniform(0.5, 5.0), 2)
+    return Fault(at, kind, downtime, mode=rng.choice(("fast", "immediate")))
+
+
+class FaultRunner:
+    """Carries out a schedule against a proxy and the PostgreSQL behind it; keeps a log."""
+
+    def __init__(self, proxy: FaultProxy, postgres: EmbeddedPostgres, began: float) -> None:
+        """``began``: the run's start, in ``time.monotonic()`` seconds."""
+        self.proxy = proxy
+        self.postgres = postgres
+        self.began = began
+        self.log: list[str] = []
+
+    def _now(self) -> float:
+        return time.monotonic() - self.began
+
+    async def run(self, schedule: list[Fault]) -> None:
+        try:
+            for fault in schedule:
+                await asyncio.sleep(max(0.0, fault.at - self._now()))
+                started = self._now()
+                await self._apply(fault)
+                self.log.append(f"{started:6.2f}s to {self._now():6.2f}s  {fault}")
+        finally:
+            await self.heal()
+
+    async def heal(self) -> None:
+        self.proxy.heal()
+        if not self.postgres.is_running():
+            await asyncio.to_thread(self.postgres.start)
+
+    async def _apply(self, fault: Fault) -> None:
+        if fault.kind == "cut":
+            self.proxy.cut(fault.amount)
+        elif fault.kind == "restart_postgres":
+            await asyncio.to_thread(self.postgres.stop, fault.mode)
+            await asyncio.sleep(fault.seconds)
+            await asyncio.to_thread(self.postgres.start)
+        else:
+            if fault.kind == "lose_replies":
+                self.proxy.lose_rate = fault.amount
+            elif fault.kind == "delay":
+                self.proxy.reply_delay = fault.amount
+            else:  # refuse: everyone must reconnect, and cannot for a while
+                self.proxy.refusing = True
+                self.proxy.cut(1.0)
+            await asyncio.sleep(fault.seconds)
+            self.proxy.heal()

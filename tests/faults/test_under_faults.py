@@ -1,0 +1,236 @@
+"""Fault injection: every invariant of API.md holds after PostgreSQL and the network misbehave.
+
+Two ``python -m server`` processes reach PostgreSQL (the suite's own, so that stopping it harms
+no other test) only through the fault proxy: their pools and their LISTEN connections. While the
+seed's fault schedule runs (``schedule.py``), the seed's clients (``script.py``) start
+generations on both processes, hang up, resume on the other one, cancel and walk away. When the
+faults have healed, the checks of ``invariants.py`` run, and each process must still answer.
+
+A failure names its seed; ``FAULT_SEED=<seed> make test PYTEST_ARGS=tests/faults`` reruns the
+same schedule and the same script (the timing, and so the exact interleaving, differs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import httpx
+import pytest
+
+from server.embedded import EmbeddedPostgres
+from server.generators.demo import demo_answer
+from tests.faults import invariants
+from tests.faults.clients import RETRYABLE, Client, ClientRecord, read_stream
+from tests.faults.conftest import Spawn, fault_window
+from tests.faults.proxy import FaultProxy
+from tests.faults.report import (
+    Run,
+    failure_message,
+    rerun_command,
+    save_evidence,
+    summary,
+    write_report,
+)
+from tests.faults.schedule import FaultRunner, fault_schedule
+from tests.faults.script import PROJECTS_PER_USER, USERS, client_script
+from tests.processes import ServerProcess
+from tests.support import create_user
+
+pytestmark = pytest.mark.slow
+
+LEASE_SECONDS = 3.0
+DEMO_DELTAS, DEMO_DELTA_MS = 30, 50
+SERVER_SETTINGS = {
+    "lease_seconds": LEASE_SECONDS,
+    "demo_deltas": DEMO_DELTAS,
+    "demo_delta_ms": DEMO_DELTA_MS,
+    "ping_seconds": 1,
+    "shutdown_grace_seconds": 1,
+    "max_running_per_user": 1000,
+    "rate_per_minute": 100_000,
+    "rate_burst": 100_000,
+}
+# How soon after the faults heal every message must be terminal. A message that its worker runs
+# finishes within the rest of its generation (DEMO_DELTAS x DEMO_DELTA_MS = 1.5 s) and the
+# flusher's backoff (at most 2 s). A message that no worker runs any more (the reply to its
+# reservation was lost, or its worker lost its lease in an outage) must be closed by a reaper:
+# whatever lease it had was last renewed before the heal, so it runs out within LEASE_SECONDS,
+# and a reaper looks at least every min(LEASE_SECONDS / 3, 5) seconds (server/reaper.py). The
+# slack covers those few seconds of work, the pools reconnecting and a slow shared machine: it
+# bounds waiting, it measures no speed.
+REAP_INTERVAL = min(LEASE_SECONDS / 3, 5.0)
+SLACK_SECONDS = 12.0
+TERMINAL_BOUND = LEASE_SECONDS + REAP_INTERVAL + SLACK_SECONDS
+CLIENT_GRACE = 20.0  # then, for the clients to read their streams' ends
+FRESH_TIMEOUT = 30.0  # for a new generation on each process, once everything is over
+STARTUP_TIMEOUT = 60.0  # for a server process to answer /healthz
+
+
+async def test_invariants_hold_under_faults(
+    fault_seed: int, fault_postgres: EmbeddedPostgres, fault_database: str, spawn: Spawn
+) -> None:
+    window = fault_window()
+    print(f"rerun: {rerun_command(fault_seed, window)}")
+    tokens = [await create_user(fault_database, f"user{u}") for u in range(USERS)]
+    database = fault_database.rsplit("/", 1)[1]
+    async with FaultProxy(fault_postgres.port, seed=fault_seed) as proxy:
+        servers = [
+            spawn(f"P{i}", f"{proxy.url_base}/{database}", **SERVER_SETTINGS) for i in (0, 1)
+        ]
+        for server in servers:
+            server.start()
+        await asyncio.gather(*(server.wait_ready(STARTUP_TIMEOUT) for server in servers))
+        async with http_clients(servers, tokens) as http:
+            run = Run(fault_seed, window, await create_projects(http), stats=proxy.stats)
+            await faults_and_clients(run, proxy, fault_postgres, http, fault_database)
+            run.violations += await check_everything(run, http, fault_database)
+    run.violations += [f"{s.name} exited: {s.log_tail(500)}" for s in servers if not s.running]
+    print(summary(run))
+    write_report(run)
+    if run.violations or os.environ.get("FAULT_EVIDENCE"):
+        save_evidence(run, servers, await invariants.message_rows(fault_database))
+    assert run.stats.cut + run.stats.replies_lost + run.stats.refused > 0, "no fault hit"
+    assert not run.violations, failure_message(run)
+
+
+@contextlib.asynccontextmanager
+async def http_clients(
+    servers: Sequence[ServerProcess], tokens: Sequence[str]
+) -> AsyncIterator[list[list[httpx.AsyncClient]]]:
+    """``http[user][process]``: each user's client of each process."""
+    timeout = httpx.Timeout(30.0, connect=10.0)
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    async with contextlib.AsyncExitStack() as stack:
+        yield [
+            [
+                await stack.enter_async_context(
+                    server.client(token, timeout=timeout, limits=limits)
+                )
+                for server in servers
+            ]
+            for token in tokens
+        ]
+
+
+async def create_projects(http: list[list[httpx.AsyncClient]]) -> list[list[str]]:
+    """``projects[user][i]``: the script's projects, plus one more each for the last checks."""
+    projects = []
+    for user, clients in enumerate(http):
+        ids = []
+        for i in range(PROJECTS_PER_USER + 1):
+            response = await clients[0].post("/api/projects", json={"title": f"u{user} p{i}"})
+            assert response.status_code == 201, response.text
+            ids.append(response.json()["id"])
+        projects.append(ids)
+    return projects
+
+
+async def faults_and_clients(
+    run: Run,
+    proxy: FaultProxy,
+    postgres: EmbeddedPostgres,
+    http: list[list[httpx.AsyncClient]],
+    database_url: str,
+) -> None:
+    """The schedule and the clients together; then wait for every answer to end."""
+    run.records = [
+        ClientRecord(plan, run.projects[plan.user][plan.project])
+        for plan in client_script(run.seed, run.window)
+    ]
+    began = time.monotonic()
+    faults = FaultRunner(proxy, postgres, began)
+    tasks = [asyncio.create_task(Client(r, http[r.plan.user], began).run()) for r in run.records]
+    try:
+        await faults.run(fault_schedule(run.seed, run.window))
+        healed = time.monotonic()
+        run.healed_after, run.fault_log = healed - began, faults.log
+        run.violations += await wait_until_terminal(run, database_url, healed)
+        await asyncio.wait(tasks, timeout=CLIENT_GRACE)
+    finally:
+        run.fault_log = faults.log
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for task, record in zip(tasks, run.records, strict=True):
+        if not task.cancelled() and task.exception() is not None:
+            record.problems.append(f"the client failed: {task.exception()!r}")
+
+
+async def wait_until_terminal(run: Run, database_url: str, healed: float) -> list[str]:
+    """Poll until every generation asked for exists and is terminal, or the bound has passed
+    (from the heal, or from a client's last request if that came later)."""
+    while True:
+        late = max((r.last_request_at for r in run.records), default=healed)
+        deadline = max(healed, min(late, healed + CLIENT_GRACE)) + TERMINAL_BOUND
+        stuck = await invariants.unfinished(database_url)
+        started = all(r.message_id is not None or r.finished for r in run.records)
+        if not stuck and started:
+            run.terminal_after = time.monotonic() - healed
+            return []
+        if time.monotonic() > deadline:
+            if not stuck:
+                return []  # a client that never got its generation says so itself
+            rows = "\n  ".join(str(row) for row in stuck[:20])
+            return [
+                f"{len(stuck)} message(s) not terminal {TERMINAL_BOUND:g}s after the faults "
+                f"healed (LEASE_SECONDS {LEASE_SECONDS:g} + reaper tick {REAP_INTERVAL:g} + "
+                f"slack {SLACK_SECONDS:g}):\n  {rows}"
+            ]
+        await asyncio.sleep(0.25)
+
+
+async def check_everything(
+    run: Run, http: list[list[httpx.AsyncClient]], database_url: str
+) -> list[str]:
+    found = invariants.check_running_counts(await invariants.running_counts(database_url))
+    for i in range(2):
+        found += await fresh_generation(http[0][i], run.fresh_project, f"P{i}")
+    rows = await invariants.message_rows(database_url)
+    found += invariants.check_sequences(rows)
+    scripted = [row for row in rows if row.project_id != run.fresh_project]
+    found += invariants.check_pairs_match_clients(scripted, run.records)
+    status = {row.id: row.status for row in rows}
+    for user, clients in enumerate(http):
+        user_rows = [row for row in rows if row.project_id in run.projects[user]]
+        messages, replays, problems = await invariants.read_back(clients, user_rows)
+        found += problems
+        for message_id, message in messages.items():
+            found += invariants.check_log(message, replays[message_id], status[message_id])
+            if message["project_id"] != run.fresh_project:
+                run.outcomes[invariants.outcome(message)] += 1
+        for record in (r for r in run.records if r.plan.user == user):
+            message_id = record.message_id or ""
+            found += invariants.check_client(
+                record, messages.get(message_id), replays.get(message_id)
+            )
+    return found
+
+
+async def fresh_generation(client: httpx.AsyncClient, project: str, name: str) -> list[str]:
+    """A new answer on a process, once everything is over: it must end with ``done``."""
+    prompt = f"A fresh answer on {name} after the faults"
+    body = {"message": prompt, "client_request_id": f"fresh-{name}"}
+    url = f"/api/projects/{project}/generations"
+    deadline = time.monotonic() + FRESH_TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            reply = await asyncio.wait_for(
+                read_stream(client, "POST", url, stop_after=None, json=body), FRESH_TIMEOUT
+            )
+        except TimeoutError:
+            return [f"fresh answer on {name}: no end within {FRESH_TIMEOUT:g}s"]
+        if reply.status in RETRYABLE:
+            await asyncio.sleep(reply.retry_after)
+            continue
+        names = [e.event for e in reply.events]
+        content = invariants.joined_deltas(reply.events)
+        if reply.status != 200 or not names or names[-1] != "done" or reply.detail:
+            return [f"fresh answer on {name}: {reply.status} {names[-3:]} {reply.detail}"]
+        if content != demo_answer(prompt):
+            return [f"fresh answer on {name}: content {content!r}"]
+        return []
+    return [f"fresh answer on {name}: still refused after {FRESH_TIMEOUT:g}s"]
