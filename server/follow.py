@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from server.errors import DatabaseUnavailable
 from server.eventlog import MessageLog
-from server.events import Event, start_event, terminal_event
+from server.events import Batch, Event, start_event, terminal_event
 from server.models import Message
 from server.notifier import Notifier
 from server.store import Store
@@ -53,9 +53,10 @@ async def follow(
     local: MessageLog | None,
     notifier: Notifier,
     limits: FollowLimits,
-) -> AsyncIterator[list[Event]]:
+) -> AsyncIterator[Batch]:
     """Yield the events of ``message``'s log with ids above ``after``, up to the terminal one,
     in batches: whatever became visible together is sent together (one write, not one each).
+    A batch without frames is a ping.
 
     One generator for both sources: a nested one would be kept alive, with its frame, by every
     open stream."""
@@ -63,17 +64,18 @@ async def follow(
     if local is not None:
         quiet_since = _now()
         while True:
-            batch = local.visible_after(cursor)
-            if batch:
-                yield batch
-                cursor = batch[-1].id
-                if batch[-1].is_terminal:
+            frames = local.visible_after(cursor)
+            if frames:
+                cursor += len(frames)
+                ends = cursor == local.terminal_id
+                yield Batch(frames, cursor, ends)
+                if ends:
                     return
                 quiet_since = _now()  # and look again: more may have become visible meanwhile
             elif local.lost or limits.over():
                 break  # the table has the rest (unless the stream is over)
             elif limits.ping_due(quiet_since):
-                yield []  # a ping
+                yield Batch([], cursor)  # a ping
                 quiet_since = _now()
             else:
                 await local.changed()  # woken by news, or by the worker's ticker (Worker.tick)
@@ -90,14 +92,14 @@ async def follow(
                 continue
             backoff = 0.1
             if events:
-                yield events
+                yield Batch.of(events)
                 cursor = events[-1].id
                 quiet_since = _now()
             if finished:
                 return
             if not events:
                 if limits.ping_due(quiet_since):
-                    yield []  # a ping; the slow poll of the table doubles as the fallback
+                    yield Batch([], cursor)  # a ping; the slow poll of the table is the fallback
                     quiet_since = _now()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(news.wait(), limits.wait_seconds(quiet_since))

@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 from server import metrics
 from server.disconnect import DisconnectWatch
 from server.errors import InvalidInput, MalformedRequest
-from server.events import Event
+from server.events import Batch
 from server.limits import StreamSlot
 from server.middleware import RAW_SEND
 
@@ -60,13 +60,12 @@ def check_cursor(cursor: int, last_event_id: int) -> None:
         )
 
 
-def encode(batch: list[Event]) -> bytes:
-    """A batch of events as one chunk of frames; an empty batch is a ping."""
-    if not batch:
+def encode(batch: Batch) -> bytes:
+    """A batch of events as one chunk of frames; a batch without frames is a ping."""
+    frames = batch.frames
+    if not frames:
         return PING
-    if len(batch) == 1:
-        return batch[0].frame
-    return b"".join(e.frame for e in batch)
+    return frames[0] if len(frames) == 1 else b"".join(frames)
 
 
 class SendWatchdog:
@@ -94,7 +93,7 @@ class EventStream(Response):
 
     def __init__(
         self,
-        batches: AsyncIterator[list[Event]],
+        batches: AsyncIterator[Batch],
         *,
         slot: StreamSlot,
         watchdog: SendWatchdog,
@@ -142,7 +141,7 @@ class EventStream(Response):
                 body = encode(batch)
                 await raw_send({"type": "http.response.body", "body": body, "more_body": True})
                 self.sending_since = 0.0
-                if first and batch:
+                if first and batch.frames:
                     metrics.FIRST_EVENT_SECONDS.observe(time.perf_counter() - self.received)
                     first = False
             await raw_send({"type": "http.response.body", "body": b""})

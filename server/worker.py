@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Coroutine
@@ -98,6 +99,9 @@ class Worker:
         await self.heartbeat.open()
 
     def start(self) -> None:
+        # What start-up built lives as long as the process: out of the collector's way, so that
+        # a full collection walks only what serving creates (its pause holds every stream).
+        gc.freeze()
         metrics.watch_garbage_collections()
         self._spawn(self.runner.flusher.run(), "flusher")
         self._spawn(self.heartbeat.run(), "heartbeat")

@@ -15,14 +15,16 @@ from typing import Protocol
 from server.models import Message, Usage
 
 
-@dataclass(slots=True)  # not frozen: built per item; 4x cheaper so
+# not frozen: built per item; 4x cheaper so
+@dataclass(slots=True)
 class Progress:
     stage: str
     message: str
     percent: float | None = None
 
 
-@dataclass(slots=True)  # not frozen: built per item; 4x cheaper so
+# not frozen: built per item; 4x cheaper so
+@dataclass(slots=True)
 class Delta:
     text: str
 

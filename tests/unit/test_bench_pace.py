@@ -190,6 +190,6 @@ def test_a_server_histogram_between_two_scrapes_gives_bucket_upper_bounds() -> N
         return {**out, (f"{name}_count", ""): float(counts[-1]), (f"{name}_sum", ""): total}
 
     found = histogram(sample((10, 10, 10), 0.1), sample((60, 108, 110), 5.1), name)
-    assert found == {"count": 100, "mean": 0.05, "p50_le": 0.025, "p99_le": None}
+    assert found == {"count": 100, "mean": 0.05, "max_le": None, "p50_le": 0.025, "p99_le": None}
     found = histogram(sample((0, 0, 0), 0.0), sample((50, 100, 100), 3.0), name)
     assert (found["p50_le"], found["p99_le"]) == (0.025, 0.25)

@@ -63,7 +63,7 @@ def test_a_long_backlog_is_sealed_into_bounded_chunks_in_order() -> None:
         assert all(len(c.kinds) <= MAX_CHUNK_EVENTS for c in item.chunks)
         assert all(len(c.data) <= MAX_CHUNK_CHARS for c in item.chunks)
         ids = [e.id for c in item.chunks for e in c.events()]
-        assert ids == list(range(2, len(message_log.events) + 1))
+        assert ids == list(range(2, len(message_log.frames) + 1))
 
 
 def test_a_snapshot_sent_again_carries_the_same_chunks_and_more() -> None:
