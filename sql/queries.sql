@@ -68,7 +68,7 @@ WHERE id = $1 AND owner_id = $2;
 WITH p AS (
     UPDATE projects SET last_sequence = last_sequence + 2
     WHERE id = $1 AND owner_id = $2
-    RETURNING last_sequence, gen_random_uuid() AS assistant_id,
+    RETURNING last_sequence, orderly_uuid7() AS user_id, orderly_uuid7() AS assistant_id,
               cardinality(orderly_running_answers(id, last_sequence - 1, $8::text, $5::text)) AS ahead
 ), u AS (
     UPDATE users
@@ -88,7 +88,7 @@ WITH p AS (
 )
 INSERT INTO messages AS m (project_id, id, sequence, role, content, status, image_urls,
                            client_request_id, created_by, last_event_id, lease_owner, queued_at)
-SELECT $1::uuid, gen_random_uuid(), p.last_sequence - 1, 'user', $3::text, 'success',
+SELECT $1::uuid, p.user_id, p.last_sequence - 1, 'user', $3::text, 'success',
        $4::text[], $5::text, $2::uuid, 0, NULL::uuid, NULL::timestamptz
 FROM p
 UNION ALL
