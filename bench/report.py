@@ -579,6 +579,22 @@ def markdown(results: R, images: dict[str, str], results_rel: str) -> str:
             f"connections opened: {fe['connections_opened']}, CPU (server / postgres / client / "
             f"other): {_cpu(fe.get('cpu_cores'))}.\n"
         )
+        waits = fe.get("postgres_waits")
+        if waits and waits.get("samples"):
+            w(
+                "What PostgreSQL's backends were doing over the measured window, sampled from "
+                f"`pg_stat_activity` every {waits['interval_s'] * 1000:g} ms "
+                f"({_n(waits['samples'])} samples; `bench/waits.py`): the service's active "
+                "statements, named from `sql/queries.sql`, and PostgreSQL's own processes, by "
+                "what they waited for (*CPU*: nothing: running, or waiting for a core). "
+                "*Backends*: how many were in that state on average.\n"
+            )
+            w("| statement or process | waiting for | backends |")
+            w("|---|---|---|")
+            for row in waits["top"]:
+                what, _, wait = row["what"].partition(" | ")
+                w(f"| {what} | {wait} | {row['backends']:.3f} |")
+            w("")
 
     st = s.get("open_streams")
     if st:

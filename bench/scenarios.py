@@ -34,6 +34,7 @@ from bench.machine import CpuMeter, rss_kib
 from bench.plan import Plan
 from bench.server import REPO_ROOT, ServerProcess
 from bench.source import Source
+from bench.waits import WaitSampler
 from bench.wire import Connection, request_bytes
 
 logger = logging.getLogger("bench")
@@ -278,10 +279,30 @@ class Bench:
             "max_connections": 2000,
         }
         meter = {"server": server.pid, "postgres": self.cluster.postmaster_pid}
-        result = await self.client(
-            spec, meter=meter, workers=server.worker_pids(), timeout=self.plan.first_event_s + 90
-        )
+        # What the database's backends do meanwhile: a tail is then put on a lock, an I/O or a
+        # background process (bench/waits.py).
+        sampler = WaitSampler(self.cluster.admin_url, "orderly", self.source.queries)
+        waits: dict[str, Any] = {}
+
+        async def on_phase(record: dict[str, Any]) -> None:
+            if record["phase"] == "measure_start":
+                await sampler.start()
+            elif record["phase"] == "measure_end":
+                waits.update(await sampler.stop())
+
+        try:
+            result = await self.client(
+                spec,
+                meter=meter,
+                workers=server.worker_pids(),
+                on_phase=on_phase,
+                timeout=self.plan.first_event_s + 90,
+            )
+        finally:
+            if not waits:
+                await sampler.stop()
         result["peak_rate"] = peak
+        result["postgres_waits"] = waits
         self.results["first_event"] = result
 
     async def profile_throughput(self, server: ServerProcess, targets: list[list[str]]) -> None:
