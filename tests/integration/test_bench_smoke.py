@@ -68,6 +68,12 @@ def test_bench_smoke_writes_results_and_report(tmp_path: Path, repo_root: Path) 
     assert results["scenarios"]["sequence_check"]["service_spread"]["ok"]
     assert all(t["measured"] is not None for t in results["targets"][:EARLIER_TARGETS])
     assert any(t["name"].startswith("model pace") for t in results["targets"])
+    # The first-event step says what PostgreSQL's backends did meanwhile: sampled, and the
+    # service's statements named from sql/queries.sql (reservations and flushes run all along).
+    waits = results["scenarios"]["first_event"]["postgres_waits"]
+    assert waits["samples"] > 0
+    named = {row["what"].partition(" | ")[0] for row in waits["top"]}
+    assert named & {"reserve_pair", "flush"}, waits
 
     # The model-pace scenario ran its steady steps, a burst beside each and the long-answer
     # pair, with the C client and the Python one, and every invariant held (the scenario fails
@@ -96,5 +102,6 @@ def test_bench_smoke_writes_results_and_report(tmp_path: Path, repo_root: Path) 
     text = report.read_text()
     assert text.startswith("# Benchmarks")
     assert "## Targets" in text
+    assert "| statement or process | waiting for | backends |" in text
     assert "## Streaming at a model's pace (9)" in text
     assert "Steady state against a burst" in text and "### WAL: records and full-page" in text
