@@ -10,12 +10,15 @@ import { isActive } from './view.js';
 // over 8 KiB, and a GET URL is all EventSource can send.
 const MAX_STREAM_URL = 8000;
 const MAX_OPEN_ATTEMPTS = 3;
+// The answers one tab follows at once. Each holds a connection, and over HTTP/1.1 a browser opens
+// at most 6 to a server: past that, its other requests (and other tabs') would wait for them.
+export const MAX_OPEN_ANSWERS = 3;
 const retryDelay = (attempt) => Math.min(30_000, 500 * 2 ** attempt);
 
 /**
  * `listener` receives: started() once the server has the user's message; event(messageId, name,
  * data) for every stream event; finished(message) for an answer found finished while recovering;
- * changed() when busy or runningIds may have changed; report(problem) for failures.
+ * changed() when sending, full or runningIds may have changed; report(problem) for failures.
  */
 export class AnswerStreams {
   #connection;
@@ -29,8 +32,14 @@ export class AnswerStreams {
     this.#listener = listener;
   }
 
-  get busy() {
-    return this.#sending !== null || this.#running.size > 0;
+  /** A message is on its way, until `start` names its answer. */
+  get sending() {
+    return this.#sending !== null;
+  }
+
+  /** As many answers are open as this tab follows at once: the next message must wait. */
+  get full() {
+    return this.#running.size >= MAX_OPEN_ANSWERS;
   }
 
   get runningIds() {

@@ -1,5 +1,7 @@
-// The message box. Enter sends, Shift+Enter breaks the line; while an answer is on its way the
-// box is read-only and Send is disabled, and Cancel appears once there is an answer to cancel.
+// The message box. Enter sends, Shift+Enter breaks the line; while a message is on its way (and
+// while the tab follows as many answers as it can at once) the box is read-only and Send is
+// disabled. While answers stream, the next message can be sent: it waits for them (queued).
+// Cancel appears once there is an answer to cancel.
 
 export class Composer {
   #form;
@@ -29,8 +31,9 @@ export class Composer {
   }
 
   /**
-   * enabled: a project is open and the user is signed in; busy: an answer is being sent or is
-   * streaming; cancellable: there is a running answer that Cancel would stop.
+   * enabled: a project is open and the user is signed in; busy: a message is being sent, or the
+   * tab follows as many answers as it can; cancellable: there is a running answer that Cancel
+   * would stop.
    */
   setState({ enabled, busy, cancellable }) {
     this.#busy = busy;

@@ -77,12 +77,80 @@ async def test_a_message_sent_while_an_answer_streams_waits_for_it(
     assert_prefixes(states, second["id"], second["content"])
     conn = await asyncpg.connect(database_url)
     try:
-        first_end, second_start = await conn.fetchrow(
+        row = await conn.fetchrow(
             "SELECT (SELECT updated_at FROM messages WHERE id = $1), "
             "(SELECT min(created_at) FROM event_chunks WHERE message_id = $2 AND kinds LIKE '%d%')",
             uuid.UUID(stored[1]["id"]),
             uuid.UUID(second["id"]),
         )
+        assert row is not None
+        first_end, second_start = row
     finally:
         await conn.close()
     assert second_start > first_end, "the second answer started before the first one ended"
+
+
+async def test_messages_typed_while_answers_stream_queue_in_order(
+    database_url: str, browser: Browser
+) -> None:
+    """One tab: the next message goes while an answer streams and waits for it; the tab follows
+    at most MAX_OPEN_ANSWERS (3) answers at once, then Send waits for one to end."""
+    token = await create_user(database_url, "bob")
+    settings = settings_for(database_url, demo_deltas=20, demo_delta_ms=100)
+    prompts = ["The first question", "The second question", "The third question"]
+    async with running_server(settings) as srv, srv.client(token) as client:
+        project = await create_project(client, "Typed ahead")
+        page = await browser.new_page()
+        await sign_in(page, srv.base_url, token)
+        await open_project(page, project)
+
+        await send(page, prompts[0])
+        await expect(answer(page, 2)).to_have_attribute("data-status", "streaming")
+        await expect(page.locator("#send")).to_be_enabled()
+
+        await send(page, prompts[1])
+        await expect(answer(page, 4).locator(".progress-stage")).to_have_text("queued")
+        await expect(answer(page, 4)).to_have_attribute("data-status", "pending")
+        await expect(page.locator("#send")).to_be_enabled()
+
+        await send(page, prompts[2])
+        third = answer(page, 6)
+        await expect(third.locator(".progress-message")).to_have_text(
+            "Queued behind 2 earlier answers"
+        )
+        # Three answers open: the fourth message waits until one of them ends.
+        await expect(page.locator("#send")).to_be_disabled()
+        await expect(page.locator("#message-input")).to_have_attribute("readonly", "")
+        assert [m["status"] for m in await history(client, project)][1::2] == [
+            "streaming",
+            "pending",
+            "pending",
+        ]
+        await expect(answer(page, 2)).to_have_attribute("data-status", "success", timeout=10_000)
+        await expect(page.locator("#send")).to_be_enabled()
+
+        await expect(third).to_have_attribute("data-status", "success", timeout=15_000)
+
+        async def settled() -> bool:
+            return await shown_messages(page) == as_shown(await history(client, project))
+
+        await wait_for(settled, timeout=10, what="the page to show the stored conversation")
+        stored = await history(client, project)
+
+    assert [m["content"] for m in stored[0::2]] == prompts
+    assert [m["content"] for m in stored[1::2]] == [demo_answer(p) for p in prompts]
+    assert [m["status"] for m in stored[1::2]] == ["success"] * 3
+    conn = await asyncpg.connect(database_url)
+    try:
+        for before, after in ((stored[1], stored[3]), (stored[3], stored[5])):
+            row = await conn.fetchrow(
+                "SELECT (SELECT updated_at FROM messages WHERE id = $1), (SELECT min(created_at)"
+                " FROM event_chunks WHERE message_id = $2 AND kinds LIKE '%d%')",
+                uuid.UUID(before["id"]),
+                uuid.UUID(after["id"]),
+            )
+            assert row is not None
+            ended, started = row
+            assert started > ended, "an answer started before the one ahead of it ended"
+    finally:
+        await conn.close()
