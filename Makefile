@@ -51,7 +51,7 @@ soak: $(DEV_STAMP) ## Fault-injection soak: SOAK_SEEDS seeds (20) x SOAK_SECONDS
 lint: $(DEV_STAMP) ## ruff format --check, ruff check, mypy --strict
 	$(VENV)/bin/ruff format --check server tests bench
 	$(VENV)/bin/ruff check server tests bench
-	$(VENV)/bin/mypy --strict server
+	$(VENV)/bin/mypy --strict server bench
 
 bench: $(BENCH_STAMP) ## Run the benchmarks (under 25 min, with the machine's PostgreSQL when it answers on :5432; BENCH_ARGS=--quick for a few minutes); writes docs/benchmarks.md
 	$(PY) -m bench $(BENCH_ARGS)

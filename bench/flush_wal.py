@@ -68,7 +68,7 @@ async def _run(store: Store, url: str, k: int, *, answers: int, flushes: int) ->
     pairs: list[Pair] = []
     for i in range(answers):
         project = await store.create_project(user, f"p{i}")
-        pair = await store.reserve_pair(
+        reservation = await store.reserve_pair(
             project_id=project.id,
             owner_id=user,
             content="q",
@@ -77,8 +77,8 @@ async def _run(store: Store, url: str, k: int, *, answers: int, flushes: int) ->
             lease_owner=worker,
             running_cap=10**9,
         )
-        assert pair is not None
-        pairs.append(pair)
+        assert reservation is not None
+        pairs.append(reservation.pair)
     next_id = {pair.assistant.message.id: 2 for pair in pairs}
     rng = random.Random(k)
 
@@ -88,15 +88,15 @@ async def _run(store: Store, url: str, k: int, *, answers: int, flushes: int) ->
             message = pair.assistant.message
             texts = [" " + rng.choice(WORDS)[:4] for _ in range(k)]
             size += sum(len(t.encode()) for t in texts)
-            first = next_id[message.id]
-            events = [Event(first + j, "delta", delta_data(t)) for j, t in enumerate(texts)]
+            start = next_id[message.id]
+            events = [Event(start + j, "delta", delta_data(t)) for j, t in enumerate(texts)]
             next_id[message.id] += k
             item = FlushItem(
                 message.project_id,
                 message.id,
                 "streaming",
                 None,
-                first + k - 1,
+                start + k - 1,
                 None,
                 [Chunk.of(events)],
                 changes_status=first,  # only the first flush moves them to `streaming`

@@ -16,6 +16,7 @@ from typing import Any
 from bench.pace import plots as pace_plots
 from bench.pace import report as pace_report
 from bench.pace import targets as pace_targets
+from bench.pace.results import n_ as _n
 
 R = dict[str, Any]
 STREAM_BYTES_TARGET = 20 * 1024
@@ -258,14 +259,6 @@ def _save(fig: Any, path: Path) -> str:
 
 
 # Markdown
-
-
-def _n(value: Any, digits: int = 0) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, (int, float)):
-        return f"{value:,.{digits}f}"
-    return str(value)
 
 
 def _cpu(cpu: R | None) -> str:

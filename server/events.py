@@ -99,16 +99,13 @@ def delta_data(text: str) -> str:
 
 @dataclass(slots=True)
 class Batch:
-    """What a stream sends at once: the frames of consecutive events up to ``last_id``, the
-    last of them terminal if ``ends``. No frames: a ping."""
+    """What a stream sends at once: the frames of consecutive events. No frames: a ping."""
 
     frames: list[bytes]
-    last_id: int
-    ends: bool = False
 
     @classmethod
     def of(cls, events: list[Event]) -> Batch:
-        return cls([e.frame for e in events], events[-1].id, events[-1].is_terminal)
+        return cls([e.frame for e in events])
 
 
 # not frozen: a frozen dataclass is 4x slower to build, and one is built per event

@@ -67,15 +67,14 @@ async def follow(
             frames = local.visible_after(cursor)
             if frames:
                 cursor += len(frames)
-                ends = cursor == local.terminal_id
-                yield Batch(frames, cursor, ends)
-                if ends:
+                yield Batch(frames)
+                if cursor == local.terminal_id:
                     return
                 quiet_since = _now()  # and look again: more may have become visible meanwhile
             elif local.lost or limits.over():
                 break  # the table has the rest (unless the stream is over)
             elif limits.ping_due(quiet_since):
-                yield Batch([], cursor)  # a ping
+                yield Batch([])  # a ping
                 quiet_since = _now()
             else:
                 await local.changed()  # woken by news, or by the worker's ticker (Worker.tick)
@@ -99,7 +98,7 @@ async def follow(
                 return
             if not events:
                 if limits.ping_due(quiet_since):
-                    yield Batch([], cursor)  # a ping; the slow poll of the table is the fallback
+                    yield Batch([])  # a ping; the slow poll of the table is the fallback
                     quiet_since = _now()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(news.wait(), limits.wait_seconds(quiet_since))

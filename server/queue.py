@@ -88,52 +88,46 @@ class Queue:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    async def round(self) -> int:
-        """Start the queued answers whose turn came (of the projects asked about, or anywhere);
-        how many were started."""
+    async def round(self) -> None:
+        """Start the queued answers whose turn came (of the projects asked about, or anywhere)."""
         projects, self._projects = self._projects, set()
         everywhere, self._everywhere = self._everywhere, False
         if self.runner.draining:
-            return 0
+            return
         worker = self.runner.worker()
-        started = 0
         if everywhere:
-            started += await self._resume_claims(worker)
+            await self._resume_claims(worker)
         while everywhere or projects:
             claims = await self.store.claim_queued(
                 worker, None if everywhere else sorted(projects), CLAIM_BATCH
             )
             for claim in claims:
                 metrics.QUEUE_WAIT_SECONDS.observe(claim.waited)
-                started += await self._start(worker, claim.assistant.message)
+                await self._start(worker, claim.assistant.message)
             if len(claims) < CLAIM_BATCH:
                 break
-        return started
 
-    async def _resume_claims(self, worker: UUID) -> int:
+    async def _resume_claims(self, worker: UUID) -> None:
         """Start what is leased to this worker and not running: a claim or a reservation whose
         reply was lost, or an answer that could not be loaded then. (``Runner`` starts an answer
         once: a reservation whose reply arrives meanwhile finds it running.)"""
         running = {*self.runner.flusher.logs, *self.runner.tasks}
-        started = 0
         for stored in await self.store.leased_to(worker):
             if stored.message.id not in running:
                 logger.warning(
                     "starting answer %s, leased to this worker earlier", stored.message.id
                 )
-                started += await self._start(worker, stored.message)
-        return started
+                await self._start(worker, stored.message)
 
-    async def _start(self, worker: UUID, assistant: Message) -> int:
+    async def _start(self, worker: UUID, assistant: Message) -> None:
         if self.runner.draining:  # queued again, for another worker
             await self.store.release_claims(worker, [assistant])
-            return 0
+            return
         pair = await self.store.pair_of(assistant)
         if pair is None or pair.assistant.message.is_terminal:  # cancelled meanwhile
-            return 0
+            return
         stored, _more = await self.store.events_after(
             assistant.project_id, assistant.id, 1, STORED_CHUNKS
         )
-        self.runner.start_claimed(pair, stored)
+        self.runner.start(pair, stored)
         metrics.QUEUE_CLAIMS.inc()
-        return 1

@@ -93,7 +93,7 @@ class Runner:
             metrics.GENERATIONS_QUEUED.inc()
             self.on_queued(project_id)
             return Submission(pair, created=True)
-        self._start(pair)
+        self.start(pair)
         if policy == "interrupt":
             await self._interrupt(pair, user_id)
         return Submission(pair, created=True)
@@ -107,15 +107,16 @@ class Runner:
         except ServiceUnavailable:
             logger.warning("on_running interrupt: the running answers could not be cancelled")
             return
-        for stored in closed:
-            self.abandon(stored.message.id)  # ours? stop it now rather than on the NOTIFY
-        metrics.CANCELS.inc(len(closed))
-        metrics.GENERATIONS_FINISHED.labels("cancelled").inc(len(closed))
+        self.cancelled([stored.message.id for stored in closed])
 
-    def start_claimed(self, pair: Pair, stored: list[Event]) -> None:
-        """Start a queued answer this worker claimed; ``stored``: its log's events so far after
-        ``start`` (the ``queued`` event)."""
-        self._start(pair, stored)
+    def cancelled(self, message_ids: list[UUID]) -> None:
+        """These answers were just cancelled in the database (by a cancel request, or by an
+        interrupting one): stop those this worker runs now rather than on the NOTIFY, and count
+        them."""
+        for message_id in message_ids:
+            self.abandon(message_id)
+        metrics.CANCELS.inc(len(message_ids))
+        metrics.GENERATIONS_FINISHED.labels("cancelled").inc(len(message_ids))
 
     async def _existing(self, user_id: UUID, project_id: UUID, request: GenerateRequest) -> Pair:
         assert request.client_request_id is not None
@@ -132,7 +133,7 @@ class Runner:
     def local_log(self, message_id: UUID) -> MessageLog | None:
         return self.flusher.logs.get(message_id)
 
-    def _start(self, pair: Pair, stored: list[Event] | None = None) -> None:
+    def start(self, pair: Pair, stored: list[Event] | None = None) -> None:
         """Start ``pair``'s generation, once: the queue's sweep and a late reply of the same
         reservation may both ask (both run in this event loop, so the check is atomic)."""
         if pair.assistant.message.id in self.flusher.logs:

@@ -424,12 +424,11 @@ class Store:
         """The answers leased to ``worker`` that have not started writing."""
         return [message_from_row(r) for r in await self.db.fetch("leased_to", worker)]
 
-    async def release_claims(self, worker: UUID, messages: Sequence[Message]) -> int:
+    async def release_claims(self, worker: UUID, messages: Sequence[Message]) -> None:
         """Put claimed answers that did not start back in the queue."""
-        rows = await self.db.fetch(
+        await self.db.fetch(
             "release_claims", worker, [m.project_id for m in messages], [m.id for m in messages]
         )
-        return len(rows)
 
 
 # A claim loses only to a chunk stored in the same instant; a few rounds always settle it.

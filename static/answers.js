@@ -12,13 +12,13 @@ const MAX_STREAM_URL = 8000;
 const MAX_OPEN_ATTEMPTS = 3;
 // The answers one tab follows at once. Each holds a connection, and over HTTP/1.1 a browser opens
 // at most 6 to a server: past that, its other requests (and other tabs') would wait for them.
-export const MAX_OPEN_ANSWERS = 3;
+const MAX_OPEN_ANSWERS = 3;
 const retryDelay = (attempt) => Math.min(30_000, 500 * 2 ** attempt);
 
 /**
  * `listener` receives: started() once the server has the user's message; event(messageId, name,
  * data) for every stream event; finished(message) for an answer found finished while recovering;
- * changed() when sending, full or runningIds may have changed; report(problem) for failures.
+ * changed() when blocked or runningIds may have changed; report(problem) for failures.
  */
 export class AnswerStreams {
   #connection;
@@ -32,14 +32,12 @@ export class AnswerStreams {
     this.#listener = listener;
   }
 
-  /** A message is on its way, until `start` names its answer. */
-  get sending() {
-    return this.#sending !== null;
-  }
-
-  /** As many answers are open as this tab follows at once: the next message must wait. */
-  get full() {
-    return this.#running.size >= MAX_OPEN_ANSWERS;
+  /**
+   * The next message must wait: one is on its way (until `start` names its answer), or this tab
+   * follows as many answers as it can at once.
+   */
+  get blocked() {
+    return this.#sending !== null || this.#running.size >= MAX_OPEN_ANSWERS;
   }
 
   get runningIds() {

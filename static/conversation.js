@@ -124,7 +124,7 @@ export class Conversation {
   send(text) {
     // While answers stream the next message can go: it is queued behind them (on_running
     // enqueue), up to the answers a tab follows at once.
-    if (this.#opening || this.#creating || this.#answers.sending || this.#answers.full) return;
+    if (this.#opening || this.#creating || this.#answers.blocked) return;
     if (!this.#projectId) {
       this.#sendToNewProject(text);
       return;
@@ -223,7 +223,7 @@ export class Conversation {
     this.#composer.setState({
       // With no project open the message box works too: its first message starts a project.
       enabled: !this.#opening,
-      busy: this.#answers.sending || this.#answers.full || this.#creating,
+      busy: this.#answers.blocked || this.#creating,
       cancellable: this.#answers.runningIds.length > 0,
     });
   }

@@ -3,9 +3,8 @@ client over each steady step's window, and the client's own cost beside the Pyth
 
 from __future__ import annotations
 
-from bench.pace.results import R, databases_run, n_
-
-_n = n_
+from bench.pace.results import R, databases_run
+from bench.pace.results import n_ as _n
 
 
 def cpu_table(steps: list[R]) -> list[str]:

@@ -3,10 +3,8 @@ by phase of each step and by second of arrival."""
 
 from __future__ import annotations
 
-from bench.pace.results import R, current_builds, n_, target_step
-
-_n = n_
-TARGET_N = 1000
+from bench.pace.results import TARGET_N, R, current_builds, target_step
+from bench.pace.results import n_ as _n
 
 
 def section(pace: R, images: dict[str, str]) -> list[str]:

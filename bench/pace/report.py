@@ -9,10 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.pace import costs, lagreport, walreport
-from bench.pace.results import BUILD_LABELS, R, databases_run, n_, pace_results
-
-_n = n_
-
+from bench.pace.results import BUILD_LABELS, R, databases_run, pace_results
+from bench.pace.results import n_ as _n
 
 # The section
 

@@ -7,6 +7,7 @@ from typing import Any
 
 R = dict[str, Any]
 BUILD_LABELS = {"current": "this build", "baseline": "baseline"}
+TARGET_N = 1000  # the steady step whose figures the targets read
 
 
 def n_(value: Any, digits: int = 0) -> str:

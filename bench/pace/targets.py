@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.pace.results import R, databases_run, n_, pace_results
-
-TARGET_N = 1000
+from bench.pace.results import TARGET_N, R, databases_run, n_, pace_results
 
 
 def targets(results: R) -> list[R]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.pace.results import R, current_builds, n_, target_step
+from bench.pace.results import TARGET_N, R, current_builds, target_step
+from bench.pace.results import n_ as _n
 
-_n = n_
-TARGET_N = 1000
 RMGR_ROWS = 8
 
 

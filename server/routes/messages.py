@@ -6,7 +6,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server import metrics
 from server.errors import Conflict, InvalidInput, NotFound
 from server.models import MessageEnvelope, MessagePage
 from server.parsing import path_uuid, query_int
@@ -65,9 +64,7 @@ async def cancel(request: Request) -> Response:
         if stored.message.role != "assistant":
             raise NotFound("only assistant messages can be cancelled")
         raise Conflict(f"the message is already {stored.message.status}", code="already_finished")
-    app.runner.abandon(message_id)  # ours? stop it now rather than on the NOTIFY
-    metrics.CANCELS.inc()
-    metrics.GENERATIONS_FINISHED.labels("cancelled").inc()
+    app.runner.cancelled([message_id])
     return json_response(MessageEnvelope(message=cancelled.message).model_dump_json(), 202)
 
 
