@@ -16,6 +16,7 @@ import pytest
 
 from server.db import connect
 from server.migrate import migrate
+from tests.processes import ServerProcess, Spawn
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -96,3 +97,21 @@ async def _drop(admin_url: str, name: str) -> None:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawn]:
+    """``spawn(name, database_url, **settings)``: a server process, not started; always killed,
+    and the end of its log printed (pytest shows it when the test fails)."""
+    started: list[ServerProcess] = []
+
+    def make(name: str, database_url: str, **settings: object) -> ServerProcess:
+        env = {key.upper(): str(value) for key, value in settings.items()}
+        proc = ServerProcess(name, database_url, free_port(), tmp_path / f"{name}.log", env)
+        started.append(proc)
+        return proc
+
+    yield make
+    for proc in started:
+        proc.close()
+        print(f"----- log of {proc.name} (last 6000 characters) -----\n{proc.log_tail(6000)}")

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,3 +151,7 @@ class ServerProcess:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return "(no log)"
+
+
+# ``spawn(name, database_url, **settings)``: the ``spawn`` fixture (tests/conftest.py)
+Spawn = Callable[..., ServerProcess]

@@ -4,6 +4,8 @@ project is still being written (here from a second tab) waits for it, shown as q
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
+from typing import Any
 
 import asyncpg
 from playwright.async_api import expect
@@ -75,18 +77,7 @@ async def test_a_message_sent_while_an_answer_streams_waits_for_it(
         s["status"] == "pending" and s["content"] == "" for s in queued_states
     ), "a queued answer is shown pending, without text"
     assert_prefixes(states, second["id"], second["content"])
-    conn = await asyncpg.connect(database_url)
-    try:
-        row = await conn.fetchrow(
-            "SELECT (SELECT updated_at FROM messages WHERE id = $1), "
-            "(SELECT min(created_at) FROM event_chunks WHERE message_id = $2 AND kinds LIKE '%d%')",
-            uuid.UUID(stored[1]["id"]),
-            uuid.UUID(second["id"]),
-        )
-        assert row is not None
-        first_end, second_start = row
-    finally:
-        await conn.close()
+    first_end, second_start = await ended_and_started(database_url, stored[1], second)
     assert second_start > first_end, "the second answer started before the first one ended"
 
 
@@ -140,17 +131,25 @@ async def test_messages_typed_while_answers_stream_queue_in_order(
     assert [m["content"] for m in stored[0::2]] == prompts
     assert [m["content"] for m in stored[1::2]] == [demo_answer(p) for p in prompts]
     assert [m["status"] for m in stored[1::2]] == ["success"] * 3
+    for before, after in ((stored[1], stored[3]), (stored[3], stored[5])):
+        ended, started = await ended_and_started(database_url, before, after)
+        assert started > ended, "an answer started before the one ahead of it ended"
+
+
+async def ended_and_started(
+    database_url: str, before: dict[str, Any], after: dict[str, Any]
+) -> tuple[datetime, datetime]:
+    """When answer ``before`` ended, and when answer ``after`` wrote its first delta (the
+    database's clock)."""
     conn = await asyncpg.connect(database_url)
     try:
-        for before, after in ((stored[1], stored[3]), (stored[3], stored[5])):
-            row = await conn.fetchrow(
-                "SELECT (SELECT updated_at FROM messages WHERE id = $1), (SELECT min(created_at)"
-                " FROM event_chunks WHERE message_id = $2 AND kinds LIKE '%d%')",
-                uuid.UUID(before["id"]),
-                uuid.UUID(after["id"]),
-            )
-            assert row is not None
-            ended, started = row
-            assert started > ended, "an answer started before the one ahead of it ended"
+        row = await conn.fetchrow(
+            "SELECT (SELECT updated_at FROM messages WHERE id = $1), (SELECT min(created_at)"
+            " FROM event_chunks WHERE message_id = $2 AND kinds LIKE '%d%')",
+            uuid.UUID(before["id"]),
+            uuid.UUID(after["id"]),
+        )
     finally:
         await conn.close()
+    assert row is not None
+    return row[0], row[1]

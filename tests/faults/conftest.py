@@ -14,14 +14,13 @@ import shutil
 import tempfile
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from server.db import connect
 from server.migrate import migrate
-from tests.processes import ServerProcess
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -29,8 +28,6 @@ with warnings.catch_warnings():
 
 CI_SEEDS = (1, 2, 3)
 DEFAULT_WINDOW = 20.0
-
-Spawn = Callable[..., ServerProcess]
 
 
 def chosen_seeds() -> list[int]:
@@ -87,21 +84,3 @@ async def fault_database(fault_postgres: EmbeddedPostgres) -> AsyncIterator[str]
     fault_postgres.start()
     async with connect(fault_postgres.url) as session:
         await session.execute_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Spawn]:
-    """``spawn(name, database_url, **settings)``: a server process, not started; always killed,
-    and its log printed (pytest shows it when the test fails)."""
-    started: list[ServerProcess] = []
-
-    def make(name: str, database_url: str, **settings: object) -> ServerProcess:
-        env = {key.upper(): str(value) for key, value in settings.items()}
-        proc = ServerProcess(name, database_url, free_port(), tmp_path / f"{name}.log", env)
-        started.append(proc)
-        return proc
-
-    yield make
-    for proc in started:
-        proc.close()
-        print(f"----- log of {proc.name} (last 6000 characters) -----\n{proc.log_tail(6000)}")

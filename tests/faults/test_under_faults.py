@@ -25,7 +25,7 @@ from server.embedded import EmbeddedPostgres
 from server.generators.demo import demo_answer
 from tests.faults import invariants
 from tests.faults.clients import RETRYABLE, Client, ClientRecord, read_stream
-from tests.faults.conftest import Spawn, fault_window
+from tests.faults.conftest import fault_window
 from tests.faults.proxy import FaultProxy
 from tests.faults.report import (
     Run,
@@ -37,8 +37,8 @@ from tests.faults.report import (
 )
 from tests.faults.schedule import FaultRunner, fault_schedule
 from tests.faults.script import PROJECTS_PER_USER, USERS, client_script
-from tests.processes import ServerProcess
-from tests.support import create_user
+from tests.processes import ServerProcess, Spawn
+from tests.support import create_project, create_user
 
 pytestmark = pytest.mark.slow
 
@@ -122,9 +122,7 @@ async def create_projects(http: list[list[httpx.AsyncClient]]) -> list[list[str]
     for user, clients in enumerate(http):
         ids = []
         for i in range(PROJECTS_PER_USER + 1):
-            response = await clients[0].post("/api/projects", json={"title": f"u{user} p{i}"})
-            assert response.status_code == 201, response.text
-            ids.append(response.json()["id"])
+            ids.append(await create_project(clients[0], f"u{user} p{i}"))
         projects.append(ids)
     return projects
 

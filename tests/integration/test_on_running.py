@@ -27,9 +27,14 @@ from tests.integration.test_survival import (
     Stream,
     assert_complete_log,
     deltas,
+    events_url,
     eventually,
+    gen_url,
+    message_url,
     wire,
 )
+from tests.integration.test_survival import db_rows as db
+from tests.integration.test_survival import start_json as start
 from tests.support import (
     create_project,
     create_user,
@@ -73,26 +78,6 @@ def answer(prompt: str) -> str:
     return f"answer to {prompt}"
 
 
-def gen_url(project: str) -> str:
-    return f"/api/projects/{project}/generations"
-
-
-def message_url(project: str, message: str) -> str:
-    return f"/api/projects/{project}/messages/{message}"
-
-
-async def start(
-    client: httpx.AsyncClient, project: str, message: str, **body: Any
-) -> dict[str, Any]:
-    """Start a generation without a listener (202): the accepted pair."""
-    response = await client.post(
-        gen_url(project), json={"message": message, **body}, headers={"Accept": "application/json"}
-    )
-    assert response.status_code == 202, response.text
-    accepted: dict[str, Any] = response.json()
-    return accepted
-
-
 async def status_of(client: httpx.AsyncClient, project: str, message: str) -> str:
     found: str = (await client.get(message_url(project, message))).json()["status"]
     return found
@@ -105,14 +90,6 @@ async def wait_status(
         return await status_of(client, project, message) == wanted
 
     await eventually(reached, timeout, f"message {message} to be {wanted}", step=0.02)
-
-
-async def db(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(url)
-    try:
-        return await conn.fetch(sql, *args)
-    finally:
-        await conn.close()
 
 
 async def counts(url: str, project: str) -> tuple[int, int, int]:
@@ -270,7 +247,7 @@ async def test_interrupt_cancels_the_running_and_queued_answers_keeping_their_te
         await head.wait_until(lambda ev: deltas(ev) == ["answer "], 10)
         queued = await start(client, project, "hold queued", on_running="enqueue")
         queued_id = queued["assistant_message"]["id"]
-        listener = Stream(client, "GET", f"{message_url(project, queued_id)}/events")
+        listener = Stream(client, "GET", events_url(project, queued_id))
         await listener.wait_until(lambda ev: len(queued_progress(ev)) == 1, 10)
 
         new = Stream(
@@ -477,7 +454,7 @@ async def test_cancelling_a_queued_answer_ends_it_and_the_chain_goes_on(
         doomed = await start(client, project, "doomed", on_running="enqueue")
         last = await start(client, project, "last", on_running="enqueue")
         doomed_id = doomed["assistant_message"]["id"]
-        listener = Stream(client, "GET", f"{message_url(project, doomed_id)}/events")
+        listener = Stream(client, "GET", events_url(project, doomed_id))
         await listener.wait_until(lambda ev: len(ev) == 2, 10)
 
         response = await client.post(f"{message_url(project, doomed_id)}/cancel")
@@ -497,7 +474,7 @@ async def test_cancelling_a_queued_answer_ends_it_and_the_chain_goes_on(
         script.release("hold head")
         last_id = last["assistant_message"]["id"]
         await wait_status(client, project, last_id, "success")
-        _, frames = await read_stream(client, "GET", f"{message_url(project, last_id)}/events")
+        _, frames = await read_stream(client, "GET", events_url(project, last_id))
     events = events_only(frames)
     assert [e.event for e in events] == ["start", "progress", *["delta"] * 3, "done"]
     assert "doomed" not in script.contexts
@@ -670,7 +647,7 @@ async def test_a_claim_whose_reply_was_lost_is_started_by_its_worker(database_ur
         finally:
             await conn.close()
         await wait_status(client, project, queued_id, "success", 5)
-        _, frames = await read_stream(client, "GET", f"{message_url(project, queued_id)}/events")
+        _, frames = await read_stream(client, "GET", events_url(project, queued_id))
         script.release("hold head")
     events = events_only(frames)
     assert [e.event for e in events] == ["start", "progress", *["delta"] * 3, "done"]
@@ -701,7 +678,7 @@ async def test_draining_leaves_queued_answers_queued_for_another_worker(
         assert found["status"] == "error" and found["error"]["code"] == "server_shutdown"
         queued_id = queued["assistant_message"]["id"]
         await wait_status(on_other, project, queued_id, "success")
-        _, frames = await read_stream(on_other, "GET", f"{message_url(project, queued_id)}/events")
+        _, frames = await read_stream(on_other, "GET", events_url(project, queued_id))
         script.release("hold head")
     events = events_only(frames)
     assert [e.event for e in events] == ["start", "progress", *["delta"] * 3, "done"]

@@ -9,13 +9,10 @@ import json
 import uuid
 from typing import Any
 
-import httpx
 import pytest
 
 from server.generators.demo import demo_answer
-from tests.integration import test_survival
 from tests.integration.test_survival import (
-    Spawn,
     Stream,
     assert_complete_log,
     db_rows,
@@ -26,12 +23,13 @@ from tests.integration.test_survival import (
     replay,
     running_messages,
     start_all,
+    start_json,
     wire,
 )
+from tests.processes import Spawn
 from tests.support import create_project, create_user
 
 pytestmark = pytest.mark.slow
-spawn = test_survival.spawn  # the fixture: server processes, always killed
 
 # The end of each assistant message, and when its first delta was written (database clock).
 TIMELINE = """
@@ -43,19 +41,6 @@ FROM messages AS m
 WHERE m.project_id = $1 AND m.role = 'assistant'
 ORDER BY m.sequence
 """
-
-
-async def json_start(
-    client: httpx.AsyncClient, project: str, message: str, on_running: str
-) -> dict[str, Any]:
-    response = await client.post(
-        gen_url(project),
-        json={"message": message, "on_running": on_running},
-        headers={"Accept": "application/json"},
-    )
-    assert response.status_code == 202, response.text
-    accepted: dict[str, Any] = response.json()
-    return accepted
 
 
 async def test_mixed_policies_on_one_project_across_two_processes(
@@ -183,13 +168,14 @@ async def test_kill_9_of_the_head_the_queue_goes_on_on_the_survivor(
     await start_all(a, b)
     async with a.client(token) as on_a, b.client(token) as on_b:
         project = await create_project(on_a)
-        head = (await json_start(on_a, project, "The head", "enqueue"))["assistant_message"]
+        head_pair = await start_json(on_a, project, "The head", on_running="enqueue")
+        head = head_pair["assistant_message"]
         listeners = {"head": Stream(on_b, "GET", events_url(project, head["id"]))}
         await listeners["head"].wait_until(lambda ev: len(deltas(ev)) >= 2, 10)
         # Queued behind it: one reserved through A (its worker dies too), one through B.
         queued = {
-            "first": await json_start(on_a, project, "First in the queue", "enqueue"),
-            "second": await json_start(on_b, project, "Second in the queue", "enqueue"),
+            "first": await start_json(on_a, project, "First in the queue", on_running="enqueue"),
+            "second": await start_json(on_b, project, "Second in the queue", on_running="enqueue"),
         }
         for name, pair in queued.items():
             message = pair["assistant_message"]["id"]

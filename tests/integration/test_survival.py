@@ -34,7 +34,7 @@ from server.generators.base import Delta, GenerationContext, Item, Progress
 from server.generators.demo import demo_answer
 from server.migrate import migrate
 from server.reaper import REAP_SLACK_SECONDS
-from tests.processes import ServerProcess
+from tests.processes import ServerProcess, Spawn
 from tests.support import (
     Frame,
     create_project,
@@ -53,27 +53,9 @@ pytestmark = pytest.mark.slow
 
 TERMINAL = {"done", "error", "cancelled"}
 RUNNING = ("pending", "streaming")
-Spawn = Callable[..., ServerProcess]
 
 
 # Fixtures and helpers
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Spawn]:
-    """``spawn(name, database_url, **settings)``: a server process, not started; always killed."""
-    started: list[ServerProcess] = []
-
-    def make(name: str, database_url: str, **settings: object) -> ServerProcess:
-        env = {key.upper(): str(value) for key, value in settings.items()}
-        proc = ServerProcess(name, database_url, free_port(), tmp_path / f"{name}.log", env)
-        started.append(proc)
-        return proc
-
-    yield make
-    for proc in started:
-        proc.close()
-        print(f"----- log of {proc.name} -----\n{proc.log_tail(3000)}")
 
 
 async def start_all(*procs: ServerProcess) -> None:
@@ -176,10 +158,12 @@ def message_url(project: str, message: str) -> str:
     return f"/api/projects/{project}/messages/{message}"
 
 
-async def start_json(client: httpx.AsyncClient, project: str, message: str) -> dict[str, Any]:
+async def start_json(
+    client: httpx.AsyncClient, project: str, message: str, **body: Any
+) -> dict[str, Any]:
     """Start a generation without a listener (202); the accepted pair."""
     response = await client.post(
-        gen_url(project), json={"message": message}, headers={"Accept": "application/json"}
+        gen_url(project), json={"message": message, **body}, headers={"Accept": "application/json"}
     )
     assert response.status_code == 202, response.text
     accepted: dict[str, Any] = response.json()
