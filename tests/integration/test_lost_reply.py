@@ -55,7 +55,7 @@ async def test_a_reservation_whose_reply_was_lost_is_answered(database_url: str)
             await asyncio.sleep(0.05)
         task = runner.tasks[message.id]
         # Its reply arrives after all, while the answer runs: nothing starts twice.
-        runner._start(pair)
+        runner.start(pair)
         assert runner.tasks[message.id] is task
         found = await answered()
         assert found["status"] == "success"
