@@ -24,6 +24,7 @@ from server.errors import (
     DuplicateRequest,
     InvalidInput,
     TooManyRunning,
+    WriteConflict,
 )
 
 logger = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def translate_errors() -> Iterator[None]:
         if exc.constraint_name == "event_chunks_pkey":
             # A message's writer and its end (cancel, the reaper) took the same event id in the
             # same instant: the loser tries again, and then sees the other's write.
-            raise DatabaseUnavailable("a concurrent write took the same event id; retry") from exc
+            raise WriteConflict("a concurrent write took the same event id; retry") from exc
         raise
     except asyncpg.RaiseError as exc:
         if exc.args and exc.args[0] == "too_many_running_generations":

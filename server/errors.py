@@ -124,6 +124,11 @@ class DatabaseUnavailable(ServiceUnavailable):
     code = "database_unavailable"
 
 
+class WriteConflict(DatabaseUnavailable):
+    """A message's writer and its end (cancel, the reaper) took the same event id in the same
+    instant; whoever comes second tries again, and then sees the other's write."""
+
+
 class TooManyStreams(ServiceUnavailable):
     """This server holds as many open streams as it may; retry (another instance may take it)."""
 

@@ -9,6 +9,7 @@ from datetime import datetime
 from uuid import UUID
 
 from server.db import Database, Row
+from server.errors import WriteConflict
 from server.events import Chunk, Event
 from server.models import ErrorInfo, Message, Project, Usage
 
@@ -387,15 +388,20 @@ class Store:
         for _attempt in range(CLOSE_ATTEMPTS):
             if not targets:
                 break
-            rows = await self.db.fetch(
-                "close_messages",
-                [p for p, _ in targets],
-                [m for _, m in targets],
-                status,
-                code,
-                message,
-                owner_id,
-            )
+            try:
+                rows = await self.db.fetch(
+                    "close_messages",
+                    [p for p, _ in targets],
+                    [m for _, m in targets],
+                    status,
+                    code,
+                    message,
+                    owner_id,
+                )
+            except WriteConflict:
+                if _attempt == CLOSE_ATTEMPTS - 1:
+                    raise
+                continue  # a writer's chunk took the id meanwhile: claim again after it
             closed += [message_from_row(r) for r in rows]
             done = {r["id"] for r in rows}
             targets = [t for t in targets if t[1] not in done]

@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 
 from server.db import translate_errors
-from server.errors import DatabaseUnavailable
+from server.errors import DatabaseUnavailable, WriteConflict
 
 
 @pytest.mark.parametrize(
@@ -22,3 +22,13 @@ from server.errors import DatabaseUnavailable
 def test_the_database_going_away_is_unavailable(error: Exception) -> None:
     with pytest.raises(DatabaseUnavailable), translate_errors():
         raise error
+
+
+def test_a_writer_and_an_end_taking_the_same_event_id_is_a_write_conflict() -> None:
+    """The loser retries: the flusher as for any unavailable database, an end (cancel, the
+    reaper) at once, on a fresh snapshot (Store._close), rather than answering 503."""
+    error = asyncpg.UniqueViolationError("duplicate key value violates unique constraint")
+    error.constraint_name = "event_chunks_pkey"
+    with pytest.raises(WriteConflict), translate_errors():
+        raise error
+    assert issubclass(WriteConflict, DatabaseUnavailable)
