@@ -11,7 +11,10 @@ forwards whole wire messages (``tests/faults/wire.py``) and, on command:
   reply lost after COMMIT), or, one time in four, both sides are reset right after forwarding
   it (it may or may not have run);
 - ``reply_delay``: every reply reaches the server that much later (latency, not throughput);
-- ``refusing``: new connections are reset as soon as they are accepted.
+- ``refusing``: new connections are reset as soon as they are accepted;
+- ``blip_on(marker, seconds)``: when a request next runs a statement whose text holds ``marker``,
+  the database goes away for a moment, as that statement reaches it: every open connection is
+  reset (that request is never forwarded) and new ones are refused for ``seconds``.
 
 A connection to PostgreSQL that fails (it is stopped) resets the server's connection the same way.
 The proxy's coin flips come from a seeded generator, but which request meets which flip depends on
@@ -28,7 +31,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from tests.faults.wire import READY_FOR_QUERY, REQUEST_ENDS, Framer
+from tests.faults.wire import READY_FOR_QUERY, REQUEST_ENDS, Framer, Message
 
 CHUNK = 65536
 
@@ -42,6 +45,7 @@ class ProxyStats:
     replies_lost: int = 0  # the request ran; its reply was swallowed
     requests_cut: int = 0  # reset right after the request was forwarded
     delayed: int = 0  # reply chunks held back by ``reply_delay``
+    blips: int = 0  # ``blip_on`` that met their statement
 
 
 class Link:
@@ -57,6 +61,8 @@ class Link:
         self.reply_framer = Framer(client_side=False)
         self.swallowing = False  # drop the reply in progress, then reset
         self.closed = False
+        # Prepared statements by name: a cached statement is run by name (Bind), without its text.
+        self.statements: dict[bytes, bytes] = {}
 
     def reset(self) -> None:
         """Both sides, now, with a TCP reset: nothing queued is delivered."""
@@ -71,6 +77,20 @@ class Link:
             self.closed = True
             self.client_writer.close()
             self.upstream_writer.close()
+
+
+def _statement_text(link: Link, message: Message) -> bytes | None:
+    """The text of the statement that ``message`` prepares or runs, if it does."""
+    if message.kind == "Q":  # a simple query: its text, NUL-terminated
+        return message.raw[5:-1]
+    if message.kind == "P":  # Parse: statement name, text, parameter types
+        name, text, _ = message.raw[5:].split(b"\0", 2)
+        link.statements[name] = text
+        return text
+    if message.kind == "B":  # Bind: portal name, statement name, parameters
+        _, name, _ = message.raw[5:].split(b"\0", 2)
+        return link.statements.get(name)
+    return None
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:
@@ -93,6 +113,8 @@ class FaultProxy:
         self.lose_rate = 0.0
         self.cut_after_send_share = 0.25  # of the requests hit by ``lose_rate``
         self.stats = ProxyStats()
+        self._blip: tuple[bytes, float] | None = None
+        self.blip_over = asyncio.Event()  # set when a blip's refusing ends
         self._numbers = itertools.count(1)
         self._links: dict[int, Link] = {}
         self._handlers: set[asyncio.Task[None]] = set()
@@ -135,6 +157,22 @@ class FaultProxy:
             link.reset()
         self.stats.cut += len(chosen)
         return len(chosen)
+
+    def blip_on(self, marker: bytes, seconds: float) -> None:
+        """Arm a blip, once: see the module's docstring."""
+        self._blip = (marker, seconds)
+
+    def _blip_now(self, seconds: float) -> None:
+        self._blip = None
+        self.stats.blips += 1
+        self.refusing = True
+        for link in list(self._links.values()):
+            link.reset()
+        asyncio.get_running_loop().call_later(seconds, self._blip_over)
+
+    def _blip_over(self) -> None:
+        self.refusing = False
+        self.blip_over.set()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -182,6 +220,10 @@ class FaultProxy:
                 for message in framer.feed(data):
                     if message.kind == "negotiate":
                         link.reply_framer.expect_single_byte()
+                    text = _statement_text(link, message)
+                    if self._blip is not None and text is not None and self._blip[0] in text:
+                        self._blip_now(self._blip[1])
+                        return
                     link.upstream_writer.write(message.raw)
                     if message.kind in REQUEST_ENDS and self._hit():
                         if self.rng.random() < self.cut_after_send_share:

@@ -107,3 +107,30 @@ async def test_cut_refuse_and_delay(proxy: FaultProxy, database_url: str) -> Non
         assert time.monotonic() - started >= 0.3  # a lower bound: never too fast
     finally:
         await conn.close()
+
+
+async def test_a_blip_on_a_statement(proxy: FaultProxy, database_url: str) -> None:
+    url = _through(proxy, database_url)
+    conn = await asyncpg.connect(url, timeout=10)
+    other = await asyncpg.connect(url, timeout=10)
+    # Prepared before the blip is armed: from then on it runs by name (Bind), without its text.
+    assert await conn.fetchval("SELECT 'marked'::text") == "marked"
+    proxy.blip_on(b"'marked'", 0.5)
+    assert await conn.fetchval("SELECT 'unmarked'::text") == "unmarked"
+    assert proxy.stats.blips == 0
+    with pytest.raises((asyncpg.ConnectionDoesNotExistError, ConnectionError)):
+        await conn.fetchval("SELECT 'marked'::text")
+    conn.terminate()
+    assert proxy.stats.blips == 1
+    closed = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, ConnectionError)
+    with pytest.raises(closed):
+        await other.fetchval("SELECT 1")  # every connection went
+    other.terminate()
+    with pytest.raises((ConnectionError, asyncpg.PostgresConnectionError, OSError)):
+        await asyncpg.connect(url, timeout=10)  # and new ones are refused, for a while
+    await asyncio.wait_for(proxy.blip_over.wait(), 10)
+    conn = await asyncpg.connect(url, timeout=10)
+    try:  # once: the same statement passes now
+        assert await conn.fetchval("SELECT 'marked'::text") == "marked"
+    finally:
+        await conn.close()
