@@ -101,10 +101,11 @@ class OpenAIGenerator:
 
     async def __call__(self, context: GenerationContext) -> AsyncIterator[Item]:
         yield Progress("contacting model", f"Sending the conversation to {self.model}", None)
-        clock = Clock(self.timeouts)
         messages = chat_messages(
             self.system_prompt, await context.load_history(), context.user_message
         )
+        # Only now: a wait for our database (the runner retries a blip) is not the model's time.
+        clock = Clock(self.timeouts)
         ask_usage = self.ask_usage
         attempt = 0
         while True:
