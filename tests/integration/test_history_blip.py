@@ -81,7 +81,7 @@ async def test_an_outage_longer_than_the_retries_ends_database_unavailable(
         settings = openai_settings(through(proxy, database_url), model.base_url)
         async with running_server(settings) as srv, srv.client(token) as client:
             project = await create_project(client)
-            proxy.blip_on(HISTORY_QUERY, HISTORY_RETRY_SECONDS + 1.5)
+            proxy.blip_on(HISTORY_QUERY, HISTORY_RETRY_SECONDS + 3)
             outcome = Outcome(await generate(client, project, "Hello?"))
     assert proxy.stats.blips == 1, "the blip met the history query"
     assert outcome.error["code"] == "database_unavailable"
@@ -96,6 +96,17 @@ class HistoryCounter:
     async def __call__(self, context: GenerationContext) -> AsyncIterator[Item]:
         history = await context.load_history()
         yield Delta(f"{len(history)} earlier messages")
+
+
+class WrapsHistoryErrors:
+    """A generator that reports a failed history load in words of its own."""
+
+    async def __call__(self, context: GenerationContext) -> AsyncIterator[Item]:
+        try:
+            await context.load_history()
+        except Exception as exc:
+            raise RuntimeError("no conversation, no answer") from exc
+        yield Delta("never")
 
 
 class BrokenAfterHistory:
@@ -125,6 +136,22 @@ async def test_a_database_blip_is_ridden_out_whatever_the_generator(
     assert proxy.stats.blips == 1, "the blip met the history query"
     assert (first.terminal.event, first.deltas) == ("done", "0 earlier messages")
     assert (second.terminal.event, second.deltas) == ("done", "2 earlier messages")
+
+
+async def test_an_outage_is_database_unavailable_even_when_the_generator_wraps_it(
+    database_url: str, proxy: FaultProxy
+) -> None:
+    token = await create_user(database_url, "alice")
+    settings = settings_for(through(proxy, database_url))
+    async with (
+        running_server(settings, generator=WrapsHistoryErrors()) as srv,
+        srv.client(token) as client,
+    ):
+        project = await create_project(client)
+        proxy.blip_on(HISTORY_QUERY, HISTORY_RETRY_SECONDS + 3)
+        outcome = Outcome(await generate(client, project, "Hello?"))
+    assert proxy.stats.blips == 1, "the blip met the history query"
+    assert outcome.error["code"] == "database_unavailable"
 
 
 async def test_a_generators_own_bug_after_a_blip_is_still_generator_failed(
