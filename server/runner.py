@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -61,6 +61,7 @@ class Runner:
         self.flusher = Flusher(flush_store or store, worker, flush_policy, on_lost=self.abandon)
         self.tasks: dict[UUID, asyncio.Task[None]] = {}
         self._stop_reasons: dict[UUID, tuple[str, ErrorInfo | None]] = {}
+        self._noting: list[set[UUID]] = []  # see noting_starts
         self.draining = False
 
     async def submit(self, user_id: UUID, project_id: UUID, request: GenerateRequest) -> Submission:
@@ -133,11 +134,26 @@ class Runner:
     def local_log(self, message_id: UUID) -> MessageLog | None:
         return self.flusher.logs.get(message_id)
 
+    @contextlib.contextmanager
+    def noting_starts(self) -> Iterator[set[UUID]]:
+        """The ids of the generations started while the block runs. ``start`` de-duplicates
+        only while a log is in memory; one that started and already finished is known here
+        (the queue's sweep of lost replies: ``Queue._resume_claims``). Bounded: only starts
+        during the block are kept."""
+        started: set[UUID] = set()
+        self._noting.append(started)
+        try:
+            yield started
+        finally:
+            self._noting.remove(started)
+
     def start(self, pair: Pair, stored: list[Event] | None = None) -> None:
         """Start ``pair``'s generation, once: the queue's sweep and a late reply of the same
         reservation may both ask (both run in this event loop, so the check is atomic)."""
         if pair.assistant.message.id in self.flusher.logs:
             return
+        for started in self._noting:
+            started.add(pair.assistant.message.id)
         log = MessageLog(pair, stored or ())
         self.flusher.register(log)
         user = pair.user.message
