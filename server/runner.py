@@ -233,6 +233,20 @@ class Runner:
             self._stop_reasons[message_id] = ABANDONED
             _cancel_once(task)
 
+    async def abandon_ended(self) -> None:
+        """Stop the answers this worker runs that someone else ended (a cancel, the reaper)
+        while their NOTIFY could not reach it: its LISTEN connection was down. A writer with
+        news would find out at its next flush; one waiting for its next token would not."""
+        logs = list(self.flusher.logs.values())
+        if not logs:
+            return
+        held = await self.store.held_among(self.worker(), [log.placeholder for log in logs])
+        for log in logs:
+            message_id = log.placeholder.id
+            if message_id not in held and self.flusher.logs.get(message_id) is log:
+                logger.warning("answer %s was ended elsewhere; stopping it", message_id)
+                self.abandon(message_id)
+
     def abandon_all(self) -> None:
         """This worker's heartbeat expired: every answer it was writing is another's to close."""
         for message_id in {*self.flusher.logs, *self.tasks}:
