@@ -9,7 +9,8 @@ LOCKED``, while the worker's heartbeat lives) and start it like an answer of its
 How a worker learns that a turn came: every statement that ends an answer (the flush, cancel,
 the reaper, via ``orderly_queue_hint``) sends ``NOTIFY orderly_queue`` with the projects that have
 queued answers; the reserving worker looks at once too; and every ``QUEUE_POLL_SECONDS`` each
-worker looks at every project, for whatever a lost notification or a race left behind. The chain
+worker looks at every project, for whatever a lost notification or a race left behind (on time
+however often pokes and notifications wake it meanwhile). The chain
 therefore never stalls behind a dead answer: a dead worker's running answer is ended by the
 reaper, whose end is one of those statements.
 

@@ -237,7 +237,9 @@ class Runner:
         """Stop the answers this worker runs that someone else ended (a cancel, the reaper)
         while their NOTIFY could not reach it: its LISTEN connection was down. A writer with
         news would find out at its next flush; one waiting for its next token would not."""
-        logs = list(self.flusher.logs.values())
+        # Only those still generating: an ended one has no generator to stop, and its terminal
+        # write may be in flight (committed, not yet answered): it would read as ended here.
+        logs = [log for log in self.flusher.logs.values() if log.final_status is None]
         if not logs:
             return
         held = await self.store.held_among(self.worker(), [log.placeholder for log in logs])
