@@ -10,6 +10,12 @@ logs keep their unwritten events (bounded: producers wait, see ``Runner``) and t
 with backoff; nothing a listener has seen is ever lost, because it only sees written events. A
 statement is bounded in rows and characters; a batch that fails for a reason other than the
 database being away is split until the message that fails is found, and that one alone is ended.
+
+Exactly one writer per log, always: the loop and ``drain`` take turns (``_writing``), each taking
+its snapshots of the logs only once the other's write has answered. Regression: drain flushed
+beside the loop, snapshotting a log whose write was in flight; the terminal frame was appended
+twice (the answer counted twice), and ``mark_written`` of two overlapping snapshots could drop
+chunks sealed between them, a gap in the stored log at which readers on other workers stop.
 """
 
 from __future__ import annotations
@@ -59,6 +65,9 @@ class Flusher:
         self.logs: dict[UUID, MessageLog] = {}  # this worker's logs that are not closed yet
         self._dirty: set[UUID] = set()
         self._wakeup = asyncio.Event()
+        # Held from the first snapshot of a flush to its last reply (uncontended but while
+        # draining: an acquire that does not wait costs no switch of tasks).
+        self._writing = asyncio.Lock()
 
     def register(self, log: MessageLog) -> None:
         self.logs[log.placeholder.id] = log
@@ -91,11 +100,13 @@ class Flusher:
             await asyncio.sleep(max(0.0, started + interval - loop.time()))
 
     async def flush_once(self, *, everything: bool = False) -> None:
-        """Write the due logs (``everything``: every log with news), in bounded statements."""
-        self._wakeup.clear()
-        due = self._take_due(everything)
-        for batch in bounded(due):
-            await self._write(batch)
+        """Write the due logs (``everything``: every log with news), in bounded statements;
+        after any write of another caller (the loop, or drain) has answered."""
+        async with self._writing:
+            self._wakeup.clear()
+            due = self._take_due(everything)
+            for batch in bounded(due):
+                await self._write(batch)
 
     def _take_due(self, everything: bool) -> list[MessageLog]:
         now = time.monotonic()
@@ -179,7 +190,8 @@ class Flusher:
         self._dirty.discard(log.placeholder.id)
 
     async def drain(self, seconds: float) -> bool:
-        """Write everything (or give up after ``seconds``); True if all was written."""
+        """Write everything (or give up after ``seconds``); True if all was written. Safe beside
+        the running loop: a write of the loop in flight is waited for, never repeated."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         while self.pending and loop.time() < deadline:

@@ -9,7 +9,8 @@ LOCKED``, while the worker's heartbeat lives) and start it like an answer of its
 How a worker learns that a turn came: every statement that ends an answer (the flush, cancel,
 the reaper, via ``orderly_queue_hint``) sends ``NOTIFY orderly_queue`` with the projects that have
 queued answers; the reserving worker looks at once too; and every ``QUEUE_POLL_SECONDS`` each
-worker looks at every project, for whatever a lost notification or a race left behind. The chain
+worker looks at every project, for whatever a lost notification or a race left behind (on time
+however often pokes and notifications wake it meanwhile). The chain
 therefore never stalls behind a dead answer: a dead worker's running answer is ended by the
 reaper, whose end is one of those statements.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Collection
 from uuid import UUID
 
 from server import metrics
@@ -68,13 +70,22 @@ class Queue:
         self._wakeup.set()
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         backoff = 0.1
         self._wakeup.set()  # a worker that starts looks at once (answers may wait already)
+        poll_due = loop.time()  # (the first round looks everywhere)
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.poll_seconds)
-            if not self._wakeup.is_set():
+            # The slow poll comes every poll_seconds whatever else wakes the queue. Regression:
+            # it came only when a wait timed out, and every poke or NOTIFY ends the wait; under
+            # steady traffic it never came, and a lost reply's answer stayed pending for good.
+            wait = poll_due - loop.time()
+            if wait > 0 and not self._wakeup.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), wait)
+            if loop.time() >= poll_due:
                 self._everywhere = True  # the slow poll
+            if self._everywhere:
+                poll_due = loop.time() + self.poll_seconds
             self._wakeup.clear()
             try:
                 await self.round()
@@ -109,17 +120,28 @@ class Queue:
 
     async def _resume_claims(self, worker: UUID) -> None:
         """Start what is leased to this worker and not running: a claim or a reservation whose
-        reply was lost, or an answer that could not be loaded then. (``Runner`` starts an answer
-        once: a reservation whose reply arrives meanwhile finds it running.)"""
-        running = {*self.runner.flusher.logs, *self.runner.tasks}
-        for stored in await self.store.leased_to(worker):
-            if stored.message.id not in running:
+        reply was lost, or an answer that could not be loaded then.
+
+        A reservation's late reply may start the answer while this reads, and the answer may
+        even finish (its log leaves memory) before this would start it: what was started here
+        since the sweep began is never started again. Regression: the sweep read the answer as
+        pending, the reply ran it to its end meanwhile, and the sweep started it a second time.
+        """
+        with self.runner.noting_starts() as started:
+            running = {*self.runner.flusher.logs, *self.runner.tasks}
+            for stored in await self.store.leased_to(worker):
+                if stored.message.id in running or stored.message.id in started:
+                    continue
                 logger.warning(
                     "starting answer %s, leased to this worker earlier", stored.message.id
                 )
-                await self._start(worker, stored.message)
+                await self._start(worker, stored.message, unless=started)
 
-    async def _start(self, worker: UUID, assistant: Message) -> None:
+    async def _start(
+        self, worker: UUID, assistant: Message, *, unless: Collection[UUID] = ()
+    ) -> None:
+        """Start ``assistant`` unless it ended meanwhile, or was started (it is in ``unless``)
+        while its pair and log were read."""
         if self.runner.draining:  # queued again, for another worker
             await self.store.release_claims(worker, [assistant])
             return
@@ -129,5 +151,7 @@ class Queue:
         stored, _more = await self.store.events_after(
             assistant.project_id, assistant.id, 1, STORED_CHUNKS
         )
+        if assistant.id in unless:  # (no await from this check to the start)
+            return
         self.runner.start(pair, stored)
         metrics.QUEUE_CLAIMS.inc()

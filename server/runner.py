@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -76,6 +76,7 @@ class Runner:
         self.flusher = Flusher(flush_store or store, worker, flush_policy, on_lost=self.abandon)
         self.tasks: dict[UUID, asyncio.Task[None]] = {}
         self._stop_reasons: dict[UUID, tuple[str, ErrorInfo | None]] = {}
+        self._noting: list[set[UUID]] = []  # see noting_starts
         self.draining = False
 
     async def submit(self, user_id: UUID, project_id: UUID, request: GenerateRequest) -> Submission:
@@ -148,11 +149,26 @@ class Runner:
     def local_log(self, message_id: UUID) -> MessageLog | None:
         return self.flusher.logs.get(message_id)
 
+    @contextlib.contextmanager
+    def noting_starts(self) -> Iterator[set[UUID]]:
+        """The ids of the generations started while the block runs. ``start`` de-duplicates
+        only while a log is in memory; one that started and already finished is known here
+        (the queue's sweep of lost replies: ``Queue._resume_claims``). Bounded: only starts
+        during the block are kept."""
+        started: set[UUID] = set()
+        self._noting.append(started)
+        try:
+            yield started
+        finally:
+            self._noting.remove(started)
+
     def start(self, pair: Pair, stored: list[Event] | None = None) -> None:
         """Start ``pair``'s generation, once: the queue's sweep and a late reply of the same
         reservation may both ask (both run in this event loop, so the check is atomic)."""
         if pair.assistant.message.id in self.flusher.logs:
             return
+        for started in self._noting:
+            started.add(pair.assistant.message.id)
         log = MessageLog(pair, stored or ())
         self.flusher.register(log)
         user = pair.user.message
@@ -240,6 +256,22 @@ class Runner:
         if task is not None and not task.done():
             self._stop_reasons[message_id] = ABANDONED
             _cancel_once(task)
+
+    async def abandon_ended(self) -> None:
+        """Stop the answers this worker runs that someone else ended (a cancel, the reaper)
+        while their NOTIFY could not reach it: its LISTEN connection was down. A writer with
+        news would find out at its next flush; one waiting for its next token would not."""
+        # Only those still generating: an ended one has no generator to stop, and its terminal
+        # write may be in flight (committed, not yet answered): it would read as ended here.
+        logs = [log for log in self.flusher.logs.values() if log.final_status is None]
+        if not logs:
+            return
+        held = await self.store.held_among(self.worker(), [log.placeholder for log in logs])
+        for log in logs:
+            message_id = log.placeholder.id
+            if message_id not in held and self.flusher.logs.get(message_id) is log:
+                logger.warning("answer %s was ended elsewhere; stopping it", message_id)
+                self.abandon(message_id)
 
     def abandon_all(self) -> None:
         """This worker's heartbeat expired: every answer it was writing is another's to close."""

@@ -413,6 +413,13 @@ class Store:
                 targets = [t for t in targets if t[1] in running]
         return closed
 
+    async def held_among(self, worker: UUID, messages: Sequence[Message]) -> set[UUID]:
+        """Which of ``messages`` still run under ``worker`` (someone else ended the others)."""
+        rows = await self.db.fetch(
+            "held_among", worker, [m.project_id for m in messages], [m.id for m in messages]
+        )
+        return {r["id"] for r in rows}
+
     # The queue (server/queue.py)
 
     async def claim_queued(

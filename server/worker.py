@@ -20,6 +20,7 @@ from uuid import UUID
 from server import metrics
 from server.config import Settings
 from server.db import Database, Listener
+from server.errors import ServiceUnavailable
 from server.flusher import FlushPolicy
 from server.follow import FollowLimits
 from server.generators.base import Generator
@@ -90,6 +91,7 @@ class Worker:
         self.streams = StreamGauge(settings.max_streams_per_worker)
         self._tasks: list[asyncio.Task[None]] = []
         self._drain: asyncio.Task[None] | None = None
+        self._recheck: asyncio.Task[None] | None = None  # see _on_listening
 
     async def open(self) -> None:
         """Connect the flusher and register this worker's heartbeat (before it takes any
@@ -146,9 +148,32 @@ class Worker:
         return FollowLimits(self.closing, deadline, self.settings.ping_seconds)
 
     def _on_listening(self) -> None:
-        """(Re)connected: notifications sent meanwhile are lost, so re-read everything."""
+        """(Re)connected: notifications sent meanwhile are lost, so re-read everything, and
+        re-check which running answers someone else ended meanwhile (a missed cancel)."""
         self.notifier.wake_all()
         self.queue.wake_all()
+        if self._recheck is not None:
+            self._recheck.cancel()  # this connect's check covers the earlier one's
+        self._recheck = asyncio.get_running_loop().create_task(
+            self._abandon_ended(), name="re-check running answers"
+        )
+
+    async def _abandon_ended(self) -> None:
+        """``Runner.abandon_ended``, until the database answers. Regression: a cancel whose
+        NOTIFY came while the LISTEN connection was down was never re-checked, and a writer
+        waiting for its next token kept going for as long as it waited (up to a minute)."""
+        backoff = 0.1
+        while True:
+            try:
+                await self.runner.abandon_ended()
+                return
+            except ServiceUnavailable as exc:
+                logger.warning("re-check of running answers: %s; again in %.1fs", exc, backoff)
+            except Exception:
+                logger.exception("re-check of running answers failed")
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
 
     def _on_cancel(self, payload: str) -> None:
         with contextlib.suppress(ValueError):
@@ -176,9 +201,10 @@ class Worker:
 
     async def stop(self) -> None:
         await self.drain()
-        for task in self._tasks:
+        tasks = [*self._tasks, *([self._recheck] if self._recheck is not None else [])]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.heartbeat.close()

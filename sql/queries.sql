@@ -481,6 +481,16 @@ JOIN unnest($1::uuid[], $2::uuid[]) AS b (project_id, id)
     ON m.project_id = b.project_id AND m.id = b.id
 WHERE m.status IN ('pending', 'streaming');
 
+-- name: held_among
+-- Which of these messages still run under worker $1: after its LISTEN connection reconnects, a
+-- worker stops those of its running answers that someone else ended meanwhile (their NOTIFY
+-- orderly_cancel went unheard). $2 project ids, $3 message ids
+SELECT m.id
+FROM messages AS m
+JOIN unnest($2::uuid[], $3::uuid[]) AS b (project_id, id)
+    ON m.project_id = b.project_id AND m.id = b.id
+WHERE m.lease_owner = $1 AND m.status IN ('pending', 'streaming');
+
 -- name: forget_workers
 -- Heartbeats that expired and lead nothing any more. Spans projects by design.
 DELETE FROM workers AS w

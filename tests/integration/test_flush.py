@@ -9,12 +9,17 @@ event table and the whole statement failed, every time, so the worker never wrot
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from uuid import UUID, uuid4
 
 import pytest
 
+from server.db import connect
+from server.eventlog import MessageLog
 from server.events import Chunk, Event, delta_data
+from server.flusher import Flusher, FlushPolicy
 from server.models import ErrorInfo
 from server.store import FlushItem, Pair, Store
 
@@ -223,3 +228,63 @@ async def test_no_identity_yet_is_waited_for_not_taken_for_an_unwritable_message
     flusher.worker = lambda: worker
     await flusher.flush_once()
     assert all(log.unwritten == 0 for log in logs)
+
+
+async def waiting_for_a_lock(database_url: str) -> None:
+    """Until some statement of this database waits for a row lock (bounded)."""
+    async with connect(database_url) as watcher:
+        for _ in range(400):
+            waiting = await watcher.fetchval_sql(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            if waiting:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError("no statement ever waited for the row")
+
+
+async def test_drain_beside_the_running_flusher_writes_the_end_once(
+    store: Store, worker: UUID, database_url: str
+) -> None:
+    """Exactly one writer per log. Regression (Reliability II, item 6): ``drain`` flushed beside
+    the flusher's own loop; with the loop's terminal write in flight, drain took its own
+    snapshot of the same log and wrote it again (the flush answers a terminal write it finds
+    already stored as written), so the terminal frame was appended twice, the answer counted
+    twice as finished, and ``del chunks[:count]`` ran twice on the same chunks."""
+    pair = await reserve(store, worker)
+    message = pair.assistant.message
+    lost: list[UUID] = []
+    policy = FlushPolicy(interval=0.001, max_delay=0, min_events=1)
+    flusher = Flusher(store, lambda: worker, policy, on_lost=lost.append)
+    log = MessageLog(pair)
+    flusher.register(log)
+    log.add_delta("Hello")
+    log.finish("success")
+    flusher.mark_dirty(log)
+    running = asyncio.create_task(flusher.run())
+    try:
+        async with connect(database_url) as blocker:
+            async with blocker.transaction():
+                # The loop's terminal write waits for the message's row, in flight...
+                await blocker.execute_sql(
+                    "SELECT 1 FROM messages WHERE project_id = $1 AND id = $2 FOR UPDATE",
+                    message.project_id,
+                    message.id,
+                )
+                await waiting_for_a_lock(database_url)
+                # ... when the worker drains.
+                drain = asyncio.create_task(flusher.drain(30))
+                await asyncio.sleep(0)  # (drain's first step: it looks at the logs now)
+            assert await drain
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert lost == []
+    assert log.closed and log.terminal_id == 3
+    assert len(log.frames) == 3, "the terminal frame was appended more than once"
+    assert flusher.pending == 0 and not flusher.logs
+    assert [i for i, _ in await stored(store, pair)] == [2]
+    found = await store.message_by_id(message.project_id, message.id)
+    assert found is not None and found.message.status == "success"

@@ -23,6 +23,12 @@ from server.config import Settings
 from server.errors import AnswerRunning
 from server.generators.base import Delta, GenerationContext, Item
 from server.store import Store
+from tests.integration.test_lost_reply import (
+    ANSWERED_WITHIN,
+    POLL_SECONDS,
+    listening,
+    steady_queue_traffic,
+)
 from tests.integration.test_survival import (
     Stream,
     assert_complete_log,
@@ -596,34 +602,47 @@ async def test_an_answer_queued_as_the_one_ahead_ends_is_started_by_its_own_work
         script.release("hold head")
 
 
-async def test_a_turn_that_came_without_a_notify_is_found_by_the_slow_poll(
+async def test_a_turn_that_came_without_a_notify_is_found_by_the_slow_poll_under_steady_traffic(
     database_url: str,
 ) -> None:
+    """The slow poll comes whatever else wakes the queue: here steady traffic of another project
+    wakes it 20 times per poll. Regression (Reliability II, item 3): every wake-up put the slow
+    poll off, and it never came."""
     token = await create_user(database_url, "alice")
     script = Scripted()
-    settings = settings_for(database_url, queue_poll_seconds=0.5)
+    settings = settings_for(database_url, queue_poll_seconds=POLL_SECONDS)
     async with running_server(settings, generator=script) as srv, srv.client(token) as client:
         project = await create_project(client)
+        busy = await create_project(client, "the busy one")
+        await listening(srv.services.worker)
         head = await start(client, project, "hold head")
         queued = await start(client, project, "queued", on_running="enqueue")
         await wait_status(client, project, head["assistant_message"]["id"], "streaming")
-        # The head ends without any NOTIFY (as if every notification had been lost).
-        await db(
-            database_url,
-            "UPDATE messages SET status = 'error', error_code = 'gone', error_message = 'gone', "
-            "lease_owner = NULL WHERE id = $1",
-            uuid.UUID(head["assistant_message"]["id"]),
-        )
-        await wait_status(client, project, queued["assistant_message"]["id"], "success", 5)
+        async with steady_queue_traffic(database_url, busy):
+            # The head ends without any NOTIFY (as if every notification had been lost).
+            await db(
+                database_url,
+                "UPDATE messages SET status = 'error', error_code = 'gone', "
+                "error_message = 'gone', lease_owner = NULL WHERE id = $1",
+                uuid.UUID(head["assistant_message"]["id"]),
+            )
+            await wait_status(
+                client, project, queued["assistant_message"]["id"], "success", ANSWERED_WITHIN
+            )
         script.release("hold head")
 
 
-async def test_a_claim_whose_reply_was_lost_is_started_by_its_worker(database_url: str) -> None:
+async def test_a_claim_whose_reply_was_lost_is_started_by_its_worker_under_steady_traffic(
+    database_url: str,
+) -> None:
+    """As the slow poll above: steady traffic of another project must not put it off."""
     token = await create_user(database_url, "alice")
     script = Scripted()
-    settings = settings_for(database_url, queue_poll_seconds=0.5)
+    settings = settings_for(database_url, queue_poll_seconds=POLL_SECONDS)
     async with running_server(settings, generator=script) as srv, srv.client(token) as client:
         project = await create_project(client)
+        busy = await create_project(client, "the busy one")
+        await listening(srv.services.worker)
         head = await start(client, project, "hold head")
         queued = await start(client, project, "queued", on_running="enqueue")
         queued_id = queued["assistant_message"]["id"]
@@ -631,22 +650,23 @@ async def test_a_claim_whose_reply_was_lost_is_started_by_its_worker(database_ur
         # In one transaction: the head ends, and the queued answer is claimed by this worker,
         # as a claim whose COMMIT went through and whose reply never came back would leave it.
         worker = srv.services.runner.worker()
-        conn = await asyncpg.connect(database_url)
-        try:
-            async with conn.transaction():
-                await conn.execute(
-                    "UPDATE messages SET status = 'error', error_code = 'gone', "
-                    "error_message = 'gone', lease_owner = NULL WHERE id = $1",
-                    uuid.UUID(head["assistant_message"]["id"]),
-                )
-                await conn.execute(
-                    "UPDATE messages SET lease_owner = $1 WHERE id = $2",
-                    worker,
-                    uuid.UUID(queued_id),
-                )
-        finally:
-            await conn.close()
-        await wait_status(client, project, queued_id, "success", 5)
+        async with steady_queue_traffic(database_url, busy):
+            conn = await asyncpg.connect(database_url)
+            try:
+                async with conn.transaction():
+                    await conn.execute(
+                        "UPDATE messages SET status = 'error', error_code = 'gone', "
+                        "error_message = 'gone', lease_owner = NULL WHERE id = $1",
+                        uuid.UUID(head["assistant_message"]["id"]),
+                    )
+                    await conn.execute(
+                        "UPDATE messages SET lease_owner = $1 WHERE id = $2",
+                        worker,
+                        uuid.UUID(queued_id),
+                    )
+            finally:
+                await conn.close()
+            await wait_status(client, project, queued_id, "success", ANSWERED_WITHIN)
         _, frames = await read_stream(client, "GET", events_url(project, queued_id))
         script.release("hold head")
     events = events_only(frames)

@@ -5,6 +5,7 @@ killed. The invariants of API.md hold under every policy."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from typing import Any
@@ -12,12 +13,14 @@ from typing import Any
 import pytest
 
 from server.generators.demo import demo_answer
+from server.store import Store
 from tests.integration.test_survival import (
     Stream,
     assert_complete_log,
     db_rows,
     deltas,
     events_url,
+    eventually,
     gen_url,
     message_url,
     replay,
@@ -209,3 +212,73 @@ async def test_kill_9_of_the_head_the_queue_goes_on_on_the_survivor(
     assert timeline[2]["first_delta"] > timeline[1]["ended"]
     assert await running_messages(database_url) == []
     assert b.running
+
+
+async def test_a_lost_reservation_on_a_busy_process_is_started_by_the_slow_poll(
+    database_url: str, spawn: Spawn
+) -> None:
+    """A real process whose queue is woken all the time, as the page's `enqueue` traffic does:
+    requests queue behind a long answer of another project, and each one pokes the queue.
+    Meanwhile a reservation of this process whose reply was lost (committed, leased to it,
+    started by nobody) waits for its slow poll. Regression (Reliability II, item 3): every poke
+    put the slow poll off, and the answer stayed `pending` for good."""
+    token = await create_user(database_url, "alice")
+    poll = 1.0
+    a = spawn(
+        "A",
+        database_url,
+        demo_deltas=400,
+        demo_delta_ms=50,  # the busy project's head runs for 20 s: what follows it queues
+        queue_poll_seconds=poll,
+        max_running_per_user=100_000,
+        rate_per_minute=1_000_000,
+        rate_burst=1_000_000,
+    )
+    await start_all(a)
+    async with a.client(token) as client:
+        project = await create_project(client)
+        busy = await create_project(client, "the busy one")
+        await start_json(client, busy, "The long one")
+        sent = 0
+
+        async def page_traffic() -> None:
+            nonlocal sent
+            while True:
+                await start_json(client, busy, f"queued {sent}", on_running="enqueue")
+                sent += 1
+                await asyncio.sleep(poll / 20)
+
+        async def going() -> bool:
+            return sent >= 5
+
+        traffic = asyncio.create_task(page_traffic())
+        try:
+            await eventually(going, 20, "the traffic to get going")
+            [worker] = await db_rows(database_url, "SELECT id FROM workers WHERE pid = $1", a.pid)
+            [owner] = await db_rows(
+                database_url, "SELECT owner_id FROM projects WHERE id = $1", uuid.UUID(project)
+            )
+            async with Store.single(database_url) as store:
+                reservation = await store.reserve_pair(
+                    project_id=uuid.UUID(project),
+                    owner_id=owner["owner_id"],
+                    content="Lost in the reply",
+                    image_urls=[],
+                    client_request_id=None,
+                    lease_owner=worker["id"],
+                    running_cap=100_000,
+                    on_running="concurrent",
+                )
+            assert reservation is not None and not reservation.queued
+            lost = reservation.pair.assistant.message.id
+
+            async def started() -> bool:
+                found = await client.get(message_url(project, str(lost)))
+                return bool(found.json()["status"] != "pending")
+
+            await eventually(started, 20, "the lost reservation to start")
+        finally:
+            traffic.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await traffic
+    assert a.running

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from collections import Counter
+
 import pytest
 
-from server.db import load_queries
+from server.db import SQL_DIR, load_queries
 from server.generators.demo import demo_answer, demo_pieces, split_evenly
 
 
@@ -51,6 +54,19 @@ def test_only_the_first_word_cut_cuts_short(prompt: str) -> None:
 
 
 def test_every_query_is_named_once_and_not_empty() -> None:
+    """The headers are read as a list: ``load_queries`` returns a dict, where a second query of
+    the same name silently replaces the first (regression: so this test could not see one)."""
+    text = (SQL_DIR / "queries.sql").read_text()
+    names = re.findall(r"^-- name: (\w+)\s*$", text, re.MULTILINE)
+    twice = sorted(name for name, count in Counter(names).items() if count > 1)
+    assert not twice, f"queries named more than once: {twice}"
+    malformed = [
+        line
+        for line in text.splitlines()
+        if re.match(r"--\s*name\b", line) and not re.fullmatch(r"-- name: \w+\s*", line)
+    ]
+    assert not malformed, f"headers the loader does not read: {malformed}"
     queries = load_queries()
-    assert {"reserve_pair", "flush", "orphans", "close_messages"} <= queries.keys()
+    assert list(queries) == names
+    assert {"reserve_pair", "flush", "orphans", "close_messages"} <= set(names)
     assert all(sql.strip() for sql in queries.values())
