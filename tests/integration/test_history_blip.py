@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from server.generators.base import Delta, GenerationContext, Item
-from server.runner import HISTORY_RETRY_SECONDS
+from server.history import HISTORY_RETRY_SECONDS
 from tests.faults.proxy import FaultProxy
 from tests.integration.test_openai_generator import (
     SYSTEM_PROMPT,
