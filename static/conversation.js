@@ -98,6 +98,9 @@ export class Conversation {
     this.#projectId = null;
     this.#opening = false;
     this.#draft = null;
+    // The next project's first page says whether it has older messages; until then it has
+    // none, or the scroll to the top of the emptied list would page in "before" nothing.
+    this.#hasMore = false;
     this.#loadingOlder = false;
     this.#shownThrough = 0;
     this.#messages.clear();
@@ -106,10 +109,11 @@ export class Conversation {
 
   async loadOlder() {
     if (!this.#hasMore || this.#loadingOlder || !this.#projectId) return;
+    const before = this.#messages.lowestSequence;
+    if (before === null) return; // nothing shown yet: no page to go before
     this.#loadingOlder = true;
     const epoch = this.#epoch;
     try {
-      const before = this.#messages.lowestSequence;
       const page = await api.listMessages(this.#projectId, { limit: PAGE_SIZE, before });
       if (epoch !== this.#epoch) return;
       this.#loadingOlder = false;

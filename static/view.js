@@ -40,8 +40,10 @@ export class MessageList {
     return Number(this.#items.get(messageId)?.dataset.sequence ?? 0);
   }
 
+  /** The sequence of the oldest message shown, or null when none is. */
   get lowestSequence() {
-    return Number(this.#list.firstElementChild?.dataset.sequence);
+    const oldest = this.#list.firstElementChild;
+    return oldest ? Number(oldest.dataset.sequence) : null;
   }
 
   setHasMore(hasMore) {

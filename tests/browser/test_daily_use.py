@@ -1,0 +1,112 @@
+"""The demo page in daily use: switching projects, stopping answers, following what was sent, and
+noticing a server that went away while the page sat idle."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+from playwright.async_api import Page, expect
+
+from tests.browser.helpers import (
+    Browser,
+    answer,
+    content_length,
+    history,
+    open_project,
+    send,
+    sign_in,
+    wait_for,
+)
+from tests.support import create_project, create_user, running_server, settings_for
+
+PAGE_SIZE = 50  # the page's history page (static/conversation.js)
+
+
+async def post_exchanges(client: httpx.AsyncClient, project: str, count: int) -> None:
+    """`count` exchanges written through the API, one after the other, all answered."""
+    for number in range(count):
+        response = await client.post(
+            f"/api/projects/{project}/generations",
+            json={"message": f"Question number {number + 1}"},
+            headers={"Accept": "application/json"},
+        )
+        assert response.status_code == 202, response.text
+
+    async def answered() -> bool:
+        stored = await history(client, project)
+        return len(stored) == 2 * count and all(m["status"] == "success" for m in stored)
+
+    await wait_for(answered, timeout=30, what=f"{count} answers")
+
+
+async def scroller_metrics(page: Page) -> dict[str, float]:
+    found: dict[str, float] = await page.locator("#scroller").evaluate(
+        """s => ({ top: s.scrollTop, height: s.scrollHeight, client: s.clientHeight,
+                   below: s.scrollHeight - s.scrollTop - s.clientHeight })"""
+    )
+    return found
+
+
+async def test_switching_from_a_long_project_asks_for_no_page_before_nan(
+    database_url: str, browser: Browser
+) -> None:
+    """Bug: after a project with more than a page of history, opening another one asked for
+    `before=NaN` (the stale `has_more` and the scroll to the top of the emptied list) and showed
+    "before must be an integer"."""
+    token = await create_user(database_url, "alice")
+    async with running_server(settings_for(database_url)) as srv, srv.client(token) as client:
+        short = await create_project(client, "Short one")
+        await post_exchanges(client, short, 1)
+        long = await create_project(client, "Long one")  # the newest: the page opens it first
+        await post_exchanges(client, long, PAGE_SIZE // 2 + 1)
+
+        page = await browser.new_page()
+        asked: list[str] = []
+        page.on("request", lambda request: asked.append(request.url))
+        await sign_in(page, srv.base_url, token)
+        await open_project(page, long)
+        await expect(answer(page, PAGE_SIZE + 2)).to_be_visible()
+        await expect(page.locator("#load-older")).to_be_visible()
+
+        for _ in range(2):  # there and back and there again
+            await page.locator(f'#projects button[data-project-id="{short}"]').click()
+            await open_project(page, short)
+            await expect(answer(page, 2)).to_have_attribute("data-status", "success")
+            await page.locator(f'#projects button[data-project-id="{long}"]').click()
+            await open_project(page, long)
+            await expect(answer(page, PAGE_SIZE + 2)).to_be_visible()
+        await page.locator(f'#projects button[data-project-id="{short}"]').click()
+        await open_project(page, short)
+        # A round trip after the switch: anything the switch asked for has been answered by now.
+        await send(page, "Still here?")
+        await expect(answer(page, 4)).to_have_attribute("data-status", "success")
+
+        await expect(page.locator("#banner")).to_be_hidden()
+        await expect(page.locator("#load-older")).to_be_hidden()
+        shown = await page.locator("li.message").count()
+
+    paging = [url for url in asked if "before=" in url]
+    assert not [url for url in paging if "before=NaN" in url], paging
+    assert shown == 4, "the short project shows its own four messages, nothing else"
+
+
+async def _has_text(page: Any, sequence: int) -> bool:
+    return await content_length(page, sequence) > 0
+
+
+async def _scrolled_up(page: Page) -> bool:
+    return (await scroller_metrics(page))["below"] > 100
+
+
+async def _settled_top(page: Page) -> float:
+    """The scroll position once a (smooth) wheel scroll has come to rest."""
+    previous = None
+    for _ in range(50):
+        top = (await scroller_metrics(page))["top"]
+        if top == previous:
+            return top
+        previous = top
+        await asyncio.sleep(0.1)
+    raise AssertionError("the scroller kept moving")
