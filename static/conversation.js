@@ -62,6 +62,7 @@ export class Conversation {
       passive: true,
     });
     olderButton.addEventListener('click', () => this.loadOlder());
+    messages.onStop((messageId) => this.cancel(messageId));
   }
 
   get projectId() {
@@ -152,22 +153,37 @@ export class Conversation {
     if (projectId !== null && projectId === this.#projectId) this.send(text);
   }
 
-  /** Cancels the newest running answer. */
-  async cancel() {
-    const bySequence = (a, b) => this.#messages.sequenceOf(a) - this.#messages.sequenceOf(b);
-    const messageId = this.#answers.runningIds.sort(bySequence).at(-1);
-    if (!messageId) return;
+  /**
+   * Cancels an answer: the one whose Stop was pressed, or, for the composer's Cancel, the one
+   * the person is watching (#watchedAnswer).
+   */
+  async cancel(messageId = this.#watchedAnswer()) {
+    if (!messageId || !this.#projectId) return;
     const projectId = this.#projectId;
     const epoch = this.#epoch;
+    this.#messages.setStopping(messageId, true);
     try {
       const { message } = await api.cancel(projectId, messageId);
       // 202 may come before the runner has stopped; the `cancelled` event then finishes it.
       if (epoch === this.#epoch && !isActive(message)) this.#finish(message);
     } catch (problem) {
       if (epoch !== this.#epoch) return;
+      this.#messages.setStopping(messageId, false);
       if (problem.status === 409) this.#refresh(projectId, messageId, epoch); // already over
       else this.#report(problem);
     }
+  }
+
+  /**
+   * The answer being written, never one queued behind it (the newest running answer, which
+   * Cancel used to stop, is often queued): the one in view if several are written at once, else
+   * the oldest written; failing that, the oldest waiting, which is the next to be written.
+   */
+  #watchedAnswer() {
+    const bySequence = (a, b) => this.#messages.sequenceOf(a) - this.#messages.sequenceOf(b);
+    const running = this.#answers.runningIds.sort(bySequence);
+    const written = running.filter((id) => this.#messages.statusOf(id) === 'streaming');
+    return written.find((id) => this.#messages.inView(id)) ?? written[0] ?? running[0] ?? null;
   }
 
   retryNow() {

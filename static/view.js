@@ -40,6 +40,35 @@ export class MessageList {
     return Number(this.#items.get(messageId)?.dataset.sequence ?? 0);
   }
 
+  statusOf(messageId) {
+    return this.#items.get(messageId)?.dataset.status ?? null;
+  }
+
+  /** True when some of the message shows in the scroller's visible part. */
+  inView(messageId) {
+    const item = this.#items.get(messageId);
+    if (!item) return false;
+    const shown = this.#scroller.getBoundingClientRect();
+    const box = item.getBoundingClientRect();
+    return box.bottom > shown.top && box.top < shown.bottom;
+  }
+
+  /** `stop(messageId)` runs when the Stop of a running answer is pressed. */
+  onStop(stop) {
+    this.#list.addEventListener('click', (event) => {
+      const button = event.target.closest('button.stop');
+      const item = button?.closest('li.message');
+      if (!item || button.disabled) return;
+      stop(item.dataset.id);
+    });
+  }
+
+  /** A Stop pressed stays disabled while its cancel is on its way (or until the answer ends). */
+  setStopping(messageId, stopping) {
+    const button = this.#items.get(messageId)?.querySelector('.stop');
+    if (button) button.disabled = stopping;
+  }
+
   /** The sequence of the oldest message shown, or null when none is. */
   get lowestSequence() {
     const oldest = this.#list.firstElementChild;
@@ -182,6 +211,13 @@ function fill(item, message, answer) {
     item.querySelector('.progress-message').textContent = '';
     item.querySelector('progress').removeAttribute('value');
   }
+
+  // Every running or queued answer can be stopped on its own, whichever the composer's Cancel
+  // would stop.
+  const stop = item.querySelector('.stop');
+  stop.hidden = !(active && message.role === 'assistant');
+  stop.setAttribute('aria-label', `Stop answer #${message.sequence}`);
+  if (!active) stop.disabled = false;
 
   // finish_reason `length`: the model stopped at its limit, so the answer ends mid-way.
   item.querySelector('.cut-short').hidden = message.finish_reason !== 'length';

@@ -19,7 +19,7 @@ from tests.browser.helpers import (
     sign_in,
     wait_for,
 )
-from tests.support import create_project, create_user, running_server, settings_for
+from tests.support import GatedGenerator, create_project, create_user, running_server, settings_for
 
 PAGE_SIZE = 50  # the page's history page (static/conversation.js)
 
@@ -90,6 +90,54 @@ async def test_switching_from_a_long_project_asks_for_no_page_before_nan(
     paging = [url for url in asked if "before=" in url]
     assert not [url for url in paging if "before=NaN" in url], paging
     assert shown == 4, "the short project shows its own four messages, nothing else"
+
+
+async def test_composer_cancel_stops_the_streaming_answer_not_a_queued_one(
+    database_url: str, browser: Browser
+) -> None:
+    """Bug: with #2 streaming and #4, #6 queued behind it, Cancel cancelled #6 and #2 went on.
+    The composer's Cancel stops the answer being written; each answer has its own Stop."""
+    token = await create_user(database_url, "alice")
+    generator = GatedGenerator()  # every answer writes "first ", then waits for the gate
+    async with (
+        running_server(settings_for(database_url), generator=generator) as srv,
+        srv.client(token) as client,
+    ):
+        project = await create_project(client, "Too many questions")
+        page = await browser.new_page()
+        await sign_in(page, srv.base_url, token)
+        await open_project(page, project)
+        for number, prompt in enumerate(["One?", "Two?", "Three?"]):
+            await send(page, prompt)
+            await expect(answer(page, 2 * number + 2)).to_be_visible()
+        await expect(answer(page, 2)).to_have_attribute("data-status", "streaming")
+        for queued in (4, 6):
+            await expect(answer(page, queued).locator(".progress-stage")).to_have_text("queued")
+
+        await page.locator("#cancel").click()
+        await expect(answer(page, 2)).to_have_attribute("data-status", "cancelled")
+        # The next in line starts: it was not cancelled, and neither was the last one.
+        await expect(answer(page, 4)).to_have_attribute("data-status", "streaming")
+        await expect(answer(page, 6)).to_have_attribute("data-status", "pending")
+        await expect(answer(page, 2).locator(".stop")).to_be_hidden()
+        for running in (4, 6):
+            await expect(answer(page, running).locator(".stop")).to_be_visible()
+
+        await answer(page, 6).locator(".stop").click()
+        await expect(answer(page, 6)).to_have_attribute("data-status", "cancelled")
+        await expect(answer(page, 6).locator(".stop")).to_be_hidden()
+        await expect(answer(page, 4)).to_have_attribute("data-status", "streaming")
+        await expect(answer(page, 4).locator(".stop")).to_be_visible()
+
+        generator.gate.set()
+        await expect(answer(page, 4)).to_have_attribute("data-status", "success")
+        await expect(answer(page, 4).locator(".stop")).to_be_hidden()
+        await expect(page.locator("#cancel")).to_be_hidden()
+        await expect(page.locator("#banner")).to_be_hidden()
+        stored = await history(client, project)
+
+    assert [m["status"] for m in stored[1::2]] == ["cancelled", "success", "cancelled"]
+    assert [m["content"] for m in stored[1::2]] == ["first ", "first second", ""]
 
 
 async def _has_text(page: Any, sequence: int) -> bool:
