@@ -135,6 +135,8 @@ export class Conversation {
       return;
     }
     if (this.#draft?.text !== text) this.#draft = { text, clientRequestId: newRequestId() };
+    // The person wants to see what they sent and its answer, wherever they had scrolled to.
+    this.#messages.followLatest();
     this.#answers.start(this.#projectId, text, this.#draft.clientRequestId);
   }
 

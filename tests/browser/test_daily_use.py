@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 from playwright.async_api import Page, expect
 
+from server.generators.demo import demo_answer
 from tests.browser.helpers import (
     Browser,
     answer,
@@ -138,6 +139,49 @@ async def test_composer_cancel_stops_the_streaming_answer_not_a_queued_one(
 
     assert [m["status"] for m in stored[1::2]] == ["cancelled", "success", "cancelled"]
     assert [m["content"] for m in stored[1::2]] == ["first ", "first second", ""]
+
+
+async def test_sending_while_scrolled_up_follows_the_message_and_its_answer(
+    database_url: str, browser: Browser
+) -> None:
+    """Bug: scrolled up in the history, a sent message and its answer stayed off screen. The page
+    follows the new message and its answer as it streams, until the person scrolls away."""
+    token = await create_user(database_url, "alice")
+    settings = settings_for(database_url, demo_deltas=30, demo_delta_ms=100)
+    async with running_server(settings) as srv, srv.client(token) as client:
+        project = await create_project(client, "Scrolling")
+        await post_exchanges(client, project, 10)
+        page = await browser.new_page()
+        await sign_in(page, srv.base_url, token)
+        await open_project(page, project)
+        await expect(answer(page, 20)).to_be_in_viewport()
+        await page.locator("#scroller").evaluate("s => { s.scrollTop = 0; }")
+        await expect(answer(page, 20)).not_to_be_in_viewport()
+
+        prompt = "Where did my message go?"
+        await send(page, prompt)
+        await expect(page.locator('li.message[data-sequence="21"]')).to_be_in_viewport()
+        reply = answer(page, 22)
+        await expect(reply).to_have_attribute("data-status", "success", timeout=15_000)
+        # It went on following as the answer grew: its end is in view, and nothing below it.
+        await expect(reply.locator(".content li").last).to_be_in_viewport()
+        assert (await scroller_metrics(page))["below"] < 2
+
+        # Scrolling away while an answer streams: the page leaves the reader where they went.
+        await send(page, "And another one")
+        second = answer(page, 24)
+        await wait_for(lambda: _has_text(page, 24), what="the second answer to be under way")
+        await page.locator("#scroller").hover()
+        await page.mouse.wheel(0, -400)
+        await wait_for(lambda: _scrolled_up(page), what="the wheel to scroll up")
+        reading = await _settled_top(page)
+        await expect(second).to_have_attribute("data-status", "success", timeout=15_000)
+        after = await scroller_metrics(page)
+        stored = await history(client, project)
+
+    assert after["top"] == reading, "the page scrolled while the person was reading above"
+    assert after["below"] > 100
+    assert stored[21]["content"] == demo_answer(prompt)
 
 
 async def _has_text(page: Any, sequence: int) -> bool:
