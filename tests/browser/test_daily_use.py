@@ -4,6 +4,7 @@ noticing a server that went away while the page sat idle."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ from tests.browser.helpers import (
     sign_in,
     wait_for,
 )
+from tests.processes import Spawn
 from tests.support import GatedGenerator, create_project, create_user, running_server, settings_for
 
 PAGE_SIZE = 50  # the page's history page (static/conversation.js)
@@ -182,6 +184,64 @@ async def test_sending_while_scrolled_up_follows_the_message_and_its_answer(
     assert after["top"] == reading, "the page scrolled while the person was reading above"
     assert after["below"] > 100
     assert stored[21]["content"] == demo_answer(prompt)
+
+
+async def test_live_turns_offline_when_the_server_dies_while_the_page_is_idle(
+    database_url: str, browser: Browser, spawn: Spawn
+) -> None:
+    """Bug: with no answer streaming, "live" stayed green after the server had gone, until the
+    next send. The page notices within a few seconds, and notices its return too."""
+    token = await create_user(database_url, "alice")
+    proc = spawn("page-server", database_url)
+    proc.start()
+    await proc.wait_ready()
+    async with proc.client(token) as client:
+        project = await create_project(client, "Quiet")
+        await post_exchanges(client, project, 1)
+    page = await browser.new_page()
+    await sign_in(page, proc.base_url, token)
+    await open_project(page, project)
+    indicator = page.locator("#connection")
+    await expect(indicator).to_have_attribute("data-state", "live")
+
+    proc.kill()
+    await expect(indicator).to_have_attribute("data-state", "offline", timeout=20_000)
+    await expect(indicator).to_have_text("offline")
+
+    proc.start()  # the same port
+    await proc.wait_ready()
+    await expect(indicator).to_have_attribute("data-state", "live", timeout=20_000)
+
+
+async def test_live_turns_offline_when_the_server_hangs_under_an_open_stream(
+    database_url: str, browser: Browser, spawn: Spawn
+) -> None:
+    """A server that stops answering but keeps its connections (stopped, here, with SIGSTOP)
+    sends no error to the page's open stream: the page must still notice it is gone."""
+    token = await create_user(database_url, "alice")
+    proc = spawn("page-server", database_url, demo_deltas=40, demo_delta_ms=100)
+    proc.start()
+    await proc.wait_ready()
+    async with proc.client(token) as client:
+        project = await create_project(client, "Frozen")
+    page = await browser.new_page()
+    await sign_in(page, proc.base_url, token)
+    await open_project(page, project)
+    indicator = page.locator("#connection")
+    await send(page, "Keep talking")
+    await wait_for(lambda: _has_text(page, 2), what="the answer to be under way")
+    await expect(indicator).to_have_attribute("data-state", "live")
+
+    proc.send(signal.SIGSTOP)
+    try:
+        await expect(indicator).to_have_attribute("data-state", "offline", timeout=20_000)
+    finally:
+        proc.send(signal.SIGCONT)
+    await expect(indicator).to_have_attribute("data-state", "live", timeout=20_000)
+    await expect(answer(page, 2)).to_have_attribute("data-status", "success", timeout=30_000)
+    async with proc.client(token) as client:
+        stored = await history(client, project)
+    assert stored[1]["content"] == demo_answer("Keep talking")
 
 
 async def _has_text(page: Any, sequence: int) -> bool:
