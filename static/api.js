@@ -149,6 +149,31 @@ export async function explainStreamFailure(url) {
   }
 }
 
+/**
+ * Asks whether the server answers at all: GET /healthz, given up after `timeoutMs` (a server that
+ * hangs keeps its connections open without answering). A failure, a timeout or any status but
+ * 200 (a proxy's 502 for a server that is gone) is `unreachable`. Resolves to true or false.
+ */
+export async function probeServer(timeoutMs) {
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), timeoutMs);
+  let answered = false;
+  try {
+    const response = await fetch('/healthz', {
+      cache: 'no-store',
+      credentials: 'omit', // it needs no session
+      signal: controller.signal,
+    });
+    answered = response.ok;
+  } catch {
+    // Unreachable, or aborted after timeoutMs.
+  } finally {
+    clearTimeout(timer);
+  }
+  network.dispatchEvent(new Event(answered ? 'reachable' : 'unreachable'));
+  return answered;
+}
+
 /** A clientRequestId; crypto.randomUUID exists only in secure contexts (not plain-http LAN). */
 export function newRequestId() {
   if (typeof crypto.randomUUID === 'function') return crypto.randomUUID();

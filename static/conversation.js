@@ -62,6 +62,7 @@ export class Conversation {
       passive: true,
     });
     olderButton.addEventListener('click', () => this.loadOlder());
+    messages.onStop((messageId) => this.cancel(messageId));
   }
 
   get projectId() {
@@ -98,6 +99,9 @@ export class Conversation {
     this.#projectId = null;
     this.#opening = false;
     this.#draft = null;
+    // The next project's first page says whether it has older messages; until then it has
+    // none, or the scroll to the top of the emptied list would page in "before" nothing.
+    this.#hasMore = false;
     this.#loadingOlder = false;
     this.#shownThrough = 0;
     this.#messages.clear();
@@ -106,10 +110,11 @@ export class Conversation {
 
   async loadOlder() {
     if (!this.#hasMore || this.#loadingOlder || !this.#projectId) return;
+    const before = this.#messages.lowestSequence;
+    if (before === null) return; // nothing shown yet: no page to go before
     this.#loadingOlder = true;
     const epoch = this.#epoch;
     try {
-      const before = this.#messages.lowestSequence;
       const page = await api.listMessages(this.#projectId, { limit: PAGE_SIZE, before });
       if (epoch !== this.#epoch) return;
       this.#loadingOlder = false;
@@ -130,6 +135,8 @@ export class Conversation {
       return;
     }
     if (this.#draft?.text !== text) this.#draft = { text, clientRequestId: newRequestId() };
+    // The person wants to see what they sent and its answer, wherever they had scrolled to.
+    this.#messages.followLatest();
     this.#answers.start(this.#projectId, text, this.#draft.clientRequestId);
   }
 
@@ -148,22 +155,37 @@ export class Conversation {
     if (projectId !== null && projectId === this.#projectId) this.send(text);
   }
 
-  /** Cancels the newest running answer. */
-  async cancel() {
-    const bySequence = (a, b) => this.#messages.sequenceOf(a) - this.#messages.sequenceOf(b);
-    const messageId = this.#answers.runningIds.sort(bySequence).at(-1);
-    if (!messageId) return;
+  /**
+   * Cancels an answer: the one whose Stop was pressed, or, for the composer's Cancel, the one
+   * the person is watching (#watchedAnswer).
+   */
+  async cancel(messageId = this.#watchedAnswer()) {
+    if (!messageId || !this.#projectId) return;
     const projectId = this.#projectId;
     const epoch = this.#epoch;
+    this.#messages.setStopping(messageId, true);
     try {
       const { message } = await api.cancel(projectId, messageId);
       // 202 may come before the runner has stopped; the `cancelled` event then finishes it.
       if (epoch === this.#epoch && !isActive(message)) this.#finish(message);
     } catch (problem) {
       if (epoch !== this.#epoch) return;
+      this.#messages.setStopping(messageId, false);
       if (problem.status === 409) this.#refresh(projectId, messageId, epoch); // already over
       else this.#report(problem);
     }
+  }
+
+  /**
+   * The answer being written, never one queued behind it (the newest running answer, which
+   * Cancel used to stop, is often queued): the one in view if several are written at once, else
+   * the oldest written; failing that, the oldest waiting, which is the next to be written.
+   */
+  #watchedAnswer() {
+    const bySequence = (a, b) => this.#messages.sequenceOf(a) - this.#messages.sequenceOf(b);
+    const running = this.#answers.runningIds.sort(bySequence);
+    const written = running.filter((id) => this.#messages.statusOf(id) === 'streaming');
+    return written.find((id) => this.#messages.inView(id)) ?? written[0] ?? running[0] ?? null;
   }
 
   retryNow() {

@@ -6,6 +6,7 @@ import { MarkdownContent } from './markdown.js';
 export const isActive = (message) => message.status === 'pending' || message.status === 'streaming';
 
 const STICKY_PIXELS = 48; // "at the bottom" tolerance, so a streaming answer stays in view
+const SCROLL_SLACK = 1; // scrollTop can be fractional: a smaller move is not the person's
 
 /** The conversation: one `.message` element per message, ordered by sequence. */
 export class MessageList {
@@ -16,6 +17,11 @@ export class MessageList {
   #olderButton;
   #items = new Map(); // message id -> element
   #answers = new WeakMap(); // an assistant message's element -> its MarkdownContent
+  // Following: the bottom (the latest message, growing as its answer streams) is kept in view.
+  // It starts when a project opens or the person sends, and stops when they scroll up, away
+  // from the bottom; scrolling back down to the bottom starts it again.
+  #following = true;
+  #lastTop = 0; // the scrollTop last seen: lower now, away from the bottom, is a scroll up
 
   constructor({ list, scroller, template, empty, olderButton }) {
     this.#list = list;
@@ -23,11 +29,14 @@ export class MessageList {
     this.#template = template;
     this.#empty = empty;
     this.#olderButton = olderButton;
+    scroller.addEventListener('scroll', () => this.#checkFollowing(), { passive: true });
   }
 
   clear() {
     this.#list.replaceChildren();
     this.#items.clear();
+    this.#following = true;
+    this.#lastTop = 0;
     this.setHasMore(false);
     this.#empty.hidden = true; // until a page of history says the project is empty
   }
@@ -40,8 +49,39 @@ export class MessageList {
     return Number(this.#items.get(messageId)?.dataset.sequence ?? 0);
   }
 
+  statusOf(messageId) {
+    return this.#items.get(messageId)?.dataset.status ?? null;
+  }
+
+  /** True when some of the message shows in the scroller's visible part. */
+  inView(messageId) {
+    const item = this.#items.get(messageId);
+    if (!item) return false;
+    const shown = this.#scroller.getBoundingClientRect();
+    const box = item.getBoundingClientRect();
+    return box.bottom > shown.top && box.top < shown.bottom;
+  }
+
+  /** `stop(messageId)` runs when the Stop of a running answer is pressed. */
+  onStop(stop) {
+    this.#list.addEventListener('click', (event) => {
+      const button = event.target.closest('button.stop');
+      const item = button?.closest('li.message');
+      if (!item || button.disabled) return;
+      stop(item.dataset.id);
+    });
+  }
+
+  /** A Stop pressed stays disabled while its cancel is on its way (or until the answer ends). */
+  setStopping(messageId, stopping) {
+    const button = this.#items.get(messageId)?.querySelector('.stop');
+    if (button) button.disabled = stopping;
+  }
+
+  /** The sequence of the oldest message shown, or null when none is. */
   get lowestSequence() {
-    return Number(this.#list.firstElementChild?.dataset.sequence);
+    const oldest = this.#list.firstElementChild;
+    return oldest ? Number(oldest.dataset.sequence) : null;
   }
 
   setHasMore(hasMore) {
@@ -61,14 +101,20 @@ export class MessageList {
   showLatest(messages) {
     messages.forEach((message) => this.#upsert(message));
     this.#syncEmpty();
-    this.#scroller.scrollTop = this.#scroller.scrollHeight;
+    this.followLatest();
+  }
+
+  /** Scrolls to the latest message and keeps it in view (the person has just sent one). */
+  followLatest() {
+    this.#following = true;
+    this.#scrollTo(this.#scroller.scrollHeight);
   }
 
   /** Older history goes above; the reader's position must not jump. */
   prepend(messages) {
     const fromBottom = this.#scroller.scrollHeight - this.#scroller.scrollTop;
     messages.forEach((message) => this.#upsert(message));
-    this.#scroller.scrollTop = this.#scroller.scrollHeight - fromBottom;
+    this.#scrollTo(this.#scroller.scrollHeight - fromBottom);
   }
 
   upsert(message) {
@@ -140,10 +186,27 @@ export class MessageList {
   }
 
   #followingBottom(change) {
-    const { scrollTop, scrollHeight, clientHeight } = this.#scroller;
-    const atBottom = scrollHeight - scrollTop - clientHeight < STICKY_PIXELS;
+    // Checked before the change too: a scroll the person just made may not have had its event.
+    const following = this.#checkFollowing();
     change();
-    if (atBottom) this.#scroller.scrollTop = this.#scroller.scrollHeight;
+    if (following) this.#scrollTo(this.#scroller.scrollHeight);
+  }
+
+  /**
+   * Content added below never lowers scrollTop, and content removed only clamps it to the
+   * bottom: so a lower scrollTop away from the bottom is the person scrolling up.
+   */
+  #checkFollowing() {
+    const { scrollTop, scrollHeight, clientHeight } = this.#scroller;
+    if (scrollHeight - scrollTop - clientHeight < STICKY_PIXELS) this.#following = true;
+    else if (scrollTop < this.#lastTop - SCROLL_SLACK) this.#following = false;
+    this.#lastTop = scrollTop;
+    return this.#following;
+  }
+
+  #scrollTo(top) {
+    this.#scroller.scrollTop = top;
+    this.#lastTop = this.#scroller.scrollTop; // as clamped
   }
 
   #syncEmpty() {
@@ -180,6 +243,13 @@ function fill(item, message, answer) {
     item.querySelector('.progress-message').textContent = '';
     item.querySelector('progress').removeAttribute('value');
   }
+
+  // Every running or queued answer can be stopped on its own, whichever the composer's Cancel
+  // would stop.
+  const stop = item.querySelector('.stop');
+  stop.hidden = !(active && message.role === 'assistant');
+  stop.setAttribute('aria-label', `Stop answer #${message.sequence}`);
+  if (!active) stop.disabled = false;
 
   // finish_reason `length`: the model stopped at its limit, so the answer ends mid-way.
   item.querySelector('.cut-short').hidden = message.finish_reason !== 'length';
