@@ -11,7 +11,10 @@ forwards whole wire messages (``tests/faults/wire.py``) and, on command:
   reply lost after COMMIT), or, one time in four, both sides are reset right after forwarding
   it (it may or may not have run);
 - ``reply_delay``: every reply reaches the server that much later (latency, not throughput);
-- ``refusing``: new connections are reset as soon as they are accepted.
+- ``refusing``: new connections are reset as soon as they are accepted;
+- ``stall(statement)``: the open connections that have sent a statement containing that text
+  stop forwarding anything, either way, and are never closed: a half-open connection, which no
+  error ever ends (connections opened later are not stalled).
 
 A connection to PostgreSQL that fails (it is stopped) resets the server's connection the same way.
 The proxy's coin flips come from a seeded generator, but which request meets which flip depends on
@@ -39,6 +42,7 @@ class ProxyStats:
     refused: int = 0  # reset on accept while refusing
     upstream_down: int = 0  # reset because PostgreSQL did not answer the connect
     cut: int = 0  # reset by ``cut``
+    stalled: int = 0  # made half-open by ``stall``
     replies_lost: int = 0  # the request ran; its reply was swallowed
     requests_cut: int = 0  # reset right after the request was forwarded
     delayed: int = 0  # reply chunks held back by ``reply_delay``
@@ -56,6 +60,8 @@ class Link:
         self.upstream_reader, self.upstream_writer = upstream
         self.reply_framer = Framer(client_side=False)
         self.swallowing = False  # drop the reply in progress, then reset
+        self.stalled = False  # forward nothing more, either way, and never close
+        self.statements = bytearray()  # the SQL it sent (Parse and Query messages)
         self.closed = False
 
     def reset(self) -> None:
@@ -136,6 +142,21 @@ class FaultProxy:
         self.stats.cut += len(chosen)
         return len(chosen)
 
+    def stall(self, statement: str) -> int:
+        """Make the open connections that sent a statement containing ``statement`` (a driver
+        sends a statement's text once per connection: when it prepares it) half-open: from now
+        on nothing they send reaches PostgreSQL and nothing reaches them, and they stay open."""
+        wanted = statement.encode()
+        chosen = [
+            link
+            for link in self._links.values()
+            if not link.stalled and not link.closed and wanted in link.statements
+        ]
+        for link in chosen:
+            link.stalled = True
+        self.stats.stalled += len(chosen)
+        return len(chosen)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -182,6 +203,10 @@ class FaultProxy:
                 for message in framer.feed(data):
                     if message.kind == "negotiate":
                         link.reply_framer.expect_single_byte()
+                    elif message.kind in ("P", "Q"):
+                        link.statements += message.raw
+                    if link.stalled:
+                        continue
                     link.upstream_writer.write(message.raw)
                     if message.kind in REQUEST_ENDS and self._hit():
                         if self.rng.random() < self.cut_after_send_share:
@@ -214,7 +239,7 @@ class FaultProxy:
                         self.stats.replies_lost += 1
                         link.reset()
                         return
-                if passed:
+                if passed and not link.stalled:
                     if self.reply_delay:
                         self.stats.delayed += 1
                     replies.put_nowait((loop.time() + self.reply_delay, bytes(passed)))
@@ -231,6 +256,8 @@ class FaultProxy:
                 await asyncio.sleep(max(0.0, due - loop.time()))
                 if link.closed:
                     return
+                if link.stalled:
+                    continue
                 link.client_writer.write(chunk)
                 await link.client_writer.drain()
         finally:
