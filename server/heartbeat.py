@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 # follow one another this closely at first, backing off to RETRY_MAX_SECONDS (or the interval).
 RETRY_MIN_SECONDS = 0.05
 RETRY_MAX_SECONDS = 0.5
+# A failed attempt is logged once, then once per this many in a row.
+LOG_EVERY_FAILURES = 20
 
 
 def renewal_interval(lease_seconds: float) -> float:
@@ -59,6 +61,7 @@ class Heartbeat:
         # Monotonic time until which the identity is surely alive in the database: the start of
         # the last renewal (or registration) that succeeded, plus the lease.
         self._trusted_until = 0.0
+        self._failures = 0  # attempts in a row that failed (for the log)
 
     @property
     def trusted(self) -> bool:
@@ -122,9 +125,9 @@ class Heartbeat:
         try:
             held = bool(await self._db.fetch("renew_worker", self.id, self.lease_seconds))
         except DatabaseUnavailable:
-            metrics.HEARTBEAT_FAILURES.inc()
-            logger.warning("heartbeat not renewed: database unavailable, or no answer in time")
+            self._failed("not renewed")
             return
+        self._failures = 0
         metrics.HEARTBEAT_SECONDS.observe(time.monotonic() - started)
         if held:
             self._trusted_until = started + self.lease_seconds
@@ -141,8 +144,20 @@ class Heartbeat:
         try:
             await self._register()
         except DatabaseUnavailable:
-            metrics.HEARTBEAT_FAILURES.inc()
-            logger.warning("heartbeat not registered: database unavailable, or no answer in time")
+            self._failed("not registered")
+
+    def _failed(self, what: str) -> None:
+        # While the identity is not trusted, attempts come every fraction of a second: say so
+        # once, and then now and then (the metric counts every one).
+        metrics.HEARTBEAT_FAILURES.inc()
+        self._failures += 1
+        if self._failures % LOG_EVERY_FAILURES == 1:
+            logger.warning(
+                "heartbeat %s: database unavailable, or no answer within %.1fs (%d in a row)",
+                what,
+                self.interval,
+                self._failures,
+            )
 
     async def _register(self) -> None:
         """Register under a new identity (never an old one: an attempt whose reply was lost may
@@ -154,3 +169,4 @@ class Heartbeat:
         )
         self.id, self.registered = candidate, True
         self._trusted_until = started + self.lease_seconds
+        self._failures = 0
