@@ -21,7 +21,8 @@ import asyncpg
 import httpx
 import pytest
 
-from server.errors import WorkerUnavailable
+from server.db import TimedConnection
+from server.errors import DatabaseUnavailable, WorkerUnavailable
 from server.heartbeat import Heartbeat
 from server.store import Store
 from tests.faults.proxy import FaultProxy
@@ -286,3 +287,22 @@ async def test_a_heartbeat_not_renewed_for_a_lease_takes_nothing_and_registers_a
         with contextlib.suppress(asyncio.CancelledError):
             await beating
         await heartbeat.close()
+
+
+async def test_a_timed_connection_abandons_a_stuck_statement_and_the_next_runs_on_a_fresh_one(
+    database_url: str, proxy: FaultProxy
+) -> None:
+    """What the heartbeat renews on: a statement on a half-open connection ends within the
+    timeout (not asyncpg's 30 s), the connection is dropped, and the next statement opens a new
+    one instead of queueing behind the stuck one."""
+    connection = TimedConnection(through(proxy, database_url), timeout=1.0)
+    worker = uuid4()
+    try:
+        await connection.fetch("register_worker", worker, 30, "test", 0)
+        assert proxy.stall("INSERT INTO workers") == 1
+        with pytest.raises(DatabaseUnavailable):
+            await connection.fetch("renew_worker", worker, 30)
+        # The stalled connection never answers again: this one can only be a fresh one.
+        assert await connection.fetch("renew_worker", worker, 30)
+    finally:
+        await connection.close()
