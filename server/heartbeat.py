@@ -34,7 +34,8 @@ from server.errors import DatabaseUnavailable, WorkerUnavailable
 logger = logging.getLogger(__name__)
 
 # While the identity is not trusted (not registered, or a lease since its last renewal), attempts
-# follow one another this closely at first, backing off to RETRY_MAX_SECONDS (or the interval).
+# follow one another this closely at first, doubling up to RETRY_MAX_SECONDS: soon after the
+# database answers again, the worker takes answers again.
 RETRY_MIN_SECONDS = 0.05
 RETRY_MAX_SECONDS = 0.5
 # A failed attempt is logged once, then once per this many in a row.
