@@ -24,6 +24,7 @@ from server.errors import (
     DuplicateRequest,
     InvalidInput,
     TooManyRunning,
+    WorkerUnavailable,
     WriteConflict,
 )
 
@@ -76,6 +77,11 @@ def translate_errors() -> Iterator[None]:
         if exc.args and exc.args[0] == "answer_running":  # detail: "<message id> <sequence>"
             message_id, sequence = str(exc.detail).split()
             raise AnswerRunning(message_id, int(sequence)) from exc
+        if exc.args and exc.args[0] == "heartbeat_expired":
+            raise WorkerUnavailable(
+                "this worker's heartbeat expired (it lost the database for longer than the "
+                "lease); it is registering again: retry"
+            ) from exc
         raise
     except (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError) as exc:
         raise InvalidInput("text contains characters the database cannot store") from exc
@@ -224,6 +230,66 @@ async def connect(url: str) -> AsyncIterator[Session]:
         yield Session(conn, load_queries())
     finally:
         await conn.close()
+
+
+class TimedConnection:
+    """One connection of its own whose every statement ends within ``timeout``, whatever the
+    network does: for the few small statements that must never wait behind a stuck one (the
+    heartbeat's).
+
+    A statement that overruns (or fails) is abandoned with its connection, which is terminated,
+    not closed: closing waits for the server, and a half-open connection never answers (asyncpg's
+    own timeout would send a cancel request and go on waiting for the stuck connection to
+    acknowledge it). The next statement opens a fresh connection, within the same budget. The
+    server stops a statement that outlives the budget too (``statement_timeout``), so that one
+    stuck on its side holds no lock the next one would wait for.
+    """
+
+    def __init__(self, url: str, *, timeout: float) -> None:
+        self.url = url
+        self.timeout = timeout
+        self.queries = load_queries()
+        self._conn: asyncpg.Connection[asyncpg.Record] | None = None
+
+    async def fetch(self, name: str, *args: Any) -> list[Row]:
+        try:
+            with translate_errors():
+                async with asyncio.timeout(self.timeout):
+                    conn = await self._connection()
+                    return cast(list[Row], await conn.fetch(self.queries[name], *args))
+        except BaseException:
+            # Whatever went wrong (a timeout, a reset, our own cancellation mid-statement), the
+            # connection's state is unknown: never send another statement on it.
+            self.abandon()
+            raise
+
+    async def _connection(self) -> asyncpg.Connection[asyncpg.Record]:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(
+                self.url,
+                server_settings={"statement_timeout": str(max(1, int(self.timeout * 1000)))},
+            )
+        return self._conn
+
+    def abandon(self) -> None:
+        """Drop the connection at once, without a word to the server."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+    async def close(self) -> None:
+        """Close politely if the server answers within the budget; drop the connection if not."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                await conn.close()
+        except Exception:
+            logger.debug("a timed connection did not close in time; dropped")
+        finally:
+            if not conn.is_closed():
+                conn.terminate()
 
 
 async def retry_unavailable(action: Callable[[], Awaitable[None]], *, attempts: int) -> None:

@@ -129,6 +129,14 @@ class WriteConflict(DatabaseUnavailable):
     instant; whoever comes second tries again, and then sees the other's write."""
 
 
+class WorkerUnavailable(ServiceUnavailable):
+    """This worker's heartbeat is not registered, or may have expired (the database was away for
+    longer than the lease); it registers again as soon as the database answers: retry."""
+
+    code = "worker_unavailable"
+    retry_after = 1
+
+
 class TooManyStreams(ServiceUnavailable):
     """This server holds as many open streams as it may; retry (another instance may take it)."""
 

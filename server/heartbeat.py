@@ -5,8 +5,16 @@ worker's while the worker's heartbeat has not expired. The heartbeat is renewed 
 ``min(LEASE_SECONDS / 3, 5 s)`` on a connection of its own, and never touches a message row: it
 cannot wait behind the flusher's writes, nor behind a pool that the load has exhausted.
 
+Each renewal must end within that same interval (``TimedConnection``): one stuck on a half-open
+connection is abandoned with its connection, and the next starts on time on a fresh one. So a
+stalled network path costs one renewal, never the lease.
+
 A heartbeat that expired is never extended (the reapers may already be closing its messages): the
-worker gives those answers up and carries on under a new identity.
+worker gives those answers up and carries on under a new identity. The worker also knows, by its
+own clock, when its identity can no longer be trusted: once a lease has passed since the last
+renewal that succeeded began (the database's ``expires_at`` is no earlier than that), it takes no
+new answer under it (``current`` refuses), and it renews or registers again as soon as the
+database answers, not at the next tick.
 """
 
 from __future__ import annotations
@@ -20,11 +28,18 @@ from collections.abc import Callable
 from uuid import UUID, uuid4
 
 from server import metrics
-from server.db import Database
-from server.errors import DatabaseUnavailable, ServiceUnavailable
-from server.store import Store
+from server.db import TimedConnection
+from server.errors import DatabaseUnavailable, WorkerUnavailable
 
 logger = logging.getLogger(__name__)
+
+# While the identity is not trusted (not registered, or a lease since its last renewal), attempts
+# follow one another this closely at first, doubling up to RETRY_MAX_SECONDS: soon after the
+# database answers again, the worker takes answers again.
+RETRY_MIN_SECONDS = 0.05
+RETRY_MAX_SECONDS = 0.5
+# A failed attempt is logged once, then once per this many in a row.
+LOG_EVERY_FAILURES = 20
 
 
 def renewal_interval(lease_seconds: float) -> float:
@@ -41,51 +56,82 @@ class Heartbeat:
         self.on_expired = on_expired
         self.id = uuid4()
         self.registered = False
-        self._db = Database(url, min_size=1, max_size=1)
-        self._store = Store(self._db)
+        # Each statement (a renewal, a registration) within one interval: a stuck one never
+        # delays the next.
+        self._db = TimedConnection(url, timeout=self.interval)
+        # Monotonic time until which the identity is surely alive in the database: the start of
+        # the last renewal (or registration) that succeeded, plus the lease.
+        self._trusted_until = 0.0
+        self._failures = 0  # attempts in a row that failed (for the log)
+
+    @property
+    def trusted(self) -> bool:
+        return self.registered and time.monotonic() < self._trusted_until
 
     def current(self) -> UUID:
-        """The identity under which new answers are taken (and written)."""
+        """The identity under which new answers are taken (and written); refused while it may
+        have expired."""
         if not self.registered:
-            raise ServiceUnavailable("this worker's heartbeat is not registered yet")
+            raise WorkerUnavailable("this worker's heartbeat is not registered yet")
+        if time.monotonic() >= self._trusted_until:
+            raise WorkerUnavailable(
+                "this worker's heartbeat was not renewed within the lease (the database is or "
+                "was away); it is renewing it or registering again: retry"
+            )
         return self.id
 
     async def open(self) -> None:
         """Connect and register (safe to call again after it failed)."""
-        if not self._db.is_open:
-            await self._db.open()
         await self._register()
 
     async def close(self) -> None:
         """Stopping: whatever this worker still holds is for the reapers to close now."""
         try:
-            await self._store.expire_worker(self.id)
+            await self._db.fetch("expire_worker", self.id)
         except DatabaseUnavailable:
             logger.warning("could not expire the heartbeat on the way out")
         finally:
             await self._db.close()
 
     async def run(self) -> None:
+        """Renew on a fixed schedule: a slow renewal (at most one interval) never pushes the next
+        one back. Once the identity is not trusted, try at once, then every fraction of a second
+        until the database answers."""
+        due = time.monotonic() + self.interval
+        retry = RETRY_MIN_SECONDS
         while True:
-            await asyncio.sleep(self.interval)
+            if self.trusted:
+                retry = RETRY_MIN_SECONDS
+                now = time.monotonic()
+                if now < due:
+                    # Wake at the next tick, or when the trust runs out if that comes first.
+                    await asyncio.sleep(min(due, self._trusted_until) - now)
+                    if time.monotonic() < due:
+                        continue
+                due = max(due + self.interval, time.monotonic())
+            else:
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, RETRY_MAX_SECONDS)
+                due = time.monotonic() + self.interval
             try:
                 await self.beat()
             except Exception:
-                logger.exception("heartbeat failed; trying again next tick")
+                logger.exception("heartbeat failed; trying again")
 
     async def beat(self) -> None:
         if not self.registered:
             await self._register_or_warn()
             return
-        started = time.perf_counter()
+        started = time.monotonic()
         try:
-            held = await self._store.renew_worker(self.id, self.lease_seconds)
+            held = bool(await self._db.fetch("renew_worker", self.id, self.lease_seconds))
         except DatabaseUnavailable:
-            metrics.HEARTBEAT_FAILURES.inc()
-            logger.warning("heartbeat not renewed: database unavailable")
+            self._failed("not renewed")
             return
-        metrics.HEARTBEAT_SECONDS.observe(time.perf_counter() - started)
+        self._failures = 0
+        metrics.HEARTBEAT_SECONDS.observe(time.monotonic() - started)
         if held:
+            self._trusted_until = started + self.lease_seconds
             return
         metrics.HEARTBEAT_EXPIRED.inc()
         expired, self.registered = self.id, False
@@ -99,14 +145,29 @@ class Heartbeat:
         try:
             await self._register()
         except DatabaseUnavailable:
-            metrics.HEARTBEAT_FAILURES.inc()
-            logger.warning("heartbeat not registered: database unavailable")
+            self._failed("not registered")
+
+    def _failed(self, what: str) -> None:
+        # While the identity is not trusted, attempts come every fraction of a second: say so
+        # once, and then now and then (the metric counts every one).
+        metrics.HEARTBEAT_FAILURES.inc()
+        self._failures += 1
+        if self._failures % LOG_EVERY_FAILURES == 1:
+            logger.warning(
+                "heartbeat %s: database unavailable, or no answer within %.1fs (%d in a row)",
+                what,
+                self.interval,
+                self._failures,
+            )
 
     async def _register(self) -> None:
         """Register under a new identity (never an old one: an attempt whose reply was lost may
         have written it, and an expired identity must stay expired)."""
         candidate = uuid4()
-        await self._store.register_worker(
-            candidate, self.lease_seconds, socket.gethostname(), os.getpid()
+        started = time.monotonic()
+        await self._db.fetch(
+            "register_worker", candidate, self.lease_seconds, socket.gethostname(), os.getpid()
         )
         self.id, self.registered = candidate, True
+        self._trusted_until = started + self.lease_seconds
+        self._failures = 0

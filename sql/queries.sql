@@ -62,6 +62,9 @@ WHERE id = $1 AND owner_id = $2;
 -- set, and its log starts with a `queued` progress event (event 2) written with the rows, so that
 -- it exists before any worker can claim the answer. (A queued placeholder comes back with
 -- last_event_id 2.)
+-- The worker's heartbeat must be alive, as for the flush and claim_queued: an answer reserved
+-- under an expired identity would be held by nobody, and the reaper would end it `interrupted`
+-- on a live worker; orderly_refuse aborts the statement (503 worker_unavailable) instead.
 -- $1 project, $2 owner, $3 content, $4 image_urls, $5 client_request_id, $6 the worker that
 -- writes the answer (its heartbeat holds it), $7 the user's cap on running generations, $8 the
 -- on_running policy
@@ -76,6 +79,8 @@ WITH p AS (
     WHERE id = $2 AND EXISTS (SELECT 1 FROM p)
       AND CASE WHEN running_generations < $7 THEN true
                ELSE orderly_refuse('too_many_running_generations') END
+      AND CASE WHEN EXISTS (SELECT 1 FROM workers AS w WHERE w.id = $6 AND w.expires_at > now())
+               THEN true ELSE orderly_refuse('heartbeat_expired') END
 ), queued AS (
     INSERT INTO event_chunks (project_id, message_id, first_event_id, kinds, data)
     -- (The compact JSON of events.progress_data; no colon before a letter, which pgbench

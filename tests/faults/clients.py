@@ -1,6 +1,7 @@
 """Clients that carry out the script (``tests/faults/script.py``) and record what they received.
 
-A client retries what the contract says to retry: a 503 or 429 (after ``Retry-After``, capped),
+A client retries what the contract says to retry: a 503 or 429 (after ``Retry-After``, capped; one
+without it is a problem),
 and a stream that ends without its terminal event (it resumes with ``Last-Event-ID`` on the other
 process). Every piece of every stream is kept, so that the checks can tell whether an event came
 twice, out of order, or not at all. Anything the contract does not allow (a 500, a 204 before
@@ -46,6 +47,7 @@ class Reply:
     retry_after: float = 0.0
     detail: str = ""  # what went wrong, if anything
     broken: bool = False  # the connection failed in the middle of the stream
+    without_retry_after: bool = False  # a 429 or 503 that does not say when to retry
 
 
 @dataclass
@@ -99,7 +101,7 @@ async def read_stream(
             status = response.status_code
             if status != 200:
                 body = (await response.aread()).decode(errors="replace")
-                return Reply(status, [], _retry_after(response), body[:200])
+                return _refusal(response, body)
             buffer = b""
             async for chunk in response.aiter_raw():
                 buffer += chunk
@@ -124,7 +126,15 @@ def _received(block: bytes) -> list[Received]:
 
 
 def _reply_of(response: httpx.Response) -> Reply:
-    return Reply(response.status_code, [], _retry_after(response), response.text[:200])
+    return _refusal(response, response.text)
+
+
+def _refusal(response: httpx.Response, body: str) -> Reply:
+    """A reply that is not a stream; a 429 or 503 must say when to retry (``Retry-After``)."""
+    missing = response.status_code in RETRYABLE and "retry-after" not in response.headers
+    return Reply(
+        response.status_code, [], _retry_after(response), body[:200], without_retry_after=missing
+    )
 
 
 def _retry_after(response: httpx.Response) -> float:
@@ -287,6 +297,8 @@ class Client:
         contract's way of saying so; anything else is a problem, or a note when no response
         came at all)."""
         if reply.status in RETRYABLE:
+            if reply.without_retry_after:
+                self.record.problems.append(f"{what}: {reply.status} without Retry-After")
             self.record.retries += 1
             await asyncio.sleep(reply.retry_after)
         elif reply.status == 0:

@@ -15,6 +15,9 @@ forwards whole wire messages (``tests/faults/wire.py``) and, on command:
 - ``blip_on(marker, seconds)``: when a request next runs a statement whose text holds ``marker``,
   the database goes away for a moment, as that statement reaches it: every open connection is
   reset (that request is never forwarded) and new ones are refused for ``seconds``.
+- ``stall(statement)``: the open connections that have sent a statement containing that text
+  stop forwarding anything, either way, and are never closed: a half-open connection, which no
+  error ever ends (connections opened later are not stalled).
 
 A connection to PostgreSQL that fails (it is stopped) resets the server's connection the same way.
 The proxy's coin flips come from a seeded generator, but which request meets which flip depends on
@@ -42,6 +45,7 @@ class ProxyStats:
     refused: int = 0  # reset on accept while refusing
     upstream_down: int = 0  # reset because PostgreSQL did not answer the connect
     cut: int = 0  # reset by ``cut``
+    stalled: int = 0  # made half-open by ``stall``
     replies_lost: int = 0  # the request ran; its reply was swallowed
     requests_cut: int = 0  # reset right after the request was forwarded
     delayed: int = 0  # reply chunks held back by ``reply_delay``
@@ -60,6 +64,7 @@ class Link:
         self.upstream_reader, self.upstream_writer = upstream
         self.reply_framer = Framer(client_side=False)
         self.swallowing = False  # drop the reply in progress, then reset
+        self.stalled = False  # forward nothing more, either way, and never close
         self.closed = False
         # Prepared statements by name: a cached statement is run by name (Bind), without its text.
         self.statements: dict[bytes, bytes] = {}
@@ -81,8 +86,10 @@ class Link:
 
 def _statement_text(link: Link, message: Message) -> bytes | None:
     """The text of the statement that ``message`` prepares or runs, if it does."""
-    if message.kind == "Q":  # a simple query: its text, NUL-terminated
-        return message.raw[5:-1]
+    if message.kind == "Q":  # a simple query: its text, NUL-terminated (kept for ``stall``)
+        text = message.raw[5:-1]
+        link.statements[b"Q:" + text] = text
+        return text
     if message.kind == "P":  # Parse: statement name, text, parameter types
         name, text, _ = message.raw[5:].split(b"\0", 2)
         link.statements[name] = text
@@ -174,6 +181,23 @@ class FaultProxy:
         self.refusing = False
         self.blip_over.set()
 
+    def stall(self, statement: str) -> int:
+        """Make the open connections that sent a statement containing ``statement`` (a driver
+        sends a statement's text once per connection: when it prepares it) half-open: from now
+        on nothing they send reaches PostgreSQL and nothing reaches them, and they stay open."""
+        wanted = statement.encode()
+        chosen = [
+            link
+            for link in self._links.values()
+            if not link.stalled
+            and not link.closed
+            and any(wanted in text for text in link.statements.values())
+        ]
+        for link in chosen:
+            link.stalled = True
+        self.stats.stalled += len(chosen)
+        return len(chosen)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
@@ -224,6 +248,8 @@ class FaultProxy:
                     if self._blip is not None and text is not None and self._blip[0] in text:
                         self._blip_now(self._blip[1])
                         return
+                    if link.stalled:
+                        continue
                     link.upstream_writer.write(message.raw)
                     if message.kind in REQUEST_ENDS and self._hit():
                         if self.rng.random() < self.cut_after_send_share:
@@ -256,7 +282,7 @@ class FaultProxy:
                         self.stats.replies_lost += 1
                         link.reset()
                         return
-                if passed:
+                if passed and not link.stalled:
                     if self.reply_delay:
                         self.stats.delayed += 1
                     replies.put_nowait((loop.time() + self.reply_delay, bytes(passed)))
@@ -273,6 +299,8 @@ class FaultProxy:
                 await asyncio.sleep(max(0.0, due - loop.time()))
                 if link.closed:
                     return
+                if link.stalled:
+                    continue
                 link.client_writer.write(chunk)
                 await link.client_writer.drain()
         finally:

@@ -134,3 +134,27 @@ async def test_a_blip_on_a_statement(proxy: FaultProxy, database_url: str) -> No
         assert await conn.fetchval("SELECT 'marked'::text") == "marked"
     finally:
         await conn.close()
+
+
+async def test_stall_makes_the_connections_that_sent_a_statement_half_open(
+    proxy: FaultProxy, database_url: str
+) -> None:
+    url = _through(proxy, database_url)
+    stalled = await asyncpg.connect(url, timeout=10)
+    other = await asyncpg.connect(url, timeout=10)
+    try:
+        assert await stalled.fetchval("SELECT 'marked'") == "marked"
+        assert proxy.stall("'marked'") == 1
+        # Nothing comes back, and nothing says the connection is gone: only a timeout ends it.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(stalled.fetchval("SELECT 1"), 1.0)
+        assert not stalled.is_closed()
+        assert await other.fetchval("SELECT 2") == 2
+        # A connection opened later is not stalled.
+        fresh = await asyncpg.connect(url, timeout=10)
+        assert await fresh.fetchval("SELECT 'marked'") == "marked"
+        await fresh.close()
+    finally:
+        stalled.terminate()
+        await other.close()
+    assert proxy.stats.stalled == 1

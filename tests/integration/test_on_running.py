@@ -220,9 +220,10 @@ async def test_reject_sees_a_reservation_that_committed_while_it_waited_for_the_
     async with running_server(without_poll(database_url)) as srv, srv.client(token) as client:
         project = uuid.UUID(await create_project(client))
         [owner] = await db(database_url, "SELECT owner_id FROM projects WHERE id = $1", project)
-        [worker] = await db(database_url, "SELECT id FROM workers LIMIT 1")
-    args = [project, owner["owner_id"], "hi", [], None, worker["id"], 100]
+    worker = uuid.uuid4()  # the server's heartbeat expired when it stopped: a live one of our own
+    args = [project, owner["owner_id"], "hi", [], None, worker, 100]
     async with Store.single(database_url) as first, Store.single(database_url) as second:
+        await first.register_worker(worker, 60, "test", 0)
         async with first.db.session() as session, session.transaction():
             held = await session.fetch("reserve_pair", *args, "concurrent")
             waiting = asyncio.create_task(second.db.fetch("reserve_pair", *args, "reject"))
@@ -540,7 +541,10 @@ async def test_an_answer_queued_as_the_one_ahead_ends_is_announced_by_that_end(
         [owner] = await db(
             database_url, "SELECT owner_id FROM projects WHERE id = $1", uuid.UUID(project)
         )
-        args = [uuid.UUID(project), owner["owner_id"], "queued", [], None, uuid.uuid4(), 100]
+        worker = uuid.uuid4()  # a reservation needs a live heartbeat, even one that queues
+        args = [uuid.UUID(project), owner["owner_id"], "queued", [], None, worker, 100]
+        async with Store.single(database_url) as store:
+            await store.register_worker(worker, 60, "test", 0)
         async with (
             Store.single(database_url) as store,
             store.db.session() as session,
