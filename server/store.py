@@ -119,6 +119,31 @@ def project_from_row(row: Row) -> Project:
     )
 
 
+def flush_arguments(worker: UUID, items: Sequence[FlushItem]) -> list[object]:
+    """The parameters of the ``flush`` statement for ``items`` (tests run it in a transaction
+    of their own, to hold a flush open at an exact point of a race)."""
+    chunks = [(item, chunk) for item in items for chunk in item.chunks]
+    changes = [item for item in items if item.changes_status]
+    return [
+        worker,
+        [i.project_id for i, _ in chunks],
+        [i.message_id for i, _ in chunks],
+        [c.first_event_id for _, c in chunks],
+        [c.kinds for _, c in chunks],
+        [c.data for _, c in chunks],
+        [i.project_id for i in changes],
+        [i.message_id for i in changes],
+        [i.status for i in changes],
+        [i.content for i in changes],
+        [i.last_event_id for i in changes],
+        [i.error.code if i.error else None for i in changes],
+        [i.error.message if i.error else None for i in changes],
+        [i.usage.prompt_tokens if i.usage else None for i in changes],
+        [i.usage.completion_tokens if i.usage else None for i in changes],
+        [i.finish_reason for i in changes],
+    ]
+
+
 def _pair(rows: Sequence[Row]) -> Pair | None:
     by_role = {row["role"]: message_from_row(row) for row in rows}
     if set(by_role) != {"user", "assistant"}:
@@ -291,27 +316,7 @@ class Store:
     async def flush(self, worker: UUID, items: Sequence[FlushItem]) -> dict[UUID, datetime | None]:
         """Write a batch; return the ids of the messages this worker still held, each with its
         row's ``updated_at`` where the write changed the row (its status)."""
-        chunks = [(item, chunk) for item in items for chunk in item.chunks]
-        changes = [item for item in items if item.changes_status]
-        rows = await self.db.fetch(
-            "flush",
-            worker,
-            [i.project_id for i, _ in chunks],
-            [i.message_id for i, _ in chunks],
-            [c.first_event_id for _, c in chunks],
-            [c.kinds for _, c in chunks],
-            [c.data for _, c in chunks],
-            [i.project_id for i in changes],
-            [i.message_id for i in changes],
-            [i.status for i in changes],
-            [i.content for i in changes],
-            [i.last_event_id for i in changes],
-            [i.error.code if i.error else None for i in changes],
-            [i.error.message if i.error else None for i in changes],
-            [i.usage.prompt_tokens if i.usage else None for i in changes],
-            [i.usage.completion_tokens if i.usage else None for i in changes],
-            [i.finish_reason for i in changes],
-        )
+        rows = await self.db.fetch("flush", *flush_arguments(worker, items))
         return {r["id"]: r["updated_at"] for r in rows}
 
     # Workers' heartbeats and the reaper
