@@ -9,7 +9,6 @@ from datetime import datetime
 from uuid import UUID
 
 from server.db import Database, Row
-from server.errors import WriteConflict
 from server.events import Chunk, Event
 from server.models import ErrorInfo, Message, Project, Usage
 
@@ -387,35 +386,18 @@ class Store:
         message: str | None,
         owner_id: UUID | None = None,
     ) -> list[StoredMessage]:
-        """End the running ones of ``targets`` (see ``close_messages``). A target whose writer
-        stored a chunk at the very moment is claimed again on a fresh snapshot."""
+        """End the running ones of ``targets`` (see ``close_message``), one statement each: one
+        transaction holds one message's locks, in the lock order of every statement that ends
+        answers, so that no end and no flush wait for each other in a cycle. A running target is
+        always ended: its end waits for its writer's chunk and claims the id after it, rather
+        than giving up."""
         closed: list[StoredMessage] = []
-        for _attempt in range(CLOSE_ATTEMPTS):
-            if not targets:
-                break
-            try:
-                rows = await self.db.fetch(
-                    "close_messages",
-                    [p for p, _ in targets],
-                    [m for _, m in targets],
-                    status,
-                    code,
-                    message,
-                    owner_id,
-                )
-            except WriteConflict:
-                if _attempt == CLOSE_ATTEMPTS - 1:
-                    raise
-                continue  # a writer's chunk took the id meanwhile: claim again after it
-            closed += [message_from_row(r) for r in rows]
-            done = {r["id"] for r in rows}
-            targets = [t for t in targets if t[1] not in done]
-            if targets:  # not claimed: were they still running? (or ended by someone else)
-                still = await self.db.fetch(
-                    "running_among", [p for p, _ in targets], [m for _, m in targets]
-                )
-                running = {r["id"] for r in still}
-                targets = [t for t in targets if t[1] in running]
+        for project_id, message_id in targets:
+            row = await self.db.fetchrow(
+                "close_message", project_id, message_id, status, code, message, owner_id
+            )
+            if row is not None:
+                closed.append(message_from_row(row))
         return closed
 
     # The queue (server/queue.py)
@@ -442,7 +424,5 @@ class Store:
         )
 
 
-# A claim loses only to a chunk stored in the same instant; a few rounds always settle it.
-CLOSE_ATTEMPTS = 5
 INTERRUPTED_MESSAGE = "the answer was interrupted: the worker writing it stopped"
 STORAGE_ERROR_MESSAGE = "the answer could not be stored; it ends with the text written so far"

@@ -52,5 +52,5 @@ def test_only_the_first_word_cut_cuts_short(prompt: str) -> None:
 
 def test_every_query_is_named_once_and_not_empty() -> None:
     queries = load_queries()
-    assert {"reserve_pair", "flush", "orphans", "close_messages"} <= queries.keys()
+    assert {"reserve_pair", "flush", "orphans", "close_message"} <= queries.keys()
     assert all(sql.strip() for sql in queries.values())
