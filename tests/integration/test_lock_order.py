@@ -27,6 +27,7 @@ import pytest
 from server.auth import issue_token
 from server.db import load_queries
 from server.eventlog import MessageLog
+from server.flusher import Flusher, FlushPolicy
 from server.generators.base import Delta, GenerationContext, Item
 from server.store import Store, StoredMessage, flush_arguments
 from tests.support import (
@@ -252,6 +253,50 @@ async def test_a_cancel_whose_claims_keep_losing_to_the_writer_still_ends_the_an
     text = "".join(f"{n} " for n in range(rounds + 1))
     assert (cancelled.message.status, cancelled.message.content) == ("cancelled", text)
     assert cancelled.last_event_id == rounds + 3
+
+
+async def test_the_flush_that_comes_second_to_an_end_is_a_write_conflict_and_drops_the_answer(
+    database_url: str,
+) -> None:
+    """The flusher's real conflict: an end (here a cancel) claims the terminal id after the
+    flush's snapshot was taken, and the flush's chunk starts at that id. The flush waits for the
+    end, then fails on the key: nothing of it is written, and the flusher writes the batch again
+    at once; then the answer is no longer this worker's (it is dropped, its listeners read the
+    end), and the other answers of the batch are written."""
+    async with (
+        scene(database_url, 2) as s,
+        Store.single(database_url) as flush_store,
+        Store.single(database_url) as cancel_store,
+    ):
+        late, other = s.logs
+        lost: list[UUID] = []
+        flusher = Flusher(
+            flush_store, lambda: s.worker, FlushPolicy(0.005, 0.01, 4), on_lost=lost.append
+        )
+        for log in s.logs:
+            flusher.register(log)
+        target = late.placeholder
+        sql = "UPDATE users SET running_generations = running_generations WHERE id = $1"
+        async with holding(database_url, sql, s.user) as (user_xid, _conn):
+            # The cancel locks the row, claims id 3 and waits for the user's row, uncommitted.
+            cancel = asyncio.create_task(cancel_store.cancel(target.project_id, target.id, s.user))
+            await waits(database_url, on_xid=user_xid)
+            late.add_delta("late")  # event 3: the id the cancel claimed
+            other.add_delta("1")
+            flusher.mark_dirty(late)
+            flusher.mark_dirty(other)
+            flush = asyncio.create_task(flusher.flush_once(everything=True))
+            await waits(database_url, count=2)
+        cancelled = await cancel
+        await flush  # the conflict is handled: no exception, nothing written
+        assert (late.written, other.written, lost) == (2, 2, [])
+        await flusher.flush_once(everything=True)
+    assert lost == [target.id]
+    assert other.written == 3
+    assert cancelled is not None
+    assert (cancelled.message.status, cancelled.message.content) == ("cancelled", "0 ")
+    assert await chunks_of(database_url, target.id) == [(2, "d"), (3, "t")]
+    assert await deadlocks(database_url) == 0
 
 
 # Load
