@@ -31,6 +31,7 @@ from server.flusher import Flusher, FlushPolicy
 from server.generators.base import Delta, GenerationContext, Item
 from server.store import Store, StoredMessage, flush_arguments
 from tests.support import (
+    GatedGenerator,
     create_project,
     create_user,
     running_server,
@@ -297,6 +298,49 @@ async def test_the_flush_that_comes_second_to_an_end_is_a_write_conflict_and_dro
     assert (cancelled.message.status, cancelled.message.content) == ("cancelled", "0 ")
     assert await chunks_of(database_url, target.id) == [(2, "d"), (3, "t")]
     assert await deadlocks(database_url) == 0
+
+
+async def test_an_interrupt_that_cannot_cancel_the_running_answers_is_not_a_success(
+    database_url: str,
+) -> None:
+    """on_running interrupt: when the earlier answers cannot be cancelled (here the connection
+    of the cancel dies while it waits), the request is answered 503, not 202 as if they had
+    been; its answer runs on, and the same request sent again cancels them."""
+    token = await create_user(database_url, "alice")
+    generator = GatedGenerator()
+    async with (
+        running_server(settings_for(database_url), generator=generator) as srv,
+        srv.client(token) as client,
+    ):
+        project = await create_project(client)
+        url = f"/api/projects/{project}/generations"
+        headers = {"Accept": "application/json"}
+        first = await client.post(url, json={"message": "first"}, headers=headers)
+        assert first.status_code == 202
+        earlier = first.json()["assistant_message"]["id"]
+        body = {"message": "second", "on_running": "interrupt", "client_request_id": "k1"}
+        try:
+            sql = "SELECT 1 FROM messages WHERE id = $1 FOR UPDATE"
+            async with holding(database_url, sql, uuid.UUID(earlier)) as (row_xid, conn):
+                request = asyncio.create_task(client.post(url, json=body, headers=headers))
+                await waits(database_url, on_xid=row_xid)
+                await conn.execute(
+                    "SELECT pg_terminate_backend(l.pid) FROM pg_locks AS l"
+                    " WHERE NOT l.granted AND l.locktype = 'transactionid'"
+                    " AND l.transactionid::text::bigint = $1",
+                    row_xid,
+                )
+                failed = await request
+            assert failed.status_code == 503, failed.text
+            assert failed.json()["code"] == "database_unavailable"
+            status = (await client.get(f"/api/projects/{project}/messages/{earlier}")).json()
+            assert status["status"] in ("pending", "streaming")
+            again = await client.post(url, json=body, headers=headers)
+            assert again.status_code == 202, again.text
+            ended = (await client.get(f"/api/projects/{project}/messages/{earlier}")).json()
+            assert ended["status"] == "cancelled"
+        finally:
+            generator.gate.set()
 
 
 # Load
