@@ -67,9 +67,9 @@ def translate_errors() -> Iterator[None]:
         if exc.constraint_name == "messages_idempotency_key":
             raise DuplicateRequest() from exc
         if exc.constraint_name == "event_chunks_pkey":
-            # A message's writer and its end (cancel, the reaper) took the same event id in the
-            # same instant: the loser tries again, and then sees the other's write.
-            raise WriteConflict("a concurrent write took the same event id; retry") from exc
+            # A flush whose chunk's id an end (cancel, the reaper) took meanwhile: the flusher
+            # sends it again, and then finds the message ended.
+            raise WriteConflict("an end written meanwhile took the event id of a chunk") from exc
         raise
     except asyncpg.RaiseError as exc:
         if exc.args and exc.args[0] == "too_many_running_generations":

@@ -124,9 +124,11 @@ class DatabaseUnavailable(ServiceUnavailable):
     code = "database_unavailable"
 
 
-class WriteConflict(DatabaseUnavailable):
-    """A message's writer and its end (cancel, the reaper) took the same event id in the same
-    instant; whoever comes second tries again, and then sees the other's write."""
+class WriteConflict(Exception):
+    """A flush found the event id of one of its chunks taken by an end written meanwhile (cancel,
+    the reaper): that message has ended, and nothing of the statement was written. The flusher
+    sends it again at once, and then leaves the ended message out (internal signal: only the
+    flush meets it; an end's claim skips a taken id, see ``close_claim``)."""
 
 
 class WorkerUnavailable(ServiceUnavailable):

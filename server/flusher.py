@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from server import metrics
-from server.errors import ServiceUnavailable
+from server.errors import ServiceUnavailable, WriteConflict
 from server.eventlog import MessageLog
 from server.store import FlushItem, Store
 
@@ -130,6 +130,13 @@ class Flusher:
         started = time.perf_counter()
         try:
             written = await self.store.flush(self.worker(), items)
+        except WriteConflict:
+            # An end (cancel, the reaper) took the id of one of these chunks after this
+            # statement's snapshot: nothing was written. Sent again at the next interval, the
+            # flush finds that message ended and leaves it out (on_lost); the others are written.
+            logger.info("a flush met an answer ended meanwhile; writing the batch again")
+            self._wakeup.set()
+            return
         except ServiceUnavailable:
             # The database is away, or this worker's heartbeat is being registered again (after
             # it expired): wait and try again, as for an outage. Never a reason to end an answer.

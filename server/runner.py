@@ -92,7 +92,12 @@ class Runner:
             )
         except DuplicateRequest:
             assert request.client_request_id is not None
-            return Submission(await self._existing(user_id, project_id, request), created=False)
+            existing = await self._existing(user_id, project_id, request)
+            if policy == "interrupt":
+                # The first attempt may have been answered 503 because the earlier answers could
+                # not be cancelled: a repeat cancels those that still run (none, if it had).
+                await self._interrupt(existing, user_id)
+            return Submission(existing, created=False)
         if reservation is None:
             raise NotFound("no such project")
         metrics.GENERATIONS_STARTED.inc()
@@ -108,13 +113,15 @@ class Runner:
 
     async def _interrupt(self, pair: Pair, user_id: UUID) -> None:
         """Cancel the answers that run before ``pair`` (after it started: whatever happens here,
-        the new answer runs)."""
+        the new answer runs). If they cannot be cancelled (the database is away), the request
+        fails (503) rather than report an interruption that did not happen; its answer runs on,
+        and a repeat of the request (same client_request_id) cancels them."""
         assistant = pair.assistant.message
         try:
             closed = await self.store.interrupt(assistant.project_id, assistant.sequence, user_id)
         except ServiceUnavailable:
             logger.warning("on_running interrupt: the running answers could not be cancelled")
-            return
+            raise
         self.cancelled([stored.message.id for stored in closed])
 
     def cancelled(self, message_ids: list[UUID]) -> None:

@@ -9,7 +9,6 @@ from datetime import datetime
 from uuid import UUID
 
 from server.db import Database, Row
-from server.errors import WriteConflict
 from server.events import Chunk, Event
 from server.models import ErrorInfo, Message, Project, Usage
 
@@ -117,6 +116,31 @@ def project_from_row(row: Row) -> Project:
         message_count=row["last_sequence"],
         created_at=row["created_at"],
     )
+
+
+def flush_arguments(worker: UUID, items: Sequence[FlushItem]) -> list[object]:
+    """The parameters of the ``flush`` statement for ``items`` (tests run it in a transaction
+    of their own, to hold a flush open at an exact point of a race)."""
+    chunks = [(item, chunk) for item in items for chunk in item.chunks]
+    changes = [item for item in items if item.changes_status]
+    return [
+        worker,
+        [i.project_id for i, _ in chunks],
+        [i.message_id for i, _ in chunks],
+        [c.first_event_id for _, c in chunks],
+        [c.kinds for _, c in chunks],
+        [c.data for _, c in chunks],
+        [i.project_id for i in changes],
+        [i.message_id for i in changes],
+        [i.status for i in changes],
+        [i.content for i in changes],
+        [i.last_event_id for i in changes],
+        [i.error.code if i.error else None for i in changes],
+        [i.error.message if i.error else None for i in changes],
+        [i.usage.prompt_tokens if i.usage else None for i in changes],
+        [i.usage.completion_tokens if i.usage else None for i in changes],
+        [i.finish_reason for i in changes],
+    ]
 
 
 def _pair(rows: Sequence[Row]) -> Pair | None:
@@ -291,27 +315,7 @@ class Store:
     async def flush(self, worker: UUID, items: Sequence[FlushItem]) -> dict[UUID, datetime | None]:
         """Write a batch; return the ids of the messages this worker still held, each with its
         row's ``updated_at`` where the write changed the row (its status)."""
-        chunks = [(item, chunk) for item in items for chunk in item.chunks]
-        changes = [item for item in items if item.changes_status]
-        rows = await self.db.fetch(
-            "flush",
-            worker,
-            [i.project_id for i, _ in chunks],
-            [i.message_id for i, _ in chunks],
-            [c.first_event_id for _, c in chunks],
-            [c.kinds for _, c in chunks],
-            [c.data for _, c in chunks],
-            [i.project_id for i in changes],
-            [i.message_id for i in changes],
-            [i.status for i in changes],
-            [i.content for i in changes],
-            [i.last_event_id for i in changes],
-            [i.error.code if i.error else None for i in changes],
-            [i.error.message if i.error else None for i in changes],
-            [i.usage.prompt_tokens if i.usage else None for i in changes],
-            [i.usage.completion_tokens if i.usage else None for i in changes],
-            [i.finish_reason for i in changes],
-        )
+        rows = await self.db.fetch("flush", *flush_arguments(worker, items))
         return {r["id"]: r["updated_at"] for r in rows}
 
     # Workers' heartbeats and the reaper
@@ -382,35 +386,18 @@ class Store:
         message: str | None,
         owner_id: UUID | None = None,
     ) -> list[StoredMessage]:
-        """End the running ones of ``targets`` (see ``close_messages``). A target whose writer
-        stored a chunk at the very moment is claimed again on a fresh snapshot."""
+        """End the running ones of ``targets`` (see ``close_message``), one statement each: one
+        transaction holds one message's locks, in the lock order of every statement that ends
+        answers, so that no end and no flush wait for each other in a cycle. A running target is
+        always ended: its end waits for its writer's chunk and claims the id after it, rather
+        than giving up."""
         closed: list[StoredMessage] = []
-        for _attempt in range(CLOSE_ATTEMPTS):
-            if not targets:
-                break
-            try:
-                rows = await self.db.fetch(
-                    "close_messages",
-                    [p for p, _ in targets],
-                    [m for _, m in targets],
-                    status,
-                    code,
-                    message,
-                    owner_id,
-                )
-            except WriteConflict:
-                if _attempt == CLOSE_ATTEMPTS - 1:
-                    raise
-                continue  # a writer's chunk took the id meanwhile: claim again after it
-            closed += [message_from_row(r) for r in rows]
-            done = {r["id"] for r in rows}
-            targets = [t for t in targets if t[1] not in done]
-            if targets:  # not claimed: were they still running? (or ended by someone else)
-                still = await self.db.fetch(
-                    "running_among", [p for p, _ in targets], [m for _, m in targets]
-                )
-                running = {r["id"] for r in still}
-                targets = [t for t in targets if t[1] in running]
+        for project_id, message_id in targets:
+            row = await self.db.fetchrow(
+                "close_message", project_id, message_id, status, code, message, owner_id
+            )
+            if row is not None:
+                closed.append(message_from_row(row))
         return closed
 
     async def held_among(self, worker: UUID, messages: Sequence[Message]) -> set[UUID]:
@@ -444,7 +431,5 @@ class Store:
         )
 
 
-# A claim loses only to a chunk stored in the same instant; a few rounds always settle it.
-CLOSE_ATTEMPTS = 5
 INTERRUPTED_MESSAGE = "the answer was interrupted: the worker writing it stopped"
 STORAGE_ERROR_MESSAGE = "the answer could not be stored; it ends with the text written so far"

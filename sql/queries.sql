@@ -65,6 +65,10 @@ WHERE id = $1 AND owner_id = $2;
 -- The worker's heartbeat must be alive, as for the flush and claim_queued: an answer reserved
 -- under an expired identity would be held by nobody, and the reaper would end it `interrupted`
 -- on a live worker; orderly_refuse aborts the statement (503 worker_unavailable) instead.
+-- Lock order (docs/architecture.md, "Lock order"): the project's row (p), then the user's row (u
+-- reads p, so it runs after it); no existing message's row or key (the rows and the chunk it
+-- inserts are new). The foreign key checks of its inserts, at the end of the statement, take
+-- FOR KEY SHARE of rows it already holds.
 -- $1 project, $2 owner, $3 content, $4 image_urls, $5 client_request_id, $6 the worker that
 -- writes the answer (its heartbeat holds it), $7 the user's cap on running generations, $8 the
 -- on_running policy
@@ -196,8 +200,15 @@ LIMIT $4;
 -- Fenced: only messages leased to this worker, still running, while its heartbeat has not
 -- expired. Against an end written meanwhile by cancel or the reaper, the primary key of
 -- event_chunks is the fence (see the migration 0005): their terminal marker takes the id this
--- write's first chunk starts at, and whichever insert comes second fails; the flusher retries,
--- and then finds the message ended.
+-- write's first chunk starts at, and whichever insert comes second fails; when the flush comes
+-- second, the statement fails on the key (WriteConflict), the flusher sends it again at once, and
+-- then finds the message ended.
+-- Lock order (docs/architecture.md, "Lock order"): the rows of the messages whose status changes
+-- (changed), then the keys of the chunks (chunks), then the users' rows in id order (finished_by),
+-- the order of every statement that ends answers. Each of these steps reads the one before
+-- (a count in a one-time filter): the executor runs a step to completion before the next one
+-- produces its first row, whatever the placement of the CTEs. A flush of chunks only locks no
+-- message row and no user's row.
 -- Idempotent: a flush whose COMMIT went through but whose reply was lost is sent again with the
 -- same chunks (a chunk, once formed, never changes): those already stored are skipped, and a row
 -- that already holds exactly the terminal state of its item counts as written, untouched.
@@ -229,22 +240,8 @@ WITH new_chunks AS (
     LEFT JOIN changes AS b ON b.project_id = t.project_id AND b.id = t.id
     WHERE m.lease_owner = $1 AND m.status IN ('pending', 'streaming')
       AND EXISTS (SELECT 1 FROM workers AS w WHERE w.id = $1 AND w.expires_at > now())
-), chunks AS (
-    INSERT INTO event_chunks (project_id, message_id, first_event_id, kinds, data)
-    SELECT c.project_id, c.message_id, c.first_event_id, c.kinds, c.data
-    FROM (
-        SELECT * FROM new_chunks
-        UNION ALL
-        SELECT h.project_id, h.id, h.last_event_id, 't', ''
-        FROM held AS h WHERE h.status IN ('success', 'error', 'cancelled')
-    ) AS c
-    JOIN held AS h ON h.project_id = c.project_id AND h.id = c.message_id
-    WHERE NOT EXISTS (
-        SELECT 1 FROM event_chunks AS e
-        WHERE e.project_id = c.project_id AND e.message_id = c.message_id
-          AND e.first_event_id = c.first_event_id
-    )
 ), changed AS (
+    -- 1. The rows of the messages whose status changes (none in a flush of chunks only).
     UPDATE messages AS m
     SET status = b.status,
         content = coalesce(b.content, m.content),
@@ -260,6 +257,24 @@ WITH new_chunks AS (
     WHERE m.project_id = b.project_id AND m.id = b.id AND b.status <> h.was
       AND m.lease_owner = $1 AND m.status IN ('pending', 'streaming')
     RETURNING m.project_id, m.id, m.updated_at, m.status, m.created_by
+), chunks AS (
+    -- 2. The keys of the chunks and terminal markers, once every row of (1) is locked.
+    INSERT INTO event_chunks (project_id, message_id, first_event_id, kinds, data)
+    SELECT c.project_id, c.message_id, c.first_event_id, c.kinds, c.data
+    FROM (
+        SELECT * FROM new_chunks
+        UNION ALL
+        SELECT h.project_id, h.id, h.last_event_id, 't', ''
+        FROM held AS h WHERE h.status IN ('success', 'error', 'cancelled')
+    ) AS c
+    JOIN held AS h ON h.project_id = c.project_id AND h.id = c.message_id
+    WHERE NOT EXISTS (
+        SELECT 1 FROM event_chunks AS e
+        WHERE e.project_id = c.project_id AND e.message_id = c.message_id
+          AND e.first_event_id = c.first_event_id
+    )
+      AND (SELECT count(*) FROM changed) >= 0
+    RETURNING 1
 ), already AS (
     -- The retry of a terminal write that committed: this statement's snapshot already shows it.
     SELECT m.id, m.updated_at
@@ -268,11 +283,15 @@ WITH new_chunks AS (
       AND m.status = b.status AND m.last_event_id = b.last_event_id
       AND m.error_code IS NOT DISTINCT FROM b.error_code
 ), finished_by AS (
-    -- Lock the users in id order, so that two workers' flushes cannot deadlock on them.
+    -- 3. The users' rows, in id order (two workers' flushes lock the same users), once every
+    -- key of (2) is taken. FOR NO KEY UPDATE, the lock of the UPDATE below: it does not conflict
+    -- with the FOR KEY SHARE of a foreign key check (a reservation's insert into messages, a
+    -- new project or token of the user).
     SELECT id FROM users
     WHERE id IN (SELECT created_by FROM changed WHERE status IN ('success', 'error', 'cancelled'))
+      AND (SELECT count(*) FROM chunks) >= 0
     ORDER BY id
-    FOR UPDATE
+    FOR NO KEY UPDATE
 ), released AS (
     UPDATE users AS u SET running_generations = greatest(0, u.running_generations - f.n)
     FROM (
@@ -335,64 +354,19 @@ WHERE m.status IN ('pending', 'streaming') AND m.lease_owner IS NOT NULL
   )
 LIMIT $1;
 
--- name: close_messages
--- End running assistant messages (cancel, the reaper, a message that cannot be written) with the
--- content of their stored deltas. Each claims its terminal event's id, the one after its last
--- stored event, with a terminal marker: if the writer stored a chunk there meanwhile (or another
--- end claimed it), the claim is skipped and that message is not closed by this statement (the
--- caller looks again). A claimed id is past every chunk this statement's snapshot does not see,
--- so the content read here is exactly the deltas stored before the end. Releases the users'
--- running counts; tells every worker (the writer stops its generator).
--- $1 project ids, $2 message ids, $3 status, $4 error code, $5 error message, $6 the caller, or
--- NULL for internal ends (the caller must own the project)
-WITH target AS (
-    SELECT m.project_id, m.id, orderly_last_stored_event(m.project_id, m.id) + 1 AS terminal
-    FROM messages AS m
-    JOIN unnest($1::uuid[], $2::uuid[]) AS b (project_id, id)
-        ON m.project_id = b.project_id AND m.id = b.id
-    WHERE m.role = 'assistant' AND m.status IN ('pending', 'streaming')
-      AND ($6::uuid IS NULL OR EXISTS (
-          SELECT 1 FROM projects AS p WHERE p.id = m.project_id AND p.owner_id = $6
-      ))
-), claimed AS (
-    INSERT INTO event_chunks (project_id, message_id, first_event_id, kinds, data)
-    SELECT project_id, id, terminal, 't', '' FROM target
-    ON CONFLICT (project_id, message_id, first_event_id) DO NOTHING
-    RETURNING project_id, message_id, first_event_id
-), closed AS (
-    UPDATE messages AS m
-    SET status = $3,
-        error_code = $4,
-        error_message = $5,
-        content = orderly_stored_content(m.project_id, m.id),
-        last_event_id = c.first_event_id,
-        lease_owner = NULL,
-        updated_at = now()
-    FROM claimed AS c
-    WHERE m.project_id = c.project_id AND m.id = c.message_id
-      AND m.status IN ('pending', 'streaming')
-    RETURNING m.*
-), closed_for AS (
-    SELECT id FROM users WHERE id IN (SELECT created_by FROM closed) ORDER BY id FOR UPDATE
-), released AS (
-    UPDATE users AS u SET running_generations = greatest(0, u.running_generations - c.n)
-    FROM (SELECT created_by, count(*) AS n FROM closed GROUP BY created_by) AS c
-    WHERE u.id = c.created_by AND u.id IN (SELECT id FROM closed_for)
-    RETURNING u.id
-), queue_hint AS (
-    -- An answer that ended may have been the last before a queued answer's turn (see the
-    -- flush: looked at once the users' rows are locked).
-    SELECT orderly_queue_hint(array_agg(DISTINCT project_id))
-    FROM closed
-    WHERE (SELECT count(*) FROM released) >= 0
-    HAVING count(*) > 0
-)
+-- name: close_message
+-- End a running assistant message (cancel, interrupt, the reaper, a message that cannot be
+-- written) with the content of its stored deltas, its terminal event's id claimed in
+-- event_chunks; release its user's running count; tell the queue and every worker (the writer
+-- stops its generator). One message per call, in the lock order of every statement that ends
+-- answers: its row, the key, its user's row (orderly_close, sql/migrations/0009_lock_order.sql).
+-- No row when it is not running (or not found, or not the caller's).
+-- $1 project, $2 message, $3 status, $4 error code, $5 error message, $6 the caller, or NULL for
+-- internal ends (the caller must own the project)
 SELECT c.id, c.project_id, c.sequence, c.role, c.kind, c.content, c.status, c.image_urls,
        c.client_request_id, c.created_by, c.created_at, c.updated_at, c.error_code,
-       c.error_message, c.last_event_id, c.prompt_tokens, c.completion_tokens, c.finish_reason,
-       pg_notify('orderly_cancel', c.id::text), pg_notify('orderly_events', c.id::text)
-FROM closed AS c
-LEFT JOIN queue_hint ON true;
+       c.error_message, c.last_event_id, c.prompt_tokens, c.completion_tokens, c.finish_reason
+FROM orderly_close($1, $2, $3, $4, $5, $6) AS c;
 
 -- name: running_before
 -- The running answers of project $1 (queued ones included) below sequence $2: what an
@@ -477,14 +451,6 @@ WITH released AS (
     RETURNING m.project_id, m.id
 )
 SELECT id, pg_notify('orderly_queue', project_id::text) FROM released;
-
--- name: running_among
--- Which of these messages are still running. $1 project ids, $2 message ids
-SELECT m.id
-FROM messages AS m
-JOIN unnest($1::uuid[], $2::uuid[]) AS b (project_id, id)
-    ON m.project_id = b.project_id AND m.id = b.id
-WHERE m.status IN ('pending', 'streaming');
 
 -- name: held_among
 -- Which of these messages still run under worker $1: after its LISTEN connection reconnects, a

@@ -51,13 +51,7 @@ async def test_a_cancel_sent_while_the_listener_was_down_stops_the_writer(
                 # connection of this worker is cut, its LISTEN connection included (the server
                 # waits for each to end: it hears nothing of this NOTIFY).
                 closed = await elsewhere.fetch(
-                    "close_messages",
-                    [uuid.UUID(project)],
-                    [message_id],
-                    "cancelled",
-                    None,
-                    None,
-                    owner,
+                    "close_message", uuid.UUID(project), message_id, "cancelled", None, None, owner
                 )
                 assert len(closed) == 1
                 await elsewhere.execute_sql(

@@ -585,9 +585,9 @@ async def test_an_answer_queued_as_the_one_ahead_ends_is_started_by_its_own_work
             session.transaction(),
         ):
             ended = await session.fetch(
-                "close_messages",
-                [uuid.UUID(project)],
-                [head_id],
+                "close_message",
+                uuid.UUID(project),
+                head_id,
                 "cancelled",
                 None,
                 None,

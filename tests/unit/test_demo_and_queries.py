@@ -68,5 +68,5 @@ def test_every_query_is_named_once_and_not_empty() -> None:
     assert not malformed, f"headers the loader does not read: {malformed}"
     queries = load_queries()
     assert list(queries) == names
-    assert {"reserve_pair", "flush", "orphans", "close_messages"} <= set(names)
+    assert {"reserve_pair", "flush", "orphans", "close_message"} <= set(names)
     assert all(sql.strip() for sql in queries.values())
