@@ -238,6 +238,14 @@ class Store:
         row = await self.db.fetchrow("get_message", project_id, message_id, owner_id)
         return None if row is None else message_from_row(row)
 
+    async def stream_target(
+        self, project_id: UUID, message_id: UUID, owner_id: UUID
+    ) -> StoredMessage | None:
+        """A message whose stream is being opened, with the id of its log's last event; while it
+        runs, its content is left empty (not read: the stream sends the events)."""
+        row = await self.db.fetchrow("stream_target", project_id, message_id, owner_id)
+        return None if row is None else message_from_row(row)
+
     async def message_by_id(self, project_id: UUID, message_id: UUID) -> StoredMessage | None:
         row = await self.db.fetchrow("message_by_id", project_id, message_id)
         return None if row is None else message_from_row(row)

@@ -174,6 +174,30 @@ LEFT JOIN LATERAL (
 ) AS m ON true
 WHERE p.id = $1 AND p.owner_id = $2;
 
+-- name: stream_target
+-- An assistant message's stream being opened (GET .../events, a listener's first request and
+-- every reconnect): what the handler checks (the caller owns it, its role, how far its log goes)
+-- without message_view, which would assemble a running answer's whole content for nothing (the
+-- follow reads from the cursor on). A running answer's last event id is its last stored chunk's,
+-- one step down the primary key (1: only `start`); the content, only a terminal row's (running:
+-- empty, not read). $1 project, $2 message, $3 the caller
+SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN '' ELSE m.content END AS content,
+       m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
+       m.error_code, m.error_message,
+       CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
+            THEN coalesce((
+                SELECT c.first_event_id + length(c.kinds) - 1
+                FROM event_chunks AS c
+                WHERE c.project_id = m.project_id AND c.message_id = m.id AND c.kinds <> 't'
+                ORDER BY c.first_event_id DESC
+                LIMIT 1
+            ), 1)
+            ELSE m.last_event_id END AS last_event_id,
+       m.prompt_tokens, m.completion_tokens, m.finish_reason
+FROM messages AS m JOIN projects AS p ON p.id = m.project_id
+WHERE m.project_id = $1 AND m.id = $2 AND p.owner_id = $3;
+
 -- name: message_by_id
 -- Internal reads (following a log); callers have already checked ownership.
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,

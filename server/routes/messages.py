@@ -49,7 +49,12 @@ async def message_events(request: Request) -> Response:
     # before the stream takes it over gives it back.
     slot = app.worker.streams.take(user.id)
     try:
-        stored = await _message(app, request, user)
+        project_id = path_uuid(request, "project_id", "project")
+        message_id = path_uuid(request, "message_id", "message")
+        # Not get_message: opening (or resuming) a stream must not read a running answer whole.
+        stored = await app.store.stream_target(project_id, message_id, user.id)
+        if stored is None:
+            raise NotFound(f"no message with id '{message_id}' in project '{project_id}'")
         if stored.message.role != "assistant":
             raise NotFound("only assistant messages have an event stream")
         check_cursor(cursor, stored.last_event_id)

@@ -1,15 +1,18 @@
 """A listener on another worker than the writer's follows the answer from the table: each flush
-sends a NOTIFY, which wakes it, and it reads what is new.
+sends a NOTIFY, which wakes it, and it reads what is new. It opens its stream (and reopens it at
+every reconnect) with a look at the message.
 
 Regression: every wake read the message through message_view, which assembles a running answer's
 content from all of its stored deltas (``orderly_stored_content``: every chunk read, every delta's
 JSON parsed) and scans all of its chunks for the last event id (``orderly_last_stored_event``).
 A wake cost the length of the answer so far, so a few thousand listeners on one long answer kept
-the pool busy for everyone. A wake must cost the new events only.
+the pool busy for everyone. A wake must cost the new events only. Opening the stream read the
+message through message_view too (``get_message``), at every reconnect of every listener.
 
 What a wake costs is measured by the database itself, on a real wake (a flush, its NOTIFY, the
 LISTEN connection, the follow): the calls of those two functions (``track_functions``) and the
-rows read from ``event_chunks`` (``pg_stat_user_tables``), as counted by the listener's backend.
+rows read from ``event_chunks`` (``pg_stat_user_tables``), as counted by the listener's backend;
+and what an open costs, on a real request to a server whose pool is one connection.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from server.events import Batch, Chunk, Event, delta_data
 from server.follow import FollowLimits, follow
 from server.notifier import Notifier
 from server.store import FlushItem, Pair, Store
+from tests.support import create_project, create_user, running_server, settings_for
 
 ANSWER_CHUNKS = 400  # the long answer's stored chunks when the listener has caught up
 EVENTS_PER_CHUNK = 3
@@ -55,12 +59,16 @@ async def reader(tracked_url: str) -> AsyncIterator[Store]:
         yield store
 
 
-async def reserve(store: Store, worker: UUID) -> Pair:
-    user_id = await store.create_token(f"user-{uuid4().hex[:8]}", uuid4().bytes)
-    project = await store.create_project(user_id, "a long answer")
+async def reserve(store: Store, worker: UUID, project: UUID | None = None) -> Pair:
+    """A pair written by ``worker``, in ``project`` (or a new user's new project)."""
+    if project is None:
+        user_id = await store.create_token(f"user-{uuid4().hex[:8]}", uuid4().bytes)
+        project = (await store.create_project(user_id, "a long answer")).id
+    async with store.db.session() as session:
+        owner = await session.fetchval_sql("SELECT owner_id FROM projects WHERE id = $1", project)
     reservation = await store.reserve_pair(
-        project_id=project.id,
-        owner_id=user_id,
+        project_id=project,
+        owner_id=owner,
         content="tell me everything",
         image_urls=[],
         client_request_id=None,
@@ -176,3 +184,38 @@ async def test_a_remote_listeners_wake_reads_only_the_new_events_of_a_long_answe
     # Each wake reads the chunk it was woken for, and the one before the cursor to find where
     # to start: all of them together read fewer rows than the answer holds.
     assert rows < ANSWER_CHUNKS, f"{WAKES} wakes read {rows} rows of event_chunks"
+
+
+async def test_opening_a_stream_on_a_long_running_answer_does_not_read_it_whole(
+    tracked_url: str, writer: Store
+) -> None:
+    token = await create_user(tracked_url, "alice")
+    settings = settings_for(tracked_url, pool_min_size=1, pool_max_size=1)
+    async with running_server(settings) as srv, srv.client(token) as client:
+        project = UUID(await create_project(client, "a long answer"))
+        # Written by another worker (here, the test's): this server only listens.
+        worker = uuid4()
+        await writer.register_worker(worker, 60, "writer", 0)
+        pair = await reserve(writer, worker, project)
+        await writer.flush(worker, [streaming(pair, chunks_from(2, ANSWER_CHUNKS))])
+        last_event = 1 + ANSWER_CHUNKS * EVENTS_PER_CHUNK
+        url = f"/api/projects/{project}/messages/{pair.assistant.message.id}/events"
+        # The server's pooled connection is the one that reads for its requests.
+        costs_before = await reported_costs(srv.services.store)
+        beyond = await client.get(url, headers={"Last-Event-ID": str(last_event + 1)})
+        assert beyond.status_code == 422, "the log's end is still known"
+        for cursor in (last_event, last_event - EVENTS_PER_CHUNK):
+            async with client.stream(
+                "GET", url, headers={"Last-Event-ID": str(cursor)}
+            ) as response:
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    if line.startswith("retry:"):
+                        break
+        calls, _rows = (
+            after - before
+            for after, before in zip(
+                await reported_costs(srv.services.store), costs_before, strict=True
+            )
+        )
+    assert calls == 0, "opening the stream assembled the whole answer (message_view)"
