@@ -14,6 +14,7 @@ from tests.browser.helpers import (
     answer,
     history,
     open_project,
+    send,
     shown_messages,
     sign_in,
 )
@@ -64,4 +65,47 @@ async def test_an_answer_stream_refused_for_too_many_streams_says_so_and_resumes
         shown = await shown_messages(page)
         stored = await history(client, project)
     assert stored[1]["content"] == "first second"
+    assert shown == as_shown(stored)
+
+
+async def test_a_message_refused_for_too_many_streams_is_sent_by_itself_once_there_is_room(
+    database_url: str, browser: Browser
+) -> None:
+    token = await create_user(database_url, "alice")
+    generator = GatedGenerator()
+    settings = settings_for(database_url, max_streams_per_user=1)
+    async with (
+        running_server(settings, generator=generator) as srv,
+        srv.client(token) as client,
+    ):
+        elsewhere = await create_project(client, "Elsewhere")
+        background = await client.post(
+            f"/api/projects/{elsewhere}/generations",
+            json={"message": "Running in another tab"},
+            headers={"Accept": "application/json"},
+        )
+        events_url = background.json()["events_url"]
+        project = await create_project(client, "Here")
+        page = await browser.new_page()
+        banner = page.locator("#banner")
+        try:
+            await sign_in(page, srv.base_url, token)
+            await open_project(page, project)
+            # Another tab holds alice's only stream, on an answer of another project.
+            async with client.stream("GET", events_url) as other_tab:
+                assert other_tab.status_code == 200
+                await send(page, "Send me when you can")
+                await expect(banner).to_have_attribute("data-code", "too_many_streams_per_user")
+                await expect(banner.locator(".banner-text")).to_contain_text(
+                    "Your message is sent by itself in 5 s."
+                )
+                assert await history(client, project) == [], "nothing was reserved"
+            await expect(answer(page, 2)).to_be_visible(timeout=20_000)
+            await expect(banner).to_be_hidden()
+        finally:
+            generator.gate.set()
+        await expect(answer(page, 2)).to_have_attribute("data-status", "success", timeout=15_000)
+        stored = await history(client, project)
+        shown = await shown_messages(page)
+    assert [m["content"] for m in stored] == ["Send me when you can", "first second"]
     assert shown == as_shown(stored)
