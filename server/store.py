@@ -50,10 +50,9 @@ class Claim:
 
 @dataclass(frozen=True, slots=True)
 class LogTail:
-    """What a listener reading a log from the table learns at one read: the message's status,
-    the stored events after its cursor, and the final message once it has ended."""
+    """What a listener reading a log from the table learns at one read: the stored events after
+    its cursor, and the final message once it has ended."""
 
-    status: str
     ended: StoredMessage | None  # the final row (content, terminal event id) when it has ended
     events: list[Event]  # stored events after the cursor, in order
     more: bool  # whether more chunks may follow the ones read
@@ -331,9 +330,8 @@ class Store:
             for event in Chunk(first, kinds, data).events()
             if event.id > after
         ]
-        status: str = row["status"]
-        ended = message_from_row(row) if status in TERMINAL_STATUSES else None
-        return LogTail(status, ended, events, len(firsts) == limit)
+        ended = message_from_row(row) if row["status"] in TERMINAL_STATUSES else None
+        return LogTail(ended, events, len(firsts) == limit)
 
     async def flush(self, worker: UUID, items: Sequence[FlushItem]) -> dict[UUID, datetime | None]:
         """Write a batch; return the ids of the messages this worker still held, each with its

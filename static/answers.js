@@ -74,7 +74,10 @@ export class AnswerStreams {
 
   closeAll() {
     this.#epoch += 1;
-    this.#waitingForRoom.clear();
+    if (this.#waitingForRoom.size > 0) {
+      this.#waitingForRoom.clear();
+      this.#listener.resolved?.(TOO_MANY_STREAMS); // nothing waits for room any more
+    }
     this.#sending?.close();
     this.#sending = null;
     for (const handle of this.#running.values()) handle.close();
