@@ -67,6 +67,8 @@ class Settings:
     rate_per_minute: int = 600
     rate_burst: int = 60
     max_streams_per_worker: int = 10_000
+    # per worker process, like the rate (in memory: a refusal costs no query)
+    max_streams_per_user: int = 100
     cors_origins: str = ""
     # Database
     pool_min_size: int = 2
@@ -99,6 +101,7 @@ class Settings:
             "rate_per_minute",
             "rate_burst",
             "max_streams_per_worker",
+            "max_streams_per_user",
             "port",
             "workers",
             "demo_deltas",

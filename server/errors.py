@@ -111,6 +111,16 @@ class TooManyRunning(TooManyRequests):
     retry_after = 2
 
 
+class TooManyUserStreams(TooManyRequests):
+    """You have as many answer streams open on this server as you may; close one (another tab's,
+    say) or retry later."""
+
+    code = "too_many_streams_per_user"
+    # Streams end with their answers (seconds to minutes): a client retrying this often costs a
+    # refusal, which reads nothing from the database.
+    retry_after = 5
+
+
 class ServiceUnavailable(OrderlyError):
     """The service is temporarily unavailable; retry later."""
 

@@ -10,7 +10,7 @@ from uuid import UUID
 
 from server.db import Database, Row
 from server.events import Chunk, Event
-from server.models import ErrorInfo, Message, Project, Usage
+from server.models import TERMINAL_STATUSES, ErrorInfo, Message, Project, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +45,16 @@ class Claim:
 
     assistant: StoredMessage
     waited: float
+
+
+@dataclass(frozen=True, slots=True)
+class LogTail:
+    """What a listener reading a log from the table learns at one read: the stored events after
+    its cursor, and the final message once it has ended."""
+
+    ended: StoredMessage | None  # the final row (content, terminal event id) when it has ended
+    events: list[Event]  # stored events after the cursor, in order
+    more: bool  # whether more chunks may follow the ones read
 
 
 # not frozen: built per message per flush; 4x cheaper so
@@ -251,9 +261,23 @@ class Store:
         row = await self.db.fetchrow("get_message", project_id, message_id, owner_id)
         return None if row is None else message_from_row(row)
 
+    async def stream_target(
+        self, project_id: UUID, message_id: UUID, owner_id: UUID
+    ) -> StoredMessage | None:
+        """A message whose stream is being opened, with the id of its log's last event; while it
+        runs, its content is left empty (not read: the stream sends the events)."""
+        row = await self.db.fetchrow("stream_target", project_id, message_id, owner_id)
+        return None if row is None else message_from_row(row)
+
     async def message_by_id(self, project_id: UUID, message_id: UUID) -> StoredMessage | None:
         row = await self.db.fetchrow("message_by_id", project_id, message_id)
         return None if row is None else message_from_row(row)
+
+    async def start_pair(self, assistant: Message) -> Pair | None:
+        """The pair as the start event shows it: the assistant message's content is empty
+        (and its status, error and last event id may be out of date; the event overrides them)."""
+        rows = await self.db.fetch("start_pair", assistant.project_id, assistant.sequence)
+        return _pair(rows)
 
     async def pair_of(self, assistant: Message) -> Pair | None:
         rows = await self.db.fetch(
@@ -311,6 +335,27 @@ class Store:
             if event.id > after
         ]
         return events, len(rows) == limit
+
+    async def log_tail(
+        self, project_id: UUID, message_id: UUID, after: int, limit: int
+    ) -> LogTail | None:
+        """A listener's read: the message's status, its stored events after event ``after``
+        (``limit`` chunks at most) and, once it has ended, its final row; None: no such message.
+        Costs what is new: the answer's earlier events are neither read nor parsed."""
+        row = await self.db.fetchrow("log_tail", project_id, message_id, after, limit)
+        if row is None:
+            return None
+        firsts: list[int] = row["first_event_ids"] or []
+        events = [
+            event
+            for first, kinds, data in zip(
+                firsts, row["kinds"] or [], row["data"] or [], strict=True
+            )
+            for event in Chunk(first, kinds, data).events()
+            if event.id > after
+        ]
+        ended = message_from_row(row) if row["status"] in TERMINAL_STATUSES else None
+        return LogTail(ended, events, len(firsts) == limit)
 
     async def flush(self, worker: UUID, items: Sequence[FlushItem]) -> dict[UUID, datetime | None]:
         """Write a batch; return the ids of the messages this worker still held, each with its

@@ -88,7 +88,7 @@ class Worker:
             on_connect=self._on_listening,
         )
         self.closing = asyncio.Event()
-        self.streams = StreamGauge(settings.max_streams_per_worker)
+        self.streams = StreamGauge(settings.max_streams_per_worker, settings.max_streams_per_user)
         self._tasks: list[asyncio.Task[None]] = []
         self._drain: asyncio.Task[None] | None = None
         self._recheck: asyncio.Task[None] | None = None  # see _on_listening

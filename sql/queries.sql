@@ -5,7 +5,8 @@
 --   created_by, created_at, updated_at, error_code, error_message, last_event_id,
 --   prompt_tokens, completion_tokens, finish_reason
 -- Reads go through message_view, where a running message's content and last event id come from
--- its stored log (sql/migrations/0005_event_chunks_and_heartbeats.sql).
+-- its stored log (sql/migrations/0005_event_chunks_and_heartbeats.sql); but not a listener's
+-- (start_pair, log_tail), which must cost what is new, not what the answer holds.
 
 -- name: user_for_token_hash
 SELECT u.id, u.username
@@ -134,6 +135,20 @@ FROM message_view AS m
 WHERE m.project_id = $1 AND m.sequence IN ($2 - 1, $2)
 ORDER BY m.sequence;
 
+-- name: start_pair
+-- The pair of a generation as its start event shows it (events.start_event: the answer as
+-- created, pending and empty), from the rows themselves: not message_view, which would assemble
+-- the running answer's content from its stored deltas only for it to be dropped. $1 project,
+-- $2 the assistant message's sequence
+SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
+       CASE WHEN m.role = 'assistant' THEN '' ELSE m.content END AS content,
+       m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
+       m.error_code, m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens,
+       m.finish_reason
+FROM messages AS m
+WHERE m.project_id = $1 AND m.sequence IN ($2 - 1, $2)
+ORDER BY m.sequence;
+
 -- name: history_latest
 -- One row per message, or one row of NULLs for an empty project, or no row when the project is
 -- not the caller's: the ownership check costs no extra round trip.
@@ -168,6 +183,30 @@ LEFT JOIN LATERAL (
 ) AS m ON true
 WHERE p.id = $1 AND p.owner_id = $2;
 
+-- name: stream_target
+-- An assistant message's stream being opened (GET .../events, a listener's first request and
+-- every reconnect): what the handler checks (the caller owns it, its role, how far its log goes)
+-- without message_view, which would assemble a running answer's whole content for nothing (the
+-- follow reads from the cursor on). A running answer's last event id is its last stored chunk's,
+-- one step down the primary key (1: only `start`); the content, only a terminal row's (running:
+-- empty, not read). $1 project, $2 message, $3 the caller
+SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN '' ELSE m.content END AS content,
+       m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
+       m.error_code, m.error_message,
+       CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
+            THEN coalesce((
+                SELECT c.first_event_id + length(c.kinds) - 1
+                FROM event_chunks AS c
+                WHERE c.project_id = m.project_id AND c.message_id = m.id AND c.kinds <> 't'
+                ORDER BY c.first_event_id DESC
+                LIMIT 1
+            ), 1)
+            ELSE m.last_event_id END AS last_event_id,
+       m.prompt_tokens, m.completion_tokens, m.finish_reason
+FROM messages AS m JOIN projects AS p ON p.id = m.project_id
+WHERE m.project_id = $1 AND m.id = $2 AND p.owner_id = $3;
+
 -- name: message_by_id
 -- Internal reads (following a log); callers have already checked ownership.
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
@@ -188,6 +227,44 @@ WHERE project_id = $1 AND message_id = $2 AND kinds <> 't'
   )
 ORDER BY first_event_id
 LIMIT $4;
+
+-- name: log_tail
+-- A listener's read of a log it follows from the table (another worker's answer, a finished one):
+-- the message's state from its own row, and the chunks after event $3, in one statement (one
+-- snapshot: a row read as terminal comes with every chunk stored before its end). It costs what
+-- is new, not what the answer holds: no message_view, so no stored delta is parsed and no chunk
+-- is scanned to find the last event id (a running row's last_event_id is not read; the caller
+-- takes the events themselves); the content only of a terminal row, where it is final; and the
+-- chunks from the one holding event $3 + 1 on, a range of the primary key (as chunks_after), $4
+-- at most, as arrays (one row, whatever the number of chunks; NULL when there are none). No
+-- row: no such message. $1 project, $2 message, $3 the cursor, $4 chunks at most
+SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
+       CASE WHEN m.status IN ('success', 'error', 'cancelled') THEN m.content END AS content,
+       m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
+       m.error_code, m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens,
+       m.finish_reason, c.first_event_ids, c.kinds, c.data
+FROM messages AS m
+CROSS JOIN LATERAL (
+    SELECT array_agg(n.first_event_id ORDER BY n.first_event_id) AS first_event_ids,
+           array_agg(n.kinds ORDER BY n.first_event_id) AS kinds,
+           array_agg(n.data ORDER BY n.first_event_id) AS data
+    FROM (
+        SELECT e.first_event_id, e.kinds, e.data
+        FROM event_chunks AS e
+        WHERE e.project_id = $1 AND e.message_id = $2 AND e.kinds <> 't'
+          AND e.first_event_id >= coalesce((
+              -- The chunk that holds event $3 + 1: one step down the index. (Not max(), which
+              -- the planner does not turn into this here, and which reads every earlier chunk.)
+              SELECT first_event_id FROM event_chunks
+              WHERE project_id = $1 AND message_id = $2 AND first_event_id <= $3 + 1
+              ORDER BY first_event_id DESC
+              LIMIT 1
+          ), 0)
+        ORDER BY e.first_event_id
+        LIMIT $4
+    ) AS n
+) AS c
+WHERE m.project_id = $1 AND m.id = $2;
 
 -- name: flush
 -- One batched write for running generations of a worker: the new events of each, a chunk per

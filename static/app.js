@@ -30,6 +30,7 @@ const conversation = new Conversation({
   connection,
   announce: announcer($('#announcer')),
   report,
+  resolved: (code) => banner.hideIf(code),
   scroller: $('#scroller'),
   olderButton: $('#load-older'),
   startProject,

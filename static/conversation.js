@@ -39,6 +39,7 @@ export class Conversation {
     connection,
     announce,
     report,
+    resolved,
     scroller,
     olderButton,
     startProject,
@@ -57,6 +58,7 @@ export class Conversation {
       finished: (message) => this.#finish(message),
       changed: () => this.#sync(),
       report,
+      resolved,
     });
     scroller.addEventListener('scroll', () => this.#messages.nearTop && this.loadOlder(), {
       passive: true,

@@ -289,6 +289,11 @@ export class Banner {
   hide() {
     this.#element.hidden = true;
   }
+
+  /** Hides the banner if it shows a problem with this code (one that has gone away). */
+  hideIf(code) {
+    if (this.#element.dataset.code === code) this.hide();
+  }
 }
 
 /** A polite live region for outcomes that sighted users see in place (done, failed...). */

@@ -70,7 +70,7 @@ async def _generate(
         return json_response(accepted.model_dump_json(), 202)
     # The stream's slot is taken before anything is reserved, so that a generation that starts
     # always gets its stream; every way out before the stream takes it over gives it back.
-    slot = app.worker.streams.take()
+    slot = app.worker.streams.take(user_id)
     try:
         submission = await app.runner.submit(user_id, project_id, body)
         assistant = submission.pair.assistant

@@ -51,6 +51,7 @@ SERVER_SETTINGS = {
     "ping_seconds": 1,
     "shutdown_grace_seconds": 1,
     "max_running_per_user": 1000,
+    "max_streams_per_user": 100_000,
     "rate_per_minute": 100_000,
     "rate_burst": 100_000,
 }
