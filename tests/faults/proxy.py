@@ -11,7 +11,17 @@ forwards whole wire messages (``tests/faults/wire.py``) and, on command:
   reply lost after COMMIT), or, one time in four, both sides are reset right after forwarding
   it (it may or may not have run);
 - ``reply_delay``: every reply reaches the server that much later (latency, not throughput);
-- ``refusing``: new connections are reset as soon as they are accepted.
+- ``refusing``: new connections are reset as soon as they are accepted;
+- ``stall(fraction, seconds)``: that share of the open connections stops forwarding, both ways,
+  without closing (a half-open connection: a partition without a reset); a statement sent on
+  one waits for an answer that does not come. After ``seconds`` the proxy resets them, as a peer
+  that comes back and has forgotten the connection would (or a TCP keepalive would find). The
+  other connections, and new ones, work all along.
+
+Each server process connects through a port of its own (``url_base_for(origin)``), so that the
+proxy knows whose connection is whose: it keeps, per process, the moments at which a reply from
+PostgreSQL reached it (``gaps``: the stretches of more than ``GAP_SECONDS`` without one), which
+is when that process could not reach the database, whatever the fault.
 
 A connection to PostgreSQL that fails (it is stopped) resets the server's connection the same way.
 The proxy's coin flips come from a seeded generator, but which request meets which flip depends on
@@ -26,11 +36,16 @@ import itertools
 import random
 import socket
 import struct
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from tests.faults.wire import READY_FOR_QUERY, REQUEST_ENDS, Framer
 
 CHUNK = 65536
+# A worker with work renews its heartbeat every second here, so a healthy process never goes
+# this long without a reply; shorter silences are not worth remembering.
+GAP_SECONDS = 1.0
 
 
 @dataclass
@@ -42,6 +57,27 @@ class ProxyStats:
     replies_lost: int = 0  # the request ran; its reply was swallowed
     requests_cut: int = 0  # reset right after the request was forwarded
     delayed: int = 0  # reply chunks held back by ``reply_delay``
+    stalled: int = 0  # left half-open by ``stall`` (then reset)
+
+
+@dataclass
+class ReplyLog:
+    """When replies (ReadyForQuery) reached one server process: the silences longer than
+    ``GAP_SECONDS``, as (from, to) in wall-clock seconds (``time.time()``, the clock PostgreSQL's
+    timestamps use on this machine)."""
+
+    last: float | None = None
+    gaps: list[tuple[float, float]] = field(default_factory=list)
+
+    def replied(self, now: float) -> None:
+        if self.last is not None and now - self.last > GAP_SECONDS:
+            self.gaps.append((self.last, now))
+        self.last = now
+
+    def silences(self, until: float) -> list[tuple[float, float]]:
+        """The gaps, and the silence still going on at ``until``."""
+        open_gap = [(self.last, until)] if self.last is not None and until - self.last > 0 else []
+        return [*self.gaps, *open_gap]
 
 
 class Link:
@@ -54,6 +90,8 @@ class Link:
     ) -> None:
         self.client_reader, self.client_writer = client
         self.upstream_reader, self.upstream_writer = upstream
+        self.stalled = asyncio.Event()  # set: forward nothing more, either way
+        self.gone = asyncio.Event()  # set when closed or reset
         self.reply_framer = Framer(client_side=False)
         self.swallowing = False  # drop the reply in progress, then reset
         self.closed = False
@@ -62,6 +100,7 @@ class Link:
         """Both sides, now, with a TCP reset: nothing queued is delivered."""
         if not self.closed:
             self.closed = True
+            self.gone.set()
             _reset(self.client_writer)
             _reset(self.upstream_writer)
 
@@ -69,6 +108,7 @@ class Link:
         """Both sides, gracefully (one of them has already ended)."""
         if not self.closed:
             self.closed = True
+            self.gone.set()
             self.client_writer.close()
             self.upstream_writer.close()
 
@@ -82,11 +122,14 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 
 
 class FaultProxy:
-    """``async with FaultProxy(postgres_port, seed=...) as proxy``: listens on ``proxy.port``."""
+    """``async with FaultProxy(postgres_port, seed=...) as proxy``: listens on ``proxy.port``
+    (and, with ``origins=n``, on one port per server process: ``proxy.ports``)."""
 
-    def __init__(self, upstream_port: int, *, seed: int) -> None:
+    def __init__(self, upstream_port: int, *, seed: int, origins: int = 1) -> None:
         self.upstream_port = upstream_port
-        self.port = 0
+        self.ports: list[int] = []
+        self.origins = origins
+        self.replies = [ReplyLog() for _ in range(origins)]
         self.rng = random.Random(f"proxy:{seed}")
         self.refusing = False
         self.reply_delay = 0.0
@@ -96,24 +139,33 @@ class FaultProxy:
         self._numbers = itertools.count(1)
         self._links: dict[int, Link] = {}
         self._handlers: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
 
     async def __aenter__(self) -> FaultProxy:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        for origin in range(self.origins):
+            server = await asyncio.start_server(self._handler(origin), "127.0.0.1", 0)
+            self._servers.append(server)
+            self.ports.append(server.sockets[0].getsockname()[1])
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         for link in list(self._links.values()):
             link.reset()
         if self._handlers:
             await asyncio.wait(list(self._handlers), timeout=5)
 
     @property
+    def port(self) -> int:
+        return self.ports[0]
+
+    @property
     def url_base(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}"
+        return self.url_base_for(0)
+
+    def url_base_for(self, origin: int) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.ports[origin]}"
 
     @property
     def open_links(self) -> int:
@@ -136,18 +188,43 @@ class FaultProxy:
         self.stats.cut += len(chosen)
         return len(chosen)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def stall(self, fraction: float, seconds: float) -> int:
+        """Leave ``fraction`` of the open connections (at least one) half-open for ``seconds``,
+        then reset them (in the background: other faults may come meanwhile)."""
+        links = [self._links[n] for n in sorted(self._links) if not self._links[n].closed]
+        if not links:
+            return 0
+        chosen = self.rng.sample(links, max(1, round(len(links) * fraction)))
+        for link in chosen:
+            link.stalled.set()
+        self.stats.stalled += len(chosen)
+        asyncio.get_running_loop().call_later(seconds, _reset_all, chosen)
+        return len(chosen)
+
+    def _handler(
+        self, origin: int
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._handle(origin, reader, writer)
+
+        return handle
+
+    async def _handle(
+        self, origin: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
         try:
-            await self._serve(reader, writer)
+            await self._serve(origin, reader, writer)
         except Exception:  # a connection's end, however it comes, is the proxy's business only
             _reset(writer)
         finally:
             self._handlers.discard(task)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, origin: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self.stats.connections += 1
         if self.refusing:
             self.stats.refused += 1
@@ -161,12 +238,12 @@ class FaultProxy:
             return
         number = next(self._numbers)
         link = self._links[number] = Link((reader, writer), upstream)
-        replies: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+        replies: asyncio.Queue[tuple[float, bytes, bool] | None] = asyncio.Queue()
         try:
             await asyncio.gather(
                 self._requests(link),
                 self._replies(link, replies),
-                self._deliver(link, replies),
+                self._deliver(link, replies, self.replies[origin]),
                 return_exceptions=True,
             )
         finally:
@@ -177,7 +254,7 @@ class FaultProxy:
         """Server to PostgreSQL: whole messages; a request may be marked for a fault."""
         framer = Framer(client_side=True)
         try:
-            while data := await link.client_reader.read(CHUNK):
+            while data := await _unless_stalled(link, link.client_reader.read(CHUNK)):
                 cut_after_send = False
                 for message in framer.feed(data):
                     if message.kind == "negotiate":
@@ -200,16 +277,18 @@ class FaultProxy:
         return self.lose_rate > 0 and self.rng.random() < self.lose_rate
 
     async def _replies(
-        self, link: Link, replies: asyncio.Queue[tuple[float, bytes] | None]
+        self, link: Link, replies: asyncio.Queue[tuple[float, bytes, bool] | None]
     ) -> None:
         """PostgreSQL to the server: whole messages, held back or swallowed when told to."""
         loop = asyncio.get_running_loop()
         try:
-            while data := await link.upstream_reader.read(CHUNK):
+            while data := await _unless_stalled(link, link.upstream_reader.read(CHUNK)):
                 passed = bytearray()
+                ready = False
                 for message in link.reply_framer.feed(data):
                     if not link.swallowing:
                         passed += message.raw
+                        ready = ready or message.kind == READY_FOR_QUERY
                     elif message.kind == READY_FOR_QUERY:
                         self.stats.replies_lost += 1
                         link.reset()
@@ -217,21 +296,49 @@ class FaultProxy:
                 if passed:
                     if self.reply_delay:
                         self.stats.delayed += 1
-                    replies.put_nowait((loop.time() + self.reply_delay, bytes(passed)))
+                    replies.put_nowait((loop.time() + self.reply_delay, bytes(passed), ready))
         finally:
             replies.put_nowait(None)
 
     async def _deliver(
-        self, link: Link, replies: asyncio.Queue[tuple[float, bytes] | None]
+        self,
+        link: Link,
+        replies: asyncio.Queue[tuple[float, bytes, bool] | None],
+        log: ReplyLog,
     ) -> None:
         loop = asyncio.get_running_loop()
         try:
             while (item := await replies.get()) is not None:
-                due, chunk = item
+                due, chunk, ready = item
                 await asyncio.sleep(max(0.0, due - loop.time()))
+                if link.stalled.is_set():
+                    await link.gone.wait()  # half-open: hold on until ``stall`` resets it
                 if link.closed:
                     return
                 link.client_writer.write(chunk)
                 await link.client_writer.drain()
+                if ready:
+                    log.replied(time.time())
         finally:
             link.close()
+
+
+def _reset_all(links: list[Link]) -> None:
+    for link in links:
+        link.reset()
+
+
+async def _unless_stalled(link: Link, read: Awaitable[bytes]) -> bytes:
+    """What ``read`` gives; once the link is stalled, nothing ever again (b"" ends the pump only
+    after ``stall`` has reset the link)."""
+    reading = asyncio.ensure_future(read)
+    stalled = asyncio.ensure_future(link.stalled.wait())
+    try:
+        await asyncio.wait((reading, stalled), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stalled.cancel()
+    if link.stalled.is_set():
+        reading.cancel()
+        await link.gone.wait()  # half-open: hold everything until ``stall`` resets it
+        return b""
+    return reading.result()
