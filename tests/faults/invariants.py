@@ -288,3 +288,25 @@ def check_interrupted(
                 f"{longer_than:g}s; the silences of pid {seen})"
             )
     return found
+
+
+# The servers' logs
+
+# Lines that no fault of the database may cause: the demo generator and the fake model server
+# never fail, so a generator failure is a fault of the database taken for one of the answer
+# (even when the answer then ends ``interrupted``, its error write having failed too); and the
+# service's statements take their locks in one order, so PostgreSQL never finds a deadlock.
+FORBIDDEN_LOG_LINES = {
+    "generator failed": "a generator failure (a fault of the database taken for one of the answer)",
+    "deadlock detected": "PostgreSQL found a deadlock between the service's statements",
+}
+
+
+def check_log_lines(name: str, lines: Iterable[str]) -> list[str]:
+    """One sentence per kind of forbidden line in a server's log: the first, and how many."""
+    found = []
+    for needle, meaning in FORBIDDEN_LOG_LINES.items():
+        hits = [line for line in lines if needle in line]
+        if hits:
+            found.append(f"{name}'s log: {len(hits)} x {meaning}; the first: {hits[0][:400]}")
+    return found

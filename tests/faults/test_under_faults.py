@@ -130,6 +130,9 @@ async def test_invariants_hold_under_faults(
             run.violations += model_problems
             run.model_requests = len(model.requests)
     run.violations += [f"{s.name} exited: {s.log_tail(500)}" for s in servers if not s.running]
+    for server in servers:
+        lines = server.log_path.read_text(errors="replace").splitlines()
+        run.violations += invariants.check_log_lines(server.name, lines)
     print(summary(run))
     write_report(run)
     if run.violations or os.environ.get("FAULT_EVIDENCE"):
