@@ -329,16 +329,10 @@ def _reset_all(links: list[Link]) -> None:
 
 
 async def _unless_stalled(link: Link, read: Awaitable[bytes]) -> bytes:
-    """What ``read`` gives; once the link is stalled, nothing ever again (b"" ends the pump only
-    after ``stall`` has reset the link)."""
-    reading = asyncio.ensure_future(read)
-    stalled = asyncio.ensure_future(link.stalled.wait())
-    try:
-        await asyncio.wait((reading, stalled), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stalled.cancel()
+    """What ``read`` gives; once the link is stalled, nothing ever again: what comes is dropped
+    and the pump waits until ``stall`` resets the link (b"" then ends it)."""
+    data = await read
     if link.stalled.is_set():
-        reading.cancel()
-        await link.gone.wait()  # half-open: hold everything until ``stall`` resets it
+        await link.gone.wait()
         return b""
-    return reading.result()
+    return data
