@@ -103,14 +103,17 @@ def artifacts_dir(seed: int) -> Path:
     return REPO_ROOT / "test-artifacts" / "faults" / f"seed-{seed}"
 
 
-def save_evidence(run: Run, servers: Sequence[ServerProcess], rows: Sequence[Any]) -> None:
-    """The servers' logs, every client's record and the message rows: for a failed run, or
-    for any run with FAULT_EVIDENCE set."""
+def save_evidence(
+    run: Run, servers: Sequence[ServerProcess], rows: Sequence[Any], postgres_log: str
+) -> None:
+    """The servers' logs, PostgreSQL's (the run's part), every client's record and the message
+    rows: for a failed run, or for any run with FAULT_EVIDENCE set."""
     where = artifacts_dir(run.seed)
     shutil.rmtree(where, ignore_errors=True)
     where.mkdir(parents=True)
     for server in servers:
         shutil.copy(server.log_path, where / server.log_path.name)
+    (where / "postgresql.log").write_text(postgres_log)
     (where / "clients.json").write_text(
         json.dumps([_record(r) for r in run.records], indent=1, default=str)
     )

@@ -102,6 +102,8 @@ async def test_invariants_hold_under_faults(
     tokens = [await create_user(fault_database, f"user{u}") for u in range(USERS)]
     database = fault_database.rsplit("/", 1)[1]
     generator = generator_for(fault_seed)
+    postgres_log = fault_postgres.data_dir / "server.log"
+    postgres_log_from = postgres_log.stat().st_size if postgres_log.exists() else 0
     model_problems: list[str] = []
     model = FakeModel([demo_like(DEMO_DELTAS, DEMO_DELTA_MS / 1000, model_problems)])
     async with model, FaultProxy(fault_postgres.port, seed=fault_seed, origins=2) as proxy:
@@ -133,10 +135,15 @@ async def test_invariants_hold_under_faults(
     for server in servers:
         lines = server.log_path.read_text(errors="replace").splitlines()
         run.violations += invariants.check_log_lines(server.name, lines)
+    with postgres_log.open("rb") as log:  # this run's part: a deadlock is logged there
+        log.seek(postgres_log_from)
+        postgres_says = log.read().decode(errors="replace")
+    run.violations += invariants.check_log_lines("PostgreSQL", postgres_says.splitlines())
     print(summary(run))
     write_report(run)
     if run.violations or os.environ.get("FAULT_EVIDENCE"):
-        save_evidence(run, servers, await invariants.message_rows(fault_database))
+        rows = await invariants.message_rows(fault_database)
+        save_evidence(run, servers, rows, postgres_says)
     assert run.stats.cut + run.stats.replies_lost + run.stats.refused > 0, "no fault hit"
     assert not run.violations, failure_message(run)
 
