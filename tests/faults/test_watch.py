@@ -77,3 +77,39 @@ async def test_a_double_decrement_clamped_at_0_is_caught_while_another_answer_ru
     assert [v.split(": ", 1)[1] for v in watcher.violations()] == [
         "user watched: running_generations = 1, 2 running"
     ]
+
+
+async def test_a_queued_answer_whose_turn_came_and_that_nobody_takes_is_seen_waiting(
+    database_url: str,
+) -> None:
+    token = await create_user(database_url, "queued")
+    generator = GatedGenerator()  # never opened: the first answer runs until the shutdown
+    settings = settings_for(database_url, shutdown_grace_seconds=0.2)
+    server_running = running_server(settings, generator=generator)
+    async with server_running as server, server.client(token) as client:
+        project = await create_project(client)
+        ids = []
+        for policy in ("concurrent", "enqueue"):
+            response = await client.post(
+                f"/api/projects/{project}/generations",
+                json={"message": f"{policy} answer", "on_running": policy},
+                headers={"Accept": "application/json"},
+            )
+            assert response.status_code == 202, response.text
+            ids.append(response.json()["assistant_message"]["id"])
+        watcher = Watcher(database_url, time.monotonic())
+        await watcher.sample_once()
+        assert watcher.waiting == {}  # its turn has not come: the first answer runs
+    # The only worker is gone: the first answer ended in its shutdown, the queued one stays
+    # queued (its turn has come) and nobody takes it.
+    watching = asyncio.create_task(watcher.run())
+
+    async def waited() -> bool:
+        first, last = watcher.waiting.get(ids[1], (0.0, 0.0))
+        return last - first > 0.3
+
+    await _until(waited, "the watcher to see the queued answer wait")
+    watcher.stop()
+    await watching
+    assert [line.split(":")[0] for line in watcher.starved(0.3)] == [f"queued answer {ids[1]}"]
+    assert watcher.starved(WAIT) == []

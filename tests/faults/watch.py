@@ -1,5 +1,6 @@
 """What the database says while the run goes on: each user's running count against their
-running answers, and which worker identity belongs to which process.
+running answers, which worker identity belongs to which process, and how long queued answers
+wait once their turn has come.
 
 ``users.running_generations`` is changed by the very statements that reserve and end answers
 (sql/queries.sql), so in any one snapshot it equals the number of the user's assistant messages
@@ -13,7 +14,9 @@ The watcher reads PostgreSQL directly, not through the fault proxy; while Postgr
 it just waits. It also collects which worker identity held each running answer
 (``lease_owner``) and which process each identity is (``workers.pid``), as they come: the
 reaper clears an ended answer's ``lease_owner`` and an expired heartbeat's row is deleted once
-it leads nothing, and the interrupted check needs to know, later, whose answer it was.
+it leads nothing, and the interrupted check needs to know, later, whose answer it was. And it
+notes each queued answer whose turn has come (no earlier answer of its project runs) while no
+worker has taken it: a notification lost in a fault leaves it to the queue's poll.
 """
 
 from __future__ import annotations
@@ -26,6 +29,18 @@ from dataclasses import dataclass, field
 import asyncpg
 
 SAMPLE_EVERY = 0.2  # seconds between snapshots: a sampling rate, not a bound
+
+# Queued answers whose turn has come (no earlier answer of the project runs) and that no worker
+# has taken yet.
+TURN_CAME = """
+SELECT q.id::text AS id FROM messages AS q
+WHERE q.role = 'assistant' AND q.status = 'pending' AND q.lease_owner IS NULL
+  AND q.queued_at IS NOT NULL
+  AND NOT EXISTS (
+      SELECT 1 FROM messages AS e
+      WHERE e.project_id = q.project_id AND e.sequence < q.sequence AND e.role = 'assistant'
+        AND e.status IN ('pending', 'streaming'))
+"""
 
 COUNTS = """
 SELECT u.username, u.running_generations AS counted,
@@ -74,6 +89,8 @@ class Watcher:
     samples: int = 0
     workers: dict[str, int] = field(default_factory=dict)  # workers.id -> pid
     owners: dict[str, set[str]] = field(default_factory=dict)  # message id -> its lease_owners
+    # Queued answers whose turn had come, untaken: (first, last) snapshot, seconds of the run.
+    waiting: dict[str, tuple[float, float]] = field(default_factory=dict)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
@@ -84,7 +101,14 @@ class Watcher:
                     if conn is None or conn.is_closed():
                         conn = await asyncpg.connect(self.database_url, timeout=5)
                     await self._sample(conn)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+                except (
+                    OSError,
+                    asyncpg.PostgresError,
+                    asyncpg.InterfaceError,
+                    TimeoutError,
+                ) as exc:
+                    if not _unreachable(exc):
+                        raise  # a mistake of the watcher's own: a check that never ran
                     if conn is not None:
                         conn.terminate()
                     conn = None  # PostgreSQL is stopped or restarting: try again later
@@ -93,6 +117,14 @@ class Watcher:
         finally:
             if conn is not None:
                 conn.terminate()
+
+    async def sample_once(self) -> None:
+        """One snapshot on a connection of its own (for the watcher's own tests)."""
+        conn = await asyncpg.connect(self.database_url, timeout=10)
+        try:
+            await self._sample(conn)
+        finally:
+            await conn.close()
 
     async def _sample(self, conn: asyncpg.Connection) -> None:
         records = await conn.fetch(COUNTS)
@@ -109,6 +141,9 @@ class Watcher:
             "WHERE status IN ('pending', 'streaming') AND lease_owner IS NOT NULL"
         ):
             self.owners.setdefault(r["id"], set()).add(r["owner"])
+        for r in await conn.fetch(TURN_CAME):
+            first, _ = self.waiting.get(r["id"], (at, at))
+            self.waiting[r["id"]] = (first, at)
 
     def pids_of(self, message_id: str) -> set[int]:
         """The processes seen holding the message (none, if it ran between two snapshots)."""
@@ -118,11 +153,23 @@ class Watcher:
             if owner in self.workers
         }
 
+    def starved(self, longer_than: float) -> list[str]:
+        """Queued answers that waited, their turn come, longer than ``longer_than`` seconds."""
+        return [
+            f"queued answer {message}: its turn had come and no worker took it from {first:.1f}s"
+            f" to {last:.1f}s of the run ({last - first:.1f}s, more than {longer_than:g}s)"
+            for message, (first, last) in self.waiting.items()
+            if last - first > longer_than
+        ]
+
     def stop(self) -> None:
         self._stop.set()
 
     def violations(self) -> list[str]:
-        """One sentence per user whose count was ever wrong: the first snapshot, and how many."""
+        """One sentence per user whose count was ever wrong: the first snapshot, and how many
+        (and one if the watcher never read the database: its checks would have passed blind)."""
+        if not self.samples:
+            return ["the watcher never read the database"]
         first: dict[str, tuple[float, Count]] = {}
         times: dict[str, int] = {}
         for at, count in self.mismatches:
@@ -133,3 +180,11 @@ class Watcher:
             f"{at:.2f}s: {count}"
             for user, (at, count) in first.items()
         ]
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """PostgreSQL is away (stopped, starting, shutting down, the connection gone), as opposed
+    to a statement of the watcher's that is wrong."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(exc.sqlstate or "").startswith(("08", "57"))
+    return True
