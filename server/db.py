@@ -23,6 +23,7 @@ from server.errors import (
     DatabaseUnavailable,
     DuplicateRequest,
     InvalidInput,
+    NotAuthenticated,
     TooManyRunning,
     WriteConflict,
 )
@@ -76,6 +77,11 @@ def translate_errors() -> Iterator[None]:
         if exc.args and exc.args[0] == "answer_running":  # detail: "<message id> <sequence>"
             message_id, sequence = str(exc.detail).split()
             raise AnswerRunning(message_id, int(sequence)) from exc
+        raise
+    except asyncpg.ForeignKeyViolationError as exc:
+        if exc.constraint_name == "projects_owner_id_fkey":
+            # The user was removed (`user remove`) while a worker still had their token cached.
+            raise NotAuthenticated("this user no longer exists", code="invalid_token") from exc
         raise
     except (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError) as exc:
         raise InvalidInput("text contains characters the database cannot store") from exc
@@ -216,12 +222,13 @@ class Database:
 
 
 @asynccontextmanager
-async def connect(url: str) -> AsyncIterator[Session]:
-    """A single connection outside any pool (the CLI and the migration runner)."""
+async def connect(url: str, queries: Path = SQL_DIR / "queries.sql") -> AsyncIterator[Session]:
+    """A single connection outside any pool (the CLI and the migration runner), running the
+    named queries of ``queries``."""
     with translate_errors():
         conn = await asyncpg.connect(url, timeout=10)
     try:
-        yield Session(conn, load_queries())
+        yield Session(conn, load_queries(queries))
     finally:
         await conn.close()
 
