@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from server.db import SQL_DIR, connect
+from server.db import connect
+from server.resources import SQL_DIR
 
 ACCOUNTS_SQL = SQL_DIR / "accounts.sql"
 

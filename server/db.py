@@ -27,11 +27,11 @@ from server.errors import (
     TooManyRunning,
     WriteConflict,
 )
+from server.resources import SQL_DIR
 
 logger = logging.getLogger(__name__)
 
 Row = Mapping[str, Any]
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _QUERY_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 # Errors that mean "the database is not reachable right now", not "this query is wrong".
