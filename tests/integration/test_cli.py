@@ -175,6 +175,75 @@ async def test_user_remove_deletes_the_user_and_everything_they_wrote(
     assert unknown.returncode == 1, unknown.stdout
 
 
+async def test_user_remove_under_concurrent_generations_leaves_nothing_half_removed(
+    repo_root: Path, database_url: str
+) -> None:
+    """Generations of the user keep arriving (from a worker that has their token cached) while
+    `user remove` runs, again and again until no answer of theirs is running: each request is
+    answered (202, or 404 once the project is gone), never a 500, and nothing of the user is
+    left, with nobody else's touched."""
+    carol_token = await create_user(database_url, "carol")
+    dave_token = await create_user(database_url, "dave")
+    settings = settings_for(database_url, token_cache_seconds=3600.0, demo_deltas=3)
+    statuses: list[int] = []
+    async with (
+        running_server(settings) as srv,
+        srv.client(carol_token) as carol,
+        srv.client(dave_token) as dave,
+    ):
+        projects = [await create_project(carol) for _ in range(3)]
+        dave_project = await create_project(dave)
+        removed = asyncio.Event()
+
+        async def keep_generating(project: str) -> None:
+            while not removed.is_set():
+                response = await carol.post(
+                    f"/api/projects/{project}/generations",
+                    json={"message": "hi"},
+                    headers={"Accept": "application/json"},
+                )
+                statuses.append(response.status_code)
+                if response.status_code == 404:
+                    return
+
+        async def remove_until_done() -> None:
+            env = {**os.environ, "DATABASE_URL": database_url}
+            for _ in range(200):
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "server",
+                    "user",
+                    "remove",
+                    "carol",
+                    cwd=repo_root,
+                    env=env,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                )
+                _, err = await proc.communicate()
+                if proc.returncode == 0:
+                    removed.set()
+                    return
+                assert b"running" in err, err.decode()
+            raise AssertionError("user remove never found the user idle")
+
+        await asyncio.gather(remove_until_done(), *(keep_generating(p) for p in projects))
+        await generate(dave, dave_project, "still here")
+    # (Runs here see dozens of refusals and thousands of generations before the removal.)
+    assert statuses and set(statuses) <= {202, 404}, sorted(set(statuses))
+    assert statuses.count(404) == len(projects), "each project is answered 404 once removed"
+    carol_rows = (
+        "SELECT (SELECT count(*) FROM users WHERE username = 'carol')"
+        " + (SELECT count(*) FROM projects WHERE id = ANY($1::uuid[]))"
+        " + (SELECT count(*) FROM messages WHERE project_id = ANY($1::uuid[]))"
+        " + (SELECT count(*) FROM event_chunks WHERE project_id = ANY($1::uuid[]))"
+    )
+    assert await _count(database_url, carol_rows, [uuid.UUID(p) for p in projects]) == 0
+    dave_rows = "SELECT count(*) FROM messages WHERE project_id = $1"
+    assert await _count(database_url, dave_rows, uuid.UUID(dave_project)) == 2
+
+
 async def wait_until_finished(client: httpx.AsyncClient, project: str, message: str) -> None:
     url = f"/api/projects/{project}/messages/{message}"
     for _ in range(1000):
