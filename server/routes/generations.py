@@ -26,6 +26,10 @@ async def post_generation(request: Request) -> Response:
     return await _generate(app, request, user.id, project_id, body, cursor)
 
 
+# The query parameter of each field of GenerateRequest, named in the problems of a bad one.
+QUERY_NAMES = {"client_request_id": "clientRequestId", "on_running": "onRunning"}
+
+
 async def get_generate_stream(request: Request) -> Response:
     """``new EventSource(url)``: a reconnect re-sends the same URL with ``Last-Event-ID``, so the
     idempotency key is required, and the repeat resumes the same generation. It changes state
@@ -42,7 +46,7 @@ async def get_generate_stream(request: Request) -> Response:
     fields = {"message": params["message"], "client_request_id": params["clientRequestId"]}
     if params.get("onRunning"):
         fields["on_running"] = params["onRunning"]
-    body = validate(GenerateRequest, fields)
+    body = validate(GenerateRequest, fields, QUERY_NAMES)
     return await _generate(app, request, user.id, project_id, body, last_event_id(request))
 
 
