@@ -253,7 +253,10 @@ def _operations() -> dict[str, dict[str, Any]]:
     }
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(max_message_chars: int | None = None) -> dict[str, Any]:
+    """The document; ``max_message_chars`` (MAX_MESSAGE_CHARS, a setting the handler checks)
+    becomes the ``maxLength`` of a generation's ``message``, so that clients (the demo page's
+    counter) can read the limit this server keeps."""
     models: list[type[BaseModel]] = [
         Accepted,
         CreateProject,
@@ -279,6 +282,9 @@ def openapi_document() -> dict[str, Any]:
     )
     components = dict(schemas.get("$defs", {}))
     components["Problem"] = PROBLEM
+    if max_message_chars is not None:
+        message = components["GenerateRequest"]["properties"]["message"]
+        message["maxLength"] = max_message_chars
     return {
         "openapi": "3.1.0",
         "info": {
