@@ -236,6 +236,21 @@ function closeMenusOutside() {
     }
   };
   document.addEventListener('click', (event) => close(event.target.closest?.('details.menu')));
+  // A menu opens downwards, unless the scroller has no room for it there and has above.
+  document.addEventListener(
+    'toggle',
+    (event) => {
+      const menu = event.target;
+      if (!menu.matches?.('details.menu') || !menu.open) return;
+      const panel = menu.querySelector('.menu-panel');
+      const room = (menu.closest('.scroller') ?? document.body).getBoundingClientRect();
+      const at = menu.getBoundingClientRect();
+      const needed = panel.getBoundingClientRect().height;
+      const up = room.bottom - at.bottom < needed && at.top - room.top >= needed;
+      menu.dataset.opens = up ? 'up' : 'down';
+    },
+    true, // toggle does not bubble
+  );
   document.addEventListener('keydown', (event) => {
     if (event.key === 'Escape') close(null);
   });
