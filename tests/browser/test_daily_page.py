@@ -82,8 +82,11 @@ async def test_progress_shows_before_the_text_only_and_says_it_once(
 async def _cursor_gap(page: Page, sequence: int) -> dict[str, Any]:
     """Where the streaming cursor is: which element draws it, how far the answer's box reaches
     below its text (a cursor on a line of its own adds a line), and the height of a line."""
-    found: dict[str, Any] = await answer(page, sequence).locator(".content").evaluate(
-        """content => {
+    found: dict[str, Any] = (
+        await answer(page, sequence)
+        .locator(".content")
+        .evaluate(
+            """content => {
              const drawn = [content, ...content.querySelectorAll('*')].filter(
                (element) => getComputedStyle(element, '::after').content === '"▍"');
              // The lowest line of text (text nodes only: an element's box would include the
@@ -101,6 +104,7 @@ async def _cursor_gap(page: Page, sequence: int) -> dict[str, Any]:
                line: parseFloat(getComputedStyle(content).lineHeight),
              };
            }"""
+        )
     )
     return found
 
@@ -210,7 +214,9 @@ async def test_a_counter_warns_before_the_length_limit(database_url: str, browse
     assert [m["content"] for m in stored[::2]] == ["a" * 100], "only the message that fits went"
 
 
-async def test_signed_out_a_pasted_token_signs_in_again(database_url: str, browser: Browser) -> None:
+async def test_signed_out_a_pasted_token_signs_in_again(
+    database_url: str, browser: Browser
+) -> None:
     """Bug: signed out, the page only said to open the URL `make run` printed: a dead end. It
     takes a token, signs in with POST /api/session, and never puts the token in a URL."""
     token = await create_user(database_url, "alice")
