@@ -75,6 +75,9 @@ class Runner:
         self.tasks: dict[UUID, asyncio.Task[None]] = {}
         self._stop_reasons: dict[UUID, tuple[str, ErrorInfo | None]] = {}
         self._noting: list[set[UUID]] = []  # see noting_starts
+        # A project's delete holds one pooled connection while it needs a second (its cancel):
+        # one at a time per worker, so that deletes can never hold every connection waiting.
+        self._deleting = asyncio.Lock()
         self.draining = False
 
     async def submit(self, user_id: UUID, project_id: UUID, request: GenerateRequest) -> Submission:
@@ -138,9 +141,10 @@ class Runner:
         everything of the project is deleted (``Store.delete_project``). False: not the
         owner's."""
         for _attempt in range(DELETE_ATTEMPTS):
-            deleted = await self.store.delete_project(
-                project_id, owner_id, ended=self.ended_elsewhere
-            )
+            async with self._deleting:
+                deleted = await self.store.delete_project(
+                    project_id, owner_id, ended=self.ended_elsewhere
+                )
             if deleted is None:
                 return False
             if deleted:

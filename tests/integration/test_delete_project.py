@@ -237,3 +237,18 @@ async def test_delete_while_answers_keep_starting_leaves_nothing_behind(
         await asyncio.sleep(0.3)  # their generators' last flushes find nothing to write
 
     assert await _rows(database_url, project) == {"projects": 0, "messages": 0, "event_chunks": 0}
+
+
+async def test_deletes_at_once_do_not_hold_every_pooled_connection(database_url: str) -> None:
+    """A delete holds a pooled connection (its lock on the project) while its cancel needs
+    another: as many deletes at once as the pool has connections each held one and waited for
+    a second, forever."""
+    token = await create_user(database_url, "alice")
+    settings = settings_for(database_url, pool_min_size=1, pool_max_size=2)
+    async with running_server(settings) as srv, srv.client(token) as client:
+        projects = [await create_project(client, f"p{n}") for n in range(6)]
+        deleted = await asyncio.wait_for(
+            asyncio.gather(*(client.delete(f"/api/projects/{p}") for p in projects)), 20
+        )
+        assert [response.status_code for response in deleted] == [204] * 6
+        assert (await client.get("/api/projects")).json()["projects"] == []
