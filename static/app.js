@@ -6,6 +6,7 @@ import { Composer } from './composer.js';
 import { ConnectionIndicator } from './connection.js';
 import { Conversation } from './conversation.js';
 import { handleCopyButtons } from './markdown.js';
+import { copyMessage, handleMenus } from './menus.js';
 import { ProjectList, titleFrom } from './projects.js';
 import { Banner, MessageList, announcer } from './view.js';
 
@@ -37,7 +38,7 @@ const conversation = new Conversation({
 });
 handleCopyButtons($('#messages'));
 messages.onCopy((messageId, button) => copyMessage(messages.textOf(messageId), button));
-closeMenusOutside();
+handleMenus();
 const projects = new ProjectList($('#projects'), $('#no-projects'), (projectId) => {
   setSidebarOpen(false);
   if (projectId !== conversation.projectId) openProject(projectId, { push: true });
@@ -212,48 +213,6 @@ async function learnMessageLimit() {
   } catch {
     // The server still refuses a message that is too long, with a banner saying so.
   }
-}
-
-async function copyMessage(text, button) {
-  const label = 'Copy message';
-  try {
-    await navigator.clipboard.writeText(text);
-    button.textContent = 'Copied';
-  } catch {
-    // No clipboard here (plain http from another host, a denied permission).
-    button.textContent = 'Copy failed: select the text and press Ctrl+C';
-  }
-  setTimeout(() => {
-    button.textContent = label;
-  }, 2000);
-}
-
-/** An open menu (a message's details, the project's actions) closes on a click elsewhere or Esc. */
-function closeMenusOutside() {
-  const close = (except) => {
-    for (const menu of document.querySelectorAll('details.menu[open]')) {
-      if (menu !== except) menu.open = false;
-    }
-  };
-  document.addEventListener('click', (event) => close(event.target.closest?.('details.menu')));
-  // A menu opens downwards, unless the scroller has no room for it there and has above.
-  document.addEventListener(
-    'toggle',
-    (event) => {
-      const menu = event.target;
-      if (!menu.matches?.('details.menu') || !menu.open) return;
-      const panel = menu.querySelector('.menu-panel');
-      const room = (menu.closest('.scroller') ?? document.body).getBoundingClientRect();
-      const at = menu.getBoundingClientRect();
-      const needed = panel.getBoundingClientRect().height;
-      const up = room.bottom - at.bottom < needed && at.top - room.top >= needed;
-      menu.dataset.opens = up ? 'up' : 'down';
-    },
-    true, // toggle does not bubble
-  );
-  document.addEventListener('keydown', (event) => {
-    if (event.key === 'Escape') close(null);
-  });
 }
 
 // Deleting the open project: asked in place (the menu), then its answers stop and it is gone.
