@@ -89,6 +89,13 @@ async def follow(
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
+            except LookupError:
+                # The message is gone: its project was deleted. Its end is known here when this
+                # worker deleted it; then the listener gets it, if it has every event before it.
+                deleted = notifier.deleted_row(message.id)
+                if deleted is not None and cursor == deleted.last_event_id - 1:
+                    yield Batch.of([terminal_event(deleted.message, deleted.last_event_id)])
+                return
             backoff = 0.1
             if events:
                 yield Batch.of(events)

@@ -49,7 +49,8 @@ _ERROR_STATUSES = {
     "401": "Not authenticated",
     "404": "Not found (or not yours)",
     "409": "Conflict: `answer_running` (on_running reject, an answer of the project runs), "
-    "`idempotency_key_reused`, `already_finished`",
+    "`idempotency_key_reused`, `already_finished`, `conflict` (a project's delete that could not "
+    "cancel its answers)",
     "413": "Body too large",
     "415": "Wrong content type",
     "422": "Invalid values",
@@ -153,7 +154,16 @@ def _operations() -> dict[str, dict[str, Any]]:
                     "200": {"description": "the project", "content": _json(_ref(Project))},
                     **_errors("404", *_AUTH),
                 },
-            }
+            },
+            "delete": {
+                "summary": "Delete a project: its running answers end cancelled, then its "
+                "messages and their events are deleted",
+                "parameters": project,
+                "responses": {
+                    "204": {"description": "deleted"},
+                    **_errors("404", "409", *_AUTH),
+                },
+            },
         },
         "/api/projects/{project_id}/generations": {
             "post": {
@@ -243,7 +253,10 @@ def _operations() -> dict[str, dict[str, Any]]:
     }
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(max_message_chars: int | None = None) -> dict[str, Any]:
+    """The document; ``max_message_chars`` (MAX_MESSAGE_CHARS, a setting the handler checks)
+    becomes the ``maxLength`` of a generation's ``message``, so that clients (the demo page's
+    counter) can read the limit this server keeps."""
     models: list[type[BaseModel]] = [
         Accepted,
         CreateProject,
@@ -269,6 +282,9 @@ def openapi_document() -> dict[str, Any]:
     )
     components = dict(schemas.get("$defs", {}))
     components["Problem"] = PROBLEM
+    if max_message_chars is not None:
+        message = components["GenerateRequest"]["properties"]["message"]
+        message["maxLength"] = max_message_chars
     return {
         "openapi": "3.1.0",
         "info": {

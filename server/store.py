@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -210,6 +210,36 @@ class Store:
     async def get_project(self, project_id: UUID, owner_id: UUID) -> Project | None:
         row = await self.db.fetchrow("get_project", project_id, owner_id)
         return None if row is None else project_from_row(row)
+
+    async def delete_project(
+        self,
+        project_id: UUID,
+        owner_id: UUID,
+        ended: Callable[[list[StoredMessage]], None],
+    ) -> bool | None:
+        """Delete the project, its messages and their stored events: True. None when it is not
+        the owner's (or is gone already).
+
+        Its running answers (queued ones included) are cancelled first, the way the cancel
+        endpoint cancels one (``interrupt``), and ``ended`` is given them before their rows go.
+        The project's row is locked meanwhile (the lock reserve_pair takes), so no answer starts
+        in it: the cancel runs on another connection and commits on its own, so its listeners are
+        told (NOTIFY) while the rows are still there. Then one transaction deletes everything,
+        every statement naming the project. False, with nothing deleted, if an answer still
+        runs then (a cancel that found its answer being written too often: ask again)."""
+        async with self.db.session() as session, session.transaction():
+            locked = await session.fetchrow("lock_project_for_delete", project_id, owner_id)
+            if locked is None:
+                return None
+            # Every answer of the project is below last_sequence + 1.
+            closed = await self.interrupt(project_id, locked["last_sequence"] + 1, owner_id)
+            ended(closed)
+            if await session.fetchval("project_running", project_id):
+                return False
+            await session.fetch("delete_project_events", project_id)
+            await session.fetch("delete_project_messages", project_id)
+            await session.fetch("delete_project", project_id, owner_id)
+        return True
 
     # Messages
 

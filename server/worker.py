@@ -66,6 +66,7 @@ class Worker:
             history_messages=settings.history_messages,
             on_running=settings.on_running,
             on_queued=lambda project_id: self.queue.poke(project_id),
+            on_deleting=lambda ended: self.notifier.deleting(ended),
         )
         self.queue = Queue(store, self.runner, poll_seconds=settings.queue_poll_seconds)
         self.generator = generator

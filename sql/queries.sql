@@ -593,3 +593,27 @@ WITH old AS (
     RETURNING CASE WHEN d.kinds = 't' THEN 0 ELSE length(d.kinds) END AS events
 )
 SELECT count(*) AS chunks, coalesce(sum(events), 0)::bigint AS events FROM gone;
+
+-- name: lock_project_for_delete
+-- DELETE /api/projects/{id}, first in its transaction: the project's row, locked (the ownership
+-- check is the WHERE: no row, not found). It is the lock reserve_pair's UPDATE takes, so no
+-- answer is reserved in the project until the delete commits. $1 project, $2 owner
+SELECT id, last_sequence FROM projects WHERE id = $1 AND owner_id = $2 FOR UPDATE;
+
+-- name: project_running
+-- How many answers of project $1 still run (queued ones included), once the delete has
+-- cancelled them: a statement of its own, whose snapshot sees the cancel that committed.
+SELECT count(*) FROM messages WHERE project_id = $1 AND status IN ('pending', 'streaming');
+
+-- name: delete_project_events
+-- Every stored event (and terminal marker) of a project's messages. $1 project
+DELETE FROM event_chunks WHERE project_id = $1;
+
+-- name: delete_project_messages
+-- $1 project
+DELETE FROM messages WHERE project_id = $1;
+
+-- name: delete_project
+-- $1 project, $2 owner
+DELETE FROM projects WHERE id = $1 AND owner_id = $2
+RETURNING id;

@@ -84,6 +84,13 @@ export const api = {
   listProjects: () => send('GET', '/api/projects'),
   getProject: (projectId) => send('GET', projectPath(projectId)),
   createProject: (title) => send('POST', '/api/projects', { title }),
+  /** Its running answers end cancelled, then it is gone with everything in it (204). */
+  deleteProject: (projectId) => send('DELETE', projectPath(projectId)),
+  /** The server's longest message (MAX_MESSAGE_CHARS), from its OpenAPI document. */
+  async maxMessageChars() {
+    const document = await send('GET', '/openapi.json');
+    return document.components.schemas.GenerateRequest.properties.message.maxLength ?? null;
+  },
 
   /**
    * One page of history, ascending by sequence; `before` pages towards older messages, `after`
