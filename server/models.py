@@ -6,7 +6,15 @@ from datetime import datetime
 from typing import Annotated, ClassVar, Literal, get_args
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
+from pydantic_core import PydanticCustomError
 
 Status = Literal["pending", "streaming", "success", "error", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"success", "error", "cancelled"})
@@ -43,6 +51,14 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _string_or_null(value: object) -> object:
+    """A Literal field refuses a number as ``literal_error``, which reads as a wrong value (422);
+    a value that is not even a string is the wrong JSON type (400 ``wrong_type``, API.md)."""
+    if value is not None and not isinstance(value, str):
+        raise PydanticCustomError("string_type", "Input should be a valid string")
+    return value
+
+
 StorableText = Annotated[str, AfterValidator(_storable)]
 ImageUrl = Annotated[
     str,
@@ -76,6 +92,7 @@ class GenerateRequest(Input):
     image_urls: Annotated[list[ImageUrl], Field(max_length=8)] = []
     on_running: Annotated[
         OnRunning | None,
+        BeforeValidator(_string_or_null),
         Field(
             description="What to do when an answer of the project is running: start at once "
             "(concurrent), 409 answer_running (reject), wait for every earlier answer to end "

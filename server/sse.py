@@ -48,8 +48,10 @@ def last_event_id(request: Request) -> int:
         raise MalformedRequest(
             "Last-Event-ID must be a non-negative integer", code="invalid_last_event_id"
         )
-    value = int(raw) if len(raw) < 12 else MAX_EVENT_ID + 1
-    return value
+    # Leading zeros say nothing (000000000001 is 1); only the significant digits can make a
+    # number too long to be an id, and those are not parsed: any such number is past the log.
+    digits = raw.lstrip("0") or "0"
+    return int(digits) if len(digits) < 12 else MAX_EVENT_ID + 1
 
 
 def check_cursor(cursor: int, last_event_id: int) -> None:
