@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, ClassVar, Literal, get_args
 from uuid import UUID
@@ -19,6 +20,8 @@ from pydantic_core import PydanticCustomError
 Status = Literal["pending", "streaming", "success", "error", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"success", "error", "cancelled"})
 
+# The largest sequence a history query may name (before, after): far past any project's.
+MAX_SEQUENCE = 2**62
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 # What a generation request does when its project already has a running answer (docs/api.md).
 OnRunning = Literal["concurrent", "reject", "enqueue", "interrupt"]
@@ -42,9 +45,15 @@ def _not_blank(value: str) -> str:
     return value
 
 
+# RFC 3986's characters, and % only as an escape: what /openapi.json's "format": "uri" means.
+_URI_TEXT = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
+
+
 def _http_url(value: str) -> str:
     from urllib.parse import urlsplit
 
+    if not _URI_TEXT.fullmatch(value):
+        raise ValueError("must be a URI: ASCII, with anything else %-escaped")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("must be an absolute http or https URL")
@@ -59,6 +68,15 @@ def _string_or_null(value: object) -> object:
     return value
 
 
+def _text_pattern() -> str:
+    """What ``_storable`` and ``_not_blank`` ask of a text, as a JSON Schema pattern, so that the
+    document (server/openapi.py) says it: no NUL, and one character that Python's ``str.strip``
+    keeps. (A lone surrogate cannot be written in a pattern; UTF-8 JSON cannot carry one.)"""
+    blank = "".join(f"\\u{ord(c):04x}" for c in map(chr, range(0x10000)) if c.isspace())
+    return f"^[^\\u0000]*[^\\u0000{blank}][^\\u0000]*$"
+
+
+TEXT_PATTERN = _text_pattern()
 StorableText = Annotated[str, AfterValidator(_storable)]
 ImageUrl = Annotated[
     str,
@@ -77,7 +95,10 @@ class Input(BaseModel):
 
 class CreateProject(Input):
     title: Annotated[
-        StorableText, StringConstraints(min_length=1, max_length=200), AfterValidator(_not_blank)
+        StorableText,
+        StringConstraints(min_length=1, max_length=200),
+        AfterValidator(_not_blank),
+        Field(json_schema_extra={"pattern": TEXT_PATTERN}),
     ]
 
 
@@ -87,7 +108,12 @@ class SessionRequest(Input):
 
 class GenerateRequest(Input):
     # The maximum length is a setting, checked by the handler (see routes/generations.py).
-    message: Annotated[StorableText, StringConstraints(min_length=1), AfterValidator(_not_blank)]
+    message: Annotated[
+        StorableText,
+        StringConstraints(min_length=1),
+        AfterValidator(_not_blank),
+        Field(json_schema_extra={"pattern": TEXT_PATTERN}),
+    ]
     client_request_id: RequestId | None = None
     image_urls: Annotated[list[ImageUrl], Field(max_length=8)] = []
     on_running: Annotated[

@@ -107,8 +107,9 @@ def query_int(
     request: Request, name: str, *, default: int | None, low: int, high: int
 ) -> int | None:
     raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return default
+    # An empty value is not a number either (``?limit=``): /openapi.json says integer.
     try:
         value = int(raw)
     except ValueError:

@@ -37,13 +37,19 @@ _RAW_HEADERS = [
 
 
 def last_event_id(request: Request) -> int:
-    """The client's cursor: the ``Last-Event-ID`` header, else ``lastEventId``, else 0."""
-    raw = request.headers.get("last-event-id")
-    if raw is None:
-        raw = request.query_params.get("lastEventId")
-    if raw is None or raw.strip() == "":
-        return 0
-    raw = raw.strip()
+    """The client's cursor: the ``Last-Event-ID`` header, else ``lastEventId``, else 0. Both are
+    checked when both are sent, and an empty one counts as not sent (as /openapi.json says)."""
+    header = _cursor(request.headers.get("last-event-id"))
+    query = _cursor(request.query_params.get("lastEventId"))
+    if header is not None:
+        return header
+    return query if query is not None else 0
+
+
+def _cursor(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    # Exactly as /openapi.json says (^[0-9]*$): HTTP trims a header's own spaces already.
     if not raw.isdigit() or not raw.isascii():
         raise MalformedRequest(
             "Last-Event-ID must be a non-negative integer", code="invalid_last_event_id"

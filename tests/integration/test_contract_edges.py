@@ -3,8 +3,14 @@ what a 405 allows, and what EventSource is told by a draining worker."""
 
 from __future__ import annotations
 
-import pytest
+import json
+import re
 
+import jsonschema_rs  # schemathesis's own validator
+import pytest
+from pydantic import ValidationError
+
+from server.models import TEXT_PATTERN, CreateProject
 from tests.support import (
     create_project,
     create_user,
@@ -101,3 +107,127 @@ async def test_a_draining_worker_tells_eventsource_to_reconnect_not_to_stop(
         post = await client.post(f"/api/projects/{project}/generations", json={"message": "hi"})
         assert post.status_code == 503, post.text
         assert post.json()["code"] == "draining"
+
+
+# What schemathesis found against /openapi.json (issue Reliability II, item 10)
+
+
+async def test_every_sse_event_is_described_by_the_document(database_url: str) -> None:
+    """Each event of a stream matches the document's ``itemSchema`` (by its event name), and its
+    ``data`` the ``contentSchema`` of that event; the stream is not just "a string"."""
+    token = await create_user(database_url, "alice")
+    async with running_server(settings_for(database_url)) as srv, srv.client(token) as client:
+        document = (await client.get("/openapi.json")).json()
+        project = await create_project(client)
+        done = await generate(client, project, "hello")
+        cancelled_start = await client.post(
+            f"/api/projects/{project}/generations",
+            json={"message": "stop me"},
+            headers={"Accept": "application/json"},
+        )
+        message = cancelled_start.json()["assistant_message"]
+        await client.post(f"/api/projects/{project}/messages/{message['id']}/cancel")
+        _, frames = await read_stream(
+            client, "GET", f"/api/projects/{project}/messages/{message['id']}/events"
+        )
+    assert document["openapi"].startswith("3.2")
+    root = {"components": document["components"]}
+    for path, method in [
+        ("/api/projects/{project_id}/generations", "post"),
+        ("/api/generate-stream", "get"),
+        ("/api/projects/{project_id}/messages/{message_id}/events", "get"),
+    ]:
+        stream = document["paths"][path][method]["responses"]["200"]["content"]
+        item = stream["text/event-stream"]["itemSchema"]
+        by_name = {one["properties"]["event"]["const"]: one for one in item["oneOf"]}
+        assert set(by_name) == {"start", "progress", "delta", "done", "error", "cancelled"}
+        for frame in [*done, *events_only(frames)]:
+            assert frame.event is not None and frame.id is not None
+            event = {"event": frame.event, "id": str(frame.id), "data": frame.data_lines[0]}
+            jsonschema_rs.validate({**root, **item}, event)
+            branch = by_name[frame.event]
+            content = branch["properties"]["data"]["contentSchema"]
+            jsonschema_rs.validate({**root, **content}, json.loads(event["data"]))
+            others = [b for name, b in by_name.items() if name != frame.event]
+            assert not any(_valid(event, {**root, **b}) for b in others), frame.event
+
+
+def _valid(instance: object, schema: dict[str, object]) -> bool:
+    valid: bool = jsonschema_rs.is_valid(schema, instance)
+    return valid
+
+
+async def test_an_empty_number_in_the_query_is_refused_not_the_default(database_url: str) -> None:
+    token = await create_user(database_url, "alice")
+    async with running_server(settings_for(database_url)) as srv, srv.client(token) as client:
+        project = await create_project(client)
+        for url in (
+            "/api/projects?limit=",
+            f"/api/projects/{project}/messages?limit=",
+            f"/api/projects/{project}/messages?before=",
+        ):
+            response = await client.get(url)
+            assert response.status_code == 400, (url, response.text)
+            assert response.json()["code"] == "invalid_parameter"
+
+
+async def test_an_empty_last_event_id_header_does_not_hide_a_bad_query_cursor(
+    database_url: str,
+) -> None:
+    token = await create_user(database_url, "alice")
+    async with running_server(settings_for(database_url)) as srv, srv.client(token) as client:
+        project = await create_project(client)
+        events = await generate(client, project, "hello")
+        message = events[-1].data["message"]
+        url = f"/api/projects/{project}/messages/{message['id']}/events"
+        bad = await client.get(f"{url}?lastEventId=abc", headers={"Last-Event-ID": ""})
+        assert bad.status_code == 400, bad.text
+        assert bad.json()["code"] == "invalid_last_event_id"
+        # Empty is "not sent", both ways: the query's cursor is used, or none at all.
+        _, frames = await read_stream(
+            client, "GET", f"{url}?lastEventId=2", headers={"Last-Event-ID": ""}
+        )
+        assert [f.id for f in events_only(frames)] == [e.id for e in events[2:]]
+        _, frames = await read_stream(client, "GET", f"{url}?lastEventId=")
+        assert [f.id for f in events_only(frames)] == [e.id for e in events]
+        padded = await client.get(f"{url}?lastEventId=%201")
+        assert padded.status_code == 400, padded.text
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://\u00fb\u00f7\u0010", "http://a.example/a b", "http://a.example/%zz", "http://é.fr/"],
+)
+async def test_an_image_url_that_is_not_a_uri_is_refused(database_url: str, url: str) -> None:
+    token = await create_user(database_url, "alice")
+    async with running_server(settings_for(database_url)) as srv, srv.client(token) as client:
+        project = await create_project(client)
+        response = await client.post(
+            f"/api/projects/{project}/generations",
+            json={"message": "look", "image_urls": [url]},
+        )
+        assert response.status_code == 422, response.text
+        assert [e["field"] for e in response.json()["errors"]] == ["image_urls.0"]
+        fine = await client.post(
+            f"/api/projects/{project}/generations",
+            json={"message": "look", "image_urls": ["https://xn--9ca.fr/a%20b.png?x=1#y"]},
+            headers={"Accept": "application/json"},
+        )
+        assert fine.status_code == 202, fine.text
+
+
+BLANK_OR_NUL = ["", " ", "\u00a0", "\u3000\t\n", "\x1c", "\u2028", "a\x00", "\x00"]
+FINE_TEXT = ["a", " a ", "\u00a0x", "\ufeff", "\u200b", "👍🏻", "x\n"]
+
+
+@pytest.mark.parametrize("text", BLANK_OR_NUL + FINE_TEXT)
+def test_the_documented_text_pattern_refuses_what_the_server_refuses(text: str) -> None:
+    """A title or message the document allows is one the server takes, and the other way round
+    (the positive-data check found "\u00a0", a blank title, allowed by the document)."""
+    documented = re.fullmatch(TEXT_PATTERN, text) is not None
+    try:
+        CreateProject.model_validate({"title": text})
+        taken = True
+    except ValidationError:
+        taken = False
+    assert documented == taken == (text in FINE_TEXT)
