@@ -104,6 +104,19 @@ class CreateProject(Input):
 
 class SessionRequest(Input):
     token: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    replace: Annotated[
+        bool,
+        Field(
+            description="Sign in even when this browser is signed in to another account "
+            "(without it, that is 409 another_account_signed_in, naming both accounts)"
+        ),
+    ] = False
+
+
+class SessionInfo(BaseModel):
+    """Who the request is signed in as."""
+
+    username: str
 
 
 class GenerateRequest(Input):

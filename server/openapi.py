@@ -25,6 +25,7 @@ from server.models import (
     ProgressData,
     Project,
     ProjectList,
+    SessionInfo,
     SessionRequest,
     StartData,
 )
@@ -46,6 +47,14 @@ PROBLEM = {
             "description": "answer_running: the newest running assistant message of the project",
         },
         "running_sequence": {"type": "integer", "description": "answer_running: its sequence"},
+        "signed_in_username": {
+            "type": "string",
+            "description": "another_account_signed_in: the account this browser is signed in to",
+        },
+        "token_username": {
+            "type": "string",
+            "description": "another_account_signed_in: the account of the token sent",
+        },
     },
 }
 SSE_DESCRIPTION = (
@@ -58,7 +67,8 @@ _ERROR_STATUSES = {
     "401": "Not authenticated",
     "404": "Not found (or not yours)",
     "409": "Conflict: `answer_running` (on_running reject, an answer of the project runs), "
-    "`idempotency_key_reused`, `already_finished`",
+    "`idempotency_key_reused`, `already_finished`, `another_account_signed_in` (sign-in over "
+    "another account's session without `replace`)",
     "413": "Body too large",
     "414": "URL too long (MAX_URL_BYTES)",
     "415": "Wrong content type",
@@ -164,7 +174,14 @@ def _operations(max_message_chars: int | None) -> dict[str, dict[str, Any]]:
                 "requestBody": {"required": True, "content": _json(_ref(SessionRequest))},
                 "responses": {
                     "204": {"description": "signed in"},
-                    **_errors("400", "401", "413", "415", "422", "429", "503"),
+                    **_errors("400", "401", "409", "413", "415", "422", "429", "503"),
+                },
+            },
+            "get": {
+                "summary": "Who this browser (or bearer token) is signed in as",
+                "responses": {
+                    "200": {"description": "signed in", "content": _json(_ref(SessionInfo))},
+                    **_errors(*_AUTH),
                 },
             },
             "delete": {
@@ -308,6 +325,7 @@ def openapi_document(*, max_message_chars: int | None = None) -> dict[str, Any]:
         ProgressData,
         Project,
         ProjectList,
+        SessionInfo,
         SessionRequest,
         StartData,
     ]
