@@ -65,8 +65,8 @@ async def test_a_non_string_on_running_is_wrong_type(database_url: str, value: o
     [
         ("DELETE", "/api/projects", {"GET", "HEAD", "POST"}),
         ("PUT", "/api/projects", {"GET", "HEAD", "POST"}),
-        ("GET", "/api/session", {"POST", "DELETE"}),
-        ("PUT", "/api/session", {"POST", "DELETE"}),
+        ("PATCH", "/api/session", {"GET", "HEAD", "POST", "DELETE"}),
+        ("PUT", "/api/session", {"GET", "HEAD", "POST", "DELETE"}),
         ("POST", "/api/projects/{p}", {"GET", "HEAD"}),
         ("HEAD", "/api/generate-stream", {"GET"}),
     ],
