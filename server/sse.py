@@ -25,6 +25,7 @@ from server.errors import InvalidInput, MalformedRequest
 from server.events import Batch
 from server.limits import StreamSlot
 from server.middleware import RAW_SEND
+from server.parsing import query_param
 
 logger = logging.getLogger(__name__)
 MAX_EVENT_ID = 2**31 - 1
@@ -40,7 +41,7 @@ def last_event_id(request: Request) -> int:
     """The client's cursor: the ``Last-Event-ID`` header, else ``lastEventId``, else 0. Both are
     checked when both are sent, and an empty one counts as not sent (as /openapi.json says)."""
     header = _cursor(request.headers.get("last-event-id"))
-    query = _cursor(request.query_params.get("lastEventId"))
+    query = _cursor(query_param(request, "lastEventId"))
     if header is not None:
         return header
     return query if query is not None else 0

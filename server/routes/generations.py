@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from server.errors import Draining, InvalidInput, MalformedRequest
 from server.models import Accepted, GenerateRequest
-from server.parsing import parse_uuid, path_uuid, read_json, validate
+from server.parsing import parse_uuid, path_uuid, query_param, read_json, validate
 from server.routes.respond import (
     events_url,
     json_response,
@@ -37,16 +37,19 @@ async def get_generate_stream(request: Request) -> Response:
     under a GET, so a cookie must come with proof of our own origin."""
     app = services(request)
     user = await app.auth.authenticate(request, changes_state=True)
-    params = request.query_params
+    params = {
+        name: query_param(request, name)
+        for name in ("projectId", "message", "clientRequestId", "onRunning")
+    }
     for name in ("projectId", "message", "clientRequestId"):
-        if not params.get(name):
+        if not params[name]:
             raise MalformedRequest(
                 f"the query parameter {name} is required", code="missing_parameter"
             )
-    project_id = parse_uuid(params["projectId"], "project")
     fields = {"message": params["message"], "client_request_id": params["clientRequestId"]}
-    if params.get("onRunning"):
+    if params["onRunning"]:
         fields["on_running"] = params["onRunning"]
+    project_id = parse_uuid(params["projectId"] or "", "project")
     body = validate(GenerateRequest, fields)
     try:
         return await _generate(app, request, user.id, project_id, body, last_event_id(request))

@@ -231,3 +231,26 @@ def test_the_documented_text_pattern_refuses_what_the_server_refuses(text: str) 
     except ValidationError:
         taken = False
     assert documented == taken == (text in FINE_TEXT)
+
+
+async def test_a_query_parameter_given_twice_is_refused_not_one_of_them_taken(
+    database_url: str,
+) -> None:
+    token = await create_user(database_url, "alice")
+    async with running_server(settings_for(database_url)) as srv, srv.client(token) as client:
+        project = await create_project(client)
+        events = await generate(client, project, "hello")
+        message = events[-1].data["message"]
+        stream = f"/api/generate-stream?projectId={project}&clientRequestId=k2"
+        for url in (
+            "/api/projects?limit=1&limit=2",
+            f"/api/projects/{project}/messages?after=0&after=1",
+            f"/api/projects/{project}/messages/{message['id']}/events?lastEventId=1&lastEventId=2",
+            f"{stream}&message=one&message=two",
+            f"{stream}&message=one&onRunning=reject&onRunning=enqueue",
+        ):
+            response = await client.get(url)
+            assert response.status_code == 400, (url, response.text)
+            assert response.json()["code"] == "invalid_parameter"
+        history = await client.get(f"/api/projects/{project}/messages")
+        assert len(history.json()["messages"]) == 2  # the refused generations wrote nothing
