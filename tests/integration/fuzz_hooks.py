@@ -21,10 +21,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 import schemathesis
-from schemathesis.specs.openapi.checks import positive_data_acceptance
+from schemathesis.checks import positive_data_acceptance
 
 STATE_DEPENDENT_422 = frozenset({"last_event_id_out_of_range", "conflicting_parameters"})
 MAX_SENT_URL_BYTES = 60_000
+POSITIVE_CHECK = "positive_data_acceptance_but_unstatable"
 
 
 def _code(response: Any) -> object:
