@@ -154,12 +154,23 @@ def parse_uuid(raw: str, what: str) -> UUID:
         raise NotFound(f"no {what} with id {raw!r}") from None
 
 
+def query_param(request: Request, name: str) -> str | None:
+    """A query parameter given at most once. ``?limit=1&limit=500`` is a list where one value is
+    expected (each parameter of /openapi.json is one value): taking either one would answer a
+    question the client did not ask."""
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise MalformedRequest(f"{name} must be given once", code="invalid_parameter")
+    return values[0] if values else None
+
+
 def query_int(
     request: Request, name: str, *, default: int | None, low: int, high: int
 ) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
+    raw = query_param(request, name)
+    if raw is None:
         return default
+    # An empty value is not a number either (``?limit=``): /openapi.json says integer.
     try:
         value = int(raw)
     except ValueError:

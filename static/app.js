@@ -67,6 +67,7 @@ function showProjectTitle(project) {
 }
 
 function setSignedIn(signedIn) {
+  if (!signedIn) $('#account').hidden = true;
   $('#signed-out').hidden = signedIn;
   for (const selector of ['#app', '#sign-out', '#projects-toggle']) $(selector).hidden = !signedIn;
 }
@@ -124,6 +125,10 @@ async function startProject(text) {
  * `make run` prints a URL carrying a token in the fragment (never sent to the server in a URL).
  * Trade it for the HttpOnly session cookie, and take it out of the address bar and this history
  * entry first, so it is not bookmarked or shared by accident.
+ *
+ * A link is not proof that its reader owns the account: anyone can send one. Over a session of
+ * another account the server refuses (409 another_account_signed_in) and names both accounts;
+ * the page then asks, staying signed in unless the person chooses the link's account.
  */
 async function signInFromFragment() {
   const token = new URLSearchParams(location.hash.slice(1)).get('token');
@@ -132,8 +137,61 @@ async function signInFromFragment() {
   try {
     await api.signIn(token);
   } catch (problem) {
+    if (problem.code === 'another_account_signed_in') {
+      await askToSwitch(token, problem.members);
+      return;
+    }
     // Say why (an unknown or revoked token, say); an older session cookie may still work.
     banner.show(problem);
+  }
+}
+
+let asking = null; // the question open now, if any: a second link replaces its token
+
+/** Asks whether to leave `signed_in_username` for `token_username`; switches only on yes. */
+async function askToSwitch(token, { signed_in_username: signedIn, token_username: tokenUser }) {
+  const dialog = $('#switch-account');
+  for (const element of dialog.querySelectorAll('.signed-in-username')) {
+    element.textContent = signedIn;
+  }
+  for (const element of dialog.querySelectorAll('.token-username')) {
+    element.textContent = tokenUser;
+  }
+  if (asking) {
+    asking.token = token;
+    return asking.answered;
+  }
+  const question = { token };
+  question.answered = new Promise((resolve) => {
+    dialog.addEventListener(
+      'close',
+      async () => {
+        asking = null;
+        if (dialog.returnValue === 'switch') {
+          try {
+            await api.signIn(question.token, { replace: true });
+          } catch (problem) {
+            banner.show(problem);
+          }
+        }
+        resolve();
+      },
+      { once: true },
+    );
+  });
+  asking = question;
+  dialog.returnValue = '';
+  dialog.showModal(); // Escape closes it with returnValue '': staying is the default
+  return question.answered;
+}
+
+async function showAccount() {
+  try {
+    const { username } = await api.whoAmI();
+    $('#account').textContent = username;
+    $('#account').hidden = false;
+  } catch {
+    $('#account').hidden = true;
   }
 }
 
@@ -148,6 +206,7 @@ async function start() {
   }
   setSignedIn(true);
   learnMessageLimit();
+  showAccount();
   projects.render(list);
   const wanted = projectInUrl() ?? projects.newest;
   if (wanted) await openProject(wanted, { push: false });

@@ -9,10 +9,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server.errors import InvalidInput, MalformedRequest
+from server.errors import Draining, InvalidInput, MalformedRequest
 from server.models import Accepted, GenerateRequest
-from server.parsing import parse_uuid, path_uuid, read_json, validate
-from server.routes.respond import events_url, json_response, stream_message
+from server.parsing import parse_uuid, path_uuid, query_param, read_json, validate
+from server.routes.respond import (
+    events_url,
+    json_response,
+    reconnect_elsewhere,
+    stream_message,
+)
 from server.services import Services, services
 from server.sse import check_cursor, last_event_id
 
@@ -36,18 +41,27 @@ async def get_generate_stream(request: Request) -> Response:
     under a GET, so a cookie must come with proof of our own origin."""
     app = services(request)
     user = await app.auth.authenticate(request, changes_state=True)
-    params = request.query_params
+    params = {
+        name: query_param(request, name)
+        for name in ("projectId", "message", "clientRequestId", "onRunning")
+    }
     for name in ("projectId", "message", "clientRequestId"):
-        if not params.get(name):
+        if not params[name]:
             raise MalformedRequest(
                 f"the query parameter {name} is required", code="missing_parameter"
             )
-    project_id = parse_uuid(params["projectId"], "project")
     fields = {"message": params["message"], "client_request_id": params["clientRequestId"]}
-    if params.get("onRunning"):
+    if params["onRunning"]:
         fields["on_running"] = params["onRunning"]
+    project_id = parse_uuid(params["projectId"] or "", "project")
     body = validate(GenerateRequest, fields, QUERY_NAMES)
-    return await _generate(app, request, user.id, project_id, body, last_event_id(request))
+    try:
+        return await _generate(app, request, user.id, project_id, body, last_event_id(request))
+    except Draining:
+        # EventSource takes a 503 as final and never tries again; a stream that ends at once is
+        # an ordinary reconnect (after `retry:`), which the load balancer sends to a worker that
+        # is not draining. The clientRequestId makes the repeat resume, never start twice.
+        return reconnect_elsewhere(app.settings.retry_ms)
 
 
 async def _generate(

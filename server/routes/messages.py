@@ -7,14 +7,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from server.errors import Conflict, InvalidInput, NotFound
-from server.models import MessageEnvelope, MessagePage
+from server.models import MAX_SEQUENCE, MessageEnvelope, MessagePage
 from server.parsing import path_uuid, query_int
 from server.routes.respond import LastingEndpoint, json_response, stream_message
 from server.services import Services, services
 from server.sse import check_cursor, last_event_id
 from server.store import StoredMessage, User
-
-MAX_SEQUENCE = 2**62
 
 
 async def history(request: Request) -> Response:
