@@ -85,6 +85,7 @@ FIELD_RULES: dict[str, str] = {
     "image_urls": "{name} must be a list of at most 8 URLs",
     "image_urls[]": "{name} must be an absolute http or https URL of at most 2,048 characters",
     "on_running": "{name} must be concurrent, reject, enqueue or interrupt",
+    "replace": "{name} must be true or false",
 }
 # The JSON type of each field, for a value of another type (400 wrong_type).
 FIELD_TYPES: dict[str, str] = {
@@ -95,6 +96,7 @@ FIELD_TYPES: dict[str, str] = {
     "image_urls": "a list of strings",
     "image_urls[]": "a string",
     "on_running": "a string or null",
+    "replace": "a boolean",
 }
 
 

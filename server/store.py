@@ -440,7 +440,11 @@ class Store:
         self, project_id: UUID, sequence: int, owner_id: UUID
     ) -> list[StoredMessage]:
         """Cancel the running answers (queued ones included) of a project below ``sequence``,
-        the way the cancel endpoint does; the ones this call ended."""
+        the way the cancel endpoint does; the ones this call ended.
+
+        Newest first: each end commits on its own, and an end makes the next queued answer's
+        turn come, so ending the oldest first let the queue start an answer that this very call
+        was about to cancel (its generator ran, for nothing)."""
         rows = await self.db.fetch("running_before", project_id, sequence)
         targets = [(r["project_id"], r["id"]) for r in rows]
         return await self._close(targets, "cancelled", None, None, owner_id)

@@ -447,11 +447,11 @@ FROM orderly_close($1, $2, $3, $4, $5, $6) AS c;
 
 -- name: running_before
 -- The running answers of project $1 (queued ones included) below sequence $2: what an
--- interrupting request cancels.
+-- interrupting request cancels, newest first (Store.interrupt says why).
 SELECT project_id, id
 FROM messages
 WHERE project_id = $1 AND sequence < $2 AND status IN ('pending', 'streaming')
-ORDER BY sequence;
+ORDER BY sequence DESC;
 
 -- name: claim_queued
 -- Claim the queued answers of these projects whose turn has come (every earlier answer of the
