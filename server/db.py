@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 Row = Mapping[str, Any]
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _QUERY_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+# On Citus a constraint violated on a shard is named with the shard's id: messages_pkey_102008.
+_SHARD_SUFFIX = re.compile(r"_\d+$")
 
 # Errors that mean "the database is not reachable right now", not "this query is wrong".
 _UNAVAILABLE = (
@@ -64,9 +66,10 @@ def translate_errors() -> Iterator[None]:
     try:
         yield
     except asyncpg.UniqueViolationError as exc:
-        if exc.constraint_name == "messages_idempotency_key":
+        constraint = _SHARD_SUFFIX.sub("", exc.constraint_name or "")
+        if constraint == "messages_idempotency_key":
             raise DuplicateRequest() from exc
-        if exc.constraint_name == "event_chunks_pkey":
+        if constraint == "event_chunks_pkey":
             # A flush whose chunk's id an end (cancel, the reaper) took meanwhile: the flusher
             # sends it again, and then finds the message ended.
             raise WriteConflict("an end written meanwhile took the event id of a chunk") from exc
@@ -146,6 +149,8 @@ class Database:
         self._pool: asyncpg.Pool | None = None
         self.queries = load_queries()
         self.in_flight = 0  # queries issued and not answered yet (for the pool metrics)
+        # Whether the database is a Citus cluster (docs/scaling.md): read when the pool opens.
+        self.distributed = False
 
     async def open(self) -> None:
         with translate_errors():
@@ -157,6 +162,7 @@ class Database:
                 max_inactive_connection_lifetime=60,
                 reset=_keep_session,
             )
+            self.distributed = bool(await self._pool.fetchval(self.queries["is_distributed"]))
 
     async def close(self) -> None:
         if self._pool is not None:

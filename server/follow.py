@@ -115,11 +115,11 @@ async def read_stored(store: Store, message: Message, cursor: int) -> tuple[list
         current = pair.assistant
         cursor = 1
     else:
-        found = await store.message_by_id(message.project_id, message.id)
+        found = await store.message_by_id(message.created_by, message.project_id, message.id)
         if found is None:
             raise LookupError(f"message {message.id} is gone")
         current = found
-    stored, more = await store.events_after(message.project_id, message.id, cursor, PAGE)
+    stored, more = await store.events_after(message.created_by, message.id, cursor, PAGE)
     chain: list[Event] = []
     for event in stored:
         if event.id != cursor + len(chain) + 1:

@@ -67,7 +67,10 @@ async def message_rows(database_url: str) -> list[Row]:
 async def running_counts(database_url: str) -> dict[str, int]:
     conn = await asyncpg.connect(database_url, timeout=10)
     try:
-        records = await conn.fetch("SELECT username, running_generations FROM users")
+        records = await conn.fetch(
+            "SELECT u.username, coalesce(r.running_generations, 0) AS running_generations "
+            "FROM users AS u LEFT JOIN user_running AS r ON r.user_id = u.id"
+        )
     finally:
         await conn.close()
     return {r["username"]: r["running_generations"] for r in records}

@@ -72,6 +72,7 @@ def item(
     final = status in TERMINAL
     return FlushItem(
         project_id=message.project_id,
+        owner_id=message.created_by,
         message_id=message.id,
         status=status,
         content="".join(t for texts in chunks for t in texts) if final else None,
@@ -83,14 +84,14 @@ def item(
 
 async def stored(store: Store, pair: Pair) -> list[tuple[int, str]]:
     message = pair.assistant.message
-    events, _ = await store.events_after(message.project_id, message.id, 0, 100)
+    events, _ = await store.events_after(message.created_by, message.id, 0, 100)
     return [(e.id, e.data) for e in events]
 
 
 async def running_count(store: Store, user_id: UUID) -> int:
     async with store.db.session() as session:
         count: int = await session.fetchval_sql(
-            "SELECT running_generations FROM users WHERE id = $1", user_id
+            "SELECT running_generations FROM user_running WHERE user_id = $1", user_id
         )
     return count
 
@@ -124,7 +125,7 @@ async def test_a_terminal_flush_sent_again_is_written_once(store: Store, worker:
     again = await store.flush(worker, [final])
     assert again == written
     assert await running_count(store, user_id) == 0
-    found = await store.message_by_id(message.project_id, message.id)
+    found = await store.message_by_id(message.created_by, message.project_id, message.id)
     assert found is not None
     assert (found.message.status, found.message.content) == ("success", "Hello")
     assert found.message.updated_at == written[message.id]
@@ -156,7 +157,7 @@ async def test_a_running_message_reads_as_its_stored_log(store: Store, worker: U
     pair = await reserve(store, worker)
     message = pair.assistant.message
     await store.flush(worker, [item(pair, [["Hel", "lo"], [" wor"]], status="streaming")])
-    found = await store.message_by_id(message.project_id, message.id)
+    found = await store.message_by_id(message.created_by, message.project_id, message.id)
     assert found is not None
     assert (found.message.status, found.message.content, found.last_event_id) == (
         "streaming",
@@ -221,7 +222,9 @@ async def test_no_identity_yet_is_waited_for_not_taken_for_an_unwritable_message
         with pytest.raises(ServiceUnavailable):
             await flusher.flush_once()
     for log in logs:
-        found = await store.message_by_id(log.placeholder.project_id, log.placeholder.id)
+        found = await store.message_by_id(
+            log.placeholder.created_by, log.placeholder.project_id, log.placeholder.id
+        )
         assert found is not None and found.message.status == "pending"
         assert not log.closed and log.unwritten == 1
     # With an identity again, everything is written.
@@ -286,5 +289,5 @@ async def test_drain_beside_the_running_flusher_writes_the_end_once(
     assert len(log.frames) == 3, "the terminal frame was appended more than once"
     assert flusher.pending == 0 and not flusher.logs
     assert [i for i, _ in await stored(store, pair)] == [2]
-    found = await store.message_by_id(message.project_id, message.id)
+    found = await store.message_by_id(message.created_by, message.project_id, message.id)
     assert found is not None and found.message.status == "success"

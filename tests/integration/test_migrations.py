@@ -90,7 +90,7 @@ async def test_legacy_layout_upgrades_to_sequences(empty_database_url: str) -> N
     # A generation's context is whole turns, found by role: the upgraded pairs are not all at
     # (2k-1, 2k). The failed answer (4) and the questions without an answer (1, 5) are left out.
     async with Store.single(url) as store:
-        context = await store.recent_history(project, 8, 10)
+        context = await store.recent_history(owner, project, 8, 10)
     assert [(m.sequence, m.role) for m in context] == [
         (2, "user"),
         (3, "assistant"),
