@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
 .DEFAULT_GOAL := help
-.PHONY: help run test soak lint format bench clean
+.PHONY: help run test test-citus soak lint format bench clean
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-8s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,6 +37,9 @@ run: $(RUN_STAMP) ## Start the service on http://127.0.0.1:8000 (installs only w
 
 test: $(DEV_STAMP) ## Run the test suite (installs the dev extras; embedded PostgreSQL, or TEST_DATABASE_URL); FAULT_SEED=N reruns a fault seed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-citus: $(DEV_STAMP) ## The integration suite on a Citus cluster: CITUS_URL, or a local one made with ../shared/citus (docs/scaling.md)
+	PY=$(PY) tests/citus.sh $(PYTEST_ARGS)
 
 SOAK_SEEDS ?= 20
 SOAK_SECONDS ?= 40

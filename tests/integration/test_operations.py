@@ -114,29 +114,35 @@ async def test_logs_never_carry_tokens_content_or_query_strings(
     assert all("route" in line and "status" in line for line in access)
 
 
-def test_every_statement_on_per_project_tables_filters_by_project_id() -> None:
-    """What lets the schema be distributed by project_id (docs/scaling.md)."""
-    # Statements that by design span projects, each with the reason.
-    cross_project = {
-        "orphans": "the reaper sweeps every expired heartbeat (a multi-shard statement)",
-        "forget_workers": "the reaper forgets workers that lead nothing (a multi-shard statement)",
-        "list_projects": "a user's projects, by owner",
-        "insert_project": "creates the project row itself",
-        "prune_events": "the retention sweep over every project (a multi-shard statement)",
-        "claim_queued_anywhere": "the queue's slow poll over every project (a multi-shard one)",
-        "leased_to": "a worker's own unstarted answers, by worker (a multi-shard statement)",
-    }
+# Statements that span owners by design (each runs on every shard of a Citus cluster), with why.
+# Nothing that serves a request is here.
+SPANS_OWNERS = {
+    "orphans": "the reaper sweeps every expired heartbeat's answers (periodic)",
+    "leading_workers": "the reaper's look for heartbeats that lead nothing (periodic)",
+    "prune_events": "the retention sweep over every owner (periodic)",
+    "claim_queued_anywhere": "the queue's slow poll over every project (periodic)",
+    "leased_to": "a worker's own unstarted answers, by worker (the slow poll, periodic)",
+    "shards_of": "asks Citus where owners live, once per owner (no table is read)",
+}
+
+
+def test_every_statement_on_per_user_tables_filters_by_its_owner() -> None:
+    """What lets the schema be distributed by owner (docs/scaling.md): every statement on
+    projects, messages, event_chunks and user_running names the owner (one, or the owners of a
+    batch of one shard), but the few that span owners by design."""
     for name, sql in load_queries().items():
         text = re.sub(r"--[^\n]*", "", sql).lower()
-        touches = re.search(r"\b(messages|message_view|event_chunks)\b", text)
-        if not touches or name in cross_project:
-            continue
-        by_project = (
-            "project_id = $1" in text  # one project
-            or "project_id = b.project_id" in text  # a batch of (project, message) pairs
-            or re.search(r"insert into messages[\s\S]*select \$1::uuid", text)  # new rows
+        touches = re.search(
+            r"\b(messages|message_view|event_chunks|projects|user_running|orderly_close)\b", text
         )
-        assert by_project, f"{name} does not filter by project_id"
+        if not touches or name in SPANS_OWNERS:
+            continue
+        by_owner = (
+            re.search(r"\b(created_by|owner_id|user_id) = (\$\d+|any\(\$\d+::uuid\[\]\))", text)
+            or "orderly_close($1" in text  # the owner is its first argument
+            or "insert into projects (owner_id, title) values ($1" in text  # a new row
+        )
+        assert by_owner, f"{name} does not filter by owner"
 
 
 async def test_pruned_log_is_answered_with_its_terminal_event(database_url: str) -> None:
