@@ -504,9 +504,10 @@ class Store:
         """Take, for ``worker``, up to ``limit`` queued answers whose turn has come, in these
         ``(owner, project)`` projects (None: in any project); a statement per shard."""
         if projects is None:
-            rows = await self.db.fetch("claim_queued_anywhere", worker, limit)
-        else:
-            rows = []
+            found = await self.db.fetch("queued_projects", limit)
+            projects = [(r["owner_id"], r["project_id"]) for r in found]
+        rows: list[Row] = []
+        if projects:
             for group in await self.by_shard(projects, lambda p: p[0]):
                 if len(rows) >= limit:
                     break

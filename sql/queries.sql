@@ -116,8 +116,8 @@ WITH p AS (
       AND (SELECT waits FROM seen)
 ), a AS (
     SELECT p.last_sequence, orderly_uuid7() AS user_id, orderly_uuid7() AS assistant_id,
-           CASE WHEN s.waits THEN r.n + (p.last_sequence - 2 - s.last_sequence) / 2 ELSE 0 END
-               AS ahead,
+           CASE WHEN s.waits THEN r.n + greatest(0, (p.last_sequence - 2 - s.last_sequence) / 2)
+                ELSE 0 END AS ahead,
            CASE WHEN p.last_sequence - 2 > s.last_sequence THEN '- ' || (p.last_sequence - 2)
                 ELSE r.newest_id || ' ' || r.newest_sequence END AS newest
     FROM p, seen AS s, running AS r
@@ -344,13 +344,18 @@ WITH new_chunks AS (
     -- 3. The users' running counts, in id order (two workers' flushes lock the same users),
     -- once every key of (2) is taken. A row locked after waiting is its latest version: its
     -- xmin says whether it changed since this statement's snapshot (queue_hint).
-    SELECT r.user_id, r.xmin FROM user_running AS r
-    WHERE r.user_id = ANY($17::uuid[])
-      AND r.user_id IN (SELECT created_by FROM changed
-                        WHERE status IN ('success', 'error', 'cancelled'))
-      AND (SELECT count(*) FROM chunks) >= 0
-    ORDER BY r.user_id
-    FOR NO KEY UPDATE
+    -- (A subquery: Citus, which runs each CTE of this statement as a step of its own, reads
+    -- back a locking query's rows in the wrong format.)
+    SELECT l.user_id, l.version
+    FROM (
+        SELECT r.user_id, r.xmin::text AS version FROM user_running AS r
+        WHERE r.user_id = ANY($17::uuid[])
+          AND r.user_id IN (SELECT created_by FROM changed
+                            WHERE status IN ('success', 'error', 'cancelled'))
+          AND (SELECT count(*) FROM chunks) >= 0
+        ORDER BY r.user_id
+        FOR NO KEY UPDATE
+    ) AS l
 ), released AS (
     UPDATE user_running AS u SET running_generations = greatest(0, u.running_generations - f.n)
     FROM (
@@ -381,15 +386,16 @@ WITH new_chunks AS (
           OR EXISTS (
               SELECT 1 FROM finished_by AS f JOIN user_running AS s ON s.user_id = f.user_id
               WHERE s.user_id = ANY($17::uuid[]) AND f.user_id = c.created_by
-                AND s.xmin <> f.xmin
+                AND s.xmin::text <> f.version
           )
       )
     HAVING count(*) > 0
 ), notified AS (
     -- One small NOTIFY per flush, ids only (payloads are capped at 8000 bytes: '*' = re-read all).
+    -- (::text: Citus keeps each CTE's rows, and a void column cannot be kept.)
     SELECT pg_notify('orderly_events',
-                     CASE WHEN count(*) > 150 THEN '*' ELSE string_agg(id::text, ',') END),
-           (SELECT pg_notify('orderly_queue', projects) FROM queue_hint)
+                     CASE WHEN count(*) > 150 THEN '*' ELSE string_agg(id::text, ',') END)::text,
+           (SELECT pg_notify('orderly_queue', projects)::text FROM queue_hint)
     FROM held
     WHERE $18::boolean
     HAVING count(*) > 0
@@ -494,30 +500,19 @@ RETURNING m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m
           m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens,
           m.finish_reason, extract(epoch FROM now() - m.queued_at)::float8 AS waited;
 
--- name: claim_queued_anywhere
--- The slow poll's claim_queued: the queued answers of every project whose turn has come. Spans
--- owners by design (a periodic sweep). $1 the worker, $2 how many at most
-WITH turn AS (
-    SELECT q.created_by, q.id
-    FROM messages AS q
-    WHERE q.status = 'pending' AND q.lease_owner IS NULL
-      AND NOT EXISTS (
-          SELECT 1 FROM messages AS e
-          WHERE e.created_by = q.created_by AND e.project_id = q.project_id
-            AND e.sequence < q.sequence AND e.status IN ('pending', 'streaming')
-      )
-      AND EXISTS (SELECT 1 FROM workers AS w WHERE w.id = $1 AND w.expires_at > now())
-    LIMIT $2
-    FOR UPDATE OF q SKIP LOCKED
-)
-UPDATE messages AS m SET lease_owner = $1
-FROM turn AS t
-WHERE m.created_by = t.created_by AND m.id = t.id
-  AND m.status = 'pending' AND m.lease_owner IS NULL
-RETURNING m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
-          m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-          m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens,
-          m.finish_reason, extract(epoch FROM now() - m.queued_at)::float8 AS waited;
+-- name: queued_projects
+-- The slow poll: projects that have a queued answer whose turn has come; claim_queued then takes
+-- them, a shard at a time (on Citus a statement that locks rows must be on one shard). Spans
+-- owners by design (a periodic sweep). $1 how many at most
+SELECT DISTINCT q.created_by AS owner_id, q.project_id
+FROM messages AS q
+WHERE q.status = 'pending' AND q.lease_owner IS NULL
+  AND NOT EXISTS (
+      SELECT 1 FROM messages AS e
+      WHERE e.created_by = q.created_by AND e.project_id = q.project_id
+        AND e.sequence < q.sequence AND e.status IN ('pending', 'streaming')
+  )
+LIMIT $1;
 
 -- name: leased_to
 -- Answers leased to worker $1 that have not started writing (pending): the worker compares them
@@ -543,7 +538,8 @@ WITH released AS (
     RETURNING m.created_by, m.project_id, m.id
 )
 SELECT id, created_by || '/' || project_id AS project,
-       CASE WHEN $4::boolean THEN pg_notify('orderly_queue', created_by || '/' || project_id) END
+       CASE WHEN $4::boolean
+            THEN pg_notify('orderly_queue', created_by || '/' || project_id)::text END AS notified
 FROM released;
 
 -- name: held_among

@@ -19,4 +19,7 @@ if [ -z "${CITUS_URL:-}" ]; then
   CITUS_URL=$("$shared/cluster.sh" start "$dir" "${CITUS_PORT:-9700}" 2 | tail -1)
 fi
 echo "Citus cluster: $CITUS_URL"
-TEST_CITUS_URL=$CITUS_URL "$py" -m pytest tests/integration "$@"
+# The integration suite, unless the arguments name tests of their own.
+paths=(tests/integration)
+for arg in "$@"; do [[ $arg == tests/* ]] && paths=(); done
+TEST_CITUS_URL=$CITUS_URL "$py" -m pytest "${paths[@]}" "$@"

@@ -88,7 +88,10 @@ def admin_url(embedded_postgres: EmbeddedPostgres | None) -> str:
 
 
 @pytest.fixture(scope="session")
-async def template_name(admin_url: str) -> AsyncIterator[str]:
+async def template_name(admin_url: str) -> AsyncIterator[str | None]:
+    if CITUS_URL:  # (no template there: citus_database)
+        yield None
+        return
     name = f"orderly_template_{os.getpid()}"
     async with connect(admin_url) as session:
         await session.execute_sql(f'DROP DATABASE IF EXISTS "{name}"')
@@ -162,8 +165,11 @@ async def _register_workers(session: Session, source: str) -> None:
 
 
 @pytest.fixture(scope="session")
-async def citus_database() -> AsyncIterator[str]:
+async def citus_database() -> AsyncIterator[str | None]:
     """The cluster's test database, migrated (and so distributed) once per session."""
+    if not CITUS_URL:
+        yield None
+        return
     name = f"orderly_test_{os.getpid()}"
     await _drop_citus_database(name)
     url = await _citus_database(name)
@@ -174,15 +180,15 @@ async def citus_database() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def database_url(request: pytest.FixtureRequest, admin_url: str) -> AsyncIterator[str]:
+async def database_url(
+    admin_url: str, template_name: str | None, citus_database: str | None
+) -> AsyncIterator[str]:
     """A fresh, migrated database for one test (on Citus: the session's, emptied)."""
-    if CITUS_URL:
-        url: str = request.getfixturevalue("citus_database")
-        async with connect(url) as session:
+    if citus_database is not None:
+        async with connect(citus_database) as session:
             await session.execute_sql(f"TRUNCATE {_TABLES} CASCADE")
-        yield url
+        yield citus_database
         return
-    template_name: str = request.getfixturevalue("template_name")
     name = f"orderly_test_{uuid.uuid4().hex[:12]}"
     async with connect(admin_url) as session:
         await session.execute_sql(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"')

@@ -176,16 +176,13 @@ CREATE FUNCTION orderly_distribute() RETURNS void
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     t record;
+    fk record;
     kind text;
+    todo text[] := '{}';
+    fks text[][] := '{}';
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus') THEN
         RETURN;
-    END IF;
-    -- A foreign key between a distributed table and a table not distributed yet is refused,
-    -- either way: the one between messages and projects is added back once both are.
-    IF NOT EXISTS (SELECT 1 FROM citus_tables WHERE table_name = 'messages'::regclass
-                   AND citus_table_type = 'distributed') THEN
-        ALTER TABLE messages DROP CONSTRAINT IF EXISTS messages_project_fkey;
     END IF;
     FOR t IN SELECT * FROM (VALUES (1, 'users', NULL), (2, 'api_tokens', NULL),
                                    (3, 'workers', NULL), (4, 'user_running', 'user_id'),
@@ -193,12 +190,43 @@ BEGIN
                                    (7, 'event_chunks', 'owner_id'))
                           AS v (n, name, col) ORDER BY n
     LOOP
-        -- (A reference table's referencing tables become Citus local tables meanwhile: the
-        -- type is what says whether a table is done.)
         EXECUTE format('SELECT citus_table_type FROM citus_tables WHERE table_name = %L::regclass',
                        t.name)
             INTO kind;
-        CONTINUE WHEN kind = CASE WHEN t.col IS NULL THEN 'reference' ELSE 'distributed' END;
+        IF kind IS DISTINCT FROM (CASE WHEN t.col IS NULL THEN 'reference' ELSE 'distributed' END)
+        THEN
+            todo := todo || t.name::text;
+        END IF;
+    END LOOP;
+    IF cardinality(todo) = 0 THEN
+        RETURN;  -- done already: a second run changes nothing
+    END IF;
+    -- One connection per node for the whole transaction: a transaction that touches a reference
+    -- table and distributed tables with foreign keys between them must not open several.
+    SET LOCAL citus.multi_shard_modify_mode TO 'sequential';
+    -- Foreign keys between these tables are dropped while they are distributed, and added back
+    -- after: Citus refuses one between a distributed table and a table not distributed yet, and
+    -- a local table that references a reference table is turned into a Citus local table, which
+    -- create_distributed_table would then rebuild (dropping what depends on its row type, such
+    -- as orderly_close).
+    FOR fk IN
+        SELECT c.conrelid::regclass::text AS tab, c.conname, pg_get_constraintdef(c.oid) AS def
+        FROM pg_constraint AS c
+        WHERE c.contype = 'f'
+          AND c.conrelid::regclass::text IN ('users', 'api_tokens', 'workers', 'user_running',
+                                             'projects', 'messages', 'event_chunks')
+        ORDER BY c.conrelid::regclass::text = 'messages', c.conname
+    LOOP
+        fks := fks || ARRAY[[fk.tab, fk.conname, fk.def]];
+        EXECUTE format('ALTER TABLE %I DROP CONSTRAINT %I', fk.tab, fk.conname);
+    END LOOP;
+    FOR t IN SELECT * FROM (VALUES (1, 'users', NULL), (2, 'api_tokens', NULL),
+                                   (3, 'workers', NULL), (4, 'user_running', 'user_id'),
+                                   (5, 'projects', 'owner_id'), (6, 'messages', 'created_by'),
+                                   (7, 'event_chunks', 'owner_id'))
+                          AS v (n, name, col) ORDER BY n
+    LOOP
+        CONTINUE WHEN NOT t.name = ANY(todo);
         IF t.col IS NULL THEN
             EXECUTE format('SELECT create_reference_table(%L)', t.name);
         ELSIF t.name = 'user_running' THEN
@@ -208,11 +236,9 @@ BEGIN
                            t.name, t.col, 'user_running');
         END IF;
     END LOOP;
-    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'messages_project_fkey'
-                   AND conrelid = 'messages'::regclass) THEN
-        ALTER TABLE messages ADD CONSTRAINT messages_project_fkey
-            FOREIGN KEY (created_by, project_id) REFERENCES projects (owner_id, id);
-    END IF;
+    FOR i IN 1..coalesce(array_length(fks, 1), 0) LOOP
+        EXECUTE format('ALTER TABLE %I ADD CONSTRAINT %I %s', fks[i][1], fks[i][2], fks[i][3]);
+    END LOOP;
     -- Functions that statements routed to a shard call must exist on every node.
     FOR t IN SELECT * FROM (VALUES ('orderly_refuse(text)'), ('orderly_refuse(text,text)'),
                                    ('orderly_uuid7()')) AS v (name)

@@ -120,7 +120,8 @@ SPANS_OWNERS = {
     "orphans": "the reaper sweeps every expired heartbeat's answers (periodic)",
     "leading_workers": "the reaper's look for heartbeats that lead nothing (periodic)",
     "prune_events": "the retention sweep over every owner (periodic)",
-    "claim_queued_anywhere": "the queue's slow poll over every project (periodic)",
+    "queued_projects": "the queue's slow poll over every project (periodic); the claims that "
+    "follow are per shard",
     "leased_to": "a worker's own unstarted answers, by worker (the slow poll, periodic)",
     "shards_of": "asks Citus where owners live, once per owner (no table is read)",
 }
