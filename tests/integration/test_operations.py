@@ -146,6 +146,75 @@ def test_every_statement_on_per_user_tables_filters_by_its_owner() -> None:
         assert by_owner, f"{name} does not filter by owner"
 
 
+# Statements that serve requests, each explained on the database the suite runs on: on Citus,
+# each must run on one node; those that Citus runs as several steps (their CTEs insert: see
+# docs/scaling.md) still run every step there. Everything else either spans owners by design
+# (SPANS_OWNERS) or touches reference tables only.
+REQUEST_STATEMENTS = {
+    "list_projects": "router",
+    "get_project": "router",
+    "insert_project": "router",
+    "pair_by_request_id": "router",
+    "get_message": "router",
+    "get_pair_of_assistant": "router",
+    "history_latest": "router",
+    "history_before": "router",
+    "history_after": "router",
+    "message_by_id": "router",
+    "chunks_after": "router",
+    "recent_history": "router",
+    "running_before": "router",
+    "held_among": "router",
+    "claim_queued": "router",
+    "release_claims": "router",
+    "reserve_pair": "steps on one node",
+    "flush": "steps on one node",
+}
+_DUMMY = {
+    "uuid": "'00000000-0000-0000-0000-000000000001'",
+    "uuid[]": "'{00000000-0000-0000-0000-000000000001}'",
+    "text": "'x'",
+    "text[]": "'{x}'",
+    "int4": "1",
+    "int8": "1",
+    "int4[]": "'{1}'",
+    "bool": "false",
+    "float8": "1",
+}
+
+
+async def test_every_request_statement_runs_on_one_node(database_url: str) -> None:
+    """Each statement that serves a request, PREPAREd and EXPLAIN EXECUTEd (PostgreSQL 15 has no
+    EXPLAIN (GENERIC_PLAN)) with one owner: on Citus its plan names one node, and a router
+    statement is one task. On one PostgreSQL the same statements must prepare and explain."""
+    queries = load_queries()
+    conn = await asyncpg.connect(database_url)
+    try:
+        distributed = await conn.fetchval(queries["is_distributed"])
+        for name, kind in REQUEST_STATEMENTS.items():
+            sql = queries[name]
+            types = [t.name for t in (await conn.prepare(sql)).get_parameters()]
+            values = ", ".join(_DUMMY[t] for t in types)
+            # (Citus runs the steps of a statement in steps while explaining it: roll back.)
+            async with conn.transaction():
+                await conn.execute(f"PREPARE probe ({', '.join(types)}) AS {sql}")
+                plan = "\n".join(
+                    r[0] for r in await conn.fetch(f"EXPLAIN EXECUTE probe ({values})")
+                )
+                await conn.execute("DEALLOCATE probe")
+                await conn.execute("ROLLBACK AND CHAIN")
+            if not distributed:
+                assert plan, name
+                continue
+            nodes = set(re.findall(r"Node: (host=\S+ port=\d+)", plan))
+            assert len(nodes) == 1, f"{name} runs on {len(nodes)} nodes:\n{plan}"
+            if kind == "router":
+                assert re.findall(r"Task Count: (\d+)", plan) == ["1"], f"{name}:\n{plan}"
+                assert "Subplan" not in plan, f"{name} runs in steps:\n{plan}"
+    finally:
+        await conn.close()
+
+
 async def test_pruned_log_is_answered_with_its_terminal_event(database_url: str) -> None:
     from tests.support import events_only, read_stream
 
