@@ -9,8 +9,10 @@
 --   id, project_id, sequence, role, kind, content, status, image_urls, client_request_id,
 --   created_by, created_at, updated_at, error_code, error_message, last_event_id,
 --   prompt_tokens, completion_tokens, finish_reason
--- Reads go through message_view, where a running message's content and last event id come from
--- its stored log (sql/migrations/0010_citus_layout.sql).
+-- A running message's content and last event id come from its stored log: message_view
+-- (sql/migrations/0010_citus_layout.sql) shows how, and the reads below spell it out, with the
+-- owner as a parameter in the log's subquery too (on Citus a view's correlated owner would not
+-- let the statement be routed to one shard: it would run on all of them).
 
 -- name: is_distributed
 -- Whether this database is a Citus cluster (server/db.py asks once, when its pool opens).
@@ -157,69 +159,169 @@ RETURNING m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m
           m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason;
 
 -- name: pair_by_request_id
-SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
-       m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
-FROM message_view AS m
+SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.content ELSE m.content END AS content,
+       m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
+       m.error_code, m.error_message,
+       CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
+            THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
+       m.prompt_tokens, m.completion_tokens, m.finish_reason
+FROM messages AS m
+LEFT JOIN LATERAL (
+    SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+                        FILTER (WHERE e.kind = 'd'), '') AS content,
+           coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
+               AS last_event_id
+    FROM event_chunks AS c
+    CROSS JOIN LATERAL unnest(string_to_array(c.kinds, NULL), string_to_array(c.data, E'\n'))
+        WITH ORDINALITY AS e (kind, data, n)
+    WHERE c.owner_id = $2 AND c.message_id = m.id AND m.status IN ('pending', 'streaming')
+) AS s ON true
 WHERE m.created_by = $2 AND m.project_id = $1 AND m.client_request_id = $3
 ORDER BY m.sequence;
 
 -- name: get_message
-SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
-       m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
-FROM message_view AS m
+SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.content ELSE m.content END AS content,
+       m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
+       m.error_code, m.error_message,
+       CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
+            THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
+       m.prompt_tokens, m.completion_tokens, m.finish_reason
+FROM messages AS m
+LEFT JOIN LATERAL (
+    SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+                        FILTER (WHERE e.kind = 'd'), '') AS content,
+           coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
+               AS last_event_id
+    FROM event_chunks AS c
+    CROSS JOIN LATERAL unnest(string_to_array(c.kinds, NULL), string_to_array(c.data, E'\n'))
+        WITH ORDINALITY AS e (kind, data, n)
+    WHERE c.owner_id = $3 AND c.message_id = m.id AND m.status IN ('pending', 'streaming')
+) AS s ON true
 WHERE m.created_by = $3 AND m.project_id = $1 AND m.id = $2;
 
 -- name: get_pair_of_assistant
 -- The user message and the assistant message of one generation (sequences 2k-1, 2k). $3 owner
-SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
-       m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
-FROM message_view AS m
+SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.content ELSE m.content END AS content,
+       m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
+       m.error_code, m.error_message,
+       CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
+            THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
+       m.prompt_tokens, m.completion_tokens, m.finish_reason
+FROM messages AS m
+LEFT JOIN LATERAL (
+    SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+                        FILTER (WHERE e.kind = 'd'), '') AS content,
+           coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
+               AS last_event_id
+    FROM event_chunks AS c
+    CROSS JOIN LATERAL unnest(string_to_array(c.kinds, NULL), string_to_array(c.data, E'\n'))
+        WITH ORDINALITY AS e (kind, data, n)
+    WHERE c.owner_id = $3 AND c.message_id = m.id AND m.status IN ('pending', 'streaming')
+) AS s ON true
 WHERE m.created_by = $3 AND m.project_id = $1 AND m.sequence IN ($2 - 1, $2)
 ORDER BY m.sequence;
 
 -- name: history_latest
 -- One row per message, or one row of NULLs for an empty project, or no row when the project is
 -- not the caller's: the ownership check costs no extra round trip.
-SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
-       m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
+SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.content ELSE m.content END AS content,
+       m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
+       m.error_code, m.error_message,
+       CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
+            THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
+       m.prompt_tokens, m.completion_tokens, m.finish_reason
 FROM projects AS p
 LEFT JOIN LATERAL (
-    SELECT * FROM message_view WHERE created_by = $2 AND project_id = $1 ORDER BY sequence DESC LIMIT $3
+    SELECT * FROM messages
+    WHERE created_by = $2 AND project_id = $1
+    ORDER BY sequence DESC LIMIT $3
 ) AS m ON true
+LEFT JOIN LATERAL (
+    SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+                        FILTER (WHERE e.kind = 'd'), '') AS content,
+           coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
+               AS last_event_id
+    FROM event_chunks AS c
+    CROSS JOIN LATERAL unnest(string_to_array(c.kinds, NULL), string_to_array(c.data, E'\n'))
+        WITH ORDINALITY AS e (kind, data, n)
+    WHERE c.owner_id = $2 AND c.message_id = m.id AND m.status IN ('pending', 'streaming')
+) AS s ON true
 WHERE p.owner_id = $2 AND p.id = $1;
 
 -- name: history_before
-SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
-       m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
+SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.content ELSE m.content END AS content,
+       m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
+       m.error_code, m.error_message,
+       CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
+            THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
+       m.prompt_tokens, m.completion_tokens, m.finish_reason
 FROM projects AS p
 LEFT JOIN LATERAL (
-    SELECT * FROM message_view WHERE created_by = $2 AND project_id = $1 AND sequence < $4
+    SELECT * FROM messages WHERE created_by = $2 AND project_id = $1 AND sequence < $4
     ORDER BY sequence DESC LIMIT $3
 ) AS m ON true
+LEFT JOIN LATERAL (
+    SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+                        FILTER (WHERE e.kind = 'd'), '') AS content,
+           coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
+               AS last_event_id
+    FROM event_chunks AS c
+    CROSS JOIN LATERAL unnest(string_to_array(c.kinds, NULL), string_to_array(c.data, E'\n'))
+        WITH ORDINALITY AS e (kind, data, n)
+    WHERE c.owner_id = $2 AND c.message_id = m.id AND m.status IN ('pending', 'streaming')
+) AS s ON true
 WHERE p.owner_id = $2 AND p.id = $1;
 
 -- name: history_after
-SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
-       m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
+SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.content ELSE m.content END AS content,
+       m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
+       m.error_code, m.error_message,
+       CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
+            THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
+       m.prompt_tokens, m.completion_tokens, m.finish_reason
 FROM projects AS p
 LEFT JOIN LATERAL (
-    SELECT * FROM message_view WHERE created_by = $2 AND project_id = $1 AND sequence > $4
+    SELECT * FROM messages WHERE created_by = $2 AND project_id = $1 AND sequence > $4
     ORDER BY sequence ASC LIMIT $3
 ) AS m ON true
+LEFT JOIN LATERAL (
+    SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+                        FILTER (WHERE e.kind = 'd'), '') AS content,
+           coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
+               AS last_event_id
+    FROM event_chunks AS c
+    CROSS JOIN LATERAL unnest(string_to_array(c.kinds, NULL), string_to_array(c.data, E'\n'))
+        WITH ORDINALITY AS e (kind, data, n)
+    WHERE c.owner_id = $2 AND c.message_id = m.id AND m.status IN ('pending', 'streaming')
+) AS s ON true
 WHERE p.owner_id = $2 AND p.id = $1;
 
 -- name: message_by_id
 -- Internal reads (following a log); callers have already checked ownership. $3 owner
-SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
-       m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
-FROM message_view AS m
+SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.content ELSE m.content END AS content,
+       m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
+       m.error_code, m.error_message,
+       CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
+            THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
+       m.prompt_tokens, m.completion_tokens, m.finish_reason
+FROM messages AS m
+LEFT JOIN LATERAL (
+    SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+                        FILTER (WHERE e.kind = 'd'), '') AS content,
+           coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
+               AS last_event_id
+    FROM event_chunks AS c
+    CROSS JOIN LATERAL unnest(string_to_array(c.kinds, NULL), string_to_array(c.data, E'\n'))
+        WITH ORDINALITY AS e (kind, data, n)
+    WHERE c.owner_id = $3 AND c.message_id = m.id AND m.status IN ('pending', 'streaming')
+) AS s ON true
 WHERE m.created_by = $3 AND m.project_id = $1 AND m.id = $2;
 
 -- name: chunks_after
@@ -476,7 +578,8 @@ ORDER BY sequence;
 -- running one (the reaper ends it if its worker dies). The projects are of owners of one shard
 -- (server/store.py groups them). $2 owners, $3 project ids, $4 how many at most
 WITH turn AS (
-    SELECT q.created_by, q.id
+    -- (How long it waited is read here: Citus refuses now() in RETURNING.)
+    SELECT q.created_by, q.id, extract(epoch FROM now() - q.queued_at)::float8 AS waited
     FROM unnest($2::uuid[], $3::uuid[]) AS b (owner_id, project_id)
     JOIN messages AS q ON q.created_by = b.owner_id AND q.project_id = b.project_id
     WHERE q.created_by = ANY($2::uuid[])
@@ -498,7 +601,7 @@ WHERE m.created_by = ANY($2::uuid[]) AND m.created_by = t.created_by AND m.id = 
 RETURNING m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
           m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
           m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens,
-          m.finish_reason, extract(epoch FROM now() - m.queued_at)::float8 AS waited;
+          m.finish_reason, t.waited;
 
 -- name: queued_projects
 -- The slow poll: projects that have a queued answer whose turn has come; claim_queued then takes
