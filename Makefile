@@ -10,10 +10,14 @@ DEV_STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
 .DEFAULT_GOAL := help
-.PHONY: help run test test-citus soak lint format bench clean
+.PHONY: help run test test-citus soak lint format bench dist clean
+
+# Where `make run` serves, from HOST and PORT as the environment (or the command line) sets
+# them: `make help` says so, not a fixed :8000.
+SERVE_URL = http://$(or $(HOST),127.0.0.1):$(or $(PORT),8000)
 
 help: ## Show this help
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-8s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk -v url='$(SERVE_URL)' 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {gsub(/SERVE_URL/, url, $$2); printf "  \033[36m%-8s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +36,7 @@ $(BENCH_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	@touch $@ $(DEV_STAMP) $(RUN_STAMP)
 
-run: $(RUN_STAMP) ## Start the service on http://127.0.0.1:8000 (installs only what it needs; embedded PostgreSQL unless DATABASE_URL is set)
+run: $(RUN_STAMP) ## Start the service on SERVE_URL (installs only what it needs; embedded PostgreSQL unless DATABASE_URL is set)
 	$(PY) -m server
 
 test: $(DEV_STAMP) ## Run the test suite (installs the dev extras; embedded PostgreSQL, or TEST_DATABASE_URL); FAULT_SEED=N reruns a fault seed
@@ -63,5 +67,11 @@ format: $(DEV_STAMP) ## Reformat the code and apply safe lint fixes
 	$(VENV)/bin/ruff format server tests bench
 	$(VENV)/bin/ruff check --fix server tests bench
 
-clean: ## Remove the virtualenv and caches (keeps .data/, the embedded database)
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+# The wheel builds in an isolated environment of its own (pip fetches setuptools for it).
+dist: | $(PY) ## Build the service's wheel into dist/ (with sql/ and static/ inside); .ci/wheel-check installs and serves it
+	rm -rf dist build
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist .
+	@ls dist/*.whl
+
+clean: ## Remove the virtualenv, caches and builds (keeps .data/, the embedded database)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build

@@ -76,6 +76,7 @@ def settings(url: str, ping_seconds: float) -> Settings:
         rate_per_minute=100_000_000,
         rate_burst=1_000_000,
         max_streams_per_worker=100_000,
+        max_streams_per_user=100_000,
         token_cache_seconds=3600,
     )
 

@@ -1,4 +1,4 @@
-"""The command line: serve (default), migrate, token create/revoke.
+"""The command line: serve (default), migrate, token create/list/revoke, user remove.
 
 Every command uses the same database as the server: ``DATABASE_URL``, or the embedded PostgreSQL
 under ``DATA_DIR`` (default ``.data/``) when it is unset.
@@ -16,8 +16,9 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from uuid import UUID
 
-from server import announce, logs
+from server import accounts, announce, logs
 from server.auth import hash_token, issue_token
 from server.config import Settings, SettingsError
 from server.db import connect
@@ -70,12 +71,39 @@ async def _create_token(url: str, username: str) -> str:
         return await issue_token(store, username)
 
 
-async def _revoke(url: str, token: str | None, username: str | None) -> int:
+async def _revoke(url: str, args: argparse.Namespace) -> int:
+    if args.token_id is not None:
+        return await accounts.revoke_token_id(url, args.token_id)
     async with Store.single(url) as store:
-        if username is not None:
-            return await store.revoke_user_tokens(username)
-        assert token is not None
-        return await store.revoke_token(hash_token(token))
+        if args.username is not None:
+            return await store.revoke_user_tokens(username=args.username)
+        return await store.revoke_token(hash_token(args.token))
+
+
+def _print_tokens(tokens: list[accounts.TokenInfo]) -> None:
+    """One line per token: its id (for ``token revoke --id``), user, creation, state."""
+    for t in tokens:
+        state = f"revoked {t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "active"
+        print(f"{t.id}  {t.username}  created {t.created_at:%Y-%m-%d %H:%M}  {state}")
+
+
+def _remove_user(url: str, username: str) -> int:
+    removal = asyncio.run(accounts.remove_user(url, username))
+    if not removal.found:
+        print(f"no user {username!r}", file=sys.stderr)
+        return 1
+    if removal.running:
+        print(
+            f"user {username!r} has {removal.running} answer(s) running or queued: nothing was "
+            "removed. Revoke their tokens (token revoke --user) and try again once they end.",
+            file=sys.stderr,
+        )
+        return 1
+    print(
+        f"removed user {username!r}: {removal.tokens} token(s), {removal.projects} project(s), "
+        f"{removal.messages} message(s)"
+    )
+    return 0
 
 
 async def _is_fresh(url: str) -> bool:
@@ -99,7 +127,7 @@ def serve(settings: Settings) -> None:
 
     with database_url(settings) as url:
         asyncio.run(_migrate(url))
-        base = settings.public_url or f"http://{settings.host}:{settings.port}"
+        base = settings.base_url
         if asyncio.run(_is_fresh(url)):
             token = asyncio.run(_create_token(url, "demo"))
             notice = (
@@ -107,7 +135,7 @@ def serve(settings: Settings) -> None:
             )
         else:
             notice = (
-                f"\nServing on {base}/ (new sign-in link: "
+                f"\nServing on {base}/ (a new sign-in link: "
                 "`.venv/bin/python -m server token create demo`)\n"
             )
         # Printed once the server answers, not now: opened at once, the URL must work.
@@ -143,12 +171,28 @@ def main(argv: list[str] | None = None) -> int:
     token = commands.add_parser("token", help="manage API tokens").add_subparsers(
         dest="action", required=True
     )
-    create = token.add_parser("create", help="create a user (if needed) and print a new token")
+    create = token.add_parser(
+        "create",
+        help="create a user (if needed) and a new token; print the sign-in URL, then the token "
+        "alone on the last line",
+    )
     create.add_argument("username")
+    listing = token.add_parser("list", help="list tokens (ids, users, states; never the tokens)")
+    listing.add_argument("username", nargs="?", help="only this user's")
     revoke = token.add_parser("revoke", help="revoke one token, or all of a user's")
     group = revoke.add_mutually_exclusive_group(required=True)
     group.add_argument("token", nargs="?")
     group.add_argument("--user", dest="username")
+    group.add_argument("--id", dest="token_id", type=UUID, help="a token's id, from token list")
+    user = commands.add_parser("user", help="manage users").add_subparsers(
+        dest="action", required=True
+    )
+    remove = user.add_parser(
+        "remove",
+        help="delete a user, their tokens, projects and messages (refused while an answer of "
+        "theirs runs)",
+    )
+    remove.add_argument("username")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -164,11 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     with database_url(settings) as url:
         if args.command == "migrate":
             asyncio.run(_migrate(url, args.to))
+        elif args.command == "user":
+            return _remove_user(url, args.username)
         elif args.action == "create":
             asyncio.run(_migrate(url))
-            print(asyncio.run(_create_token(url, args.username)))
+            issued = asyncio.run(_create_token(url, args.username))
+            # The link first, for a person; the token alone last, for `| tail -1`.
+            print(f"Sign-in URL for {args.username}:\n\n    {settings.base_url}/#token={issued}\n")
+            print(issued)
+        elif args.action == "list":
+            _print_tokens(asyncio.run(accounts.list_tokens(url, args.username)))
         else:
-            count = asyncio.run(_revoke(url, args.token, args.username))
+            count = asyncio.run(_revoke(url, args))
             print(f"revoked {count} token{'s' if count != 1 else ''}")
             return 0 if count else 1
     return 0

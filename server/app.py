@@ -88,7 +88,7 @@ def create_app(settings: Settings, *, generator: Generator | None = None) -> Sta
             Exception: problems.handle_unexpected,
         },
     )
-    app.state.openapi = openapi_document()
+    app.state.openapi = openapi_document(max_message_chars=settings.max_message_chars)
     return app
 
 

@@ -25,6 +25,8 @@ class Settings:
     port: int = 8000
     workers: int = 1
     public_url: str | None = None
+    # When set, /metrics and /openapi.json answer only `Authorization: Bearer <OPS_TOKEN>`.
+    ops_token: str | None = field(default=None, repr=False)
     log_level: str = "info"
     # auto: text when stderr is a terminal (a person reads it), JSON otherwise (a collector does)
     log_format: str = "auto"
@@ -67,6 +69,8 @@ class Settings:
     rate_per_minute: int = 600
     rate_burst: int = 60
     max_streams_per_worker: int = 10_000
+    # per worker process, like the rate (in memory: a refusal costs no query)
+    max_streams_per_user: int = 100
     cors_origins: str = ""
     # Database
     pool_min_size: int = 2
@@ -76,6 +80,18 @@ class Settings:
     auth_failures_per_minute: int = 30
     auth_failures_burst: int = 20
     auth_failures_worker_per_minute: int = 600
+
+    @property
+    def base_url(self) -> str:
+        """Where people open the service (sign-in links): ``PUBLIC_URL``, else
+        ``http://HOST:PORT``; a wildcard ``HOST`` (0.0.0.0, ::) is no address to open, so the
+        loopback stands in for it."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address, as a URL writes it
+        return f"http://{host}:{self.port}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -99,6 +115,7 @@ class Settings:
             "rate_per_minute",
             "rate_burst",
             "max_streams_per_worker",
+            "max_streams_per_user",
             "port",
             "workers",
             "demo_deltas",

@@ -23,15 +23,16 @@ from server.errors import (
     DatabaseUnavailable,
     DuplicateRequest,
     InvalidInput,
+    NotAuthenticated,
     TooManyRunning,
     WorkerUnavailable,
     WriteConflict,
 )
+from server.resources import SQL_DIR
 
 logger = logging.getLogger(__name__)
 
 Row = Mapping[str, Any]
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _QUERY_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 # On Citus a constraint violated on a shard is named with the shard's id: messages_pkey_102008.
 _SHARD_SUFFIX = re.compile(r"_\d+$")
@@ -85,6 +86,11 @@ def translate_errors() -> Iterator[None]:
                 "this worker's heartbeat expired (it lost the database for longer than the "
                 "lease); it is registering again: retry"
             ) from exc
+        raise
+    except asyncpg.ForeignKeyViolationError as exc:
+        if exc.constraint_name == "projects_owner_id_fkey":
+            # The user was removed (`user remove`) while a worker still had their token cached.
+            raise NotAuthenticated("this user no longer exists", code="invalid_token") from exc
         raise
     except (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError) as exc:
         raise InvalidInput("text contains characters the database cannot store") from exc
@@ -228,12 +234,13 @@ class Database:
 
 
 @asynccontextmanager
-async def connect(url: str) -> AsyncIterator[Session]:
-    """A single connection outside any pool (the CLI and the migration runner)."""
+async def connect(url: str, queries: Path = SQL_DIR / "queries.sql") -> AsyncIterator[Session]:
+    """A single connection outside any pool (the CLI and the migration runner), running the
+    named queries of ``queries``."""
     with translate_errors():
         conn = await asyncpg.connect(url, timeout=10)
     try:
-        yield Session(conn, load_queries())
+        yield Session(conn, load_queries(queries))
     finally:
         await conn.close()
 

@@ -66,6 +66,23 @@ class AnswerRunning(Conflict):
         return {"running_message_id": self.message_id, "running_sequence": self.sequence}
 
 
+class AnotherAccountSignedIn(Conflict):
+    """This browser is signed in to another account: ask the person before switching."""
+
+    code = "another_account_signed_in"
+
+    def __init__(self, signed_in: str, token_user: str) -> None:
+        super().__init__(
+            f"this browser is signed in as {signed_in!r} and the token is {token_user!r}'s; "
+            'send "replace": true to switch accounts'
+        )
+        self.signed_in = signed_in
+        self.token_user = token_user
+
+    def fields(self) -> dict[str, object]:
+        return {"signed_in_username": self.signed_in, "token_username": self.token_user}
+
+
 class PayloadTooLarge(OrderlyError):
     """The request body is too large."""
 
@@ -109,6 +126,16 @@ class TooManyRunning(TooManyRequests):
 
     code = "too_many_running_generations"
     retry_after = 2
+
+
+class TooManyUserStreams(TooManyRequests):
+    """You have as many answer streams open on this server as you may; close one (another tab's,
+    say) or retry later."""
+
+    code = "too_many_streams_per_user"
+    # Streams end with their answers (seconds to minutes): a client retrying this often costs a
+    # refusal, which reads nothing from the database.
+    retry_after = 5
 
 
 class ServiceUnavailable(OrderlyError):

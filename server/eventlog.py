@@ -24,7 +24,7 @@ from datetime import datetime
 
 from server.events import Chunk, Event, delta_data, progress_data, start_event, storable
 from server.events import terminal_event as terminal_event_of
-from server.models import MAX_FINISH_REASON_CHARS, TERMINAL_STATUSES, ErrorInfo, Usage
+from server.models import MAX_FINISH_REASON_CHARS, TERMINAL_STATUSES, ErrorInfo, Message, Usage
 from server.store import FlushItem, Pair
 
 # Bounds of one chunk (one row): a log that fell behind (the database was away) is written as
@@ -180,6 +180,23 @@ class MessageLog:
             self.terminal_id = item.last_event_id
             self.closed = True
         self._notify()
+
+    def end_with(self, ended: Message, last_event_id: int) -> bool:
+        """Someone else ended the message (cancel, a project's delete) with this row: make its
+        terminal event visible here, right after the events listeners may already see, so that
+        they get it from memory rather than from the table (where a deleted project's rows are
+        gone). Only when every stored event is visible here: a flush that committed and has not
+        been acknowledged yet would leave a gap; then False, and listeners read the table."""
+        if self.closed or self.visible != last_event_id - 1:
+            return False
+        del self.frames[self.visible :]  # unwritten events: never stored, never sent
+        self.frames.append(terminal_event_of(ended, last_event_id).frame)
+        self.unsealed, self.chunks, self._unsealed_chars = [], [], 0
+        self.written = self.visible = self.sealed = len(self.frames)
+        self.terminal_id = last_event_id
+        self.closed = True
+        self._notify()
+        return True
 
     def mark_lost(self) -> None:
         """The database says this worker no longer owns the message: listeners read it there."""

@@ -89,6 +89,13 @@ async def follow(
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
+            except LookupError:
+                # The message is gone: its project was deleted. Its end is known here when this
+                # worker deleted it; then the listener gets it, if it has every event before it.
+                deleted = notifier.deleted_row(message.id)
+                if deleted is not None and cursor == deleted.last_event_id - 1:
+                    yield Batch.of([terminal_event(deleted.message, deleted.last_event_id)])
+                return
             backoff = 0.1
             if events:
                 yield Batch.of(events)
@@ -105,35 +112,34 @@ async def follow(
 
 
 async def read_stored(store: Store, message: Message, cursor: int) -> tuple[list[Event], bool]:
-    """The next events after ``cursor`` from the database, and whether the log is complete."""
+    """The next events after ``cursor`` from the database, and whether the log is complete.
+
+    This is what every wake of a listener on another worker costs, so it reads only what is new
+    (``Store.log_tail``): a few thousand listeners on one long answer must not each re-read it."""
     events: list[Event] = []
     if cursor < 1:
-        pair = await store.pair_of(message)
+        pair = await store.start_pair(message)
         if pair is None:
             raise LookupError(f"message {message.id} has no user message")
         events.append(start_event(pair.user.message, pair.assistant.message))
-        current = pair.assistant
         cursor = 1
-    else:
-        found = await store.message_by_id(message.created_by, message.project_id, message.id)
-        if found is None:
-            raise LookupError(f"message {message.id} is gone")
-        current = found
-    stored, more = await store.events_after(message.created_by, message.id, cursor, PAGE)
+    tail = await store.log_tail(message.created_by, message.project_id, message.id, cursor, PAGE)
+    if tail is None:
+        raise LookupError(f"message {message.id} is gone")
     chain: list[Event] = []
-    for event in stored:
+    for event in tail.events:
         if event.id != cursor + len(chain) + 1:
             break
         chain.append(event)
-    if not current.message.is_terminal:
+    if tail.ended is None:
         return events + chain, False
-    last = current.last_event_id
-    terminal = terminal_event(current.message, last)
+    last = tail.ended.last_event_id
+    terminal = terminal_event(tail.ended.message, last)
     if cursor >= last:
         return [], True
     if cursor >= last - 1 or (chain and chain[-1].id == last - 1):
         return [*events, *chain, terminal], True
-    if more and len(chain) == len(stored):
+    if tail.more and len(chain) == len(tail.events):
         return events + chain, False  # more pages to read
     # Pruned: a finished message whose log is gone is answered with its terminal event alone.
     return [terminal], True

@@ -12,9 +12,10 @@ stalled network path costs one renewal, never the lease.
 A heartbeat that expired is never extended (the reapers may already be closing its messages): the
 worker gives those answers up and carries on under a new identity. The worker also knows, by its
 own clock, when its identity can no longer be trusted: once a lease has passed since the last
-renewal that succeeded began (the database's ``expires_at`` is no earlier than that), it takes no
-new answer under it (``current`` refuses), and it renews or registers again as soon as the
-database answers, not at the next tick.
+renewal that succeeded began, less one renewal interval (the database's ``expires_at`` is no
+earlier than that; the interval is the margin an answer taken now needs to see the next renewal),
+it takes no new answer under it (``current`` refuses), and it renews or registers again as soon as
+the database answers, not at the next tick.
 """
 
 from __future__ import annotations
@@ -66,14 +67,20 @@ class Heartbeat:
 
     @property
     def trusted(self) -> bool:
-        return self.registered and time.monotonic() < self._trusted_until
+        """Registered, and alive in the database for at least one more renewal interval: a
+        healthy worker renews every interval, so it always is; one that could not renew for
+        longer than ``LEASE_SECONDS`` less an interval takes no new answer (regression: an answer
+        reserved in the last moments of an identity whose renewals had failed was reaped
+        ``interrupted`` a few hundred milliseconds later, on a worker that reached the database;
+        fault suite seed 1)."""
+        return self.registered and time.monotonic() < self._trusted_until - self.interval
 
     def current(self) -> UUID:
         """The identity under which new answers are taken (and written); refused while it may
         have expired."""
         if not self.registered:
             raise WorkerUnavailable("this worker's heartbeat is not registered yet")
-        if time.monotonic() >= self._trusted_until:
+        if not self.trusted:
             raise WorkerUnavailable(
                 "this worker's heartbeat was not renewed within the lease (the database is or "
                 "was away); it is renewing it or registering again: retry"
@@ -95,17 +102,19 @@ class Heartbeat:
 
     async def run(self) -> None:
         """Renew on a fixed schedule: a slow renewal (at most one interval) never pushes the next
-        one back. Once the identity is not trusted, try at once, then every fraction of a second
-        until the database answers."""
+        one back. After a failed attempt, or once the identity is not trusted, try again at once,
+        then every fraction of a second until the database answers: waiting a whole interval
+        after a renewal abandoned on a half-open connection left too little of the lease for the
+        next one to reconnect in (fault suite seed 2)."""
         due = time.monotonic() + self.interval
         retry = RETRY_MIN_SECONDS
         while True:
-            if self.trusted:
+            if self.trusted and not self._failures:
                 retry = RETRY_MIN_SECONDS
                 now = time.monotonic()
                 if now < due:
                     # Wake at the next tick, or when the trust runs out if that comes first.
-                    await asyncio.sleep(min(due, self._trusted_until) - now)
+                    await asyncio.sleep(min(due, self._trusted_until - self.interval) - now)
                     if time.monotonic() < due:
                         continue
                 due = max(due + self.interval, time.monotonic())

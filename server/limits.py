@@ -1,8 +1,9 @@
-"""This worker's limits: the per-user request rate, failed token lookups and open streams.
+"""This worker's limits: the per-user request rate, failed token lookups and open streams (in
+all, and per user).
 
-All are per worker process. With ``WORKERS=N`` a user may reach N times the rate across the
-deployment; the per-user cap on running generations, which protects the expensive part, is
-enforced by the database instead.
+All are per worker process. With ``WORKERS=N`` a user may reach N times the rate, and hold N
+times ``MAX_STREAMS_PER_USER`` streams, across the deployment; the per-user cap on running
+generations, which protects the expensive part, is enforced by the database instead.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Hashable
 
 from server import metrics
-from server.errors import TooManyRequests, TooManyStreams
+from server.errors import TooManyRequests, TooManyStreams, TooManyUserStreams
 
 _WORKER = "worker"  # the key of a worker-wide bucket
 
@@ -94,38 +95,55 @@ class FailedLookups:
 
 
 class StreamGauge:
-    """This worker's open streams against its limit.
+    """This worker's open streams against its limits: ``limit`` in all, ``per_user`` for each
+    user.
 
-    A request that will answer with a stream takes a slot before anything is reserved and the
-    stream holds it until it ends: a burst cannot pass the limit together (the count is taken,
-    not just read), and an answer that has started always gets its stream (nothing is checked
-    after the reservation)."""
+    A request that will answer with a stream takes a slot before anything is reserved or read
+    and the stream holds it until it ends: a burst cannot pass the limits together (the counts
+    are taken, not just read), a refusal costs no query, and an answer that has started always
+    gets its stream (nothing is checked after the reservation).
 
-    def __init__(self, limit: int) -> None:
+    The per-user count is kept in memory, per worker: a dictionary of the users that hold a
+    stream here, updated with the slot (no statement, nothing left behind when a worker dies).
+    Every listener on another worker than the writer's reads the table at each of the answer's
+    writes, and all the listeners of an answer are its owner's: the cap bounds what one user's
+    streams cost a worker's pool."""
+
+    def __init__(self, limit: int, per_user: int) -> None:
         self.limit = limit
+        self.per_user = per_user
         self.open = 0
+        self._by_user: dict[Hashable, int] = {}  # users holding a stream here; never 0
 
-    def take(self) -> StreamSlot:
+    def take(self, user: Hashable) -> StreamSlot:
+        held = self._by_user.get(user, 0)
+        if held >= self.per_user:
+            raise TooManyUserStreams()
         if self.open >= self.limit:
             raise TooManyStreams()
+        self._by_user[user] = held + 1
         self.open += 1
         metrics.OPEN_STREAMS.inc()
-        return StreamSlot(self)
+        return StreamSlot(self, user)
 
-    def _give_back(self) -> None:
+    def _give_back(self, user: Hashable) -> None:
         self.open -= 1
         metrics.OPEN_STREAMS.dec()
+        held = self._by_user.pop(user) - 1
+        if held:
+            self._by_user[user] = held
 
 
 class StreamSlot:
-    """One place under the limit. ``release`` gives it back once, whichever path calls it."""
+    """One place under the limits. ``release`` gives it back once, whichever path calls it."""
 
-    __slots__ = ("_gauge",)  # one per open stream
+    __slots__ = ("_gauge", "_user")  # one per open stream
 
-    def __init__(self, gauge: StreamGauge) -> None:
+    def __init__(self, gauge: StreamGauge, user: Hashable) -> None:
         self._gauge: StreamGauge | None = gauge
+        self._user = user
 
     def release(self) -> None:
         gauge, self._gauge = self._gauge, None
         if gauge is not None:
-            gauge._give_back()
+            gauge._give_back(self._user)

@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.db import SQL_DIR, Session
+from server.db import Session
+from server.resources import SQL_DIR
 
 logger = logging.getLogger(__name__)
 

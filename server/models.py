@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, ClassVar, Literal, get_args
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
+from pydantic_core import PydanticCustomError
 
 Status = Literal["pending", "streaming", "success", "error", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"success", "error", "cancelled"})
 
+# The largest sequence a history query may name (before, after): far past any project's.
+MAX_SEQUENCE = 2**62
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 # What a generation request does when its project already has a running answer (docs/api.md).
 OnRunning = Literal["concurrent", "reject", "enqueue", "interrupt"]
@@ -34,15 +45,38 @@ def _not_blank(value: str) -> str:
     return value
 
 
+# RFC 3986's characters, and % only as an escape: what /openapi.json's "format": "uri" means.
+_URI_TEXT = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})*")
+
+
 def _http_url(value: str) -> str:
     from urllib.parse import urlsplit
 
+    if not _URI_TEXT.fullmatch(value):
+        raise ValueError("must be a URI: ASCII, with anything else %-escaped")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("must be an absolute http or https URL")
     return value
 
 
+def _string_or_null(value: object) -> object:
+    """A Literal field refuses a number as ``literal_error``, which reads as a wrong value (422);
+    a value that is not even a string is the wrong JSON type (400 ``wrong_type``, API.md)."""
+    if value is not None and not isinstance(value, str):
+        raise PydanticCustomError("string_type", "Input should be a valid string")
+    return value
+
+
+def _text_pattern() -> str:
+    """What ``_storable`` and ``_not_blank`` ask of a text, as a JSON Schema pattern, so that the
+    document (server/openapi.py) says it: no NUL, and one character that Python's ``str.strip``
+    keeps. (A lone surrogate cannot be written in a pattern; UTF-8 JSON cannot carry one.)"""
+    blank = "".join(f"\\u{ord(c):04x}" for c in map(chr, range(0x10000)) if c.isspace())
+    return f"^[^\\u0000]*[^\\u0000{blank}][^\\u0000]*$"
+
+
+TEXT_PATTERN = _text_pattern()
 StorableText = Annotated[str, AfterValidator(_storable)]
 ImageUrl = Annotated[
     str,
@@ -61,21 +95,43 @@ class Input(BaseModel):
 
 class CreateProject(Input):
     title: Annotated[
-        StorableText, StringConstraints(min_length=1, max_length=200), AfterValidator(_not_blank)
+        StorableText,
+        StringConstraints(min_length=1, max_length=200),
+        AfterValidator(_not_blank),
+        Field(json_schema_extra={"pattern": TEXT_PATTERN}),
     ]
 
 
 class SessionRequest(Input):
     token: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    replace: Annotated[
+        bool,
+        Field(
+            description="Sign in even when this browser is signed in to another account "
+            "(without it, that is 409 another_account_signed_in, naming both accounts)"
+        ),
+    ] = False
+
+
+class SessionInfo(BaseModel):
+    """Who the request is signed in as."""
+
+    username: str
 
 
 class GenerateRequest(Input):
     # The maximum length is a setting, checked by the handler (see routes/generations.py).
-    message: Annotated[StorableText, StringConstraints(min_length=1), AfterValidator(_not_blank)]
+    message: Annotated[
+        StorableText,
+        StringConstraints(min_length=1),
+        AfterValidator(_not_blank),
+        Field(json_schema_extra={"pattern": TEXT_PATTERN}),
+    ]
     client_request_id: RequestId | None = None
     image_urls: Annotated[list[ImageUrl], Field(max_length=8)] = []
     on_running: Annotated[
         OnRunning | None,
+        BeforeValidator(_string_or_null),
         Field(
             description="What to do when an answer of the project is running: start at once "
             "(concurrent), 409 answer_running (reject), wait for every earlier answer to end "

@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from uuid import UUID
 
+from server.store import StoredMessage
+
 ALL = "*"
+# How long this worker remembers the final rows of messages whose project it deleted: enough for
+# its listeners that were told of the end to read it, whatever the load.
+DELETED_KEEP_SECONDS = 60.0
 
 
 class _Watch:
@@ -25,6 +31,7 @@ class _Watch:
 class Notifier:
     def __init__(self) -> None:
         self._watches: dict[UUID, _Watch] = {}
+        self._deleted: dict[UUID, tuple[float, StoredMessage]] = {}
 
     @contextlib.contextmanager
     def watch(self, message_id: UUID) -> Iterator[asyncio.Event]:
@@ -61,6 +68,25 @@ class Notifier:
         watches, self._watches = self._watches, {}
         for entry in watches.values():
             entry.event.set()
+
+    def deleting(self, ended: Sequence[StoredMessage]) -> None:
+        """These answers were just ended (cancelled) and their project is being deleted: keep
+        their final rows for a while, for this worker's listeners that read the table once the
+        rows are gone (``deleted_row``), and wake them."""
+        now = time.monotonic()
+        self._deleted = {
+            message_id: kept
+            for message_id, kept in self._deleted.items()
+            if now - kept[0] < DELETED_KEEP_SECONDS
+        }
+        for stored in ended:
+            self._deleted[stored.message.id] = (now, stored)
+            self.wake(stored.message.id)
+
+    def deleted_row(self, message_id: UUID) -> StoredMessage | None:
+        """The final row of a message this worker deleted lately (see ``deleting``)."""
+        kept = self._deleted.get(message_id)
+        return None if kept is None else kept[1]
 
     @property
     def waiting(self) -> int:

@@ -1,4 +1,7 @@
-"""The OpenAPI 3.1 document, built from the pydantic models of ``server/models.py``."""
+"""The OpenAPI 3.2 document, built from the pydantic models of ``server/models.py``.
+
+3.2, not 3.1: only 3.2 can describe an event stream (``itemSchema``: each event's ``event``,
+``id`` and JSON ``data``, per event name), so that a tool or a client can check every event."""
 
 from __future__ import annotations
 
@@ -8,16 +11,23 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from server.models import (
+    MAX_SEQUENCE,
     ON_RUNNING_POLICIES,
+    TEXT_PATTERN,
     Accepted,
     CreateProject,
+    DeltaData,
+    ErrorData,
     GenerateRequest,
     Message,
     MessageEnvelope,
     MessagePage,
+    ProgressData,
     Project,
     ProjectList,
+    SessionInfo,
     SessionRequest,
+    StartData,
 )
 
 REF = "#/components/schemas/{model}"
@@ -37,6 +47,14 @@ PROBLEM = {
             "description": "answer_running: the newest running assistant message of the project",
         },
         "running_sequence": {"type": "integer", "description": "answer_running: its sequence"},
+        "signed_in_username": {
+            "type": "string",
+            "description": "another_account_signed_in: the account this browser is signed in to",
+        },
+        "token_username": {
+            "type": "string",
+            "description": "another_account_signed_in: the account of the token sent",
+        },
     },
 }
 SSE_DESCRIPTION = (
@@ -49,11 +67,15 @@ _ERROR_STATUSES = {
     "401": "Not authenticated",
     "404": "Not found (or not yours)",
     "409": "Conflict: `answer_running` (on_running reject, an answer of the project runs), "
-    "`idempotency_key_reused`, `already_finished`",
+    "`idempotency_key_reused`, `already_finished`, `another_account_signed_in` (sign-in over "
+    "another account's session without `replace`), `conflict` (a project's delete that could "
+    "not cancel its answers)",
     "413": "Body too large",
+    "414": "URL too long (MAX_URL_BYTES)",
     "415": "Wrong content type",
     "422": "Invalid values",
     "429": "Rate or concurrency limit",
+    "431": "Header section too large (MAX_HEADER_BYTES)",
     "503": "Database unavailable or server draining",
 }
 
@@ -67,8 +89,10 @@ def _ref(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def _errors(*statuses: str) -> dict[str, Any]:
+    """These problems, and the two any request can meet (server/middleware.RequestLimits)."""
     problem = {"application/problem+json": {"schema": {"$ref": REF.format(model="Problem")}}}
-    return {s: {"description": _ERROR_STATUSES[s], "content": problem} for s in statuses}
+    every = sorted({*statuses, "414", "431"})
+    return {s: {"description": _ERROR_STATUSES[s], "content": problem} for s in every}
 
 
 def _path_param(name: str) -> dict[str, Any]:
@@ -84,26 +108,59 @@ def _query(name: str, schema: dict[str, Any], required: bool = False) -> dict[st
     return {"name": name, "in": "query", "required": required, "schema": schema}
 
 
+# Empty is the same as none (from the start); leading zeros are allowed (0001 is 1).
+_CURSOR = {"type": "string", "pattern": "^[0-9]*$"}
 _LAST_EVENT_ID = [
-    {
-        "name": "Last-Event-ID",
-        "in": "header",
-        "required": False,
-        "schema": {"type": "string", "pattern": "^[0-9]+$"},
-    },
-    _query("lastEventId", {"type": "string", "pattern": "^[0-9]+$"}),
+    {"name": "Last-Event-ID", "in": "header", "required": False, "schema": _CURSOR},
+    _query("lastEventId", _CURSOR),
 ]
+# Each event's `data:` line, by event name (docs/api.md, "The SSE stream").
+EVENT_DATA: dict[str, type[BaseModel]] = {
+    "start": StartData,
+    "progress": ProgressData,
+    "delta": DeltaData,
+    "done": MessageEnvelope,
+    "error": ErrorData,
+    "cancelled": MessageEnvelope,
+}
+
+
+def _event(name: str, data: type[BaseModel]) -> dict[str, Any]:
+    """One event as OpenAPI 3.2 reads a stream: fields as strings, ``data`` as JSON text."""
+    return {
+        "type": "object",
+        "required": ["event", "id", "data"],
+        "properties": {
+            "event": {"const": name},
+            "id": {"type": "string", "pattern": "^[1-9][0-9]*$"},
+            "data": {
+                "type": "string",
+                "contentMediaType": "application/json",
+                "contentSchema": _ref(data),
+            },
+            "retry": {"type": "integer", "minimum": 0},
+        },
+    }
+
+
 _SSE = {
     "200": {
         "description": SSE_DESCRIPTION,
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {
+            "text/event-stream": {
+                "itemSchema": {"oneOf": [_event(n, d) for n, d in EVENT_DATA.items()]},
+            }
+        },
     },
     "204": {"description": "nothing left: the message is finished and the client has every event"},
 }
 _AUTH = ["401", "429", "503"]
 
 
-def _operations() -> dict[str, dict[str, Any]]:
+def _operations(max_message_chars: int | None) -> dict[str, dict[str, Any]]:
+    message_text: dict[str, Any] = {"type": "string", "minLength": 1, "pattern": TEXT_PATTERN}
+    if max_message_chars is not None:
+        message_text["maxLength"] = max_message_chars
     project = [_path_param("project_id")]
     message = [*project, _path_param("message_id")]
     generation_body = {"required": True, "content": _json(_ref(GenerateRequest))}
@@ -118,13 +175,20 @@ def _operations() -> dict[str, dict[str, Any]]:
                 "requestBody": {"required": True, "content": _json(_ref(SessionRequest))},
                 "responses": {
                     "204": {"description": "signed in"},
-                    **_errors("400", "401", "413", "415", "422", "429", "503"),
+                    **_errors("400", "401", "409", "413", "415", "422", "429", "503"),
+                },
+            },
+            "get": {
+                "summary": "Who this browser (or bearer token) is signed in as",
+                "responses": {
+                    "200": {"description": "signed in", "content": _json(_ref(SessionInfo))},
+                    **_errors(*_AUTH),
                 },
             },
             "delete": {
                 "summary": "Sign out",
                 "security": [],
-                "responses": {"204": {"description": "signed out"}},
+                "responses": {"204": {"description": "signed out"}, **_errors()},
             },
         },
         "/api/projects": {
@@ -153,7 +217,16 @@ def _operations() -> dict[str, dict[str, Any]]:
                     "200": {"description": "the project", "content": _json(_ref(Project))},
                     **_errors("404", *_AUTH),
                 },
-            }
+            },
+            "delete": {
+                "summary": "Delete a project: its running answers end cancelled, then its "
+                "messages and their events are deleted",
+                "parameters": project,
+                "responses": {
+                    "204": {"description": "deleted"},
+                    **_errors("404", "409", *_AUTH),
+                },
+            },
         },
         "/api/projects/{project_id}/generations": {
             "post": {
@@ -172,7 +245,7 @@ def _operations() -> dict[str, dict[str, Any]]:
                 "summary": "Start or resume a generation, for EventSource",
                 "parameters": [
                     _query("projectId", {"type": "string", "format": "uuid"}, True),
-                    _query("message", {"type": "string", "minLength": 1}, True),
+                    _query("message", message_text, True),
                     _query(
                         "clientRequestId",
                         {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
@@ -190,8 +263,8 @@ def _operations() -> dict[str, dict[str, Any]]:
                 "parameters": [
                     *project,
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 200}),
-                    _query("before", {"type": "integer", "minimum": 1}),
-                    _query("after", {"type": "integer", "minimum": 0}),
+                    _query("before", {"type": "integer", "minimum": 1, "maximum": MAX_SEQUENCE}),
+                    _query("after", {"type": "integer", "minimum": 0, "maximum": MAX_SEQUENCE}),
                 ],
                 "responses": {
                     "200": {"description": "a page", "content": _json(_ref(MessagePage))},
@@ -230,30 +303,42 @@ def _operations() -> dict[str, dict[str, Any]]:
             "get": {
                 "summary": "Liveness",
                 "security": [],
-                "responses": {"200": {"description": "the process runs"}},
+                "responses": {"200": {"description": "the process runs"}, **_errors()},
             }
         },
         "/readyz": {
             "get": {
                 "summary": "Readiness",
                 "security": [],
-                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}},
+                "responses": {
+                    "200": {"description": "ready"},
+                    "503": {"description": "not ready"},
+                    **_errors(),
+                },
             }
         },
     }
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(*, max_message_chars: int | None = None) -> dict[str, Any]:
+    """The document; ``max_message_chars`` (MAX_MESSAGE_CHARS, a setting the handler checks)
+    becomes the ``maxLength`` of a generation's ``message``, so that clients (the demo page's
+    counter) can read the limit this server keeps."""
     models: list[type[BaseModel]] = [
         Accepted,
         CreateProject,
+        DeltaData,
+        ErrorData,
         GenerateRequest,
         Message,
         MessageEnvelope,
         MessagePage,
+        ProgressData,
         Project,
         ProjectList,
+        SessionInfo,
         SessionRequest,
+        StartData,
     ]
     _, schemas = models_json_schema(
         [
@@ -269,14 +354,16 @@ def openapi_document() -> dict[str, Any]:
     )
     components = dict(schemas.get("$defs", {}))
     components["Problem"] = PROBLEM
+    if max_message_chars is not None:
+        components["GenerateRequest"]["properties"]["message"]["maxLength"] = max_message_chars
     return {
-        "openapi": "3.1.0",
+        "openapi": "3.2.0",
         "info": {
             "title": "Orderly",
             "version": "1.0.0",
             "description": "Sequenced, resumable generation streams. See API.md.",
         },
-        "paths": _operations(),
+        "paths": _operations(max_message_chars),
         "components": {
             "schemas": components,
             "securitySchemes": {

@@ -8,6 +8,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from server.errors import OrderlyError
 
@@ -55,7 +56,7 @@ async def handle_orderly_error(_request: Request, exc: Exception) -> Response:
     return from_error(exc)
 
 
-async def handle_http_exception(_request: Request, exc: Exception) -> Response:
+async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     from http import HTTPStatus
 
@@ -65,7 +66,23 @@ async def handle_http_exception(_request: Request, exc: Exception) -> Response:
     response = problem(exc.status_code, title, detail, code)
     if exc.headers:
         response.headers.update(exc.headers)
+    if exc.status_code == 405:
+        allowed = allowed_methods(request)
+        if allowed:
+            response.headers["Allow"] = ", ".join(sorted(allowed))
     return response
+
+
+def allowed_methods(request: Request) -> set[str]:
+    """Every method the request's path is served with. Starlette's 405 names only the methods
+    of the first route that matched the path, and a path served by two routes (``GET`` and
+    ``POST /api/projects``, ``POST`` and ``DELETE /api/session``) would seem to take one."""
+    path = request.scope["path"]
+    found: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.match(path):
+            found |= route.methods
+    return found
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

@@ -27,7 +27,7 @@ from server.flusher import Flusher, FlushPolicy
 from server.generators.base import Delta, Finish, GenerationContext, Generator, GeneratorError
 from server.history import HISTORY_UNAVAILABLE, HistoryLoader
 from server.models import ErrorInfo, GenerateRequest, Message
-from server.store import Pair, Store
+from server.store import Pair, Store, StoredMessage
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ logger = logging.getLogger(__name__)
 MAX_UNWRITTEN_EVENTS = 10_000
 # A stop reason meaning "someone else finished this message": end without writing anything.
 ABANDONED = ("abandoned", None)
+# Rounds of cancel-then-delete before a project's delete gives up (409). No answer starts in the
+# project during a round; one is left running only if its cancel kept losing to its writer.
+DELETE_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,7 @@ class Runner:
         history_messages: int = 10,
         on_running: str = "concurrent",
         on_queued: Callable[[UUID, UUID], None] = lambda _owner, _project: None,
+        on_deleting: Callable[[list[StoredMessage]], None] = lambda _ended: None,
     ) -> None:
         self.store = store
         self.generator = generator
@@ -65,10 +69,15 @@ class Runner:
         self.history_messages = history_messages
         self.on_running = on_running  # the policy of requests that do not say
         self.on_queued = on_queued  # an answer of this project was queued (server/queue.py)
+        # These answers just ended, and their rows are about to be deleted (Notifier.deleting)
+        self.on_deleting = on_deleting
         self.flusher = Flusher(flush_store or store, worker, flush_policy, on_lost=self.abandon)
         self.tasks: dict[UUID, asyncio.Task[None]] = {}
         self._stop_reasons: dict[UUID, tuple[str, ErrorInfo | None]] = {}
         self._noting: list[set[UUID]] = []  # see noting_starts
+        # A project's delete holds one pooled connection while it needs a second (its cancel):
+        # one at a time per worker, so that deletes can never hold every connection waiting.
+        self._deleting = asyncio.Lock()
         self.draining = False
 
     async def submit(self, user_id: UUID, project_id: UUID, request: GenerateRequest) -> Submission:
@@ -132,6 +141,32 @@ class Runner:
             self.abandon(message_id)
         metrics.CANCELS.inc(len(message_ids))
         metrics.GENERATIONS_FINISHED.labels("cancelled").inc(len(message_ids))
+
+    async def delete_project(self, project_id: UUID, owner_id: UUID) -> bool:
+        """Delete a project: its running answers end ``cancelled`` the way the cancel endpoint
+        ends one, and this worker's listeners get that terminal event from memory; then
+        everything of the project is deleted (``Store.delete_project``). False: not the
+        owner's."""
+        for _attempt in range(DELETE_ATTEMPTS):
+            async with self._deleting:
+                deleted = await self.store.delete_project(
+                    project_id, owner_id, ended=self.ended_elsewhere
+                )
+            if deleted is None:
+                return False
+            if deleted:
+                return True
+        raise Conflict("the project's answers could not all be cancelled; try again")
+
+    def ended_elsewhere(self, closed: list[StoredMessage]) -> None:
+        """Like ``cancelled``, for answers whose rows are about to be deleted: this worker's
+        listeners get the terminal event from memory, not from the table."""
+        for stored in closed:
+            log = self.flusher.logs.get(stored.message.id)
+            if log is not None:
+                log.end_with(stored.message, stored.last_event_id)
+        self.on_deleting(closed)  # and those that read the table, once the rows are gone
+        self.cancelled([stored.message.id for stored in closed])
 
     async def _existing(self, user_id: UUID, project_id: UUID, request: GenerateRequest) -> Pair:
         assert request.client_request_id is not None

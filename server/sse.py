@@ -25,6 +25,7 @@ from server.errors import InvalidInput, MalformedRequest
 from server.events import Batch
 from server.limits import StreamSlot
 from server.middleware import RAW_SEND
+from server.parsing import query_param
 
 logger = logging.getLogger(__name__)
 MAX_EVENT_ID = 2**31 - 1
@@ -37,19 +38,27 @@ _RAW_HEADERS = [
 
 
 def last_event_id(request: Request) -> int:
-    """The client's cursor: the ``Last-Event-ID`` header, else ``lastEventId``, else 0."""
-    raw = request.headers.get("last-event-id")
-    if raw is None:
-        raw = request.query_params.get("lastEventId")
-    if raw is None or raw.strip() == "":
-        return 0
-    raw = raw.strip()
+    """The client's cursor: the ``Last-Event-ID`` header, else ``lastEventId``, else 0. Both are
+    checked when both are sent, and an empty one counts as not sent (as /openapi.json says)."""
+    header = _cursor(request.headers.get("last-event-id"))
+    query = _cursor(query_param(request, "lastEventId"))
+    if header is not None:
+        return header
+    return query if query is not None else 0
+
+
+def _cursor(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    # Exactly as /openapi.json says (^[0-9]*$): HTTP trims a header's own spaces already.
     if not raw.isdigit() or not raw.isascii():
         raise MalformedRequest(
             "Last-Event-ID must be a non-negative integer", code="invalid_last_event_id"
         )
-    value = int(raw) if len(raw) < 12 else MAX_EVENT_ID + 1
-    return value
+    # Leading zeros say nothing (000000000001 is 1); only the significant digits can make a
+    # number too long to be an id, and those are not parsed: any such number is past the log.
+    digits = raw.lstrip("0") or "0"
+    return int(digits) if len(digits) < 12 else MAX_EVENT_ID + 1
 
 
 def check_cursor(cursor: int, last_event_id: int) -> None:

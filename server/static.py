@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from server.resources import STATIC_DIR
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+__all__ = ["STATIC_DIR"]

@@ -12,7 +12,7 @@ from uuid import UUID
 from server.db import Database, Row
 from server.errors import AnswerRunning
 from server.events import Chunk, Event
-from server.models import ErrorInfo, Message, Project, Usage
+from server.models import TERMINAL_STATUSES, ErrorInfo, Message, Project, Usage
 
 T = TypeVar("T")
 # Owners whose shard is remembered (Citus): past this, the cache starts again.
@@ -55,6 +55,16 @@ class Claim:
 
     assistant: StoredMessage
     waited: float
+
+
+@dataclass(frozen=True, slots=True)
+class LogTail:
+    """What a listener reading a log from the table learns at one read: the stored events after
+    its cursor, and the final message once it has ended."""
+
+    ended: StoredMessage | None  # the final row (content, terminal event id) when it has ended
+    events: list[Event]  # stored events after the cursor, in order
+    more: bool  # whether more chunks may follow the ones read
 
 
 # not frozen: built per message per flush; 4x cheaper so
@@ -249,6 +259,36 @@ class Store:
         row = await self.db.fetchrow("get_project", project_id, owner_id)
         return None if row is None else project_from_row(row)
 
+    async def delete_project(
+        self,
+        project_id: UUID,
+        owner_id: UUID,
+        ended: Callable[[list[StoredMessage]], None],
+    ) -> bool | None:
+        """Delete the project, its messages and their stored events: True. None when it is not
+        the owner's (or is gone already).
+
+        Its running answers (queued ones included) are cancelled first, the way the cancel
+        endpoint cancels one (``interrupt``), and ``ended`` is given them before their rows go.
+        The project's row is locked meanwhile (the lock reserve_pair takes), so no answer starts
+        in it: the cancel runs on another connection and commits on its own, so its listeners are
+        told (NOTIFY) while the rows are still there. Then one transaction deletes everything,
+        every statement naming the project. False, with nothing deleted, if an answer still
+        runs then (a cancel that found its answer being written too often: ask again)."""
+        async with self.db.session() as session, session.transaction():
+            locked = await session.fetchrow("lock_project_for_delete", project_id, owner_id)
+            if locked is None:
+                return None
+            # Every answer of the project is below last_sequence + 1.
+            closed = await self.interrupt(project_id, locked["last_sequence"] + 1, owner_id)
+            ended(closed)
+            if await session.fetchval("project_running", project_id, owner_id):
+                return False
+            await session.fetch("delete_project_events", project_id, owner_id)
+            await session.fetch("delete_project_messages", project_id, owner_id)
+            await session.fetch("delete_project", project_id, owner_id)
+        return True
+
     # Messages
 
     async def reserve_pair(
@@ -308,11 +348,27 @@ class Store:
         row = await self.db.fetchrow("get_message", project_id, message_id, owner_id)
         return None if row is None else message_from_row(row)
 
+    async def stream_target(
+        self, project_id: UUID, message_id: UUID, owner_id: UUID
+    ) -> StoredMessage | None:
+        """A message whose stream is being opened, with the id of its log's last event; while it
+        runs, its content is left empty (not read: the stream sends the events)."""
+        row = await self.db.fetchrow("stream_target", project_id, message_id, owner_id)
+        return None if row is None else message_from_row(row)
+
     async def message_by_id(
         self, owner_id: UUID, project_id: UUID, message_id: UUID
     ) -> StoredMessage | None:
         row = await self.db.fetchrow("message_by_id", project_id, message_id, owner_id)
         return None if row is None else message_from_row(row)
+
+    async def start_pair(self, assistant: Message) -> Pair | None:
+        """The pair as the start event shows it: the assistant message's content is empty
+        (and its status, error and last event id may be out of date; the event overrides them)."""
+        rows = await self.db.fetch(
+            "start_pair", assistant.project_id, assistant.sequence, assistant.created_by
+        )
+        return _pair(rows)
 
     async def pair_of(self, assistant: Message) -> Pair | None:
         rows = await self.db.fetch(
@@ -370,6 +426,27 @@ class Store:
             if event.id > after
         ]
         return events, len(rows) == limit
+
+    async def log_tail(
+        self, owner_id: UUID, project_id: UUID, message_id: UUID, after: int, limit: int
+    ) -> LogTail | None:
+        """A listener's read: the message's status, its stored events after event ``after``
+        (``limit`` chunks at most) and, once it has ended, its final row; None: no such message.
+        Costs what is new: the answer's earlier events are neither read nor parsed."""
+        row = await self.db.fetchrow("log_tail", project_id, message_id, after, limit, owner_id)
+        if row is None:
+            return None
+        firsts: list[int] = row["first_event_ids"] or []
+        events = [
+            event
+            for first, kinds, data in zip(
+                firsts, row["kinds"] or [], row["data"] or [], strict=True
+            )
+            for event in Chunk(first, kinds, data).events()
+            if event.id > after
+        ]
+        ended = message_from_row(row) if row["status"] in TERMINAL_STATUSES else None
+        return LogTail(ended, events, len(firsts) == limit)
 
     async def flush(self, worker: UUID, items: Sequence[FlushItem]) -> dict[UUID, datetime | None]:
         """Write a batch; return the ids of the messages this worker still held, each with its
@@ -442,7 +519,11 @@ class Store:
         self, project_id: UUID, sequence: int, owner_id: UUID
     ) -> list[StoredMessage]:
         """Cancel the running answers (queued ones included) of a project below ``sequence``,
-        the way the cancel endpoint does; the ones this call ended."""
+        the way the cancel endpoint does; the ones this call ended.
+
+        Newest first: each end commits on its own, and an end makes the next queued answer's
+        turn come, so ending the oldest first let the queue start an answer that this very call
+        was about to cancel (its generator ran, for nothing)."""
         rows = await self.db.fetch("running_before", project_id, sequence, owner_id)
         targets = [(owner_id, r["project_id"], r["id"]) for r in rows]
         return await self._close(targets, "cancelled", None, None, owner_id)

@@ -66,6 +66,7 @@ class Worker:
             history_messages=settings.history_messages,
             on_running=settings.on_running,
             on_queued=lambda owner_id, project_id: self.queue.poke(owner_id, project_id),
+            on_deleting=lambda ended: self.notifier.deleting(ended),
         )
         self.queue = Queue(store, self.runner, poll_seconds=settings.queue_poll_seconds)
         self.generator = generator
@@ -88,7 +89,7 @@ class Worker:
             on_connect=self._on_listening,
         )
         self.closing = asyncio.Event()
-        self.streams = StreamGauge(settings.max_streams_per_worker)
+        self.streams = StreamGauge(settings.max_streams_per_worker, settings.max_streams_per_user)
         self._tasks: list[asyncio.Task[None]] = []
         self._drain: asyncio.Task[None] | None = None
         self._recheck: asyncio.Task[None] | None = None  # see _on_listening

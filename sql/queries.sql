@@ -12,7 +12,9 @@
 -- A running message's content and last event id come from its stored log: message_view
 -- (sql/migrations/0010_citus_layout.sql) shows how, and the reads below spell it out, with the
 -- owner as a parameter in the log's subquery too (on Citus a view's correlated owner would not
--- let the statement be routed to one shard: it would run on all of them).
+-- let the statement be routed to one shard: it would run on all of them). A listener's reads
+-- (start_pair, log_tail) do not assemble the log at all: they must cost what is new, not what
+-- the answer holds.
 
 -- name: is_distributed
 -- Whether this database is a Citus cluster (server/db.py asks once, when its pool opens).
@@ -224,6 +226,20 @@ LEFT JOIN LATERAL (
 WHERE m.created_by = $3 AND m.project_id = $1 AND m.sequence IN ($2 - 1, $2)
 ORDER BY m.sequence;
 
+-- name: start_pair
+-- The pair of a generation as its start event shows it (events.start_event: the answer as
+-- created, pending and empty), from the rows themselves: not message_view, which would assemble
+-- the running answer's content from its stored deltas only for it to be dropped. $1 project,
+-- $2 the assistant message's sequence, $3 owner
+SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
+       CASE WHEN m.role = 'assistant' THEN '' ELSE m.content END AS content,
+       m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
+       m.error_code, m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens,
+       m.finish_reason
+FROM messages AS m
+WHERE m.created_by = $3 AND m.project_id = $1 AND m.sequence IN ($2 - 1, $2)
+ORDER BY m.sequence;
+
 -- name: history_latest
 -- One row per message, or one row of NULLs for an empty project, or no row when the project is
 -- not the caller's: the ownership check costs no extra round trip.
@@ -302,6 +318,30 @@ LEFT JOIN LATERAL (
 ) AS s ON true
 WHERE p.owner_id = $2 AND p.id = $1;
 
+-- name: stream_target
+-- An assistant message's stream being opened (GET .../events, a listener's first request and
+-- every reconnect): what the handler checks (the caller owns it, its role, how far its log goes)
+-- without message_view, which would assemble a running answer's whole content for nothing (the
+-- follow reads from the cursor on). A running answer's last event id is its last stored chunk's,
+-- one step down the primary key (1: only `start`); the content, only a terminal row's (running:
+-- empty, not read). $1 project, $2 message, $3 the caller
+SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN '' ELSE m.content END AS content,
+       m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
+       m.error_code, m.error_message,
+       CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
+            THEN coalesce((
+                SELECT c.first_event_id + length(c.kinds) - 1
+                FROM event_chunks AS c
+                WHERE c.owner_id = $3 AND c.message_id = m.id AND c.kinds <> 't'
+                ORDER BY c.first_event_id DESC
+                LIMIT 1
+            ), 1)
+            ELSE m.last_event_id END AS last_event_id,
+       m.prompt_tokens, m.completion_tokens, m.finish_reason
+FROM messages AS m
+WHERE m.created_by = $3 AND m.project_id = $1 AND m.id = $2;
+
 -- name: message_by_id
 -- Internal reads (following a log); callers have already checked ownership. $3 owner
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
@@ -337,6 +377,44 @@ WHERE owner_id = $1 AND message_id = $2 AND kinds <> 't'
   )
 ORDER BY first_event_id
 LIMIT $4;
+
+-- name: log_tail
+-- A listener's read of a log it follows from the table (another worker's answer, a finished one):
+-- the message's state from its own row, and the chunks after event $3, in one statement (one
+-- snapshot: a row read as terminal comes with every chunk stored before its end). It costs what
+-- is new, not what the answer holds: no message_view, so no stored delta is parsed and no chunk
+-- is scanned to find the last event id (a running row's last_event_id is not read; the caller
+-- takes the events themselves); the content only of a terminal row, where it is final; and the
+-- chunks from the one holding event $3 + 1 on, a range of the primary key (as chunks_after), $4
+-- at most, as arrays (one row, whatever the number of chunks; NULL when there are none). No
+-- row: no such message. $1 project, $2 message, $3 the cursor, $4 chunks at most, $5 owner
+SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
+       CASE WHEN m.status IN ('success', 'error', 'cancelled') THEN m.content END AS content,
+       m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
+       m.error_code, m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens,
+       m.finish_reason, c.first_event_ids, c.kinds, c.data
+FROM messages AS m
+CROSS JOIN LATERAL (
+    SELECT array_agg(n.first_event_id ORDER BY n.first_event_id) AS first_event_ids,
+           array_agg(n.kinds ORDER BY n.first_event_id) AS kinds,
+           array_agg(n.data ORDER BY n.first_event_id) AS data
+    FROM (
+        SELECT e.first_event_id, e.kinds, e.data
+        FROM event_chunks AS e
+        WHERE e.owner_id = $5 AND e.message_id = $2 AND e.kinds <> 't'
+          AND e.first_event_id >= coalesce((
+              -- The chunk that holds event $3 + 1: one step down the index. (Not max(), which
+              -- the planner does not turn into this here, and which reads every earlier chunk.)
+              SELECT first_event_id FROM event_chunks
+              WHERE owner_id = $5 AND message_id = $2 AND first_event_id <= $3 + 1
+              ORDER BY first_event_id DESC
+              LIMIT 1
+          ), 0)
+        ORDER BY e.first_event_id
+        LIMIT $4
+    ) AS n
+) AS c
+WHERE m.created_by = $5 AND m.project_id = $1 AND m.id = $2;
 
 -- name: flush
 -- One batched write for running generations of a worker, all of one shard (owners whose rows
@@ -565,11 +643,11 @@ FROM orderly_close($1, $2, $3, $4, $5, $6, $7) AS c;
 
 -- name: running_before
 -- The running answers of project $1 (queued ones included) below sequence $2: what an
--- interrupting request cancels. $3 owner
+-- interrupting request cancels, newest first (Store.interrupt says why). $3 owner
 SELECT project_id, id
 FROM messages
 WHERE created_by = $3 AND project_id = $1 AND sequence < $2 AND status IN ('pending', 'streaming')
-ORDER BY sequence;
+ORDER BY sequence DESC;
 
 -- name: claim_queued
 -- Claim the queued answers of these projects whose turn has come (every earlier answer of the
@@ -717,3 +795,30 @@ WITH old AS (
     RETURNING CASE WHEN d.kinds = 't' THEN 0 ELSE length(d.kinds) END AS events
 )
 SELECT count(*) AS chunks, coalesce(sum(events), 0)::bigint AS events FROM gone;
+
+-- name: lock_project_for_delete
+-- DELETE /api/projects/{id}, first in its transaction: the project's row, locked (the ownership
+-- check is the WHERE: no row, not found). It is the lock reserve_pair's UPDATE takes, so no
+-- answer is reserved in the project until the delete commits. $1 project, $2 owner
+SELECT id, last_sequence FROM projects WHERE owner_id = $2 AND id = $1 FOR UPDATE;
+
+-- name: project_running
+-- How many answers of project $1 still run (queued ones included), once the delete has
+-- cancelled them: a statement of its own, whose snapshot sees the cancel that committed. $2 owner
+SELECT count(*) FROM messages
+WHERE created_by = $2 AND project_id = $1 AND status IN ('pending', 'streaming');
+
+-- name: delete_project_events
+-- Every stored event (and terminal marker) of a project's messages. $1 project, $2 owner
+DELETE FROM event_chunks AS c
+USING messages AS m
+WHERE c.owner_id = $2 AND m.created_by = $2 AND m.project_id = $1 AND c.message_id = m.id;
+
+-- name: delete_project_messages
+-- $1 project, $2 owner
+DELETE FROM messages WHERE created_by = $2 AND project_id = $1;
+
+-- name: delete_project
+-- $1 project, $2 owner
+DELETE FROM projects WHERE owner_id = $2 AND id = $1
+RETURNING id;

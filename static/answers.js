@@ -14,11 +14,34 @@ const MAX_OPEN_ATTEMPTS = 3;
 // at most 6 to a server: past that, its other requests (and other tabs') would wait for them.
 const MAX_OPEN_ANSWERS = 3;
 const retryDelay = (attempt) => Math.min(30_000, 500 * 2 ** attempt);
+// 429 too_many_streams_per_user: this user holds as many streams on the server as it allows
+// (other tabs, other devices). Nothing is wrong with the answer: wait as told, then try again.
+const TOO_MANY_STREAMS = 'too_many_streams_per_user';
+const DEFAULT_RETRY_AFTER = 5;
+
+/** The wait a 429 asks for, in milliseconds (its Retry-After seconds). */
+function waitFor(problem) {
+  const seconds = Number(problem.retryAfter);
+  return (Number.isFinite(seconds) && seconds > 0 ? seconds : DEFAULT_RETRY_AFTER) * 1000;
+}
+
+/** The problem, said with what the page does about it (it retries by itself). */
+function waiting(problem, what) {
+  const seconds = Math.ceil(waitFor(problem) / 1000);
+  return {
+    status: problem.status,
+    code: problem.code,
+    title: problem.title,
+    detail: `${problem.detail} ${what} in ${seconds} s.`,
+    retryAfter: null, // said above: the page itself tries again
+  };
+}
 
 /**
  * `listener` receives: started() once the server has the user's message; event(messageId, name,
  * data) for every stream event; finished(message) for an answer found finished while recovering;
- * changed() when blocked or runningIds may have changed; report(problem) for failures.
+ * changed() when blocked or runningIds may have changed; report(problem) for failures;
+ * resolved(code) when a problem reported with that code has gone (a refused stream opened).
  */
 export class AnswerStreams {
   #connection;
@@ -26,6 +49,7 @@ export class AnswerStreams {
   #epoch = 0; // bumped by closeAll: callbacks of an older epoch are dropped
   #sending = null; // the generate request until `start` names the assistant message
   #running = new Map(); // assistant message id -> { close(), retryNow?() }
+  #waitingForRoom = new Set(); // answers (null: the message being sent) refused for a 429
 
   constructor(connection, listener) {
     this.#connection = connection;
@@ -50,6 +74,10 @@ export class AnswerStreams {
 
   closeAll() {
     this.#epoch += 1;
+    if (this.#waitingForRoom.size > 0) {
+      this.#waitingForRoom.clear();
+      this.#listener.resolved?.(TOO_MANY_STREAMS); // nothing waits for room any more
+    }
     this.#sending?.close();
     this.#sending = null;
     for (const handle of this.#running.values()) handle.close();
@@ -61,6 +89,7 @@ export class AnswerStreams {
   settle(messageId) {
     this.#running.get(messageId)?.close();
     this.#running.delete(messageId);
+    this.#opened(messageId); // if it waited for room, it waits no more
     this.#listener.changed();
   }
 
@@ -86,12 +115,15 @@ export class AnswerStreams {
     const key = {};
     const stream = followStream(streamUrls.events(projectId, messageId, lastEventId), {
       lastEventId,
-      onState: (state) => this.#connection.track(key, state),
+      onState: (state) => {
+        this.#connection.track(key, state);
+        if (state === 'live' && epoch === this.#epoch) this.#opened(messageId);
+      },
       onEvent: (name, data) => this.#listener.event(messageId, name, data),
       onFailure: () => {
         if (epoch !== this.#epoch) return;
         const progressed = stream.lastEventId > lastEventId;
-        this.#recover(projectId, messageId, stream.lastEventId, progressed ? 0 : attempt + 1);
+        this.#refused(projectId, messageId, stream.lastEventId, progressed ? 0 : attempt + 1);
       },
     });
     this.#running.set(messageId, stream);
@@ -103,7 +135,10 @@ export class AnswerStreams {
     const key = {};
     let messageId = null;
     const stream = followStream(url, {
-      onState: (state) => this.#connection.track(key, state),
+      onState: (state) => {
+        this.#connection.track(key, state);
+        if (state === 'live' && epoch === this.#epoch) this.#opened(null);
+      },
       onEvent: (name, data) => {
         if (name === 'start') {
           messageId = data.assistant_message.id;
@@ -129,6 +164,14 @@ export class AnswerStreams {
   async #explainRefusal(projectId, url, attempt, epoch) {
     const problem = await explainStreamFailure(url);
     if (epoch !== this.#epoch) return;
+    if (problem?.code === TOO_MANY_STREAMS) {
+      // Nothing was reserved; the same clientRequestId sends it once, whenever it goes through.
+      this.#waitingForRoom.add(null);
+      this.#listener.report(waiting(problem, 'Your message is sent by itself'));
+      const timer = setTimeout(() => this.#generate(projectId, url, attempt), waitFor(problem));
+      this.#sending = { close: () => clearTimeout(timer) };
+      return;
+    }
     if (!problem && attempt + 1 < MAX_OPEN_ATTEMPTS) {
       // It opens now (a server that was restarting, say); the same clientRequestId resumes it.
       const retry = () => this.#generate(projectId, url, attempt + 1);
@@ -163,10 +206,38 @@ export class AnswerStreams {
   }
 
   /**
-   * A stream was refused mid-answer (e.g. 503 while a server drains). Ask for the message after
-   * a pause: if it has finished, show it; if it still runs, attach again.
+   * EventSource gave up on an answer's stream: it treats every HTTP error as final and says
+   * nothing of which. Ask with fetch. A 429 for this user's open streams is said, and the stream
+   * tried again after its Retry-After; anything else is recovered with a growing pause.
    */
-  #recover(projectId, messageId, lastEventId, attempt) {
+  async #refused(projectId, messageId, lastEventId, attempt) {
+    const epoch = this.#epoch;
+    const asking = { close() {} };
+    this.#running.set(messageId, asking);
+    const problem = await explainStreamFailure(streamUrls.events(projectId, messageId, lastEventId));
+    if (epoch !== this.#epoch || this.#running.get(messageId) !== asking) return;
+    if (problem?.code === TOO_MANY_STREAMS) {
+      this.#waitingForRoom.add(messageId);
+      this.#listener.report(waiting(problem, 'This answer resumes by itself'));
+      this.#recover(projectId, messageId, lastEventId, attempt, waitFor(problem));
+    } else {
+      this.#recover(projectId, messageId, lastEventId, attempt);
+    }
+  }
+
+  /** A stream opened (or its answer ended): its wait for room (429) is over; once no stream
+   * waits any more, the problem reported for it has gone. */
+  #opened(messageId) {
+    if (!this.#waitingForRoom.delete(messageId)) return;
+    if (this.#waitingForRoom.size === 0) this.#listener.resolved?.(TOO_MANY_STREAMS);
+  }
+
+  /**
+   * A stream was refused mid-answer (e.g. 503 while a server drains). Ask for the message after
+   * a pause (`delay`, or one that grows with `attempt`): if it has finished, show it; if it still
+   * runs, attach again.
+   */
+  #recover(projectId, messageId, lastEventId, attempt, delay = retryDelay(attempt)) {
     const epoch = this.#epoch;
     let ran = false;
     const run = async () => {
@@ -190,7 +261,7 @@ export class AnswerStreams {
         }
       }
     };
-    const timer = setTimeout(run, retryDelay(attempt));
+    const timer = setTimeout(run, delay);
     const handle = { close: () => clearTimeout(timer), retryNow: run };
     this.#running.set(messageId, handle);
     this.#listener.changed();

@@ -3,7 +3,7 @@
 
 /** A failed request: the problem document's fields, or status 0 when the server was unreachable. */
 export class ApiError extends Error {
-  constructor({ status, code, title, detail, retryAfter = null }) {
+  constructor({ status, code, title, detail, retryAfter = null, members = {} }) {
     super(detail || title || `HTTP ${status}`);
     this.name = 'ApiError';
     this.status = status;
@@ -11,6 +11,7 @@ export class ApiError extends Error {
     this.title = title;
     this.detail = detail;
     this.retryAfter = retryAfter;
+    this.members = members; // the whole problem document, for codes that carry more
   }
 }
 
@@ -43,6 +44,7 @@ export async function problemFrom(response) {
     title: problem.title ?? response.statusText,
     detail: problem.detail ?? problem.title ?? `The request failed (HTTP ${response.status}).`,
     retryAfter: response.headers.get('Retry-After'),
+    members: problem,
   });
 }
 
@@ -78,12 +80,26 @@ async function send(method, path, body) {
 }
 
 export const api = {
-  signIn: (token) => send('POST', '/api/session', { token }),
+  /**
+   * Without `replace`, a browser signed in to another account gets 409
+   * another_account_signed_in (naming both) and stays as it is: send `replace` only once the
+   * person has said so.
+   */
+  signIn: (token, { replace = false } = {}) =>
+    send('POST', '/api/session', replace ? { token, replace: true } : { token }),
+  whoAmI: () => send('GET', '/api/session'),
   signOut: () => send('DELETE', '/api/session'),
 
   listProjects: () => send('GET', '/api/projects'),
   getProject: (projectId) => send('GET', projectPath(projectId)),
   createProject: (title) => send('POST', '/api/projects', { title }),
+  /** Its running answers end cancelled, then it is gone with everything in it (204). */
+  deleteProject: (projectId) => send('DELETE', projectPath(projectId)),
+  /** The server's longest message (MAX_MESSAGE_CHARS), from its OpenAPI document. */
+  async maxMessageChars() {
+    const document = await send('GET', '/openapi.json');
+    return document.components.schemas.GenerateRequest.properties.message.maxLength ?? null;
+  },
 
   /**
    * One page of history, ascending by sequence; `before` pages towards older messages, `after`

@@ -6,6 +6,7 @@ import { Composer } from './composer.js';
 import { ConnectionIndicator } from './connection.js';
 import { Conversation } from './conversation.js';
 import { handleCopyButtons } from './markdown.js';
+import { copyMessage, handleMenus } from './menus.js';
 import { ProjectList, titleFrom } from './projects.js';
 import { Banner, MessageList, announcer } from './view.js';
 
@@ -30,11 +31,15 @@ const conversation = new Conversation({
   connection,
   announce: announcer($('#announcer')),
   report,
+  resolved: (code) => banner.hideIf(code),
+  succeeded: () => banner.hide(),
   scroller: $('#scroller'),
   olderButton: $('#load-older'),
   startProject,
 });
 handleCopyButtons($('#messages'));
+messages.onCopy((messageId, button) => copyMessage(messages.textOf(messageId), button));
+handleMenus();
 const projects = new ProjectList($('#projects'), $('#no-projects'), (projectId) => {
   setSidebarOpen(false);
   if (projectId !== conversation.projectId) openProject(projectId, { push: true });
@@ -49,12 +54,20 @@ function report(problem) {
 function showSignedOut() {
   conversation.close();
   projects.clear();
-  $('#project-title').textContent = '';
-  document.title = 'Orderly';
+  showProjectTitle(null);
   setSignedIn(false);
 }
 
+/** The open project's title above the conversation (nothing at all with none open). */
+function showProjectTitle(project) {
+  $('#project-title').textContent = project?.title ?? '';
+  $('.conversation-head').hidden = !project;
+  $('#project-menu').open = false;
+  document.title = project ? `${project.title} · Orderly` : 'Orderly';
+}
+
 function setSignedIn(signedIn) {
+  if (!signedIn) $('#account').hidden = true;
   $('#signed-out').hidden = signedIn;
   for (const selector of ['#app', '#sign-out', '#projects-toggle']) $(selector).hidden = !signedIn;
 }
@@ -79,10 +92,10 @@ async function openProject(projectId, { push }) {
     if (request !== openRequest) return;
     projects.add(project);
     projects.markOpen(project.id);
-    $('#project-title').textContent = project.title;
-    document.title = `${project.title} · Orderly`;
+    showProjectTitle(project);
     putProjectInUrl(project.id, { push });
     await conversation.open(project.id);
+    if (push) banner.hide(); // the person's own choice went through (not the fallback below)
   } catch (problem) {
     if (request !== openRequest) return;
     report(problem);
@@ -112,6 +125,10 @@ async function startProject(text) {
  * `make run` prints a URL carrying a token in the fragment (never sent to the server in a URL).
  * Trade it for the HttpOnly session cookie, and take it out of the address bar and this history
  * entry first, so it is not bookmarked or shared by accident.
+ *
+ * A link is not proof that its reader owns the account: anyone can send one. Over a session of
+ * another account the server refuses (409 another_account_signed_in) and names both accounts;
+ * the page then asks, staying signed in unless the person chooses the link's account.
  */
 async function signInFromFragment() {
   const token = new URLSearchParams(location.hash.slice(1)).get('token');
@@ -120,8 +137,61 @@ async function signInFromFragment() {
   try {
     await api.signIn(token);
   } catch (problem) {
+    if (problem.code === 'another_account_signed_in') {
+      await askToSwitch(token, problem.members);
+      return;
+    }
     // Say why (an unknown or revoked token, say); an older session cookie may still work.
     banner.show(problem);
+  }
+}
+
+let asking = null; // the question open now, if any: a second link replaces its token
+
+/** Asks whether to leave `signed_in_username` for `token_username`; switches only on yes. */
+async function askToSwitch(token, { signed_in_username: signedIn, token_username: tokenUser }) {
+  const dialog = $('#switch-account');
+  for (const element of dialog.querySelectorAll('.signed-in-username')) {
+    element.textContent = signedIn;
+  }
+  for (const element of dialog.querySelectorAll('.token-username')) {
+    element.textContent = tokenUser;
+  }
+  if (asking) {
+    asking.token = token;
+    return asking.answered;
+  }
+  const question = { token };
+  question.answered = new Promise((resolve) => {
+    dialog.addEventListener(
+      'close',
+      async () => {
+        asking = null;
+        if (dialog.returnValue === 'switch') {
+          try {
+            await api.signIn(question.token, { replace: true });
+          } catch (problem) {
+            banner.show(problem);
+          }
+        }
+        resolve();
+      },
+      { once: true },
+    );
+  });
+  asking = question;
+  dialog.returnValue = '';
+  dialog.showModal(); // Escape closes it with returnValue '': staying is the default
+  return question.answered;
+}
+
+async function showAccount() {
+  try {
+    const { username } = await api.whoAmI();
+    $('#account').textContent = username;
+    $('#account').hidden = false;
+  } catch {
+    $('#account').hidden = true;
   }
 }
 
@@ -135,6 +205,8 @@ async function start() {
     return;
   }
   setSignedIn(true);
+  learnMessageLimit();
+  showAccount();
   projects.render(list);
   const wanted = projectInUrl() ?? projects.newest;
   if (wanted) await openProject(wanted, { push: false });
@@ -165,10 +237,84 @@ $('#new-project').addEventListener('submit', async (event) => {
 $('#sign-out').addEventListener('click', async () => {
   try {
     await api.signOut();
+    banner.hide();
     showSignedOut();
   } catch (problem) {
     report(problem);
   }
+});
+
+// Signed out, a pasted token signs in again (POST /api/session: never in a URL, never logged).
+$('#sign-in').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const form = event.currentTarget;
+  const field = form.elements.token;
+  const token = field.value.trim();
+  if (!token) return;
+  const button = form.querySelector('button[type="submit"]');
+  button.disabled = true;
+  try {
+    await api.signIn(token);
+    form.reset();
+    banner.hide();
+    await start();
+  } catch (problem) {
+    banner.show(problem); // an unknown or revoked token: say so, and let them paste another
+    field.select();
+  } finally {
+    button.disabled = false;
+  }
+});
+
+/** The server's message length limit, for the composer's counter; none known if it fails. */
+async function learnMessageLimit() {
+  try {
+    composer.maxChars = await api.maxMessageChars();
+  } catch {
+    // The server still refuses a message that is too long, with a banner saying so.
+  }
+}
+
+// Deleting the open project: asked in place (the menu), then its answers stop and it is gone.
+$('#delete-project').addEventListener('click', () => {
+  $('#delete-confirm').hidden = false;
+  $('#delete-project').hidden = true;
+  $('#delete-confirm-no').focus();
+});
+$('#project-menu').addEventListener('toggle', () => {
+  $('#delete-confirm').hidden = true;
+  $('#delete-project').hidden = false;
+});
+$('#delete-confirm-no').addEventListener('click', () => {
+  $('#project-menu').open = false;
+});
+$('#delete-confirm-yes').addEventListener('click', async (event) => {
+  const projectId = conversation.projectId;
+  if (!projectId) return;
+  const button = event.currentTarget;
+  button.disabled = true;
+  try {
+    await api.deleteProject(projectId);
+  } catch (problem) {
+    report(problem);
+    return;
+  } finally {
+    button.disabled = false;
+    $('#project-menu').open = false;
+  }
+  banner.hide();
+  projects.remove(projectId);
+  if (conversation.projectId !== projectId) return; // another one was opened meanwhile
+  const next = projects.newest;
+  if (next) {
+    await openProject(next, { push: false });
+    return;
+  }
+  conversation.close(); // nothing left: the message box starts a project
+  showProjectTitle(null);
+  const url = new URL(location.href);
+  url.searchParams.delete('project');
+  history.replaceState(null, '', url);
 });
 
 function setSidebarOpen(open) {

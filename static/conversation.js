@@ -12,6 +12,7 @@ export class Conversation {
   #composer;
   #announce;
   #report;
+  #succeeded;
   #answers;
   #startProject;
 
@@ -33,12 +34,18 @@ export class Conversation {
    * `startProject(text)` creates a project for a first message sent with no project open, opens
    * it, and resolves to its id (or to null, having reported why not).
    */
+  /**
+   * `succeeded()` runs when something the person did went through (a message reached the
+   * server, an answer was stopped): an error shown for an earlier one is over.
+   */
   constructor({
     messages,
     composer,
     connection,
     announce,
     report,
+    resolved,
+    succeeded,
     scroller,
     olderButton,
     startProject,
@@ -48,15 +55,18 @@ export class Conversation {
     this.#composer = composer;
     this.#announce = announce;
     this.#report = report;
+    this.#succeeded = succeeded;
     this.#answers = new AnswerStreams(connection, {
       started: () => {
         this.#draft = null;
         this.#composer.clear();
+        this.#succeeded();
       },
       event: (messageId, name, data) => this.#apply(messageId, name, data),
       finished: (message) => this.#finish(message),
       changed: () => this.#sync(),
       report,
+      resolved,
     });
     scroller.addEventListener('scroll', () => this.#messages.nearTop && this.loadOlder(), {
       passive: true,
@@ -166,6 +176,7 @@ export class Conversation {
     this.#messages.setStopping(messageId, true);
     try {
       const { message } = await api.cancel(projectId, messageId);
+      if (epoch === this.#epoch) this.#succeeded();
       // 202 may come before the runner has stopped; the `cancelled` event then finishes it.
       if (epoch === this.#epoch && !isActive(message)) this.#finish(message);
     } catch (problem) {

@@ -187,6 +187,38 @@ export class MarkdownContent {
       this.#element.append(fragment);
     }
     this.#shown = this.#source;
+    this.#markEnd();
     this.#lastCost = performance.now() - started;
   }
+
+  /** The Markdown source shown (what copying the message copies). */
+  get source() {
+    return this.#source;
+  }
+
+  /**
+   * The streaming cursor goes after the last text, inside the innermost block that holds it
+   * (the last list item, table cell, quoted paragraph): after a list or a table as a whole it
+   * would sit on a line of its own, below the text. A code block's text ends with a line break,
+   * so it gets none.
+   */
+  #markEnd() {
+    this.#element.querySelector('.stream-end')?.classList.remove('stream-end');
+    let node = this.#element.lastElementChild;
+    while (node && descends(node)) node = node.lastElementChild;
+    if (node && !NO_CURSOR.has(node.tagName)) node.classList.add('stream-end');
+  }
+}
+
+// Blocks whose text is in their last child block.
+const CONTAINERS = new Set(['UL', 'OL', 'BLOCKQUOTE', 'TABLE', 'THEAD', 'TBODY', 'TR', 'DIV']);
+const BLOCKS = new Set(['P', 'UL', 'OL', 'BLOCKQUOTE', 'DIV', 'PRE', 'TABLE', 'HR']);
+const NO_CURSOR = new Set(['PRE', 'HR', 'DIV']);
+
+function descends(node) {
+  const last = node.lastElementChild;
+  if (!last) return false;
+  if (CONTAINERS.has(node.tagName)) return true;
+  // A list item's text, unless it ends with a paragraph (a loose list) or a nested list.
+  return node.tagName === 'LI' && BLOCKS.has(last.tagName);
 }

@@ -58,6 +58,14 @@ export class ProjectList {
     this.#sync();
   }
 
+  /** A project deleted here (or gone): off the list. */
+  remove(projectId) {
+    this.#projects.delete(projectId);
+    this.#list.querySelector(`li[data-project-id="${CSS.escape(projectId)}"]`)?.remove();
+    if (this.#openId === projectId) this.#openId = null;
+    this.#sync();
+  }
+
   markOpen(projectId) {
     this.#openId = projectId;
     this.#sync();

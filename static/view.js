@@ -126,6 +126,8 @@ export class MessageList {
     const item = this.#items.get(messageId);
     if (!item) return;
     this.#markStreaming(item);
+    // Its text is now what shows the answer's progress.
+    item.querySelector('.progress-row').hidden = true;
     const answer = this.#answers.get(item);
     if (answer) {
       answer.append(text); // rendered at the next frame, which keeps to the bottom itself
@@ -139,19 +141,47 @@ export class MessageList {
     });
   }
 
+  /**
+   * A progress event shows what is happening until the answer's text starts: its message (the
+   * stage is a word for programs, kept out of sight: "writing" above "Writing the answer" said
+   * it twice), and a bar only for a percentage that tells something (above 0, below 100). Once
+   * text streams, the text is the progress: a bar stuck at a generator's first estimate said
+   * nothing for the whole answer.
+   */
   showProgress(messageId, { stage, message, percent }) {
     const item = this.#items.get(messageId);
     if (!item) return;
     // A queued answer stays pending until it starts (the server says so with its next event).
     if (stage !== 'queued') this.#markStreaming(item);
+    const row = item.querySelector('.progress-row');
     item.querySelector('.progress-stage').textContent = stage ?? '';
-    item.querySelector('.progress-message').textContent = message ?? '';
+    item.querySelector('.progress-message').textContent = message || stage || '';
     const bar = item.querySelector('progress');
-    if (typeof percent === 'number' && Number.isFinite(percent)) {
-      bar.value = Math.min(100, Math.max(0, percent));
-    } else {
-      bar.removeAttribute('value'); // no value attribute: an indeterminate bar
-    }
+    const telling = typeof percent === 'number' && percent > 0 && percent < 100;
+    bar.hidden = !telling;
+    if (telling) bar.value = percent;
+    row.hidden = this.#hasText(item);
+  }
+
+  #hasText(item) {
+    const answer = this.#answers.get(item);
+    return answer ? answer.source !== '' : item.querySelector('.content').textContent !== '';
+  }
+
+  /** The text of a message as written (an answer's Markdown source), for copying. */
+  textOf(messageId) {
+    const item = this.#items.get(messageId);
+    if (!item) return '';
+    return this.#answers.get(item)?.source ?? item.querySelector('.content').textContent;
+  }
+
+  /** `copy(messageId, button)` runs when a message's "Copy message" is pressed. */
+  onCopy(copy) {
+    this.#list.addEventListener('click', (event) => {
+      const button = event.target.closest('button.copy-message');
+      const item = button?.closest('li.message');
+      if (item) copy(item.dataset.id, button);
+    });
   }
 
   #upsert(message) {
@@ -219,6 +249,11 @@ function setStatus(item, status) {
   item.querySelector('.status').textContent = status;
 }
 
+/** One line of a message's details (its menu): the value, or a dash when there is none. */
+function detail(item, selector, value) {
+  item.querySelector(selector).textContent = value ?? '—';
+}
+
 /**
  * Writes a full Message into its element; the content replaces what was shown (rendered as
  * Markdown by `answer` for an assistant message, as plain text for the user's own).
@@ -230,18 +265,28 @@ function fill(item, message, answer) {
   item.dataset.role = message.role;
   setStatus(item, message.status);
   item.setAttribute('aria-busy', String(active));
-  item.querySelector('.role').textContent = message.role;
-  item.querySelector('.sequence').textContent = `#${message.sequence}`;
   if (answer) answer.set(message.content ?? '');
   else item.querySelector('.content').textContent = message.content ?? '';
   showTime(item.querySelector('.created'), message.created_at);
 
-  // A running answer's progress is unknown until its stream reports (or replays) it.
-  item.querySelector('.progress-row').hidden = !active;
+  // The details a person rarely needs, one click away in the message's menu.
+  detail(item, '.sequence', String(message.sequence));
+  const usage = message.usage;
+  const tokens = usage && `${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion`;
+  detail(item, '.usage', tokens && `${tokens} tokens`);
+  detail(item, '.finish-reason', message.finish_reason);
+  detail(item, '.message-id', message.id);
+  detail(item, '.request-id', message.client_request_id);
+  item.querySelector('.menu').setAttribute('aria-label', `Message ${message.sequence}`);
+
+  // A running answer's progress is unknown until its stream reports (or replays) it; until its
+  // text starts, the row says it is on its way.
+  const row = item.querySelector('.progress-row');
+  row.hidden = !active || Boolean(message.content);
   if (active) {
     item.querySelector('.progress-stage').textContent = '';
     item.querySelector('.progress-message').textContent = '';
-    item.querySelector('progress').removeAttribute('value');
+    item.querySelector('progress').hidden = true;
   }
 
   // Every running or queued answer can be stopped on its own, whichever the composer's Cancel
@@ -253,6 +298,7 @@ function fill(item, message, answer) {
 
   // finish_reason `length`: the model stopped at its limit, so the answer ends mid-way.
   item.querySelector('.cut-short').hidden = message.finish_reason !== 'length';
+  item.querySelector('.stopped').hidden = message.status !== 'cancelled';
 
   const error = item.querySelector('.error');
   error.hidden = message.status !== 'error';
@@ -288,6 +334,11 @@ export class Banner {
 
   hide() {
     this.#element.hidden = true;
+  }
+
+  /** Hides the banner if it shows a problem with this code (one that has gone away). */
+  hideIf(code) {
+    if (this.#element.dataset.code === code) this.hide();
   }
 }
 

@@ -81,6 +81,7 @@ def settings_for(database_url: str, **overrides: Any) -> Settings:
         pool_max_size=20,
         token_cache_seconds=0.0,
         max_running_per_user=100_000,
+        max_streams_per_user=100_000,
         rate_per_minute=1_000_000,
         rate_burst=1_000_000,
         auth_failures_per_minute=1_000_000,

@@ -9,10 +9,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server.errors import InvalidInput, MalformedRequest
+from server.errors import Draining, InvalidInput, MalformedRequest
 from server.models import Accepted, GenerateRequest
-from server.parsing import parse_uuid, path_uuid, read_json, validate
-from server.routes.respond import events_url, json_response, stream_message
+from server.parsing import parse_uuid, path_uuid, query_param, read_json, validate
+from server.routes.respond import (
+    events_url,
+    json_response,
+    reconnect_elsewhere,
+    stream_message,
+)
 from server.services import Services, services
 from server.sse import check_cursor, last_event_id
 
@@ -26,24 +31,37 @@ async def post_generation(request: Request) -> Response:
     return await _generate(app, request, user.id, project_id, body, cursor)
 
 
+# The query parameter of each field of GenerateRequest, named in the problems of a bad one.
+QUERY_NAMES = {"client_request_id": "clientRequestId", "on_running": "onRunning"}
+
+
 async def get_generate_stream(request: Request) -> Response:
     """``new EventSource(url)``: a reconnect re-sends the same URL with ``Last-Event-ID``, so the
     idempotency key is required, and the repeat resumes the same generation. It changes state
     under a GET, so a cookie must come with proof of our own origin."""
     app = services(request)
     user = await app.auth.authenticate(request, changes_state=True)
-    params = request.query_params
+    params = {
+        name: query_param(request, name)
+        for name in ("projectId", "message", "clientRequestId", "onRunning")
+    }
     for name in ("projectId", "message", "clientRequestId"):
-        if not params.get(name):
+        if not params[name]:
             raise MalformedRequest(
                 f"the query parameter {name} is required", code="missing_parameter"
             )
-    project_id = parse_uuid(params["projectId"], "project")
     fields = {"message": params["message"], "client_request_id": params["clientRequestId"]}
-    if params.get("onRunning"):
+    if params["onRunning"]:
         fields["on_running"] = params["onRunning"]
-    body = validate(GenerateRequest, fields)
-    return await _generate(app, request, user.id, project_id, body, last_event_id(request))
+    project_id = parse_uuid(params["projectId"] or "", "project")
+    body = validate(GenerateRequest, fields, QUERY_NAMES)
+    try:
+        return await _generate(app, request, user.id, project_id, body, last_event_id(request))
+    except Draining:
+        # EventSource takes a 503 as final and never tries again; a stream that ends at once is
+        # an ordinary reconnect (after `retry:`), which the load balancer sends to a worker that
+        # is not draining. The clientRequestId makes the repeat resume, never start twice.
+        return reconnect_elsewhere(app.settings.retry_ms)
 
 
 async def _generate(
@@ -70,7 +88,7 @@ async def _generate(
         return json_response(accepted.model_dump_json(), 202)
     # The stream's slot is taken before anything is reserved, so that a generation that starts
     # always gets its stream; every way out before the stream takes it over gives it back.
-    slot = app.worker.streams.take()
+    slot = app.worker.streams.take(user_id)
     try:
         submission = await app.runner.submit(user_id, project_id, body)
         assistant = submission.pair.assistant

@@ -7,14 +7,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from server.errors import Conflict, InvalidInput, NotFound
-from server.models import MessageEnvelope, MessagePage
+from server.models import MAX_SEQUENCE, MessageEnvelope, MessagePage
 from server.parsing import path_uuid, query_int
 from server.routes.respond import LastingEndpoint, json_response, stream_message
 from server.services import Services, services
 from server.sse import check_cursor, last_event_id
 from server.store import StoredMessage, User
-
-MAX_SEQUENCE = 2**62
 
 
 async def history(request: Request) -> Response:
@@ -45,11 +43,23 @@ async def message_events(request: Request) -> Response:
     app = services(request)
     user = await app.auth.authenticate(request)
     cursor = last_event_id(request)
-    stored = await _message(app, request, user)
-    if stored.message.role != "assistant":
-        raise NotFound("only assistant messages have an event stream")
-    check_cursor(cursor, stored.last_event_id)
-    return stream_message(app, request, stored, cursor, app.worker.streams.take())
+    # The slot first: a user over the cap is refused before anything is read. Every way out
+    # before the stream takes it over gives it back.
+    slot = app.worker.streams.take(user.id)
+    try:
+        project_id = path_uuid(request, "project_id", "project")
+        message_id = path_uuid(request, "message_id", "message")
+        # Not get_message: opening (or resuming) a stream must not read a running answer whole.
+        stored = await app.store.stream_target(project_id, message_id, user.id)
+        if stored is None:
+            raise NotFound(f"no message with id '{message_id}' in project '{project_id}'")
+        if stored.message.role != "assistant":
+            raise NotFound("only assistant messages have an event stream")
+        check_cursor(cursor, stored.last_event_id)
+        return stream_message(app, request, stored, cursor, slot)
+    except BaseException:
+        slot.release()
+        raise
 
 
 async def cancel(request: Request) -> Response:

@@ -1,12 +1,15 @@
-"""Operations: liveness, readiness, and the demo page."""
+"""Operations: liveness, readiness, metrics, the OpenAPI document, and the demo page."""
 
 from __future__ import annotations
+
+import secrets
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from server import metrics
+from server.errors import NotAuthenticated
 from server.services import services
 from server.static import STATIC_DIR
 
@@ -26,12 +29,28 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
-async def metrics_text(_request: Request) -> Response:
+def _require_ops_token(request: Request) -> None:
+    """With ``OPS_TOKEN`` set, the metrics and the API's description are for whoever holds it
+    (a Prometheus scraper, an operator): they tell anyone else how busy the service is, and
+    what it runs. /healthz and /readyz stay open, for load balancers."""
+    expected = services(request).settings.ops_token
+    if not expected:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise NotAuthenticated("this endpoint needs the operator's token (Authorization: Bearer)")
+    if not secrets.compare_digest(given.strip().encode(), expected.encode()):
+        raise NotAuthenticated("the operator's token is not this one", code="invalid_token")
+
+
+async def metrics_text(request: Request) -> Response:
+    _require_ops_token(request)
     body, content_type = metrics.exposition()
     return Response(body, media_type=content_type)
 
 
 async def openapi(request: Request) -> Response:
+    _require_ops_token(request)
     document = request.app.state.openapi
     return JSONResponse(document)
 

@@ -40,8 +40,19 @@ async def get_project(request: Request) -> Response:
     return json_response(project.model_dump_json())
 
 
+async def delete_project(request: Request) -> Response:
+    """Delete a project: its running answers end ``cancelled``, then everything of it goes."""
+    app = services(request)
+    user = await app.auth.authenticate(request)
+    project_id = path_uuid(request, "project_id", "project")
+    if not await app.runner.delete_project(project_id, user.id):
+        raise NotFound(f"no project with id '{project_id}'")
+    return Response(status_code=204)
+
+
 routes = [
     Route("/api/projects", create_project, methods=["POST"]),
     Route("/api/projects", list_projects, methods=["GET"]),
     Route("/api/projects/{project_id}", get_project, methods=["GET"]),
+    Route("/api/projects/{project_id}", delete_project, methods=["DELETE"]),
 ]

@@ -52,6 +52,16 @@ def stream_message(
     )
 
 
+def reconnect_elsewhere(retry_ms: int) -> Response:
+    """An event stream with no event, only ``retry:``, that ends at once: EventSource reconnects
+    after ``retry_ms`` with the same URL and ``Last-Event-ID``, as after any stream that ended."""
+    return Response(
+        f"retry: {retry_ms}\n\n",
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
 class LastingEndpoint:
     """``handler(request) -> Response`` as a bare ASGI app, for a route whose responses last
     (event streams). Starlette wraps a function endpoint in closures, a Request and a second

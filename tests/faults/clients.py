@@ -5,8 +5,9 @@ without it is a problem),
 and a stream that ends without its terminal event (it resumes with ``Last-Event-ID`` on the other
 process). Every piece of every stream is kept, so that the checks can tell whether an event came
 twice, out of order, or not at all. Anything the contract does not allow (a 500, a 204 before
-the client has the terminal event, a malformed frame) is written down as a problem and the client
-carries on, so that one problem does not hide the others.
+the client has the terminal event, a malformed frame, a 503 or 429 without ``Retry-After``) is
+written down as a problem and the client carries on, so that one problem does not hide the
+others.
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ class Reply:
     retry_after: float = 0.0
     detail: str = ""  # what went wrong, if anything
     broken: bool = False  # the connection failed in the middle of the stream
-    without_retry_after: bool = False  # a 429 or 503 that does not say when to retry
+    has_retry_after: bool = True  # a 429 or 503 said when to retry
+    first_at: float | None = None  # monotonic: when its first event came
 
 
 @dataclass
@@ -62,6 +64,8 @@ class ClientRecord:
     notes: list[str] = field(default_factory=list)  # allowed, but worth counting
     retries: int = 0
     last_request_at: float = 0.0  # monotonic: its generation exists by then, if at all
+    first_request_at: float | None = None  # monotonic: its first start request
+    accepted_at: float | None = None  # monotonic: when a start request was accepted
     finished: bool = False
 
     @property
@@ -96,24 +100,28 @@ async def read_stream(
     the read is cancelled)."""
     events: list[Received] = [] if into is None else into
     status = 0
+    first_at = None
     try:
         async with client.stream(method, url, **kwargs) as response:
             status = response.status_code
             if status != 200:
                 body = (await response.aread()).decode(errors="replace")
-                return _refusal(response, body)
+                return _reply_of(response, body)
             buffer = b""
             async for chunk in response.aiter_raw():
                 buffer += chunk
                 while b"\n\n" in buffer:
                     block, buffer = buffer.split(b"\n\n", 1)
                     events.extend(_received(block + b"\n\n"))
+                    if first_at is None and events:
+                        first_at = time.monotonic()
                     if stop_after is not None and len(events) >= stop_after:
-                        return Reply(200, events)
+                        return Reply(200, events, first_at=first_at)
             detail = f"a partial frame at the end: {buffer[:100]!r}" if buffer else ""
-            return Reply(200, events, detail=detail)
+            return Reply(200, events, detail=detail, first_at=first_at)
     except httpx.TransportError as exc:
-        return Reply(status, events, MAX_RETRY_WAIT, f"{type(exc).__name__}: {exc}", broken=True)
+        detail = f"{type(exc).__name__}: {exc}"
+        return Reply(status, events, MAX_RETRY_WAIT, detail, broken=True, first_at=first_at)
 
 
 def _received(block: bytes) -> list[Received]:
@@ -125,15 +133,14 @@ def _received(block: bytes) -> list[Received]:
     return found
 
 
-def _reply_of(response: httpx.Response) -> Reply:
-    return _refusal(response, response.text)
-
-
-def _refusal(response: httpx.Response, body: str) -> Reply:
-    """A reply that is not a stream; a 429 or 503 must say when to retry (``Retry-After``)."""
-    missing = response.status_code in RETRYABLE and "retry-after" not in response.headers
+def _reply_of(response: httpx.Response, body: str | None = None) -> Reply:
+    text = response.text if body is None else body
     return Reply(
-        response.status_code, [], _retry_after(response), body[:200], without_retry_after=missing
+        response.status_code,
+        [],
+        _retry_after(response),
+        text[:200],
+        has_retry_after="retry-after" in response.headers,
     )
 
 
@@ -148,15 +155,24 @@ class Client:
     """One plan, carried out against the two processes (``servers[i]`` is process i's client)."""
 
     def __init__(
-        self, record: ClientRecord, servers: Sequence[httpx.AsyncClient], began: float
+        self,
+        record: ClientRecord,
+        servers: Sequence[httpx.AsyncClient],
+        began: float,
+        outage_over: asyncio.Event,
     ) -> None:
+        """``outage_over``: set when the long outage has ended (a burst's signal to start)."""
         self.record = record
         self.plan = record.plan
         self.servers = servers
         self.began = began
+        self.outage_over = outage_over
 
     async def run(self) -> None:
-        await asyncio.sleep(max(0.0, self.began + self.plan.at - time.monotonic()))
+        if self.plan.style == "burst":
+            await self.outage_over.wait()
+        else:
+            await asyncio.sleep(max(0.0, self.began + self.plan.at - time.monotonic()))
         style = self.plan.style
         if style == "detach":
             await self._detach()
@@ -182,10 +198,10 @@ class Client:
 
     async def _detach(self) -> None:
         plan = self.plan
-        body = {"message": plan.prompt, "client_request_id": plan.key}
+        body = self._body
         headers = {"Accept": "application/json"}
         while True:
-            self.record.last_request_at = time.monotonic()
+            self._requesting()
             try:
                 response = await self.servers[plan.server].post(
                     self._generations_url, json=body, headers=headers
@@ -196,6 +212,7 @@ class Client:
             self.record.starts.append(response.status_code)
             if response.status_code == 202:
                 self.record.message_id = response.json()["assistant_message"]["id"]
+                self.record.accepted_at = time.monotonic()
                 break
             await self._refused(f"POST (json) on {plan.server}", _reply_of(response))
         if plan.attach_after is not None:
@@ -205,7 +222,7 @@ class Client:
     async def _start(self, server: int, stop_after: int | None) -> bool:
         """Start (or find, on a retry) the generation and read its stream; False: never did."""
         while True:
-            self.record.last_request_at = time.monotonic()
+            self._requesting()
             method, url, kwargs = self._start_request()
             with self._piece() as piece:
                 reply = await read_stream(
@@ -219,6 +236,7 @@ class Client:
                     self.record.problems.append(f"the first event is not start 1: {start}")
                     return False
                 self.record.message_id = _assistant_id(start)
+                self.record.accepted_at = reply.first_at
                 return True
             if reply.status == 200:
                 self.record.problems.append(f"start on {server}: a stream without events")
@@ -228,8 +246,22 @@ class Client:
         plan = self.plan
         if plan.eventsource:
             return "GET", self._eventsource_url, {}
-        body = {"message": plan.prompt, "client_request_id": plan.key}
-        return "POST", self._generations_url, {"json": body}
+        return "POST", self._generations_url, {"json": self._body}
+
+    @property
+    def _body(self) -> dict[str, str]:
+        plan = self.plan
+        return {
+            "message": plan.prompt,
+            "client_request_id": plan.key,
+            "on_running": plan.on_running,
+        }
+
+    def _requesting(self) -> None:
+        now = time.monotonic()
+        self.record.last_request_at = now
+        if self.record.first_request_at is None:
+            self.record.first_request_at = now
 
     async def _resume(self, server: int, stop_after: int | None) -> bool:
         """One reconnection from the cursor; False when there is nothing more to read."""
@@ -297,9 +329,9 @@ class Client:
         contract's way of saying so; anything else is a problem, or a note when no response
         came at all)."""
         if reply.status in RETRYABLE:
-            if reply.without_retry_after:
-                self.record.problems.append(f"{what}: {reply.status} without Retry-After")
             self.record.retries += 1
+            if not reply.has_retry_after:
+                self.record.problems.append(f"{what}: {reply.status} without Retry-After")
             await asyncio.sleep(reply.retry_after)
         elif reply.status == 0:
             await self._note_then_wait(f"{what}: no response: {reply.detail}")
@@ -325,6 +357,7 @@ class Client:
             "projectId": self.record.project_id,
             "message": self.plan.prompt,
             "clientRequestId": self.plan.key,
+            "onRunning": self.plan.on_running,
         }
         return f"/api/generate-stream?{urlencode(query)}"
 

@@ -1,9 +1,9 @@
 """The invariants of API.md, checked after the faults have healed.
 
 The database is read directly only for what the HTTP API does not show in one place: sequences,
-statuses and the users' running counts. Events and content are read through the HTTP API (the
-storage of events is not this suite's business). Every check returns the violations it found, as
-sentences, so that one run reports all of them.
+statuses, when interrupted answers lived (and the users' running counts: ``watch.py``). Events
+and content are read through the HTTP API (the storage of events is not this suite's business).
+Every check returns the violations it found, as sentences, so that one run reports all of them.
 """
 
 from __future__ import annotations
@@ -62,18 +62,6 @@ async def message_rows(database_url: str) -> list[Row]:
         )
         for r in records
     ]
-
-
-async def running_counts(database_url: str) -> dict[str, int]:
-    conn = await asyncpg.connect(database_url, timeout=10)
-    try:
-        records = await conn.fetch(
-            "SELECT u.username, coalesce(r.running_generations, 0) AS running_generations "
-            "FROM users AS u LEFT JOIN user_running AS r ON r.user_id = u.id"
-        )
-    finally:
-        await conn.close()
-    return {r["username"]: r["running_generations"] for r in records}
 
 
 async def unfinished(database_url: str) -> list[str]:
@@ -240,5 +228,85 @@ def joined_deltas(events: Iterable[Received]) -> str:
     return "".join(json.loads(e.data)["text"] for e in events if e.event == "delta")
 
 
-def check_running_counts(counts: Mapping[str, int]) -> list[str]:
-    return [f"user {user}: running_generations = {n}" for user, n in counts.items() if n != 0]
+# Interrupted answers
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupted:
+    """An answer that ended ``error``/``interrupted``: when it lived (wall-clock seconds)."""
+
+    id: str
+    created: float
+    ended: float
+
+
+async def interrupted_answers(database_url: str) -> list[Interrupted]:
+    conn = await asyncpg.connect(database_url, timeout=10)
+    try:
+        records = await conn.fetch(
+            "SELECT id::text AS id, extract(epoch FROM created_at)::float8 AS created, "
+            "extract(epoch FROM updated_at)::float8 AS ended FROM messages "
+            "WHERE role = 'assistant' AND status = 'error' AND error_code = 'interrupted' "
+            "ORDER BY created_at"
+        )
+    finally:
+        await conn.close()
+    return [Interrupted(r["id"], r["created"], r["ended"]) for r in records]
+
+
+def check_interrupted(
+    answers: Sequence[Interrupted],
+    silences: Mapping[int, Sequence[tuple[float, float]]],
+    holders: Mapping[str, set[int]],
+    longer_than: float,
+    began: float,
+) -> list[str]:
+    """An answer may end ``interrupted`` only if its worker lost it: no server process stops
+    here, so only if a process that held it went without any reply from PostgreSQL for more
+    than ``longer_than`` seconds while the answer lived. ``silences``: per process (by pid), the
+    proxy's stretches without a reply; ``holders``: the processes seen holding each answer (all
+    of them, when it was never seen); ``began``: the run's start (wall clock), for the report."""
+    found = []
+    for answer in answers:
+        pids = holders.get(answer.id) or set(silences)
+        overlapping = [
+            (start, end)
+            for pid in pids
+            for start, end in silences.get(pid, ())
+            if start < answer.ended and end > answer.created
+        ]
+        longest = max((end - start for start, end in overlapping), default=0.0)
+        if longest <= longer_than:
+            seen = {
+                pid: [f"{a - began:.1f}..{b - began:.1f}s" for a, b in silences.get(pid, ())]
+                for pid in sorted(pids)
+            }
+            found.append(
+                f"{answer.id}: ended interrupted, yet its worker reached PostgreSQL all along "
+                f"while it ran, from {answer.created - began:.1f}s to {answer.ended - began:.1f}s "
+                f"of the run (the longest silence then: {longest:.1f}s, not more than "
+                f"{longer_than:g}s; the silences of pid {seen})"
+            )
+    return found
+
+
+# The servers' logs
+
+# Lines that no fault of the database may cause: the demo generator and the fake model server
+# never fail, so a generator failure is a fault of the database taken for one of the answer
+# (even when the answer then ends ``interrupted``, its error write having failed too); and the
+# service's statements take their locks in one order, so PostgreSQL never finds a deadlock.
+FORBIDDEN_LOG_LINES = {
+    "generator failed": "a generator failure (a fault of the database taken for one of the answer)",
+    "deadlock detected": "PostgreSQL found a deadlock between the service's statements",
+}
+
+
+def check_log_lines(name: str, lines: Iterable[str]) -> list[str]:
+    """One sentence per kind of forbidden line in a server's log: the first, and how many."""
+    found = []
+    for needle, meaning in FORBIDDEN_LOG_LINES.items():
+        hits = [line for line in lines if needle in line]
+        if hits:
+            found.append(f"{name}'s log: {len(hits)} x {meaning}; the first: {hits[0][:400]}")
+    return found

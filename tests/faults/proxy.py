@@ -15,9 +15,19 @@ forwards whole wire messages (``tests/faults/wire.py``) and, on command:
 - ``blip_on(marker, seconds)``: when a request next runs a statement whose text holds ``marker``,
   the database goes away for a moment, as that statement reaches it: every open connection is
   reset (that request is never forwarded) and new ones are refused for ``seconds``.
-- ``stall(statement)``: the open connections that have sent a statement containing that text
-  stop forwarding anything, either way, and are never closed: a half-open connection, which no
-  error ever ends (connections opened later are not stalled).
+- ``stall_sending(statement)``: the open connections that have sent a statement containing that
+  text stop forwarding anything, either way, and are never closed: a half-open connection, which
+  no error ever ends (connections opened later are not stalled).
+- ``stall(fraction, seconds)``: that share of the open connections stops forwarding, both ways,
+  without closing (a half-open connection: a partition without a reset); a statement sent on
+  one waits for an answer that does not come. After ``seconds`` the proxy resets them, as a peer
+  that comes back and has forgotten the connection would (or a TCP keepalive would find). The
+  other connections, and new ones, work all along.
+
+Each server process connects through a port of its own (``url_base_for(origin)``), so that the
+proxy knows whose connection is whose: it keeps, per process, the moments at which a reply from
+PostgreSQL reached it (``gaps``: the stretches of more than ``GAP_SECONDS`` without one), which
+is when that process could not reach the database, whatever the fault.
 
 A connection to PostgreSQL that fails (it is stopped) resets the server's connection the same way.
 The proxy's coin flips come from a seeded generator, but which request meets which flip depends on
@@ -32,11 +42,16 @@ import itertools
 import random
 import socket
 import struct
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from tests.faults.wire import READY_FOR_QUERY, REQUEST_ENDS, Framer, Message
 
 CHUNK = 65536
+# A worker with work renews its heartbeat every second here, so a healthy process never goes
+# this long without a reply; shorter silences are not worth remembering.
+GAP_SECONDS = 1.0
 
 
 @dataclass
@@ -45,11 +60,31 @@ class ProxyStats:
     refused: int = 0  # reset on accept while refusing
     upstream_down: int = 0  # reset because PostgreSQL did not answer the connect
     cut: int = 0  # reset by ``cut``
-    stalled: int = 0  # made half-open by ``stall``
     replies_lost: int = 0  # the request ran; its reply was swallowed
     requests_cut: int = 0  # reset right after the request was forwarded
     delayed: int = 0  # reply chunks held back by ``reply_delay``
+    stalled: int = 0  # left half-open by ``stall`` (then reset) or ``stall_sending``
     blips: int = 0  # ``blip_on`` that met their statement
+
+
+@dataclass
+class ReplyLog:
+    """When replies (ReadyForQuery) reached one server process: the silences longer than
+    ``GAP_SECONDS``, as (from, to) in wall-clock seconds (``time.time()``, the clock PostgreSQL's
+    timestamps use on this machine)."""
+
+    last: float | None = None
+    gaps: list[tuple[float, float]] = field(default_factory=list)
+
+    def replied(self, now: float) -> None:
+        if self.last is not None and now - self.last > GAP_SECONDS:
+            self.gaps.append((self.last, now))
+        self.last = now
+
+    def silences(self, until: float) -> list[tuple[float, float]]:
+        """The gaps, and the silence still going on at ``until``."""
+        open_gap = [(self.last, until)] if self.last is not None and until - self.last > 0 else []
+        return [*self.gaps, *open_gap]
 
 
 class Link:
@@ -62,9 +97,10 @@ class Link:
     ) -> None:
         self.client_reader, self.client_writer = client
         self.upstream_reader, self.upstream_writer = upstream
+        self.stalled = asyncio.Event()  # set: forward nothing more, either way
+        self.gone = asyncio.Event()  # set when closed or reset
         self.reply_framer = Framer(client_side=False)
         self.swallowing = False  # drop the reply in progress, then reset
-        self.stalled = False  # forward nothing more, either way, and never close
         self.closed = False
         # Prepared statements by name: a cached statement is run by name (Bind), without its text.
         self.statements: dict[bytes, bytes] = {}
@@ -73,6 +109,7 @@ class Link:
         """Both sides, now, with a TCP reset: nothing queued is delivered."""
         if not self.closed:
             self.closed = True
+            self.gone.set()
             _reset(self.client_writer)
             _reset(self.upstream_writer)
 
@@ -80,6 +117,7 @@ class Link:
         """Both sides, gracefully (one of them has already ended)."""
         if not self.closed:
             self.closed = True
+            self.gone.set()
             self.client_writer.close()
             self.upstream_writer.close()
 
@@ -109,11 +147,14 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 
 
 class FaultProxy:
-    """``async with FaultProxy(postgres_port, seed=...) as proxy``: listens on ``proxy.port``."""
+    """``async with FaultProxy(postgres_port, seed=...) as proxy``: listens on ``proxy.port``
+    (and, with ``origins=n``, on one port per server process: ``proxy.ports``)."""
 
-    def __init__(self, upstream_port: int, *, seed: int) -> None:
+    def __init__(self, upstream_port: int, *, seed: int, origins: int = 1) -> None:
         self.upstream_port = upstream_port
-        self.port = 0
+        self.ports: list[int] = []
+        self.origins = origins
+        self.replies = [ReplyLog() for _ in range(origins)]
         self.rng = random.Random(f"proxy:{seed}")
         self.refusing = False
         self.reply_delay = 0.0
@@ -125,24 +166,33 @@ class FaultProxy:
         self._numbers = itertools.count(1)
         self._links: dict[int, Link] = {}
         self._handlers: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
 
     async def __aenter__(self) -> FaultProxy:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        for origin in range(self.origins):
+            server = await asyncio.start_server(self._handler(origin), "127.0.0.1", 0)
+            self._servers.append(server)
+            self.ports.append(server.sockets[0].getsockname()[1])
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         for link in list(self._links.values()):
             link.reset()
         if self._handlers:
             await asyncio.wait(list(self._handlers), timeout=5)
 
     @property
+    def port(self) -> int:
+        return self.ports[0]
+
+    @property
     def url_base(self) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}"
+        return self.url_base_for(0)
+
+    def url_base_for(self, origin: int) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.ports[origin]}"
 
     @property
     def open_links(self) -> int:
@@ -181,7 +231,7 @@ class FaultProxy:
         self.refusing = False
         self.blip_over.set()
 
-    def stall(self, statement: str) -> int:
+    def stall_sending(self, statement: str) -> int:
         """Make the open connections that sent a statement containing ``statement`` (a driver
         sends a statement's text once per connection: when it prepares it) half-open: from now
         on nothing they send reaches PostgreSQL and nothing reaches them, and they stay open."""
@@ -189,27 +239,52 @@ class FaultProxy:
         chosen = [
             link
             for link in self._links.values()
-            if not link.stalled
+            if not link.stalled.is_set()
             and not link.closed
             and any(wanted in text for text in link.statements.values())
         ]
         for link in chosen:
-            link.stalled = True
+            link.stalled.set()
         self.stats.stalled += len(chosen)
         return len(chosen)
 
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def stall(self, fraction: float, seconds: float) -> int:
+        """Leave ``fraction`` of the open connections (at least one) half-open for ``seconds``,
+        then reset them (in the background: other faults may come meanwhile)."""
+        links = [self._links[n] for n in sorted(self._links) if not self._links[n].closed]
+        if not links:
+            return 0
+        chosen = self.rng.sample(links, max(1, round(len(links) * fraction)))
+        for link in chosen:
+            link.stalled.set()
+        self.stats.stalled += len(chosen)
+        asyncio.get_running_loop().call_later(seconds, _reset_all, chosen)
+        return len(chosen)
+
+    def _handler(
+        self, origin: int
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._handle(origin, reader, writer)
+
+        return handle
+
+    async def _handle(
+        self, origin: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
         try:
-            await self._serve(reader, writer)
+            await self._serve(origin, reader, writer)
         except Exception:  # a connection's end, however it comes, is the proxy's business only
             _reset(writer)
         finally:
             self._handlers.discard(task)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(
+        self, origin: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self.stats.connections += 1
         if self.refusing:
             self.stats.refused += 1
@@ -223,12 +298,12 @@ class FaultProxy:
             return
         number = next(self._numbers)
         link = self._links[number] = Link((reader, writer), upstream)
-        replies: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+        replies: asyncio.Queue[tuple[float, bytes, bool] | None] = asyncio.Queue()
         try:
             await asyncio.gather(
                 self._requests(link),
                 self._replies(link, replies),
-                self._deliver(link, replies),
+                self._deliver(link, replies, self.replies[origin]),
                 return_exceptions=True,
             )
         finally:
@@ -239,7 +314,7 @@ class FaultProxy:
         """Server to PostgreSQL: whole messages; a request may be marked for a fault."""
         framer = Framer(client_side=True)
         try:
-            while data := await link.client_reader.read(CHUNK):
+            while data := await _unless_stalled(link, link.client_reader.read(CHUNK)):
                 cut_after_send = False
                 for message in framer.feed(data):
                     if message.kind == "negotiate":
@@ -248,8 +323,6 @@ class FaultProxy:
                     if self._blip is not None and text is not None and self._blip[0] in text:
                         self._blip_now(self._blip[1])
                         return
-                    if link.stalled:
-                        continue
                     link.upstream_writer.write(message.raw)
                     if message.kind in REQUEST_ENDS and self._hit():
                         if self.rng.random() < self.cut_after_send_share:
@@ -268,40 +341,62 @@ class FaultProxy:
         return self.lose_rate > 0 and self.rng.random() < self.lose_rate
 
     async def _replies(
-        self, link: Link, replies: asyncio.Queue[tuple[float, bytes] | None]
+        self, link: Link, replies: asyncio.Queue[tuple[float, bytes, bool] | None]
     ) -> None:
         """PostgreSQL to the server: whole messages, held back or swallowed when told to."""
         loop = asyncio.get_running_loop()
         try:
-            while data := await link.upstream_reader.read(CHUNK):
+            while data := await _unless_stalled(link, link.upstream_reader.read(CHUNK)):
                 passed = bytearray()
+                ready = False
                 for message in link.reply_framer.feed(data):
                     if not link.swallowing:
                         passed += message.raw
+                        ready = ready or message.kind == READY_FOR_QUERY
                     elif message.kind == READY_FOR_QUERY:
                         self.stats.replies_lost += 1
                         link.reset()
                         return
-                if passed and not link.stalled:
+                if passed:
                     if self.reply_delay:
                         self.stats.delayed += 1
-                    replies.put_nowait((loop.time() + self.reply_delay, bytes(passed)))
+                    replies.put_nowait((loop.time() + self.reply_delay, bytes(passed), ready))
         finally:
             replies.put_nowait(None)
 
     async def _deliver(
-        self, link: Link, replies: asyncio.Queue[tuple[float, bytes] | None]
+        self,
+        link: Link,
+        replies: asyncio.Queue[tuple[float, bytes, bool] | None],
+        log: ReplyLog,
     ) -> None:
         loop = asyncio.get_running_loop()
         try:
             while (item := await replies.get()) is not None:
-                due, chunk = item
+                due, chunk, ready = item
                 await asyncio.sleep(max(0.0, due - loop.time()))
+                if link.stalled.is_set():
+                    await link.gone.wait()  # half-open: hold on until ``stall`` resets it
                 if link.closed:
                     return
-                if link.stalled:
-                    continue
                 link.client_writer.write(chunk)
                 await link.client_writer.drain()
+                if ready:
+                    log.replied(time.time())
         finally:
             link.close()
+
+
+def _reset_all(links: list[Link]) -> None:
+    for link in links:
+        link.reset()
+
+
+async def _unless_stalled(link: Link, read: Awaitable[bytes]) -> bytes:
+    """What ``read`` gives; once the link is stalled, nothing ever again: what comes is dropped
+    and the pump waits until ``stall`` resets the link (b"" then ends it)."""
+    data = await read
+    if link.stalled.is_set():
+        await link.gone.wait()
+        return b""
+    return data

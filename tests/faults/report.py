@@ -31,6 +31,10 @@ class Run:
     outcomes: Counter[str] = field(default_factory=Counter)  # answers by status (error code)
     healed_after: float = 0.0  # seconds from the run's start to the heal
     terminal_after: float | None = None  # seconds from the heal until nothing ran
+    generator: str = "demo"
+    outage_ended: float | None = None  # the long outage's end, time.monotonic()
+    silences: dict[str, list[float]] = field(default_factory=dict)  # long ones, per process
+    model_requests: int = 0  # GENERATOR=openai: requests the fake model server got
     violations: list[str] = field(default_factory=list)
 
     @property
@@ -48,10 +52,14 @@ def summary(run: Run) -> str:
     notes = sum(len(record.notes) for record in run.records)
     terminal = "never" if run.terminal_after is None else f"{run.terminal_after:.1f}s"
     lines = [
-        f"seed {run.seed}, window {run.window:g}s: healed at {run.healed_after:.1f}s, "
+        f"seed {run.seed}, window {run.window:g}s, GENERATOR={run.generator}"
+        + (f" ({run.model_requests} model requests)" if run.generator == "openai" else "")
+        + f": healed at {run.healed_after:.1f}s, "
         f"all terminal {terminal} later; {len(run.records)} generations {dict(styles)}, "
         f"ended {dict(run.outcomes)}; {retries} refusals retried, {notes} notes",
         f"proxy: {run.stats}",
+        f"processes without a reply from PostgreSQL for long enough to lose a lease (s): "
+        f"{run.silences}",
         *run.fault_log,
     ]
     return "\n".join(lines)
@@ -76,6 +84,7 @@ def write_report(run: Run) -> None:
     line = {
         "seed": run.seed,
         "window": run.window,
+        "generator": run.generator,
         "healed_after": round(run.healed_after, 2),
         "terminal_after": None if run.terminal_after is None else round(run.terminal_after, 2),
         "generations": len(run.records),
@@ -83,6 +92,7 @@ def write_report(run: Run) -> None:
         "outcomes": dict(run.outcomes),
         "proxy": dataclasses.asdict(run.stats),
         "faults": run.fault_log,
+        "silences": run.silences,
         "violations": run.violations,
     }
     with open(path, "a") as report:
@@ -93,14 +103,17 @@ def artifacts_dir(seed: int) -> Path:
     return REPO_ROOT / "test-artifacts" / "faults" / f"seed-{seed}"
 
 
-def save_evidence(run: Run, servers: Sequence[ServerProcess], rows: Sequence[Any]) -> None:
-    """The servers' logs, every client's record and the message rows: for a failed run, or
-    for any run with FAULT_EVIDENCE set."""
+def save_evidence(
+    run: Run, servers: Sequence[ServerProcess], rows: Sequence[Any], postgres_log: str
+) -> None:
+    """The servers' logs, PostgreSQL's (the run's part), every client's record and the message
+    rows: for a failed run, or for any run with FAULT_EVIDENCE set."""
     where = artifacts_dir(run.seed)
     shutil.rmtree(where, ignore_errors=True)
     where.mkdir(parents=True)
     for server in servers:
         shutil.copy(server.log_path, where / server.log_path.name)
+    (where / "postgresql.log").write_text(postgres_log)
     (where / "clients.json").write_text(
         json.dumps([_record(r) for r in run.records], indent=1, default=str)
     )
@@ -121,5 +134,6 @@ def _record(record: ClientRecord) -> dict[str, Any]:
         "problems": record.problems,
         "notes": record.notes,
         "retries": record.retries,
+        "accepted_at": record.accepted_at,
         "finished": record.finished,
     }

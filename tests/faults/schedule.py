@@ -4,6 +4,11 @@ Every run injects each kind of fault at least once, in an order and at times dra
 plus a few more of the cheap kinds in longer runs. The faults follow one another (one slot each
 in the window), with quiet time in between so that the clients make progress, and the schedule
 ends healed: the proxy passes everything and PostgreSQL is up.
+
+One slot, placed by the seed, is the long outage: every connection refused for
+``LEASE_SECONDS + 2`` s, so that every worker's heartbeat expires, then, at once, a burst of new
+answers (``FaultRunner.outage_over`` tells the burst's clients when). Its slot is long enough for
+the burst to run before the next fault.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ from dataclasses import dataclass
 from server.embedded import EmbeddedPostgres
 from tests.faults.proxy import FaultProxy
 
-KINDS = ("cut", "lose_replies", "delay", "refuse", "restart_postgres")
-EXTRA_KINDS = ("cut", "lose_replies", "delay", "refuse")
+LEASE_SECONDS = 3.0  # the servers' lease: the schedule's outages are drawn around it
+KINDS = ("cut", "lose_replies", "delay", "refuse", "restart_postgres", "stall")
+EXTRA_KINDS = ("cut", "lose_replies", "delay", "refuse", "stall")
+LONG_OUTAGE = LEASE_SECONDS + 2.0
+BURST_ROOM = 3.0  # quiet time after the long outage, for the burst of new answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +33,7 @@ class Fault:
     at: float  # seconds after the run began
     kind: str
     seconds: float  # how long it lasts; a cut is instant
-    amount: float = 0.0  # cut: share of connections; lose_replies: rate per request; delay: s
+    amount: float = 0.0  # cut, stall: share of connections; lose_replies: rate; delay: s
     mode: str = ""  # restart_postgres: pg_ctl's shutdown mode
 
     def __str__(self) -> str:
@@ -35,6 +43,10 @@ class Fault:
             "delay": f"delay replies by {self.amount * 1000:.0f}ms for {self.seconds:.1f}s",
             "refuse": f"cut every connection and refuse new ones for {self.seconds:.1f}s",
             "restart_postgres": f"stop PostgreSQL ({self.mode}) for {self.seconds:.1f}s",
+            "stall": f"leave {self.amount:.0%} of the connections half-open for "
+            f"{self.seconds:.1f}s, then reset them",
+            "long_outage": f"cut every connection and refuse new ones for {self.seconds:.1f}s "
+            "(longer than the lease), then a burst of new answers",
         }[self.kind]
         return f"at {self.at:5.2f}s: {what}"
 
@@ -44,8 +56,18 @@ def fault_schedule(seed: int, window: float) -> list[Fault]:
     rng = random.Random(f"schedule:{seed}")
     kinds = [*KINDS, *(rng.choice(EXTRA_KINDS) for _ in range(max(0, round(window / 10))))]
     rng.shuffle(kinds)
-    slot = window / len(kinds)
-    return [_draw(rng, kind, i * slot, slot) for i, kind in enumerate(kinds)]
+    kinds.insert(rng.randrange(1, len(kinds) + 1), "long_outage")  # never first: work runs
+    long_slot = LONG_OUTAGE + BURST_ROOM + 1.0
+    slot = max(1.0, (window - long_slot) / (len(kinds) - 1))
+    faults, start = [], 0.0
+    for kind in kinds:
+        if kind == "long_outage":
+            faults.append(Fault(round(start + 0.5, 2), kind, LONG_OUTAGE))
+            start += long_slot
+        else:
+            faults.append(_draw(rng, kind, start, slot))
+            start += slot
+    return faults
 
 
 def _draw(rng: random.Random, kind: str, start: float, slot: float) -> Fault:
@@ -59,6 +81,11 @@ def _draw(rng: random.Random, kind: str, start: float, slot: float) -> Fault:
         return Fault(at, kind, seconds, round(rng.uniform(0.05, 0.5), 2))
     if kind == "refuse":
         return Fault(at, kind, seconds)
+    if kind == "stall":
+        # Half-open for longer than the lease: a statement that waits on one without a timeout
+        # of its own outlives its worker's heartbeat, though the worker's other connections
+        # (and new ones) reach the database all along.
+        return Fault(at, kind, LEASE_SECONDS + 1.0, round(rng.uniform(0.2, 0.6), 2))
     # Outages from well under to well over a 3 s lease: some answers live through them, others
     # are ended by the reaper while their worker still runs them.
     downtime = round(rng.uniform(0.5, 5.0), 2)
@@ -74,6 +101,8 @@ class FaultRunner:
         self.postgres = postgres
         self.began = began
         self.log: list[str] = []
+        self.outage_over = asyncio.Event()  # the long outage has ended (or the run has)
+        self.outage_ended: float | None = None  # when it ended, in time.monotonic() seconds
 
     def _now(self) -> float:
         return time.monotonic() - self.began
@@ -89,6 +118,7 @@ class FaultRunner:
             await self.heal()
 
     async def heal(self) -> None:
+        self.outage_over.set()
         self.proxy.heal()
         if not self.postgres.is_running():
             await asyncio.to_thread(self.postgres.start)
@@ -96,6 +126,15 @@ class FaultRunner:
     async def _apply(self, fault: Fault) -> None:
         if fault.kind == "cut":
             self.proxy.cut(fault.amount)
+        elif fault.kind == "stall":
+            self.proxy.stall(fault.amount, fault.seconds)
+        elif fault.kind == "long_outage":
+            self.proxy.refusing = True
+            self.proxy.cut(1.0)
+            await asyncio.sleep(fault.seconds)
+            self.proxy.heal()
+            self.outage_ended = time.monotonic()
+            self.outage_over.set()
         elif fault.kind == "restart_postgres":
             await asyncio.to_thread(self.postgres.stop, fault.mode)
             await asyncio.sleep(fault.seconds)

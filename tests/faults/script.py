@@ -9,7 +9,15 @@ Each plan is one generation. Its client starts it on one server process and then
   process to the end;
 - ``detach``: starts it with ``Accept: application/json`` (no listener) and attaches later from
   ``Last-Event-ID: 0``, or never;
-- ``abandon``: hangs up after a few events and never comes back.
+- ``abandon``: hangs up after a few events and never comes back;
+- ``burst``: waits for the long outage to end (``schedule.py``), starts at once and reads its
+  stream to the end; a burst is ``BURST`` of them, in a project of their own per user (no
+  ``interrupt`` there), half of them ``enqueue``: new work that meets workers whose heartbeats
+  have just expired.
+
+Each start asks for an ``on_running`` policy: mostly ``concurrent``, some ``enqueue`` (a queue
+in the project, behind whatever runs there) and a few ``interrupt`` (which cancels the
+project's running and queued answers, whoever's client is reading them).
 
 Some clients start and resume through ``GET /api/generate-stream`` (as EventSource does: the
 same URL again with ``Last-Event-ID``), the others through ``POST .../generations`` and
@@ -22,8 +30,12 @@ import random
 from dataclasses import dataclass
 
 STYLES = ("follow", "hop", "cancel", "detach", "abandon")
+POLICIES = ("concurrent", "enqueue", "interrupt")
+POLICY_WEIGHTS = (0.6, 0.28, 0.12)
 USERS = 2
-PROJECTS_PER_USER = 2
+PROJECTS_PER_USER = 2  # the script's; each user has one more for the burst
+BURST_PROJECT = PROJECTS_PER_USER
+BURST = 6
 GENERATIONS_PER_SECOND = 2.0
 WORDS = ("order", "stream", "resume", "lease", "commit", "caf\u00e9", "\u2615", "\U0001f600")
 
@@ -41,6 +53,7 @@ class Plan:
     cancel_on: int  # the process that gets the cancel
     attach_after: float | None  # detach: seconds before attaching; None: never
     words: tuple[str, ...]
+    on_running: str = "concurrent"
 
     @property
     def key(self) -> str:
@@ -56,7 +69,25 @@ def client_script(seed: int, window: float) -> list[Plan]:
     rng = random.Random(f"clients:{seed}")
     count = max(len(STYLES), round(window * GENERATIONS_PER_SECOND))
     starts = sorted(round(rng.uniform(0.0, window), 2) for _ in range(count))
-    return [_plan(rng, number, at) for number, at in enumerate(starts)]
+    plans = [_plan(rng, number, at) for number, at in enumerate(starts)]
+    return plans + [_burst(rng, len(plans) + i, i) for i in range(BURST)]
+
+
+def _burst(rng: random.Random, number: int, i: int) -> Plan:
+    return Plan(
+        number=number,
+        at=0.0,
+        user=i % USERS,
+        project=BURST_PROJECT,
+        server=(i // USERS) % 2,
+        style="burst",
+        reads=(),
+        eventsource=False,
+        cancel_on=0,
+        attach_after=None,
+        words=tuple(rng.choice(WORDS) for _ in range(rng.randint(1, 12))),
+        on_running="enqueue" if i % 2 else "concurrent",
+    )
 
 
 def _plan(rng: random.Random, number: int, at: float) -> Plan:
@@ -80,4 +111,5 @@ def _plan(rng: random.Random, number: int, at: float) -> Plan:
         cancel_on=rng.randrange(2),
         attach_after=attach if style == "detach" else None,
         words=tuple(rng.choice(WORDS) for _ in range(rng.randint(1, 12))),
+        on_running=rng.choices(POLICIES, POLICY_WEIGHTS)[0],
     )

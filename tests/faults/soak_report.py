@@ -28,9 +28,11 @@ def report(runs: list[dict[str, Any]]) -> str:
     failed = [run for run in runs if run["violations"]]
     seeds = sorted(run["seed"] for run in runs)
     settle = [run["terminal_after"] for run in runs if run["terminal_after"] is not None]
+    openai = sum(run.get("generator") == "openai" for run in runs)
     lines = [
         f"{len(runs)} seeds ({seeds[0]}..{seeds[-1]}), {runs[0]['window']:g}s of faults each, "
-        f"{sum(run['generations'] for run in runs)} generations",
+        f"{sum(run['generations'] for run in runs)} generations; {openai} seeds with "
+        "GENERATOR=openai",
         f"answers ended: {dict(outcomes)}",
         f"injected: {dict(injected)}",
         f"all terminal after the heal: at most {max(settle, default=0):.1f}s",

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from tests.faults.proxy import FaultProxy
+from tests.faults.proxy import GAP_SECONDS, FaultProxy
 from tests.faults.wire import SSL_REQUEST, Framer
 
 
@@ -144,7 +144,7 @@ async def test_stall_makes_the_connections_that_sent_a_statement_half_open(
     other = await asyncpg.connect(url, timeout=10)
     try:
         assert await stalled.fetchval("SELECT 'marked'") == "marked"
-        assert proxy.stall("'marked'") == 1
+        assert proxy.stall_sending("'marked'") == 1
         # Nothing comes back, and nothing says the connection is gone: only a timeout ends it.
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(stalled.fetchval("SELECT 1"), 1.0)
@@ -158,3 +158,40 @@ async def test_stall_makes_the_connections_that_sent_a_statement_half_open(
         stalled.terminate()
         await other.close()
     assert proxy.stats.stalled == 1
+
+
+async def test_a_stall_leaves_connections_half_open_then_resets_them(
+    proxy: FaultProxy, database_url: str
+) -> None:
+    url = _through(proxy, database_url)
+    stalled = await asyncpg.connect(url, timeout=10)
+    assert proxy.stall(1.0, 5.0) == 1
+    healthy = await asyncpg.connect(url, timeout=10)  # new connections work all along
+    try:
+        query = asyncio.ensure_future(stalled.fetchval("SELECT 1"))
+        assert await healthy.fetchval("SELECT 2") == 2
+        assert not query.done()  # no answer, and no reset either: half-open
+        with pytest.raises((asyncpg.ConnectionDoesNotExistError, ConnectionError)):
+            await asyncio.wait_for(query, 15)  # until the stall ends with a reset
+    finally:
+        stalled.terminate()
+        await healthy.close()
+    assert proxy.stats.stalled == 1
+
+
+async def test_the_reply_log_keeps_each_process_silences(database_url: str) -> None:
+    port = urlsplit(database_url).port
+    assert port is not None
+    async with FaultProxy(port, seed=1, origins=2) as proxy:
+        path = urlsplit(database_url).path
+        first = await asyncpg.connect(f"{proxy.url_base_for(0)}{path}", timeout=10)
+        second = await asyncpg.connect(f"{proxy.url_base_for(1)}{path}", timeout=10)
+        try:
+            await first.fetchval("SELECT 1")
+            await asyncio.sleep(GAP_SECONDS + 0.2)  # a silence of origin 0, on purpose
+            await first.fetchval("SELECT 1")
+        finally:
+            await first.close()
+            await second.close()
+        assert [b - a > GAP_SECONDS for a, b in proxy.replies[0].gaps] == [True]
+        assert proxy.replies[1].gaps == []  # its connect's replies came together

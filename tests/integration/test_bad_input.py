@@ -90,6 +90,96 @@ async def test_bad_generation_requests(setup, case, body, headers, status, code)
     assert last == 0, "a rejected request reserves no sequence"
 
 
+# (path, body, the problem's detail): our own sentence about the field, in docs/api.md's words.
+DETAILS: list[tuple[str, dict[str, Any], str]] = [
+    (GEN, {}, "message is required"),
+    (GEN, {"message": ""}, "message must not be empty"),
+    (GEN, {"message": " \n"}, "message must not be only whitespace"),
+    (GEN, {"message": "a\u0000b"}, "message must not contain the NUL character"),
+    (GEN, {"message": 5}, "message must be a string"),
+    (GEN, {"message": "x", "extra": 1}, "extra is not a field of this request"),
+    (
+        GEN,
+        {"message": "x", "client_request_id": "has space"},
+        "client_request_id must be 1 to 64 characters, each a letter, a digit, - or _",
+    ),
+    (GEN, {"message": "x", "image_urls": "http://a"}, "image_urls must be a list of strings"),
+    (
+        GEN,
+        {"message": "x", "image_urls": ["http://a.example/i"] * 9},
+        "image_urls must be a list of at most 8 URLs",
+    ),
+    (
+        GEN,
+        {"message": "x", "image_urls": ["http://a.example/i", "/a.png"]},
+        "image_urls[1] must be an absolute http or https URL",
+    ),
+    (
+        GEN,
+        {"message": "x", "image_urls": ["http://a.example/" + "i" * 2048]},
+        "image_urls[0] must be an absolute http or https URL of at most 2,048 characters",
+    ),
+    (
+        GEN,
+        {"message": "x", "on_running": "later"},
+        "on_running must be concurrent, reject, enqueue or interrupt",
+    ),
+    (GEN, {"message": "x" * 32_001}, "message must be at most 32000 characters"),
+    (
+        GEN,
+        {"client_request_id": "a b"},
+        "message is required; client_request_id must be 1 to 64 characters, each a letter, a "
+        "digit, - or _",
+    ),
+    ("/api/projects", {"title": ""}, "title must not be empty"),
+    (
+        "/api/projects",
+        {"title": "x" * 201},
+        "title must be 1 to 200 characters, not only whitespace",
+    ),
+    ("/api/projects", {"title": 3}, "title must be a string"),
+    ("/api/session", {"token": ""}, "token must not be empty"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "detail"), DETAILS)
+async def test_validation_problems_speak_our_words_not_pydantics(setup, path, body, detail) -> None:  # type: ignore[no-untyped-def]
+    """Regression: the detail was pydantic's ("message: Value should have at least 1 item after
+    validation, not 0"); each `errors` item's message is the same sentence."""
+    client, project, _ = setup
+    response = await client.post(path.format(p=project), json=body)
+    assert response.status_code in (400, 422), response.text
+    problem = response.json()
+    assert problem["detail"] == detail
+    messages = [e["message"] for e in problem.get("errors", [])]
+    assert "; ".join(messages) in ("", detail)
+
+
+@pytest.mark.parametrize(
+    ("query", "detail"),
+    [
+        (
+            "clientRequestId=a%20b",
+            "clientRequestId must be 1 to 64 characters, each a letter, a digit, - or _",
+        ),
+        (
+            "clientRequestId=k&onRunning=later",
+            "onRunning must be concurrent, reject, enqueue or interrupt",
+        ),
+        ("clientRequestId=k&message=%20", "message must not be only whitespace"),
+    ],
+)
+async def test_query_problems_name_the_query_parameter(setup, query: str, detail: str) -> None:  # type: ignore[no-untyped-def]
+    """GET /api/generate-stream's problems name the parameter the client sent
+    (clientRequestId), not the field it becomes (client_request_id)."""
+    client, project, _ = setup
+    if "message=" not in query:
+        query += "&message=hi"
+    response = await client.get(f"/api/generate-stream?projectId={project}&{query}")
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == detail
+
+
 @pytest.mark.parametrize(
     ("query", "status"),
     [

@@ -204,7 +204,7 @@ async def test_a_renewal_stuck_on_a_half_open_connection_does_not_expire_a_live_
         # The connection that renews the heartbeat (only it sends renew_worker) goes half-open:
         # the next renewal is sent and never answered, and nothing says the connection is gone.
         deadline = time.monotonic() + ACCEPTED_WITHIN
-        while proxy.stall("UPDATE workers SET expires_at = now() +") == 0:
+        while proxy.stall_sending("UPDATE workers SET expires_at = now() +") == 0:
             assert time.monotonic() < deadline, "no connection has renewed the heartbeat"
             await asyncio.sleep(0.05)
 
@@ -302,7 +302,7 @@ async def test_a_timed_connection_abandons_a_stuck_statement_and_the_next_runs_o
     worker = uuid4()
     try:
         await connection.fetch("register_worker", worker, 30, "test", 0)
-        assert proxy.stall("INSERT INTO workers") == 1
+        assert proxy.stall_sending("INSERT INTO workers") == 1
         with pytest.raises(DatabaseUnavailable):
             await connection.fetch("renew_worker", worker, 30)
         # The stalled connection never answers again: this one can only be a fresh one.

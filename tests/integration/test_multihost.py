@@ -71,6 +71,7 @@ async def cluster(database_url: str, tmp_path: Path) -> AsyncIterator[list[Serve
         "DEMO_DELTAS": "12",
         "DEMO_DELTA_MS": "60",
         "MAX_RUNNING_PER_USER": "1000",
+        "MAX_STREAMS_PER_USER": "100000",
         "RATE_PER_MINUTE": "100000",
         "RATE_BURST": "100000",
     }

@@ -129,6 +129,10 @@ async def test_on_running_is_validated_in_the_body_and_the_query(database_url: s
             if bad is None:  # null is "not given": the default policy
                 assert response.status_code == 200, response.text
                 continue
+            if not isinstance(bad, str):  # not a string: the wrong JSON type
+                assert response.status_code == 400, (bad, response.text)
+                assert response.json()["code"] == "wrong_type"
+                continue
             assert response.status_code == 422, (bad, response.text)
             assert response.headers["content-type"] == "application/problem+json"
             problem = response.json()

@@ -320,3 +320,25 @@ async def test_heartbeat_renewals_are_in_the_metrics(database_url: str) -> None:
     for name in ("orderly_heartbeat_failures_total", "orderly_heartbeat_expired_total"):
         assert after[name] == before[name], name
     assert srv.services.worker.heartbeat.registered
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/openapi.json"])
+async def test_ops_token_restricts_metrics_and_openapi(database_url: str, path: str) -> None:
+    """Both answered anyone; with OPS_TOKEN set, only a request bearing it (a user's token is
+    not it). Health and readiness stay open for load balancers."""
+    user_token = await create_user(database_url, "alice")
+    settings = settings_for(database_url, ops_token="ops-secret")
+    async with running_server(settings) as srv, srv.client() as client:
+        anonymous = await client.get(path)
+        assert anonymous.status_code == 401, anonymous.text
+        assert anonymous.json()["code"] == "not_authenticated"
+        for wrong in (user_token, "ops-secreT", "ops-secret-and-more"):
+            refused = await client.get(path, headers={"Authorization": f"Bearer {wrong}"})
+            assert refused.status_code == 401, refused.text
+            assert refused.json()["code"] == "invalid_token"
+        allowed = await client.get(path, headers={"Authorization": "Bearer ops-secret"})
+        assert allowed.status_code == 200, allowed.text
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/readyz")).status_code == 200
+    async with running_server(settings_for(database_url)) as srv, srv.client() as client:
+        assert (await client.get(path)).status_code == 200, "unset, it answers anyone"

@@ -54,6 +54,7 @@ async def test_mixed_policies_on_one_project_across_two_processes(
         "demo_deltas": 6,
         "demo_delta_ms": 40,
         "max_running_per_user": 1000,
+        "max_streams_per_user": 100_000,
         "queue_poll_seconds": 600,  # turns are announced by NOTIFY alone
     }
     a, b = spawn("A", database_url, **settings), spawn("B", database_url, **settings)

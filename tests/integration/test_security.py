@@ -226,7 +226,7 @@ async def test_openapi_document_is_valid_and_complete(database_url: str) -> None
 
     async with running_server(settings_for(database_url)) as srv, srv.client() as client:
         document = (await client.get("/openapi.json")).json()
-    assert document["openapi"].startswith("3.1")
+    assert document["openapi"].startswith("3.2")
     schema = schemathesis.openapi.from_dict(document)
     operations = {
         (op.method.upper(), op.path)
@@ -236,6 +236,7 @@ async def test_openapi_document_is_valid_and_complete(database_url: str) -> None
         ("POST", "/api/projects"),
         ("GET", "/api/projects"),
         ("GET", "/api/projects/{project_id}"),
+        ("DELETE", "/api/projects/{project_id}"),
         ("POST", "/api/projects/{project_id}/generations"),
         ("GET", "/api/generate-stream"),
         ("GET", "/api/projects/{project_id}/messages"),
@@ -248,6 +249,25 @@ async def test_openapi_document_is_valid_and_complete(database_url: str) -> None
     assert expected <= operations
     sse = document["paths"]["/api/projects/{project_id}/messages/{message_id}/events"]["get"]
     assert "text/event-stream" in sse["responses"]["200"]["content"]
+
+
+async def test_openapi_document_gives_this_servers_message_limit(database_url: str) -> None:
+    """MAX_MESSAGE_CHARS is a setting: the document states the limit the server keeps (the demo
+    page's counter reads it there), and the server keeps the one it states."""
+    token = await create_user(database_url, "alice")
+    settings = settings_for(database_url, max_message_chars=123)
+    async with running_server(settings) as srv, srv.client(token) as client:
+        document = (await client.get("/openapi.json")).json()
+        schema = document["components"]["schemas"]["GenerateRequest"]["properties"]["message"]
+        assert schema["maxLength"] == 123
+        project = await create_project(client)
+        refused = await client.post(
+            f"/api/projects/{project}/generations",
+            json={"message": "x" * 124},
+            headers={"Accept": "application/json"},
+        )
+        assert refused.status_code == 422
+        assert refused.json()["code"] == "message_too_long"
 
 
 class UnstorableGenerator:

@@ -40,3 +40,23 @@ def test_readme_documents_every_setting(repo_root: Path) -> None:
     readme = (repo_root / "README.md").read_text()
     for field in dataclasses.fields(Settings):
         assert f"`{field.name.upper()}`" in readme, f"{field.name.upper()} is not in the README"
+
+
+@pytest.mark.parametrize(
+    ("env", "base"),
+    [
+        ({}, "http://127.0.0.1:8000"),
+        ({"HOST": "10.0.0.2", "PORT": "9000"}, "http://10.0.0.2:9000"),
+        ({"HOST": "0.0.0.0"}, "http://127.0.0.1:8000"),
+        ({"HOST": "::"}, "http://[::1]:8000"),
+        ({"PUBLIC_URL": "https://chat.example.com/", "PORT": "9000"}, "https://chat.example.com"),
+    ],
+)
+def test_base_url_is_where_people_open_the_service(env: dict[str, str], base: str) -> None:
+    assert Settings.from_env(env).base_url == base
+
+
+def test_ops_token_is_never_shown() -> None:
+    settings = Settings.from_env({"OPS_TOKEN": "s3cret-ops"})
+    assert settings.ops_token == "s3cret-ops"
+    assert "s3cret-ops" not in repr(settings)
