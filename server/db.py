@@ -88,7 +88,7 @@ def translate_errors() -> Iterator[None]:
             ) from exc
         raise
     except asyncpg.ForeignKeyViolationError as exc:
-        if exc.constraint_name == "projects_owner_id_fkey":
+        if _SHARD_SUFFIX.sub("", exc.constraint_name or "") == "projects_owner_id_fkey":
             # The user was removed (`user remove`) while a worker still had their token cached.
             raise NotAuthenticated("this user no longer exists", code="invalid_token") from exc
         raise

@@ -18,12 +18,16 @@ RETURNING id;
 -- name: lock_projects_of_user
 -- A removal locks the user's projects, then the user: the order reserve_pair takes them in, so a
 -- reservation running at the same moment cannot deadlock with it.
--- (The owner's id, a constant, names the shard on Citus, where a locking read must be on one.)
+-- $1 the owner's id (user_id_of): on Citus it names the shard, where a locking read must be on
+-- one.
 SELECT p.id
 FROM projects AS p
-WHERE p.owner_id = (SELECT id FROM users WHERE username = $1)
+WHERE p.owner_id = $1
 ORDER BY p.id
 FOR UPDATE OF p;
+
+-- name: user_id_of
+SELECT id FROM users WHERE username = $1;
 
 -- name: lock_user
 -- With it locked, no reservation of the user can start (reserve_pair updates the row) and no
