@@ -236,9 +236,12 @@ async def test_no_identity_yet_is_waited_for_not_taken_for_an_unwritable_message
 async def waiting_for_a_lock(database_url: str) -> None:
     """Until some statement of this database waits for a row lock (bounded)."""
     async with connect(database_url) as watcher:
+        # On Citus the statement waits on the owner's node: the cluster-wide view shows it.
+        citus = await watcher.fetchval_sql("SELECT to_regclass('citus_stat_activity') IS NOT NULL")
+        view = "citus_stat_activity" if citus else "pg_stat_activity"
         for _ in range(400):
             waiting = await watcher.fetchval_sql(
-                "SELECT count(*) FROM pg_stat_activity "
+                f"SELECT count(*) FROM {view} "
                 "WHERE datname = current_database() AND wait_event_type = 'Lock'"
             )
             if waiting:
@@ -271,9 +274,11 @@ async def test_drain_beside_the_running_flusher_writes_the_end_once(
             async with blocker.transaction():
                 # The loop's terminal write waits for the message's row, in flight...
                 await blocker.execute_sql(
-                    "SELECT 1 FROM messages WHERE project_id = $1 AND id = $2 FOR UPDATE",
+                    "SELECT 1 FROM messages"
+                    " WHERE created_by = $3 AND project_id = $1 AND id = $2 FOR UPDATE",
                     message.project_id,
                     message.id,
+                    message.created_by,
                 )
                 await waiting_for_a_lock(database_url)
                 # ... when the worker drains.
@@ -291,3 +296,50 @@ async def test_drain_beside_the_running_flusher_writes_the_end_once(
     assert [i for i, _ in await stored(store, pair)] == [2]
     found = await store.message_by_id(message.created_by, message.project_id, message.id)
     assert found is not None and found.message.status == "success"
+
+
+async def test_the_notifications_of_flushes_and_cancels_reach_a_listener_of_the_database_url(
+    database_url: str, store: Store, worker: UUID
+) -> None:
+    """Every worker LISTENs on one connection to the database's URL (on Citus, the coordinator).
+    Regression (Citus): a statement's own NOTIFY is sent where the statement runs, and Citus runs
+    a router statement on the worker node of the owner's shard, where nobody listens: the turn
+    that a draining worker's release_claims gave back to the queue was never heard. The store
+    sends such NOTIFYs through the coordinator there (the flush's too, whatever Citus does with
+    its steps); a cancel is a function the coordinator runs."""
+    import asyncpg
+
+    heard: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    listener = await asyncpg.connect(database_url)
+    try:
+        for channel in ("orderly_events", "orderly_cancel", "orderly_queue"):
+            await listener.add_listener(
+                channel, lambda _c, _p, channel, payload: heard.put_nowait((channel, payload))
+            )
+        flushed = await reserve(store, worker)
+        cancelled = await reserve(store, worker)
+        await store.flush(worker, [item(flushed, [["a", "b"]], status="streaming")])
+        message = cancelled.assistant.message
+        assert await store.cancel(message.project_id, message.id, message.created_by)
+        # A claimed queued answer that a draining worker gives back.
+        released = (await reserve(store, worker)).assistant.message
+        async with connect(database_url) as session:
+            await session.execute_sql(
+                "UPDATE messages SET queued_at = now() WHERE created_by = $1 AND id = $2",
+                released.created_by,
+                released.id,
+            )
+        await store.release_claims(worker, [released])
+
+        wanted = {
+            ("orderly_events", str(flushed.assistant.message.id)),
+            ("orderly_cancel", str(message.id)),
+            ("orderly_events", str(message.id)),
+            ("orderly_queue", f"{released.created_by}/{released.project_id}"),
+        }
+        got: set[tuple[str, str]] = set()
+        async with asyncio.timeout(10):
+            while not wanted <= got:
+                got.add(await heard.get())
+    finally:
+        await listener.close()
