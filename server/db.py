@@ -34,8 +34,19 @@ logger = logging.getLogger(__name__)
 
 Row = Mapping[str, Any]
 _QUERY_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
-# On Citus a constraint violated on a shard is named with the shard's id: messages_pkey_102008.
+# On Citus a constraint violated on a shard is named with the shard's id (messages_pkey_102008),
+# and only in the message: the error's constraint field does not come through the coordinator.
 _SHARD_SUFFIX = re.compile(r"_\d+$")
+_CONSTRAINT_IN_MESSAGE = re.compile(r'constraint "([^"]+)"')
+
+
+def _constraint(exc: asyncpg.PostgresError) -> str:
+    """The name of the constraint ``exc`` violated, as the schema names it."""
+    name = getattr(exc, "constraint_name", None)
+    if not name:
+        found = _CONSTRAINT_IN_MESSAGE.search(str(exc))
+        name = found[1] if found else ""
+    return _SHARD_SUFFIX.sub("", name)
 
 # Errors that mean "the database is not reachable right now", not "this query is wrong".
 _UNAVAILABLE = (
@@ -67,7 +78,7 @@ def translate_errors() -> Iterator[None]:
     try:
         yield
     except asyncpg.UniqueViolationError as exc:
-        constraint = _SHARD_SUFFIX.sub("", exc.constraint_name or "")
+        constraint = _constraint(exc)
         if constraint == "messages_idempotency_key":
             raise DuplicateRequest() from exc
         if constraint == "event_chunks_pkey":
@@ -88,7 +99,7 @@ def translate_errors() -> Iterator[None]:
             ) from exc
         raise
     except asyncpg.ForeignKeyViolationError as exc:
-        if _SHARD_SUFFIX.sub("", exc.constraint_name or "") == "projects_owner_id_fkey":
+        if _constraint(exc) == "projects_owner_id_fkey":
             # The user was removed (`user remove`) while a worker still had their token cached.
             raise NotAuthenticated("this user no longer exists", code="invalid_token") from exc
         raise
