@@ -48,6 +48,7 @@ def _constraint(exc: asyncpg.PostgresError) -> str:
         name = found[1] if found else ""
     return _SHARD_SUFFIX.sub("", name)
 
+
 # Errors that mean "the database is not reachable right now", not "this query is wrong".
 _UNAVAILABLE = (
     OSError,
