@@ -25,7 +25,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 from uuid import UUID, uuid4
 
 from server import metrics
@@ -33,6 +34,7 @@ from server.db import TimedConnection
 from server.errors import DatabaseUnavailable, WorkerUnavailable
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # While the identity is not trusted (not registered, or a lease since its last renewal), attempts
 # follow one another this closely at first, doubling up to RETRY_MAX_SECONDS: soon after the
@@ -60,6 +62,8 @@ class Heartbeat:
         # Each statement (a renewal, a registration) within one interval: a stuck one never
         # delays the next.
         self._db = TimedConnection(url, timeout=self.interval)
+        # A second connection for a renewal that the first has not answered in time (``_renew``).
+        self._spare = TimedConnection(url, timeout=self.interval)
         # Monotonic time until which the identity is surely alive in the database: the start of
         # the last renewal (or registration) that succeeded, plus the lease.
         self._trusted_until = 0.0
@@ -99,6 +103,7 @@ class Heartbeat:
             logger.warning("could not expire the heartbeat on the way out")
         finally:
             await self._db.close()
+            await self._spare.close()
 
     async def run(self) -> None:
         """Renew on a fixed schedule: a slow renewal (at most one interval) never pushes the next
@@ -133,7 +138,7 @@ class Heartbeat:
             return
         started = time.monotonic()
         try:
-            held = bool(await self._db.fetch("renew_worker", self.id, self.lease_seconds))
+            held = await self._renew()
         except DatabaseUnavailable:
             self._failed("not renewed")
             return
@@ -149,6 +154,32 @@ class Heartbeat:
         )
         self.on_expired(expired)
         await self._register_or_warn()
+
+    async def _renew(self) -> bool:
+        """Extend the identity; False if it had expired. Hedged: a renewal not answered within
+        half an interval (a half-open connection answers never) is sent again on the other
+        connection, and the first answer wins; the other attempt is abandoned with its
+        connection. Renewing twice is harmless (the statement only moves ``expires_at``).
+
+        Regression (fault suite seed 2): a renewal stuck on a half-open connection cost a whole
+        interval before the next one tried a fresh connection, and a short outage then took the
+        rest of the lease from a worker whose other connections reached the database all along.
+        """
+        attempts = [asyncio.ensure_future(self._db.fetch("renew_worker", *self._renewal))]
+        done, _ = await asyncio.wait(attempts, timeout=self.interval / 2)
+        if not done:
+            self._db, self._spare = self._spare, self._db  # the stuck one is the spare now
+            attempts.append(asyncio.ensure_future(self._db.fetch("renew_worker", *self._renewal)))
+        try:
+            rows = await _first_success(attempts)
+        finally:
+            for attempt in attempts:
+                attempt.cancel()  # a TimedConnection drops the connection of a cancelled statement
+        return bool(rows)
+
+    @property
+    def _renewal(self) -> tuple[UUID, float]:
+        return self.id, self.lease_seconds
 
     async def _register_or_warn(self) -> None:
         try:
@@ -180,3 +211,17 @@ class Heartbeat:
         self.id, self.registered = candidate, True
         self._trusted_until = started + self.lease_seconds
         self._failures = 0
+
+
+async def _first_success(attempts: Sequence[asyncio.Future[T]]) -> T:
+    """The result of the first of ``attempts`` to succeed; the last error if none does."""
+    pending: set[asyncio.Future[T]] = set(attempts)
+    errors: list[BaseException] = []
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for attempt in done:
+            error = attempt.exception()
+            if error is None:
+                return attempt.result()
+            errors.append(error)
+    raise errors[-1]

@@ -17,11 +17,13 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from server.db import Session, connect
 from server.migrate import migrate
+from tests.faults.proxy import FaultProxy
 from tests.processes import ServerProcess, Spawn
 
 with warnings.catch_warnings():
@@ -231,3 +233,13 @@ def spawn(tmp_path: Path) -> Iterator[Spawn]:
     for proc in started:
         proc.close()
         print(f"----- log of {proc.name} (last 6000 characters) -----\n{proc.log_tail(6000)}")
+
+
+@pytest.fixture
+async def proxy(database_url: str) -> AsyncIterator[FaultProxy]:
+    """A fault proxy (tests/faults/proxy.py) in front of the test's PostgreSQL, seed 1:
+    ``proxy.url_for(database_url)`` reaches the test's database through it."""
+    port = urlsplit(database_url).port
+    assert port is not None
+    async with FaultProxy(port, seed=1) as running:
+        yield running

@@ -45,6 +45,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from tests.faults.wire import READY_FOR_QUERY, REQUEST_ENDS, Framer, Message
 
@@ -190,6 +191,10 @@ class FaultProxy:
     @property
     def url_base(self) -> str:
         return self.url_base_for(0)
+
+    def url_for(self, database_url: str) -> str:
+        """``database_url``'s database, reached through this proxy."""
+        return f"{self.url_base}{urlsplit(database_url).path}"
 
     def url_base_for(self, origin: int) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.ports[origin]}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
-from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -17,18 +16,6 @@ import pytest
 
 from tests.faults.proxy import GAP_SECONDS, FaultProxy
 from tests.faults.wire import SSL_REQUEST, Framer
-
-
-def _through(proxy: FaultProxy, database_url: str) -> str:
-    return f"{proxy.url_base}{urlsplit(database_url).path}"
-
-
-@pytest.fixture
-async def proxy(database_url: str) -> AsyncIterator[FaultProxy]:
-    port = urlsplit(database_url).port
-    assert port is not None
-    async with FaultProxy(port, seed=1) as running:
-        yield running
 
 
 async def _direct_count(database_url: str) -> int:
@@ -58,7 +45,7 @@ def test_framer_finds_boundaries_whatever_the_chunks() -> None:
 
 
 async def test_forwards_queries_and_notifications(proxy: FaultProxy, database_url: str) -> None:
-    conn = await asyncpg.connect(_through(proxy, database_url), timeout=10)
+    conn = await asyncpg.connect(proxy.url_for(database_url), timeout=10)
     try:
         received: asyncio.Queue[str] = asyncio.Queue()
         await conn.add_listener("probe", lambda *args: received.put_nowait(args[-1]))
@@ -74,7 +61,7 @@ async def test_a_lost_reply_after_commit(proxy: FaultProxy, database_url: str) -
     conn = await asyncpg.connect(database_url, timeout=10)
     await conn.execute("CREATE TABLE proxy_probe (n integer PRIMARY KEY)")
     await conn.close()
-    conn = await asyncpg.connect(_through(proxy, database_url), timeout=10)
+    conn = await asyncpg.connect(proxy.url_for(database_url), timeout=10)
     proxy.lose_rate, proxy.cut_after_send_share = 1.0, 0.0
     with pytest.raises((asyncpg.ConnectionDoesNotExistError, ConnectionError)):
         await conn.execute("INSERT INTO proxy_probe VALUES (1)")
@@ -86,7 +73,7 @@ async def test_a_lost_reply_after_commit(proxy: FaultProxy, database_url: str) -
 
 
 async def test_cut_refuse_and_delay(proxy: FaultProxy, database_url: str) -> None:
-    url = _through(proxy, database_url)
+    url = proxy.url_for(database_url)
     conn = await asyncpg.connect(url, timeout=10)
     assert proxy.cut(1.0) == 1
     with pytest.raises((asyncpg.ConnectionDoesNotExistError, ConnectionError)):
@@ -110,7 +97,7 @@ async def test_cut_refuse_and_delay(proxy: FaultProxy, database_url: str) -> Non
 
 
 async def test_a_blip_on_a_statement(proxy: FaultProxy, database_url: str) -> None:
-    url = _through(proxy, database_url)
+    url = proxy.url_for(database_url)
     conn = await asyncpg.connect(url, timeout=10)
     other = await asyncpg.connect(url, timeout=10)
     # Prepared before the blip is armed: from then on it runs by name (Bind), without its text.
@@ -139,7 +126,7 @@ async def test_a_blip_on_a_statement(proxy: FaultProxy, database_url: str) -> No
 async def test_stall_makes_the_connections_that_sent_a_statement_half_open(
     proxy: FaultProxy, database_url: str
 ) -> None:
-    url = _through(proxy, database_url)
+    url = proxy.url_for(database_url)
     stalled = await asyncpg.connect(url, timeout=10)
     other = await asyncpg.connect(url, timeout=10)
     try:
@@ -163,7 +150,7 @@ async def test_stall_makes_the_connections_that_sent_a_statement_half_open(
 async def test_a_stall_leaves_connections_half_open_then_resets_them(
     proxy: FaultProxy, database_url: str
 ) -> None:
-    url = _through(proxy, database_url)
+    url = proxy.url_for(database_url)
     stalled = await asyncpg.connect(url, timeout=10)
     assert proxy.stall(1.0, 5.0) == 1
     healthy = await asyncpg.connect(url, timeout=10)  # new connections work all along

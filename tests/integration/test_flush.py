@@ -268,11 +268,12 @@ async def test_drain_beside_the_running_flusher_writes_the_end_once(
     log.add_delta("Hello")
     log.finish("success")
     flusher.mark_dirty(log)
-    running = asyncio.create_task(flusher.run())
+    running: asyncio.Task[None] | None = None
     try:
         async with connect(database_url) as blocker:
             async with blocker.transaction():
-                # The loop's terminal write waits for the message's row, in flight...
+                # The loop's terminal write waits for the message's row, in flight (the loop
+                # starts once the row is locked: started before, it could write first)...
                 await blocker.execute_sql(
                     "SELECT 1 FROM messages"
                     " WHERE created_by = $3 AND project_id = $1 AND id = $2 FOR UPDATE",
@@ -280,15 +281,17 @@ async def test_drain_beside_the_running_flusher_writes_the_end_once(
                     message.id,
                     message.created_by,
                 )
+                running = asyncio.create_task(flusher.run())
                 await waiting_for_a_lock(database_url)
                 # ... when the worker drains.
                 drain = asyncio.create_task(flusher.drain(30))
                 await asyncio.sleep(0)  # (drain's first step: it looks at the logs now)
             assert await drain
     finally:
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
+        if running is not None:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
     assert lost == []
     assert log.closed and log.terminal_id == 3
     assert len(log.frames) == 3, "the terminal frame was appended more than once"

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 from uuid import uuid4
 
 import asyncpg
@@ -33,18 +31,6 @@ LEASE_SECONDS = 3.0
 # Bounds on waiting (never on speed): for answers to end, and for a refused request to be taken.
 ENDED_WITHIN = 60.0
 ACCEPTED_WITHIN = 30.0
-
-
-@pytest.fixture
-async def proxy(database_url: str) -> AsyncIterator[FaultProxy]:
-    port = urlsplit(database_url).port
-    assert port is not None
-    async with FaultProxy(port, seed=1) as running:
-        yield running
-
-
-def through(proxy: FaultProxy, database_url: str) -> str:
-    return f"{proxy.url_base}{urlsplit(database_url).path}"
 
 
 async def start_answer(client: httpx.AsyncClient, project: str, message: str) -> httpx.Response:
@@ -140,7 +126,7 @@ async def test_answers_started_right_after_an_outage_longer_than_the_lease_are_n
     when it is sent again a few seconds later."""
     token = await create_user(database_url, "alice")
     settings = settings_for(
-        through(proxy, database_url),
+        proxy.url_for(database_url),
         lease_seconds=LEASE_SECONDS,
         demo_deltas=10,
         demo_delta_ms=50,
@@ -185,7 +171,7 @@ async def test_a_renewal_stuck_on_a_half_open_connection_does_not_expire_a_live_
     the answers that run meanwhile succeed."""
     token = await create_user(database_url, "alice")
     settings = settings_for(
-        through(proxy, database_url),
+        proxy.url_for(database_url),
         lease_seconds=LEASE_SECONDS,
         demo_deltas=60,
         demo_delta_ms=100,  # 6 s: the answers run for two leases after the renewal sticks
@@ -256,9 +242,7 @@ async def test_a_heartbeat_not_renewed_for_a_lease_takes_nothing_and_registers_a
     its last renewal began (before, it handed out the expired identity until a renewal told it),
     and it registers again as soon as the database answers."""
     expired: list[object] = []
-    heartbeat = Heartbeat(
-        through(proxy, database_url), lease_seconds=1.5, on_expired=expired.append
-    )
+    heartbeat = Heartbeat(proxy.url_for(database_url), lease_seconds=1.5, on_expired=expired.append)
     await heartbeat.open()
     first = heartbeat.current()
     beating = asyncio.create_task(heartbeat.run())
@@ -298,7 +282,7 @@ async def test_a_timed_connection_abandons_a_stuck_statement_and_the_next_runs_o
     """What the heartbeat renews on: a statement on a half-open connection ends within the
     timeout (not asyncpg's 30 s), the connection is dropped, and the next statement opens a new
     one instead of queueing behind the stuck one."""
-    connection = TimedConnection(through(proxy, database_url), timeout=1.0)
+    connection = TimedConnection(proxy.url_for(database_url), timeout=1.0)
     worker = uuid4()
     try:
         await connection.fetch("register_worker", worker, 30, "test", 0)

@@ -10,9 +10,6 @@ reset and new ones are refused. A blip is ridden out; a longer outage ends the a
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
-
-import pytest
 
 from server.generators.base import Delta, GenerationContext, Item
 from server.history import HISTORY_RETRY_SECONDS
@@ -31,18 +28,6 @@ HISTORY_QUERY = b"WITH turns AS ("
 BLIP_SECONDS = 1.0
 
 
-@pytest.fixture
-async def proxy(database_url: str) -> AsyncIterator[FaultProxy]:
-    port = urlsplit(database_url).port
-    assert port is not None
-    async with FaultProxy(port, seed=1) as running:
-        yield running
-
-
-def through(proxy: FaultProxy, database_url: str) -> str:
-    return f"{proxy.url_base}{urlsplit(database_url).path}"
-
-
 async def test_a_database_blip_as_an_openai_answer_starts_is_ridden_out(
     database_url: str, proxy: FaultProxy
 ) -> None:
@@ -51,7 +36,7 @@ async def test_a_database_blip_as_an_openai_answer_starts_is_ridden_out(
     first token (``upstream_timeout``)."""
     token = await create_user(database_url, "alice")
     async with FakeModel([answer("First."), answer("Second.")]) as model:
-        settings = openai_settings(through(proxy, database_url), model.base_url)
+        settings = openai_settings(proxy.url_for(database_url), model.base_url)
         async with running_server(settings) as srv, srv.client(token) as client:
             project = await create_project(client)
             first = Outcome(await generate(client, project, "One?"))
@@ -78,7 +63,7 @@ async def test_an_outage_longer_than_the_retries_ends_database_unavailable(
     fault."""
     token = await create_user(database_url, "alice")
     async with FakeModel([answer("Never sent.")]) as model:
-        settings = openai_settings(through(proxy, database_url), model.base_url)
+        settings = openai_settings(proxy.url_for(database_url), model.base_url)
         async with running_server(settings) as srv, srv.client(token) as client:
             project = await create_project(client)
             proxy.blip_on(HISTORY_QUERY, HISTORY_RETRY_SECONDS + 3)
@@ -124,7 +109,7 @@ async def test_a_database_blip_is_ridden_out_whatever_the_generator(
     """Regression: as with the openai generator, any generator that reads the history ended
     ``generator_failed``."""
     token = await create_user(database_url, "alice")
-    settings = settings_for(through(proxy, database_url))
+    settings = settings_for(proxy.url_for(database_url))
     async with (
         running_server(settings, generator=HistoryCounter()) as srv,
         srv.client(token) as client,
@@ -142,7 +127,7 @@ async def test_an_outage_is_database_unavailable_even_when_the_generator_wraps_i
     database_url: str, proxy: FaultProxy
 ) -> None:
     token = await create_user(database_url, "alice")
-    settings = settings_for(through(proxy, database_url))
+    settings = settings_for(proxy.url_for(database_url))
     async with (
         running_server(settings, generator=WrapsHistoryErrors()) as srv,
         srv.client(token) as client,
@@ -159,7 +144,7 @@ async def test_a_generators_own_bug_after_a_blip_is_still_generator_failed(
 ) -> None:
     """The blip was ridden out: what failed after it is the generator, and says so."""
     token = await create_user(database_url, "alice")
-    settings = settings_for(through(proxy, database_url))
+    settings = settings_for(proxy.url_for(database_url))
     async with (
         running_server(settings, generator=BrokenAfterHistory()) as srv,
         srv.client(token) as client,
