@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import httpx
 import uvicorn
 
@@ -184,3 +185,13 @@ async def create_project(client: httpx.AsyncClient, title: str = "a project") ->
     assert response.status_code == 201, response.text
     project_id: str = response.json()["id"]
     return project_id
+
+
+async def assistant_count(database_url: str) -> int:
+    """How many assistant messages the database holds (a refused request writes none)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        count: int = await conn.fetchval("SELECT count(*) FROM messages WHERE role = 'assistant'")
+    finally:
+        await conn.close()
+    return count

@@ -15,6 +15,7 @@ from server.generators.base import Delta, GenerationContext, Item
 from tests.support import (
     GatedGenerator,
     RunningServer,
+    assistant_count,
     create_project,
     create_user,
     generate,
@@ -326,15 +327,6 @@ async def test_head_on_generate_stream_creates_nothing(database_url: str) -> Non
     assert await _sequences(database_url, project) == [1, 2]
 
 
-async def _assistant_count(database_url: str) -> int:
-    conn = await asyncpg.connect(database_url)
-    try:
-        count: int = await conn.fetchval("SELECT count(*) FROM messages WHERE role = 'assistant'")
-    finally:
-        await conn.close()
-    return count
-
-
 async def test_open_streams_limit_holds_exactly_under_a_burst(database_url: str) -> None:
     """Regression: the check before the reservation took no slot (a burst passed together) and
     the second check, after submit, answered 503 for answers that had already started."""
@@ -378,7 +370,7 @@ async def test_open_streams_limit_holds_exactly_under_a_burst(database_url: str)
             assert "retry-after" in response.headers
         # Every started answer got its stream, to the end; a refused request started nothing.
         assert sorted(n[-1] for n in names if n) == ["done"] * 3
-        assert await _assistant_count(database_url) == 3
+        assert await assistant_count(database_url) == 3
         assert srv.services.worker.streams.open == 0
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-import asyncpg
 import httpx
 
 from tests.support import (
     GatedGenerator,
     RunningServer,
+    assistant_count,
     create_project,
     create_user,
     running_server,
@@ -24,15 +24,6 @@ from tests.support import (
 )
 
 CAP = 3
-
-
-async def _assistant_count(database_url: str) -> int:
-    conn = await asyncpg.connect(database_url)
-    try:
-        count: int = await conn.fetchval("SELECT count(*) FROM messages WHERE role = 'assistant'")
-    finally:
-        await conn.close()
-    return count
 
 
 async def _slots_back(srv: RunningServer, expected: int) -> None:
@@ -95,7 +86,7 @@ async def test_streams_per_user_cap_holds_exactly_under_a_burst(database_url: st
             # reserved; bob, another user, still gets his.
             gen = await client.post(f"/api/projects/{project}/generations", json={"message": "b"})
             _assert_refused(gen)
-            assert await _assistant_count(database_url) == 1
+            assert await assistant_count(database_url) == 1
             bobs_project = await create_project(bobs)
             async with bobs.stream(
                 "POST", f"/api/projects/{bobs_project}/generations", json={"message": "hi"}
