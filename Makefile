@@ -10,7 +10,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 
 .DEFAULT_GOAL := help
-.PHONY: help run test soak lint format bench dist clean
+.PHONY: help run test test-citus soak lint format bench dist clean
 
 # Where `make run` serves, from HOST and PORT as the environment (or the command line) sets
 # them: `make help` says so, not a fixed :8000.
@@ -41,6 +41,9 @@ run: $(RUN_STAMP) ## Start the service on SERVE_URL (installs only what it needs
 
 test: $(DEV_STAMP) ## Run the test suite (installs the dev extras; embedded PostgreSQL, or TEST_DATABASE_URL); FAULT_SEED=N reruns a fault seed
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-citus: $(DEV_STAMP) ## The integration suite on a Citus cluster: CITUS_URL, or a local one made with ../shared/citus (docs/scaling.md)
+	PY=$(PY) tests/citus.sh $(PYTEST_ARGS)
 
 SOAK_SEEDS ?= 20
 SOAK_SECONDS ?= 40

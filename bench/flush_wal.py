@@ -93,6 +93,7 @@ async def _run(store: Store, url: str, k: int, *, answers: int, flushes: int) ->
             next_id[message.id] += k
             item = FlushItem(
                 message.project_id,
+                message.created_by,
                 message.id,
                 "streaming",
                 None,

@@ -52,7 +52,9 @@ async def remove_user(url: str, username: str) -> Removal:
     transaction; refused while any answer of theirs is running or queued, whose worker would
     go on writing it."""
     async with connect(url, ACCOUNTS_SQL) as session, session.transaction():
-        await session.fetch("lock_projects_of_user", username)
+        # The owner's id first (a plain read): on Citus it names the shard of the lock below.
+        owner = await session.fetchval("user_id_of", username)
+        await session.fetch("lock_projects_of_user", owner)
         user_id = await session.fetchval("lock_user", username)
         if user_id is None:
             return Removal(found=False)

@@ -34,6 +34,20 @@ logger = logging.getLogger(__name__)
 
 Row = Mapping[str, Any]
 _QUERY_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+# On Citus a constraint violated on a shard is named with the shard's id (messages_pkey_102008),
+# and only in the message: the error's constraint field does not come through the coordinator.
+_SHARD_SUFFIX = re.compile(r"_\d+$")
+_CONSTRAINT_IN_MESSAGE = re.compile(r'constraint "([^"]+)"')
+
+
+def _constraint(exc: asyncpg.PostgresError) -> str:
+    """The name of the constraint ``exc`` violated, as the schema names it."""
+    name = getattr(exc, "constraint_name", None)
+    if not name:
+        found = _CONSTRAINT_IN_MESSAGE.search(str(exc))
+        name = found[1] if found else ""
+    return _SHARD_SUFFIX.sub("", name)
+
 
 # Errors that mean "the database is not reachable right now", not "this query is wrong".
 _UNAVAILABLE = (
@@ -65,9 +79,10 @@ def translate_errors() -> Iterator[None]:
     try:
         yield
     except asyncpg.UniqueViolationError as exc:
-        if exc.constraint_name == "messages_idempotency_key":
+        constraint = _constraint(exc)
+        if constraint == "messages_idempotency_key":
             raise DuplicateRequest() from exc
-        if exc.constraint_name == "event_chunks_pkey":
+        if constraint == "event_chunks_pkey":
             # A flush whose chunk's id an end (cancel, the reaper) took meanwhile: the flusher
             # sends it again, and then finds the message ended.
             raise WriteConflict("an end written meanwhile took the event id of a chunk") from exc
@@ -85,7 +100,7 @@ def translate_errors() -> Iterator[None]:
             ) from exc
         raise
     except asyncpg.ForeignKeyViolationError as exc:
-        if exc.constraint_name == "projects_owner_id_fkey":
+        if _constraint(exc) == "projects_owner_id_fkey":
             # The user was removed (`user remove`) while a worker still had their token cached.
             raise NotAuthenticated("this user no longer exists", code="invalid_token") from exc
         raise
@@ -152,6 +167,8 @@ class Database:
         self._pool: asyncpg.Pool | None = None
         self.queries = load_queries()
         self.in_flight = 0  # queries issued and not answered yet (for the pool metrics)
+        # Whether the database is a Citus cluster (docs/scaling.md): read when the pool opens.
+        self.distributed = False
 
     async def open(self) -> None:
         with translate_errors():
@@ -163,6 +180,7 @@ class Database:
                 max_inactive_connection_lifetime=60,
                 reset=_keep_session,
             )
+            self.distributed = bool(await self._pool.fetchval(self.queries["is_distributed"]))
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -119,6 +119,7 @@ class MessageLog:
         status = final or self.status
         return FlushItem(
             project_id=self.placeholder.project_id,
+            owner_id=self.placeholder.created_by,
             message_id=self.placeholder.id,
             status=status,
             changes_status=status != self.stored_status or not self.chunks,

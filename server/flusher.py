@@ -188,7 +188,7 @@ class Flusher:
         hold the others' writes hostage, and let its listeners read that end."""
         message = log.placeholder
         logger.exception("message %s cannot be written; ending it", message.id)
-        await self.store.end_unwritable(message.project_id, message.id)
+        await self.store.end_unwritable(message.created_by, message.project_id, message.id)
         metrics.GENERATIONS_FINISHED.labels("error").inc()
         self.on_lost(message.id)
 

@@ -123,7 +123,7 @@ async def read_stored(store: Store, message: Message, cursor: int) -> tuple[list
             raise LookupError(f"message {message.id} has no user message")
         events.append(start_event(pair.user.message, pair.assistant.message))
         cursor = 1
-    tail = await store.log_tail(message.project_id, message.id, cursor, PAGE)
+    tail = await store.log_tail(message.created_by, message.project_id, message.id, cursor, PAGE)
     if tail is None:
         raise LookupError(f"message {message.id} is gone")
     chain: list[Event] = []

@@ -2,6 +2,11 @@
 
 Several workers (or hosts) starting at once all call ``migrate``; the advisory lock makes the
 first one apply what is missing and the others wait, then find nothing left to do.
+
+On a database with the ``citus`` extension, every run then distributes the tables that are not
+distributed yet (``orderly_distribute()``, ``sql/migrations/0010_citus_layout.sql``): so the first
+run lays them out, a second changes nothing, and installing Citus into a database migrated without
+it and running ``migrate`` again moves its data onto the shards.
 """
 
 from __future__ import annotations
@@ -70,6 +75,9 @@ async def migrate(session: Session, *, to: int | None = None) -> list[Migration]
                     migration.name,
                 )
             logger.info("applied migration %04d_%s", migration.version, migration.name)
+        if await session.fetchval_sql("SELECT to_regprocedure('orderly_distribute()') IS NOT NULL"):
+            async with session.transaction():
+                await session.execute_sql("SELECT orderly_distribute()")
         return pending
     finally:
         await session.execute_sql("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_KEY)

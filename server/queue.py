@@ -46,23 +46,25 @@ class Queue:
         self.store = store
         self.runner = runner
         self.poll_seconds = poll_seconds
-        self._projects: set[UUID] = set()  # projects to look at in the next round
+        # (owner, project) of the projects to look at in the next round
+        self._projects: set[tuple[UUID, UUID]] = set()
         self._everywhere = True  # the next round looks at every project (and at our claims)
         self._wakeup = asyncio.Event()
 
-    def poke(self, project_id: UUID) -> None:
-        """A queued answer of this project may be startable now."""
-        self._projects.add(project_id)
+    def poke(self, owner_id: UUID, project_id: UUID) -> None:
+        """A queued answer of this project (of this owner) may be startable now."""
+        self._projects.add((owner_id, project_id))
         self._wakeup.set()
 
     def on_notify(self, payload: str) -> None:
-        """A NOTIFY orderly_queue payload: comma-separated project ids, or ``*``."""
+        """A NOTIFY orderly_queue payload: comma-separated ``owner/project`` ids, or ``*``."""
         if payload == ALL:
             self.wake_all()
             return
         for raw in payload.split(","):
+            owner, _, project = raw.partition("/")
             with contextlib.suppress(ValueError):
-                self.poke(UUID(raw))
+                self.poke(UUID(owner), UUID(project))
 
     def wake_all(self) -> None:
         """Look everywhere now (notifications may have been missed)."""
@@ -149,7 +151,7 @@ class Queue:
         if pair is None or pair.assistant.message.is_terminal:  # cancelled meanwhile
             return
         stored, _more = await self.store.events_after(
-            assistant.project_id, assistant.id, 1, STORED_CHUNKS
+            assistant.created_by, assistant.id, 1, STORED_CHUNKS
         )
         if assistant.id in unless:  # (no await from this check to the start)
             return

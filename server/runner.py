@@ -59,7 +59,7 @@ class Runner:
         max_running_per_user: int = 10,
         history_messages: int = 10,
         on_running: str = "concurrent",
-        on_queued: Callable[[UUID], None] = lambda _project: None,
+        on_queued: Callable[[UUID, UUID], None] = lambda _owner, _project: None,
         on_deleting: Callable[[list[StoredMessage]], None] = lambda _ended: None,
     ) -> None:
         self.store = store
@@ -113,7 +113,7 @@ class Runner:
         pair = reservation.pair
         if reservation.queued:  # any worker starts it when its turn comes
             metrics.GENERATIONS_QUEUED.inc()
-            self.on_queued(project_id)
+            self.on_queued(user_id, project_id)
             return Submission(pair, created=True)
         self.start(pair)
         if policy == "interrupt":
@@ -209,7 +209,7 @@ class Runner:
 
         async def recent_history() -> list[Message]:
             return await self.store.recent_history(
-                user.project_id, user.sequence, self.history_messages
+                user.created_by, user.project_id, user.sequence, self.history_messages
             )
 
         history = HistoryLoader(recent_history, pair.assistant.message.id)

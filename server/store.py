@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 from uuid import UUID
 
 from server.db import Database, Row
+from server.errors import AnswerRunning
 from server.events import Chunk, Event
 from server.models import TERMINAL_STATUSES, ErrorInfo, Message, Project, Usage
+
+T = TypeVar("T")
+# Owners whose shard is remembered (Citus): past this, the cache starts again.
+SHARD_CACHE_SIZE = 100_000
+# A NOTIFY payload of more ids than this says "*" (payloads are capped at 8000 bytes): message
+# ids, and "owner/project" pairs (twice as long).
+NOTIFY_IDS = 150
+NOTIFY_PROJECTS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +73,7 @@ class FlushItem:
     """One running message's new state and its chunks not yet known to be written."""
 
     project_id: UUID
+    owner_id: UUID  # the project's owner: the distribution column on Citus
     message_id: UUID
     status: str
     content: str | None  # the final content, when the status is terminal
@@ -128,19 +139,22 @@ def project_from_row(row: Row) -> Project:
     )
 
 
-def flush_arguments(worker: UUID, items: Sequence[FlushItem]) -> list[object]:
-    """The parameters of the ``flush`` statement for ``items`` (tests run it in a transaction
-    of their own, to hold a flush open at an exact point of a race)."""
+def flush_arguments(
+    worker: UUID, items: Sequence[FlushItem], *, notify: bool = True
+) -> list[object]:
+    """The parameters of the ``flush`` statement for ``items``, all of one shard (tests run it
+    in a transaction of their own, to hold a flush open at an exact point of a race); ``notify``:
+    the statement sends the NOTIFYs itself."""
     chunks = [(item, chunk) for item in items for chunk in item.chunks]
     changes = [item for item in items if item.changes_status]
     return [
         worker,
-        [i.project_id for i, _ in chunks],
+        [i.owner_id for i, _ in chunks],
         [i.message_id for i, _ in chunks],
         [c.first_event_id for _, c in chunks],
         [c.kinds for _, c in chunks],
         [c.data for _, c in chunks],
-        [i.project_id for i in changes],
+        [i.owner_id for i in changes],
         [i.message_id for i in changes],
         [i.status for i in changes],
         [i.content for i in changes],
@@ -150,6 +164,8 @@ def flush_arguments(worker: UUID, items: Sequence[FlushItem]) -> list[object]:
         [i.usage.prompt_tokens if i.usage else None for i in changes],
         [i.usage.completion_tokens if i.usage else None for i in changes],
         [i.finish_reason for i in changes],
+        sorted({i.owner_id for i in items}),
+        notify,
     ]
 
 
@@ -163,6 +179,38 @@ def _pair(rows: Sequence[Row]) -> Pair | None:
 class Store:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._shards: dict[UUID, int] = {}  # owner -> shard (Citus)
+
+    async def by_shard(self, items: Iterable[T], owner: Callable[[T], UUID]) -> list[list[T]]:
+        """``items`` in groups whose owners' rows live on one shard, so that a statement per
+        group is routed to one node: on Citus, asked once per owner (one query for the owners
+        not known yet) and remembered; on one PostgreSQL, one group. A shard's id outlives a
+        move to another node; after a split, a group may span two shards until the cache
+        starts again (its statement is then a correct two-shard transaction)."""
+        items = list(items)
+        if not self.db.distributed:
+            return [items] if items else []
+        unknown = sorted({owner(item) for item in items} - self._shards.keys())
+        if unknown:
+            if len(self._shards) + len(unknown) > SHARD_CACHE_SIZE:
+                self._shards.clear()
+            for row in await self.db.fetch("shards_of", unknown):
+                self._shards[row["owner_id"]] = row["shard"]
+        groups: dict[int, list[T]] = {}
+        for item in items:
+            groups.setdefault(self._shards[owner(item)], []).append(item)
+        return list(groups.values())
+
+    async def notify(self, events: Sequence[UUID], queue: Sequence[str]) -> None:
+        """Send, through the node the workers LISTEN to, the NOTIFYs of statements that ran on
+        another node (Citus): message ids for orderly_events, ``owner/project`` for the queue."""
+        if not events and not queue:
+            return
+        await self.db.fetch(
+            "notify",
+            _payload([str(i) for i in events], NOTIFY_IDS),
+            _payload(queue, NOTIFY_PROJECTS),
+        )
 
     @classmethod
     @asynccontextmanager
@@ -234,10 +282,10 @@ class Store:
             # Every answer of the project is below last_sequence + 1.
             closed = await self.interrupt(project_id, locked["last_sequence"] + 1, owner_id)
             ended(closed)
-            if await session.fetchval("project_running", project_id):
+            if await session.fetchval("project_running", project_id, owner_id):
                 return False
-            await session.fetch("delete_project_events", project_id)
-            await session.fetch("delete_project_messages", project_id)
+            await session.fetch("delete_project_events", project_id, owner_id)
+            await session.fetch("delete_project_messages", project_id, owner_id)
             await session.fetch("delete_project", project_id, owner_id)
         return True
 
@@ -262,17 +310,26 @@ class Store:
         ``AnswerRunning`` when ``on_running`` is reject and an answer of the project runs. Under
         enqueue, an answer behind running ones is queued rather than leased to ``lease_owner``.
         """
-        rows = await self.db.fetch(
-            "reserve_pair",
-            project_id,
-            owner_id,
-            content,
-            image_urls,
-            client_request_id,
-            lease_owner,
-            running_cap,
-            on_running,
-        )
+        try:
+            rows = await self.db.fetch(
+                "reserve_pair",
+                project_id,
+                owner_id,
+                content,
+                image_urls,
+                client_request_id,
+                lease_owner,
+                running_cap,
+                on_running,
+            )
+        except AnswerRunning as exc:
+            if exc.message_id != "-":
+                raise
+            # Reserved by a request that committed while this one waited for the project's
+            # row: the statement knows its sequence, not its id (see reserve_pair).
+            found = await self.db.fetch("get_pair_of_assistant", project_id, exc.sequence, owner_id)
+            named = [r for r in found if r["sequence"] == exc.sequence]
+            raise AnswerRunning(str(named[0]["id"]) if named else "-", exc.sequence) from exc
         pair = _pair(rows)
         if pair is None:
             return None
@@ -299,19 +356,23 @@ class Store:
         row = await self.db.fetchrow("stream_target", project_id, message_id, owner_id)
         return None if row is None else message_from_row(row)
 
-    async def message_by_id(self, project_id: UUID, message_id: UUID) -> StoredMessage | None:
-        row = await self.db.fetchrow("message_by_id", project_id, message_id)
+    async def message_by_id(
+        self, owner_id: UUID, project_id: UUID, message_id: UUID
+    ) -> StoredMessage | None:
+        row = await self.db.fetchrow("message_by_id", project_id, message_id, owner_id)
         return None if row is None else message_from_row(row)
 
     async def start_pair(self, assistant: Message) -> Pair | None:
         """The pair as the start event shows it: the assistant message's content is empty
         (and its status, error and last event id may be out of date; the event overrides them)."""
-        rows = await self.db.fetch("start_pair", assistant.project_id, assistant.sequence)
+        rows = await self.db.fetch(
+            "start_pair", assistant.project_id, assistant.sequence, assistant.created_by
+        )
         return _pair(rows)
 
     async def pair_of(self, assistant: Message) -> Pair | None:
         rows = await self.db.fetch(
-            "get_pair_of_assistant", assistant.project_id, assistant.sequence
+            "get_pair_of_assistant", assistant.project_id, assistant.sequence, assistant.created_by
         )
         return _pair(rows)
 
@@ -341,7 +402,7 @@ class Store:
         return messages, has_more
 
     async def recent_history(
-        self, project_id: UUID, before_sequence: int, max_messages: int
+        self, owner_id: UUID, project_id: UUID, before_sequence: int, max_messages: int
     ) -> list[Message]:
         """The context of a generation: the latest whole successful turns before it (a user
         message and its answer), at most ``max_messages`` messages (an odd number rounds down),
@@ -349,15 +410,15 @@ class Store:
         turns = max_messages // 2
         if turns < 1:
             return []
-        rows = await self.db.fetch("recent_history", project_id, before_sequence, turns)
+        rows = await self.db.fetch("recent_history", project_id, before_sequence, turns, owner_id)
         return [message_from_row(r).message for r in rows]
 
     async def events_after(
-        self, project_id: UUID, message_id: UUID, after: int, limit: int
+        self, owner_id: UUID, message_id: UUID, after: int, limit: int
     ) -> tuple[list[Event], bool]:
-        """Stored events after event ``after``, read ``limit`` chunks at a time; and whether more
-        chunks may follow the ones read."""
-        rows = await self.db.fetch("chunks_after", project_id, message_id, after, limit)
+        """Stored events after event ``after`` of a message of ``owner_id``, read ``limit``
+        chunks at a time; and whether more chunks may follow the ones read."""
+        rows = await self.db.fetch("chunks_after", owner_id, message_id, after, limit)
         events = [
             event
             for row in rows
@@ -367,12 +428,12 @@ class Store:
         return events, len(rows) == limit
 
     async def log_tail(
-        self, project_id: UUID, message_id: UUID, after: int, limit: int
+        self, owner_id: UUID, project_id: UUID, message_id: UUID, after: int, limit: int
     ) -> LogTail | None:
         """A listener's read: the message's status, its stored events after event ``after``
         (``limit`` chunks at most) and, once it has ended, its final row; None: no such message.
         Costs what is new: the answer's earlier events are neither read nor parsed."""
-        row = await self.db.fetchrow("log_tail", project_id, message_id, after, limit)
+        row = await self.db.fetchrow("log_tail", project_id, message_id, after, limit, owner_id)
         if row is None:
             return None
         firsts: list[int] = row["first_event_ids"] or []
@@ -389,9 +450,24 @@ class Store:
 
     async def flush(self, worker: UUID, items: Sequence[FlushItem]) -> dict[UUID, datetime | None]:
         """Write a batch; return the ids of the messages this worker still held, each with its
-        row's ``updated_at`` where the write changed the row (its status)."""
-        rows = await self.db.fetch("flush", *flush_arguments(worker, items))
-        return {r["id"]: r["updated_at"] for r in rows}
+        row's ``updated_at`` where the write changed the row (its status).
+
+        One statement per shard (on one PostgreSQL, one statement): each is routed to one node,
+        and each is idempotent on its own, so a failure between two of them leaves what was
+        written for the next flush to find written. On Citus the NOTIFYs are sent afterwards
+        through the coordinator, once for the whole batch."""
+        written: dict[UUID, datetime | None] = {}
+        here = not self.db.distributed
+        queue: list[str] = []
+        for group in await self.by_shard(items, lambda item: item.owner_id):
+            rows = await self.db.fetch("flush", *flush_arguments(worker, group, notify=here))
+            for r in rows:
+                written[r["id"]] = r["updated_at"]
+            if rows and rows[0]["queue_hint"]:
+                queue.extend(rows[0]["queue_hint"].split(","))
+        if not here:
+            await self.notify(list(written), queue)
+        return written
 
     # Workers' heartbeats and the reaper
 
@@ -417,11 +493,12 @@ class Store:
     async def reap(self, limit: int) -> list[StoredMessage]:
         """Close up to ``limit`` running messages whose worker stopped, as ``interrupted``."""
         rows = await self.db.fetch("orphans", limit)
-        targets = [(r["project_id"], r["id"]) for r in rows]
+        targets = [(r["created_by"], r["project_id"], r["id"]) for r in rows]
         return await self._close(targets, "error", "interrupted", INTERRUPTED_MESSAGE)
 
     async def forget_workers(self) -> None:
-        await self.db.fetch("forget_workers")
+        leading = [r["lease_owner"] for r in await self.db.fetch("leading_workers")]
+        await self.db.fetch("forget_workers", leading)
 
     async def next_expiry(self, worker: UUID) -> float | None:
         """Seconds until another worker's heartbeat expires (None: there is no other worker)."""
@@ -433,7 +510,9 @@ class Store:
     ) -> StoredMessage | None:
         """Cancel a running assistant message, keeping the content its listeners have seen; None
         when it is not running (or not found, or not the caller's)."""
-        closed = await self._close([(project_id, message_id)], "cancelled", None, None, owner_id)
+        closed = await self._close(
+            [(owner_id, project_id, message_id)], "cancelled", None, None, owner_id
+        )
         return closed[0] if closed else None
 
     async def interrupt(
@@ -445,21 +524,23 @@ class Store:
         Newest first: each end commits on its own, and an end makes the next queued answer's
         turn come, so ending the oldest first let the queue start an answer that this very call
         was about to cancel (its generator ran, for nothing)."""
-        rows = await self.db.fetch("running_before", project_id, sequence)
-        targets = [(r["project_id"], r["id"]) for r in rows]
+        rows = await self.db.fetch("running_before", project_id, sequence, owner_id)
+        targets = [(owner_id, r["project_id"], r["id"]) for r in rows]
         return await self._close(targets, "cancelled", None, None, owner_id)
 
-    async def end_unwritable(self, project_id: UUID, message_id: UUID) -> StoredMessage | None:
+    async def end_unwritable(
+        self, owner_id: UUID, project_id: UUID, message_id: UUID
+    ) -> StoredMessage | None:
         """End a running message that cannot be written (its flush fails whatever we do) as
         ``error``, with the content of its written deltas."""
         closed = await self._close(
-            [(project_id, message_id)], "error", "storage_error", STORAGE_ERROR_MESSAGE
+            [(owner_id, project_id, message_id)], "error", "storage_error", STORAGE_ERROR_MESSAGE
         )
         return closed[0] if closed else None
 
     async def _close(
         self,
-        targets: Sequence[tuple[UUID, UUID]],
+        targets: Sequence[tuple[UUID, UUID, UUID]],
         status: str,
         code: str | None,
         message: str | None,
@@ -471,9 +552,16 @@ class Store:
         always ended: its end waits for its writer's chunk and claims the id after it, rather
         than giving up."""
         closed: list[StoredMessage] = []
-        for project_id, message_id in targets:
+        for target_owner, project_id, message_id in targets:
             row = await self.db.fetchrow(
-                "close_message", project_id, message_id, status, code, message, owner_id
+                "close_message",
+                target_owner,
+                project_id,
+                message_id,
+                status,
+                code,
+                message,
+                owner_id,
             )
             if row is not None:
                 closed.append(message_from_row(row))
@@ -481,22 +569,38 @@ class Store:
 
     async def held_among(self, worker: UUID, messages: Sequence[Message]) -> set[UUID]:
         """Which of ``messages`` still run under ``worker`` (someone else ended the others)."""
-        rows = await self.db.fetch(
-            "held_among", worker, [m.project_id for m in messages], [m.id for m in messages]
-        )
-        return {r["id"] for r in rows}
+        held: set[UUID] = set()
+        for group in await self.by_shard(messages, lambda m: m.created_by):
+            rows = await self.db.fetch(
+                "held_among", worker, [m.created_by for m in group], [m.id for m in group]
+            )
+            held.update(r["id"] for r in rows)
+        return held
 
     # The queue (server/queue.py)
 
     async def claim_queued(
-        self, worker: UUID, projects: Sequence[UUID] | None, limit: int
+        self, worker: UUID, projects: Sequence[tuple[UUID, UUID]] | None, limit: int
     ) -> list[Claim]:
         """Take, for ``worker``, up to ``limit`` queued answers whose turn has come, in these
-        projects (None: in any project)."""
+        ``(owner, project)`` projects (None: in any project); a statement per shard."""
         if projects is None:
-            rows = await self.db.fetch("claim_queued_anywhere", worker, limit)
-        else:
-            rows = await self.db.fetch("claim_queued", worker, list(projects), limit)
+            found = await self.db.fetch("queued_projects", limit)
+            projects = [(r["owner_id"], r["project_id"]) for r in found]
+        rows: list[Row] = []
+        if projects:
+            for group in await self.by_shard(projects, lambda p: p[0]):
+                if len(rows) >= limit:
+                    break
+                rows.extend(
+                    await self.db.fetch(
+                        "claim_queued",
+                        worker,
+                        [owner for owner, _ in group],
+                        [project for _, project in group],
+                        limit - len(rows),
+                    )
+                )
         return [Claim(message_from_row(r), r["waited"] or 0.0) for r in rows]
 
     async def leased_to(self, worker: UUID) -> list[StoredMessage]:
@@ -505,9 +609,22 @@ class Store:
 
     async def release_claims(self, worker: UUID, messages: Sequence[Message]) -> None:
         """Put claimed answers that did not start back in the queue."""
-        await self.db.fetch(
-            "release_claims", worker, [m.project_id for m in messages], [m.id for m in messages]
-        )
+        here = not self.db.distributed
+        queue: list[str] = []
+        for group in await self.by_shard(messages, lambda m: m.created_by):
+            rows = await self.db.fetch(
+                "release_claims", worker, [m.created_by for m in group], [m.id for m in group], here
+            )
+            queue.extend(r["project"] for r in rows)
+        if not here:
+            await self.notify([], queue)
+
+
+def _payload(ids: Sequence[str], most: int) -> str | None:
+    """A NOTIFY payload naming ``ids``, or "*" past ``most`` (None: nothing to send)."""
+    if not ids:
+        return None
+    return "*" if len(set(ids)) > most else ",".join(dict.fromkeys(ids))
 
 
 INTERRUPTED_MESSAGE = "the answer was interrupted: the worker writing it stopped"

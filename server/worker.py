@@ -65,7 +65,7 @@ class Worker:
             max_running_per_user=settings.max_running_per_user,
             history_messages=settings.history_messages,
             on_running=settings.on_running,
-            on_queued=lambda project_id: self.queue.poke(project_id),
+            on_queued=lambda owner_id, project_id: self.queue.poke(owner_id, project_id),
             on_deleting=lambda ended: self.notifier.deleting(ended),
         )
         self.queue = Queue(store, self.runner, poll_seconds=settings.queue_poll_seconds)

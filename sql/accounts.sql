@@ -18,11 +18,16 @@ RETURNING id;
 -- name: lock_projects_of_user
 -- A removal locks the user's projects, then the user: the order reserve_pair takes them in, so a
 -- reservation running at the same moment cannot deadlock with it.
+-- $1 the owner's id (user_id_of): on Citus it names the shard, where a locking read must be on
+-- one.
 SELECT p.id
-FROM projects AS p JOIN users AS u ON u.id = p.owner_id
-WHERE u.username = $1
+FROM projects AS p
+WHERE p.owner_id = $1
 ORDER BY p.id
 FOR UPDATE OF p;
+
+-- name: user_id_of
+SELECT id FROM users WHERE username = $1;
 
 -- name: lock_user
 -- With it locked, no reservation of the user can start (reserve_pair updates the row) and no
@@ -32,20 +37,20 @@ SELECT id FROM users WHERE username = $1 FOR UPDATE;
 -- name: running_answers_of_user
 SELECT count(*)
 FROM messages
-WHERE project_id IN (SELECT id FROM projects WHERE owner_id = $1)
-  AND status IN ('pending', 'streaming');
+WHERE created_by = $1 AND status IN ('pending', 'streaming');
 
 -- name: remove_user
 -- Everything of the user at once: the foreign keys are checked at the end of the statement, when
 -- the rows that reference each other are all gone.
-WITH owned AS (
-    SELECT id FROM projects WHERE owner_id = $1
-), chunks AS (
-    DELETE FROM event_chunks WHERE project_id IN (SELECT id FROM owned) RETURNING 1
+-- (Every table of the user is keyed by the owner: messages.created_by is the projects' owner.)
+WITH chunks AS (
+    DELETE FROM event_chunks WHERE owner_id = $1 RETURNING 1
 ), removed_messages AS (
-    DELETE FROM messages WHERE project_id IN (SELECT id FROM owned) RETURNING 1
+    DELETE FROM messages WHERE created_by = $1 RETURNING 1
 ), removed_projects AS (
     DELETE FROM projects WHERE owner_id = $1 RETURNING 1
+), removed_count AS (
+    DELETE FROM user_running WHERE user_id = $1 RETURNING 1
 ), removed_tokens AS (
     DELETE FROM api_tokens WHERE user_id = $1 RETURNING 1
 ), removed_user AS (

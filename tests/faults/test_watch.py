@@ -51,8 +51,8 @@ async def test_a_double_decrement_clamped_at_0_is_caught_while_another_answer_ru
         conn = await asyncpg.connect(database_url, timeout=10)
         try:
             await conn.execute(
-                "UPDATE users SET running_generations = greatest(0, running_generations - 1)"
-                " WHERE username = 'watched'"
+                "UPDATE user_running SET running_generations = greatest(0, running_generations - 1)"
+                " WHERE user_id = (SELECT id FROM users WHERE username = 'watched')"
             )
         finally:
             await conn.close()

@@ -2,7 +2,7 @@
 running answers, which worker identity belongs to which process, and how long queued answers
 wait once their turn has come.
 
-``users.running_generations`` is changed by the very statements that reserve and end answers
+``user_running.running_generations`` is changed by the very statements that reserve and end answers
 (sql/queries.sql), so in any one snapshot it equals the number of the user's assistant messages
 that are ``pending`` or ``streaming``, exactly. Comparing the two only at the end cannot catch a
 double decrement: the SQL clamps the count at 0, so once nothing runs an extra decrement has left
@@ -43,18 +43,18 @@ WHERE q.role = 'assistant' AND q.status = 'pending' AND q.lease_owner IS NULL
 """
 
 COUNTS = """
-SELECT u.username, u.running_generations AS counted,
+SELECT u.username, coalesce(r.running_generations, 0) AS counted,
        (SELECT count(*) FROM messages AS m
         WHERE m.created_by = u.id AND m.role = 'assistant'
           AND m.status IN ('pending', 'streaming')) AS running
-FROM users AS u ORDER BY u.username
+FROM users AS u LEFT JOIN user_running AS r ON r.user_id = u.id ORDER BY u.username
 """
 
 
 @dataclass(frozen=True, slots=True)
 class Count:
     user: str
-    counted: int  # users.running_generations
+    counted: int  # user_running.running_generations
     running: int  # the user's running (or queued) answers, in the same snapshot
 
     def __str__(self) -> str:

@@ -23,7 +23,8 @@ async def _running_count(database_url: str) -> int:
     conn = await asyncpg.connect(database_url)
     try:
         count: int = await conn.fetchval(
-            "SELECT running_generations FROM users WHERE username = 'alice'"
+            "SELECT r.running_generations FROM users AS u "
+            "JOIN user_running AS r ON r.user_id = u.id WHERE u.username = 'alice'"
         )
     finally:
         await conn.close()

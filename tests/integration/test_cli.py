@@ -165,10 +165,20 @@ async def test_user_remove_deletes_the_user_and_everything_they_wrote(
         assert gone.json()["code"] == "invalid_token"
         assert (await carol.get(f"/api/projects/{project}")).status_code == 404
         assert (await dave.get(f"/api/projects/{dave_project}/messages")).status_code == 200
-    owned = "SELECT count(*) FROM {} WHERE project_id = $1"
-    for table in ("messages", "event_chunks"):
-        assert await _count(database_url, owned.format(table), uuid.UUID(project)) == 0, table
-        assert await _count(database_url, owned.format(table), uuid.UUID(dave_project)) > 0
+    owned = "SELECT count(*) FROM messages WHERE project_id = $1"
+    assert await _count(database_url, owned, uuid.UUID(project)) == 0
+    assert await _count(database_url, owned, uuid.UUID(dave_project)) > 0
+    # Chunks are keyed by owner and message: none is left without its message, dave's remain.
+    orphans = (
+        "SELECT count(*) FROM event_chunks AS c WHERE NOT EXISTS ("
+        " SELECT 1 FROM messages AS m WHERE m.created_by = c.owner_id AND m.id = c.message_id)"
+    )
+    assert await _count(database_url, orphans) == 0
+    daves = (
+        "SELECT count(*) FROM event_chunks AS c JOIN messages AS m"
+        " ON m.created_by = c.owner_id AND m.id = c.message_id WHERE m.project_id = $1"
+    )
+    assert await _count(database_url, daves, uuid.UUID(dave_project)) > 0
     assert await _count(database_url, "SELECT count(*) FROM users") == 1
     assert await _count(database_url, "SELECT count(*) FROM api_tokens") == 1
     unknown = _cli(repo_root, database_url, "user", "remove", "carol")
@@ -252,7 +262,8 @@ async def test_user_remove_under_concurrent_generations_leaves_nothing_half_remo
         "SELECT (SELECT count(*) FROM users WHERE username = 'carol')"
         " + (SELECT count(*) FROM projects WHERE id = ANY($1::uuid[]))"
         " + (SELECT count(*) FROM messages WHERE project_id = ANY($1::uuid[]))"
-        " + (SELECT count(*) FROM event_chunks WHERE project_id = ANY($1::uuid[]))"
+        " + (SELECT count(*) FROM event_chunks AS c WHERE NOT EXISTS ("
+        "     SELECT 1 FROM messages AS m WHERE m.created_by = c.owner_id AND m.id = c.message_id))"
     )
     assert await _count(database_url, carol_rows, [uuid.UUID(p) for p in projects]) == 0
     dave_rows = "SELECT count(*) FROM messages WHERE project_id = $1"

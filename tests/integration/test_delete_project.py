@@ -31,12 +31,18 @@ async def _rows(database_url: str, project: str) -> dict[str, int]:
             table: await conn.fetchval(
                 f"SELECT count(*) FROM {table} WHERE {column} = $1", uuid.UUID(project)
             )
-            for table, column in (
-                ("projects", "id"),
-                ("messages", "project_id"),
-                ("event_chunks", "project_id"),
-            )
+            for table, column in (("projects", "id"), ("messages", "project_id"))
         }
+        # Chunks are keyed by owner and message: the project's, and any left by a deleted
+        # message (none but a deleted project's can be).
+        found["event_chunks"] = await conn.fetchval(
+            "SELECT count(*) FROM event_chunks AS c"
+            " WHERE (c.owner_id, c.message_id) IN"
+            "       (SELECT created_by, id FROM messages WHERE project_id = $1)"
+            "    OR NOT EXISTS (SELECT 1 FROM messages AS m"
+            "                   WHERE m.created_by = c.owner_id AND m.id = c.message_id)",
+            uuid.UUID(project),
+        )
     finally:
         await conn.close()
     return found
@@ -46,7 +52,9 @@ async def _running_count(database_url: str, username: str) -> int:
     conn = await asyncpg.connect(database_url)
     try:
         count: int = await conn.fetchval(
-            "SELECT running_generations FROM users WHERE username = $1", username
+            "SELECT r.running_generations FROM users AS u"
+            " JOIN user_running AS r ON r.user_id = u.id WHERE u.username = $1",
+            username,
         )
     finally:
         await conn.close()

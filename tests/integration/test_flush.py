@@ -72,6 +72,7 @@ def item(
     final = status in TERMINAL
     return FlushItem(
         project_id=message.project_id,
+        owner_id=message.created_by,
         message_id=message.id,
         status=status,
         content="".join(t for texts in chunks for t in texts) if final else None,
@@ -83,14 +84,14 @@ def item(
 
 async def stored(store: Store, pair: Pair) -> list[tuple[int, str]]:
     message = pair.assistant.message
-    events, _ = await store.events_after(message.project_id, message.id, 0, 100)
+    events, _ = await store.events_after(message.created_by, message.id, 0, 100)
     return [(e.id, e.data) for e in events]
 
 
 async def running_count(store: Store, user_id: UUID) -> int:
     async with store.db.session() as session:
         count: int = await session.fetchval_sql(
-            "SELECT running_generations FROM users WHERE id = $1", user_id
+            "SELECT running_generations FROM user_running WHERE user_id = $1", user_id
         )
     return count
 
@@ -124,7 +125,7 @@ async def test_a_terminal_flush_sent_again_is_written_once(store: Store, worker:
     again = await store.flush(worker, [final])
     assert again == written
     assert await running_count(store, user_id) == 0
-    found = await store.message_by_id(message.project_id, message.id)
+    found = await store.message_by_id(message.created_by, message.project_id, message.id)
     assert found is not None
     assert (found.message.status, found.message.content) == ("success", "Hello")
     assert found.message.updated_at == written[message.id]
@@ -156,7 +157,7 @@ async def test_a_running_message_reads_as_its_stored_log(store: Store, worker: U
     pair = await reserve(store, worker)
     message = pair.assistant.message
     await store.flush(worker, [item(pair, [["Hel", "lo"], [" wor"]], status="streaming")])
-    found = await store.message_by_id(message.project_id, message.id)
+    found = await store.message_by_id(message.created_by, message.project_id, message.id)
     assert found is not None
     assert (found.message.status, found.message.content, found.last_event_id) == (
         "streaming",
@@ -221,7 +222,9 @@ async def test_no_identity_yet_is_waited_for_not_taken_for_an_unwritable_message
         with pytest.raises(ServiceUnavailable):
             await flusher.flush_once()
     for log in logs:
-        found = await store.message_by_id(log.placeholder.project_id, log.placeholder.id)
+        found = await store.message_by_id(
+            log.placeholder.created_by, log.placeholder.project_id, log.placeholder.id
+        )
         assert found is not None and found.message.status == "pending"
         assert not log.closed and log.unwritten == 1
     # With an identity again, everything is written.
@@ -233,9 +236,12 @@ async def test_no_identity_yet_is_waited_for_not_taken_for_an_unwritable_message
 async def waiting_for_a_lock(database_url: str) -> None:
     """Until some statement of this database waits for a row lock (bounded)."""
     async with connect(database_url) as watcher:
+        # On Citus the statement waits on the owner's node: the cluster-wide view shows it.
+        citus = await watcher.fetchval_sql("SELECT to_regclass('citus_stat_activity') IS NOT NULL")
+        view = "citus_stat_activity" if citus else "pg_stat_activity"
         for _ in range(400):
             waiting = await watcher.fetchval_sql(
-                "SELECT count(*) FROM pg_stat_activity "
+                f"SELECT count(*) FROM {view} "
                 "WHERE datname = current_database() AND wait_event_type = 'Lock'"
             )
             if waiting:
@@ -269,9 +275,11 @@ async def test_drain_beside_the_running_flusher_writes_the_end_once(
                 # The loop's terminal write waits for the message's row, in flight (the loop
                 # starts once the row is locked: started before, it could write first)...
                 await blocker.execute_sql(
-                    "SELECT 1 FROM messages WHERE project_id = $1 AND id = $2 FOR UPDATE",
+                    "SELECT 1 FROM messages"
+                    " WHERE created_by = $3 AND project_id = $1 AND id = $2 FOR UPDATE",
                     message.project_id,
                     message.id,
+                    message.created_by,
                 )
                 running = asyncio.create_task(flusher.run())
                 await waiting_for_a_lock(database_url)
@@ -289,5 +297,52 @@ async def test_drain_beside_the_running_flusher_writes_the_end_once(
     assert len(log.frames) == 3, "the terminal frame was appended more than once"
     assert flusher.pending == 0 and not flusher.logs
     assert [i for i, _ in await stored(store, pair)] == [2]
-    found = await store.message_by_id(message.project_id, message.id)
+    found = await store.message_by_id(message.created_by, message.project_id, message.id)
     assert found is not None and found.message.status == "success"
+
+
+async def test_the_notifications_of_flushes_and_cancels_reach_a_listener_of_the_database_url(
+    database_url: str, store: Store, worker: UUID
+) -> None:
+    """Every worker LISTENs on one connection to the database's URL (on Citus, the coordinator).
+    Regression (Citus): a statement's own NOTIFY is sent where the statement runs, and Citus runs
+    a router statement on the worker node of the owner's shard, where nobody listens: the turn
+    that a draining worker's release_claims gave back to the queue was never heard. The store
+    sends such NOTIFYs through the coordinator there (the flush's too, whatever Citus does with
+    its steps); a cancel is a function the coordinator runs."""
+    import asyncpg
+
+    heard: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    listener = await asyncpg.connect(database_url)
+    try:
+        for channel in ("orderly_events", "orderly_cancel", "orderly_queue"):
+            await listener.add_listener(
+                channel, lambda _c, _p, channel, payload: heard.put_nowait((channel, payload))
+            )
+        flushed = await reserve(store, worker)
+        cancelled = await reserve(store, worker)
+        await store.flush(worker, [item(flushed, [["a", "b"]], status="streaming")])
+        message = cancelled.assistant.message
+        assert await store.cancel(message.project_id, message.id, message.created_by)
+        # A claimed queued answer that a draining worker gives back.
+        released = (await reserve(store, worker)).assistant.message
+        async with connect(database_url) as session:
+            await session.execute_sql(
+                "UPDATE messages SET queued_at = now() WHERE created_by = $1 AND id = $2",
+                released.created_by,
+                released.id,
+            )
+        await store.release_claims(worker, [released])
+
+        wanted = {
+            ("orderly_events", str(flushed.assistant.message.id)),
+            ("orderly_cancel", str(message.id)),
+            ("orderly_events", str(message.id)),
+            ("orderly_queue", f"{released.created_by}/{released.project_id}"),
+        }
+        got: set[tuple[str, str]] = set()
+        async with asyncio.timeout(10):
+            while not wanted <= got:
+                got.add(await heard.get())
+    finally:
+        await listener.close()

@@ -227,7 +227,10 @@ async def test_a_reservation_under_a_heartbeat_that_is_not_alive_is_refused_and_
         # Nothing reserved: no sequence taken, no message, no running answer counted.
         assert await conn.fetchval("SELECT last_sequence FROM projects") == 0
         assert await conn.fetchval("SELECT count(*) FROM messages") == 0
-        assert await conn.fetchval("SELECT running_generations FROM users") == 0
+        assert (
+            await conn.fetchval("SELECT coalesce(sum(running_generations), 0) FROM user_running")
+            == 0
+        )
     finally:
         await conn.close()
 

@@ -222,7 +222,9 @@ async def _running_count(database_url: str, username: str) -> Any:
     conn = await asyncpg.connect(database_url)
     try:
         return await conn.fetchval(
-            "SELECT running_generations FROM users WHERE username = $1", username
+            "SELECT r.running_generations FROM users AS u "
+            "JOIN user_running AS r ON r.user_id = u.id WHERE u.username = $1",
+            username,
         )
     finally:
         await conn.close()

@@ -187,7 +187,7 @@ async def test_a_cancel_and_a_flush_that_ends_another_answer_of_the_user_do_not_
         ending.add_delta("1")
         ending.finish("success")
         running.add_delta("1")  # a chunk only: the flush takes no lock on its row
-        sql = "UPDATE users SET running_generations = running_generations WHERE id = $1"
+        sql = "UPDATE user_running SET running_generations = running_generations WHERE user_id = $1"
         async with holding(database_url, sql, s.user) as (user_xid, _conn):
             flush = asyncio.create_task(write(flush_store, s.worker, ending, running))
             await waits(database_url, on_xid=user_xid)
@@ -277,7 +277,7 @@ async def test_the_flush_that_comes_second_to_an_end_is_a_write_conflict_and_dro
         for log in s.logs:
             flusher.register(log)
         target = late.placeholder
-        sql = "UPDATE users SET running_generations = running_generations WHERE id = $1"
+        sql = "UPDATE user_running SET running_generations = running_generations WHERE user_id = $1"
         async with holding(database_url, sql, s.user) as (user_xid, _conn):
             # The cancel locks the row, claims id 3 and waits for the user's row, uncommitted.
             cancel = asyncio.create_task(cancel_store.cancel(target.project_id, target.id, s.user))

@@ -154,9 +154,9 @@ class HeldStore(Store):
         self.go_on = asyncio.Event()
 
     async def events_after(
-        self, project_id: uuid.UUID, message_id: uuid.UUID, after: int, limit: int
+        self, owner_id: uuid.UUID, message_id: uuid.UUID, after: int, limit: int
     ) -> tuple[list[Event], bool]:
-        found = await super().events_after(project_id, message_id, after, limit)
+        found = await super().events_after(owner_id, message_id, after, limit)
         self.read.set()
         await self.go_on.wait()
         return found

@@ -90,7 +90,7 @@ async def test_legacy_layout_upgrades_to_sequences(empty_database_url: str) -> N
     # A generation's context is whole turns, found by role: the upgraded pairs are not all at
     # (2k-1, 2k). The failed answer (4) and the questions without an answer (1, 5) are left out.
     async with Store.single(url) as store:
-        context = await store.recent_history(project, 8, 10)
+        context = await store.recent_history(owner, project, 8, 10)
     assert [(m.sequence, m.role) for m in context] == [
         (2, "user"),
         (3, "assistant"),
@@ -155,3 +155,69 @@ async def test_new_messages_get_time_ordered_ids(database_url: str) -> None:
     assert all(u.version == 7 for u in parsed), ids
     millis = [u.int >> 80 for u in parsed]
     assert millis == sorted(millis)
+
+
+# What `migrate` lays out on Citus (docs/scaling.md): a user's rows co-located by owner, the
+# small tables copied to every node.
+CITUS_LAYOUT = {
+    "users": ("reference", None),
+    "api_tokens": ("reference", None),
+    "workers": ("reference", None),
+    "user_running": ("distributed", "user_id"),
+    "projects": ("distributed", "owner_id"),
+    "messages": ("distributed", "created_by"),
+    "event_chunks": ("distributed", "owner_id"),
+}
+# The schema as a second run could change it: tables' columns, constraints, and (on Citus) the
+# layout and the shards.
+SCHEMA = """
+SELECT (SELECT array_agg(c.conrelid::regclass || ' ' || c.conname || ' ' || c.oid || ' '
+                         || pg_get_constraintdef(c.oid) ORDER BY 1)
+        FROM pg_constraint AS c JOIN pg_class AS t ON t.oid = c.conrelid
+        JOIN pg_namespace AS n ON n.oid = t.relnamespace
+        WHERE n.nspname = 'public' AND t.relname !~ '_[0-9]+$') AS constraints,
+       (SELECT array_agg(table_name || ' ' || column_name || ' ' || data_type ORDER BY 1)
+        FROM information_schema.columns WHERE table_schema = 'public') AS columns
+"""
+
+
+async def test_migrate_lays_out_the_tables_by_owner_on_citus_and_a_second_run_changes_nothing(
+    empty_database_url: str,
+) -> None:
+    async with connect(empty_database_url) as session:
+        await migrate(session)
+        conn_schema = await session.fetchval_sql(f"SELECT row_to_json(s)::text FROM ({SCHEMA}) s")
+        distributed = await session.fetchval_sql(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
+        )
+        layout: dict[str, tuple[str, str | None]] = {}
+        shards = None
+        if distributed:
+            rows = await session.fetchval_sql(
+                "SELECT array_agg(table_name::text || ' ' || citus_table_type || ' '"
+                " || distribution_column || ' ' || colocation_id ORDER BY 1) FROM citus_tables"
+            )
+            colocations = set()
+            for row in rows:
+                table, kind, column, colocation = row.split(" ")
+                layout[table] = (kind, None if column == "<none>" else column)
+                if kind == "distributed":
+                    colocations.add(colocation)
+            assert colocations and len(colocations) == 1, "co-located: one colocation group"
+            shards = await session.fetchval_sql(
+                "SELECT array_agg(shardid ORDER BY shardid) FROM pg_dist_shard"
+            )
+        assert layout == (CITUS_LAYOUT if distributed else {})
+        # A second run applies nothing and changes nothing.
+        assert await migrate(session) == []
+        assert (
+            await session.fetchval_sql(f"SELECT row_to_json(s)::text FROM ({SCHEMA}) s")
+            == conn_schema
+        )
+        if distributed:
+            assert (
+                await session.fetchval_sql(
+                    "SELECT array_agg(shardid ORDER BY shardid) FROM pg_dist_shard"
+                )
+                == shards
+            )

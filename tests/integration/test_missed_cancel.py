@@ -51,7 +51,14 @@ async def test_a_cancel_sent_while_the_listener_was_down_stops_the_writer(
                 # connection of this worker is cut, its LISTEN connection included (the server
                 # waits for each to end: it hears nothing of this NOTIFY).
                 closed = await elsewhere.fetch(
-                    "close_message", uuid.UUID(project), message_id, "cancelled", None, None, owner
+                    "close_message",
+                    owner,
+                    uuid.UUID(project),
+                    message_id,
+                    "cancelled",
+                    None,
+                    None,
+                    owner,
                 )
                 assert len(closed) == 1
                 await elsewhere.execute_sql(
@@ -66,6 +73,6 @@ async def test_a_cancel_sent_while_the_listener_was_down_stops_the_writer(
         assert worker.listener.connected
         generator.gate.set()
     async with Store.single(database_url) as store:
-        found = await store.message_by_id(uuid.UUID(project), message_id)
+        found = await store.message_by_id(owner, uuid.UUID(project), message_id)
     assert found is not None
     assert (found.message.status, found.message.content) == ("cancelled", "first ")

@@ -103,8 +103,9 @@ async def counts(url: str, project: str) -> tuple[int, int, int]:
     [row] = await db(
         url,
         "SELECT (SELECT count(*) FROM messages WHERE project_id = p.id) AS messages, "
-        "p.last_sequence, u.running_generations "
-        "FROM projects AS p JOIN users AS u ON u.id = p.owner_id WHERE p.id = $1",
+        "p.last_sequence, coalesce(u.running_generations, 0) AS running_generations "
+        "FROM projects AS p LEFT JOIN user_running AS u ON u.user_id = p.owner_id "
+        "WHERE p.id = $1",
         uuid.UUID(project),
     )
     return row["messages"], row["last_sequence"], row["running_generations"]
@@ -230,7 +231,18 @@ async def test_reject_sees_a_reservation_that_committed_while_it_waited_for_the_
         await first.register_worker(worker, 60, "test", 0)
         async with first.db.session() as session, session.transaction():
             held = await session.fetch("reserve_pair", *args, "concurrent")
-            waiting = asyncio.create_task(second.db.fetch("reserve_pair", *args, "reject"))
+            waiting = asyncio.create_task(
+                second.reserve_pair(
+                    project_id=project,
+                    owner_id=owner["owner_id"],
+                    content="hi",
+                    image_urls=[],
+                    client_request_id=None,
+                    lease_owner=worker,
+                    running_cap=100,
+                    on_running="reject",
+                )
+            )
             await asyncio.sleep(0.3)
             assert not waiting.done(), "the second reservation waits for the project's row"
         [running] = [r for r in held if r["role"] == "assistant"]
@@ -419,7 +431,7 @@ async def test_enqueue_waits_for_every_earlier_answer_and_sees_them_in_its_conte
     rows = await db(
         database_url,
         "SELECT m.sequence, m.updated_at AS ended, m.queued_at, "
-        "  (SELECT min(c.created_at) FROM event_chunks AS c WHERE c.project_id = m.project_id "
+        "  (SELECT min(c.created_at) FROM event_chunks AS c WHERE c.owner_id = m.created_by "
         "   AND c.message_id = m.id AND c.kinds LIKE '%d%') AS first_delta "
         "FROM messages AS m WHERE m.project_id = $1 AND m.role = 'assistant' ORDER BY sequence",
         uuid.UUID(project),
@@ -590,6 +602,7 @@ async def test_an_answer_queued_as_the_one_ahead_ends_is_started_by_its_own_work
         ):
             ended = await session.fetch(
                 "close_message",
+                owner["owner_id"],
                 uuid.UUID(project),
                 head_id,
                 "cancelled",

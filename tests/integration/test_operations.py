@@ -114,29 +114,134 @@ async def test_logs_never_carry_tokens_content_or_query_strings(
     assert all("route" in line and "status" in line for line in access)
 
 
-def test_every_statement_on_per_project_tables_filters_by_project_id() -> None:
-    """What lets the schema be distributed by project_id (docs/scaling.md)."""
-    # Statements that by design span projects, each with the reason.
-    cross_project = {
-        "orphans": "the reaper sweeps every expired heartbeat (a multi-shard statement)",
-        "forget_workers": "the reaper forgets workers that lead nothing (a multi-shard statement)",
-        "list_projects": "a user's projects, by owner",
-        "insert_project": "creates the project row itself",
-        "prune_events": "the retention sweep over every project (a multi-shard statement)",
-        "claim_queued_anywhere": "the queue's slow poll over every project (a multi-shard one)",
-        "leased_to": "a worker's own unstarted answers, by worker (a multi-shard statement)",
-    }
+# Statements that span owners by design (each runs on every shard of a Citus cluster), with why.
+# Nothing that serves a request is here.
+SPANS_OWNERS = {
+    "orphans": "the reaper sweeps every expired heartbeat's answers (periodic)",
+    "leading_workers": "the reaper's look for heartbeats that lead nothing (periodic)",
+    "prune_events": "the retention sweep over every owner (periodic)",
+    "queued_projects": "the queue's slow poll over every project (periodic); the claims that "
+    "follow are per shard",
+    "leased_to": "a worker's own unstarted answers, by worker (the slow poll, periodic)",
+    "shards_of": "asks Citus where owners live, once per owner (no table is read)",
+}
+
+
+def test_every_statement_on_per_user_tables_filters_by_its_owner() -> None:
+    """What lets the schema be distributed by owner (docs/scaling.md): every statement on
+    projects, messages, event_chunks and user_running names the owner (one, or the owners of a
+    batch of one shard), but the few that span owners by design."""
     for name, sql in load_queries().items():
         text = re.sub(r"--[^\n]*", "", sql).lower()
-        touches = re.search(r"\b(messages|message_view|event_chunks)\b", text)
-        if not touches or name in cross_project:
-            continue
-        by_project = (
-            "project_id = $1" in text  # one project
-            or "project_id = b.project_id" in text  # a batch of (project, message) pairs
-            or re.search(r"insert into messages[\s\S]*select \$1::uuid", text)  # new rows
+        touches = re.search(
+            r"\b(messages|message_view|event_chunks|projects|user_running|orderly_close)\b", text
         )
-        assert by_project, f"{name} does not filter by project_id"
+        if not touches or name in SPANS_OWNERS:
+            continue
+        by_owner = (
+            re.search(r"\b(created_by|owner_id|user_id) = (\$\d+|any\(\$\d+::uuid\[\]\))", text)
+            or "orderly_close($1" in text  # the owner is its first argument
+            or "insert into projects (owner_id, title) values ($1" in text  # a new row
+        )
+        assert by_owner, f"{name} does not filter by owner"
+
+
+# Statements that serve requests, each explained on the database the suite runs on: on Citus,
+# each must run on one node; those that Citus runs as several steps (their CTEs insert: see
+# docs/scaling.md) still run every step there. Everything else either spans owners by design
+# (SPANS_OWNERS) or touches reference tables only.
+REQUEST_STATEMENTS = {
+    "list_projects": "router",
+    "get_project": "router",
+    "insert_project": "router",
+    "pair_by_request_id": "router",
+    "get_message": "router",
+    "get_pair_of_assistant": "router",
+    "history_latest": "router",
+    "history_before": "router",
+    "history_after": "router",
+    "message_by_id": "router",
+    "chunks_after": "router",
+    "recent_history": "router",
+    "running_before": "router",
+    "held_among": "router",
+    "claim_queued": "router",
+    "release_claims": "router",
+    "start_pair": "router",
+    "stream_target": "router",
+    "log_tail": "router",
+    "lock_project_for_delete": "router",
+    "project_running": "router",
+    "delete_project_events": "router",
+    "delete_project_messages": "router",
+    "delete_project": "router",
+    "reserve_pair": "steps on one node",
+    "flush": "steps on one node",
+}
+_DUMMY = {
+    "uuid": "'00000000-0000-0000-0000-000000000001'",
+    "uuid[]": "'{00000000-0000-0000-0000-000000000001}'",
+    "text": "'x'",
+    "text[]": "'{x}'",
+    "int4": "1",
+    "int8": "1",
+    "int4[]": "'{1}'",
+    "bool": "false",
+    "float8": "1",
+}
+
+
+def _with_values(sql: str, types: list[str]) -> str:
+    """``sql`` with each parameter replaced by its dummy value (from $10 down: $1 is in $10)."""
+    for n in range(len(types), 0, -1):
+        sql = sql.replace(f"${n}", f"({_DUMMY[types[n - 1]]}::{types[n - 1]})")
+    return sql
+
+
+async def test_every_request_statement_runs_on_one_node(database_url: str) -> None:
+    """Each statement that serves a request, PREPAREd and EXPLAIN EXECUTEd (PostgreSQL 15 has no
+    EXPLAIN (GENERIC_PLAN)) with one owner: on Citus its plan names one node, and a router
+    statement is one task. On one PostgreSQL the same statements must prepare and explain."""
+    queries = load_queries()
+    conn = await asyncpg.connect(database_url)
+    try:
+        distributed = await conn.fetchval(queries["is_distributed"])
+        coordinator = distributed and await conn.fetchval(
+            "SELECT nodeport FROM pg_dist_node WHERE groupid = 0"
+        )
+        for name, kind in REQUEST_STATEMENTS.items():
+            sql = queries[name]
+            types = [t.name for t in (await conn.prepare(sql)).get_parameters()]
+            values = ", ".join(_DUMMY[t] for t in types)
+            # (Citus runs the steps of a statement in steps while explaining it: roll back.)
+            async with conn.transaction():
+                if kind == "router" or not distributed:
+                    await conn.execute(f"PREPARE probe ({', '.join(types)}) AS {sql}")
+                    explain = f"EXPLAIN EXECUTE probe ({values})"
+                else:
+                    # Citus cannot EXPLAIN EXECUTE a statement it runs in steps ("could not
+                    # create distributed plan"): the statement is explained with its values in.
+                    explain = "EXPLAIN " + _with_values(sql, types)
+                try:
+                    explained = await conn.fetch(explain)
+                except asyncpg.PostgresError as exc:
+                    raise AssertionError(f"{name} cannot be explained: {exc}") from exc
+                plan = "\n".join(r[0] for r in explained)
+                await conn.execute("ROLLBACK AND CHAIN")
+                if explain.startswith("EXPLAIN EXECUTE"):
+                    await conn.execute("DEALLOCATE probe")
+            if not distributed:
+                assert plan, name
+                continue
+            # The worker nodes it reaches (steps on the coordinator read the intermediate
+            # results of the others: no shard is there).
+            nodes = set(re.findall(r"Node: host=\S+ port=(\d+)", plan)) - {str(coordinator)}
+            assert len(nodes) == 1, f"{name} runs on {len(nodes)} nodes:\n{plan}"
+            if kind == "router":
+                assert re.findall(r"Task Count: (\d+)", plan) == ["1"], f"{name}:\n{plan}"
+                assert "Subplan" not in plan, f"{name} runs in steps:\n{plan}"
+    finally:
+        await conn.close()
 
 
 async def test_pruned_log_is_answered_with_its_terminal_event(database_url: str) -> None:

@@ -38,7 +38,7 @@ pytestmark = pytest.mark.slow
 TIMELINE = """
 SELECT m.sequence, m.status, m.content, m.error_code, m.updated_at AS ended, m.queued_at,
        (SELECT min(c.created_at) FROM event_chunks AS c
-        WHERE c.project_id = m.project_id AND c.message_id = m.id AND c.kinds LIKE '%d%')
+        WHERE c.owner_id = m.created_by AND c.message_id = m.id AND c.kinds LIKE '%d%')
            AS first_delta
 FROM messages AS m
 WHERE m.project_id = $1 AND m.role = 'assistant'

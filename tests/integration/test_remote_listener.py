@@ -93,6 +93,7 @@ def streaming(pair: Pair, chunks: list[Chunk]) -> FlushItem:
     message = pair.assistant.message
     return FlushItem(
         project_id=message.project_id,
+        owner_id=message.created_by,
         message_id=message.id,
         status="streaming",
         content=None,
@@ -129,7 +130,7 @@ async def test_a_remote_listeners_wake_reads_only_the_new_events_of_a_long_answe
     async with writer.db.session() as session:
         # Other answers' events: the listener's reads must find this one's without a scan.
         await session.execute_sql(
-            "INSERT INTO event_chunks (project_id, message_id, first_event_id, kinds, data) "
+            "INSERT INTO event_chunks (owner_id, message_id, first_event_id, kinds, data) "
             "SELECT gen_random_uuid(), gen_random_uuid(), 2, 'd', '{\"text\":\"x\"}' "
             "FROM generate_series(1, $1)",
             OTHER_ANSWERS_CHUNKS,

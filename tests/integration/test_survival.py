@@ -190,7 +190,7 @@ async def db_rows(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
 
 async def running_counts(url: str) -> list[int]:
     """Every user's count of running generations (the per-user cap's counter)."""
-    rows = await db_rows(url, "SELECT DISTINCT running_generations AS n FROM users")
+    rows = await db_rows(url, "SELECT DISTINCT running_generations AS n FROM user_running")
     return sorted(r["n"] for r in rows)
 
 

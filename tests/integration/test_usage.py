@@ -124,14 +124,17 @@ async def test_an_answer_that_does_not_succeed_keeps_no_report(database_url: str
         generator.reported.clear()
         shut_down = await start_json(client, project, "hold")
         await asyncio.wait_for(generator.reported.wait(), 5)
-        project_id = (await client.get(shut_down)).json()["project_id"]
+        shut_down_message = (await client.get(shut_down)).json()
+        project_id, owner_id = shut_down_message["project_id"], shut_down_message["created_by"]
     # The server has shut down, ending the last answer.
     assert failed.event == "error"
     assert outcome(failed.data["message"]) == ("error", None, None)
     assert cancelled.status_code == 202
     assert outcome(cancelled.json()["message"]) == ("cancelled", None, None)
     async with Store.single(database_url) as store:
-        found = await store.message_by_id(UUID(project_id), UUID(shut_down.rsplit("/", 1)[1]))
+        found = await store.message_by_id(
+            UUID(owner_id), UUID(project_id), UUID(shut_down.rsplit("/", 1)[1])
+        )
     assert found is not None and found.message.error is not None
     assert found.message.error.code == "server_shutdown"
     assert (found.message.usage, found.message.finish_reason) == (None, None)

@@ -6,7 +6,7 @@ import asyncpg
 import pytest
 
 from server.db import translate_errors
-from server.errors import DatabaseUnavailable, WriteConflict
+from server.errors import DatabaseUnavailable, DuplicateRequest, WriteConflict
 
 
 @pytest.mark.parametrize(
@@ -35,3 +35,28 @@ def test_a_writer_and_an_end_taking_the_same_event_id_is_a_write_conflict() -> N
     with pytest.raises(WriteConflict), translate_errors():
         raise error
     assert not issubclass(WriteConflict, DatabaseUnavailable)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (
+            'duplicate key value violates unique constraint "messages_idempotency_key_102078"',
+            DuplicateRequest,
+        ),
+        (
+            'duplicate key value violates unique constraint "event_chunks_pkey_102125"',
+            WriteConflict,
+        ),
+    ],
+)
+def test_a_citus_shard_violation_is_known_by_its_constraint_in_the_message(
+    message: str, expected: type[Exception]
+) -> None:
+    """Regression (Citus): an error relayed by the coordinator names the shard's constraint
+    (the schema's name and the shard's id) in its message only, without the constraint field:
+    a repeated client_request_id was a 500 instead of the existing pair."""
+    error = asyncpg.UniqueViolationError(message)
+    assert error.constraint_name is None
+    with pytest.raises(expected), translate_errors():
+        raise error
