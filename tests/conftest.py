@@ -45,10 +45,6 @@ CITUS_LEFT_OUT = {
     "PostgreSQL and pgbench on it, whatever the run",
     "tests/integration/test_bench_pace_client.py": "the benchmark's pace client, database-free "
     "past its set-up; it runs in the two other runs",
-    "tests/integration/test_cli.py::test_user_remove_under_concurrent_generations": "timing: it "
-    "needs a moment when none of three back-to-back generation loops runs; on the three-node "
-    "cluster on a 2-core machine a generation outlives the gap between two requests, and 200 "
-    "attempts found none (the removal itself runs: test_user_remove_deletes_the_user_...)",
 }
 # Every table, emptied between tests on Citus (reference and distributed tables alike).
 _TABLES = "users, api_tokens, workers, user_running, projects, messages, event_chunks"
