@@ -323,7 +323,11 @@ class FaultProxy:
                 cut_after_send = False
                 for message in framer.feed(data):
                     if message.kind == "negotiate":
-                        link.reply_framer.expect_single_byte()
+                        # The proxy reads the wire, so it declines encryption itself ('N'), as a
+                        # server without TLS would; PostgreSQL never sees the request (a Citus
+                        # node turns TLS on, and the client would go on in TLS past the proxy).
+                        link.client_writer.write(b"N")
+                        continue
                     text = _statement_text(link, message)
                     if self._blip is not None and text is not None and self._blip[0] in text:
                         self._blip_now(self._blip[1])
