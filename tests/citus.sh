@@ -17,9 +17,14 @@ if [ -z "${CITUS_URL:-}" ]; then
   dir=$(mktemp -d "${TMPDIR:-/tmp}/orderly-citus.XXXXXX")
   trap '"$shared/cluster.sh" stop "$dir" || true; rm -rf "$dir"' EXIT
   CITUS_URL=$("$shared/cluster.sh" start "$dir" "${CITUS_PORT:-9700}" 2 | tail -1)
+  # The tests that fail a node (tests/citus_cluster.py) need the cluster's folder and tooling.
+  export TEST_CITUS_DIR=$dir TEST_CITUS_SHARED=$shared
+elif [ -n "${CITUS_DIR:-}" ]; then
+  # A cluster of cluster.sh's started beforehand: its folder lets the tests stop its nodes.
+  export TEST_CITUS_DIR=$CITUS_DIR TEST_CITUS_SHARED=${CITUS_SHARED:-../shared/citus}
 fi
 echo "Citus cluster: $CITUS_URL"
-# The integration suite, unless the arguments name tests of their own.
-paths=(tests/integration)
+# The integration suite and the Citus fault seed, unless the arguments name tests of their own.
+paths=(tests/integration tests/faults/test_under_faults.py)
 for arg in "$@"; do [[ $arg == tests/* ]] && paths=(); done
 TEST_CITUS_URL=$CITUS_URL "$py" -m pytest "${paths[@]}" "$@"

@@ -21,8 +21,15 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from server.db import Session, connect
+from server.db import connect
 from server.migrate import migrate
+from tests.citus_cluster import (
+    CITUS_URL,
+    create_citus_database,
+    drop_citus_database,
+    nodes_can_stop,
+    with_database,
+)
 from tests.faults.proxy import FaultProxy
 from tests.processes import ServerProcess, Spawn
 
@@ -31,14 +38,10 @@ with warnings.catch_warnings():
     from server.embedded import EmbeddedPostgres, free_port
 
 
-CITUS_URL = os.environ.get("TEST_CITUS_URL")
-
 # The only list of tests that do not run on Citus (`make test-citus`), each with the reason.
 CITUS_LEFT_OUT = {
     "tests/integration/test_fuzz.py": "clones a migrated template database per example: on Citus "
     "TEMPLATE does not copy a distribution, and a cluster database per example is too slow",
-    "tests/faults/": "the fault suite stops and starts its own single PostgreSQL; on Citus, one "
-    "seed runs through the proxy in front of the coordinator (not done yet: docs/scaling.md)",
     "tests/browser/": "the browser tests check the pages, not the database; they run in the two "
     "other runs",
     "tests/integration/test_bench_smoke.py": "the benchmark's smoke test uses the machine's "
@@ -46,6 +49,15 @@ CITUS_LEFT_OUT = {
     "tests/integration/test_bench_pace_client.py": "the benchmark's pace client, database-free "
     "past its set-up; it runs in the two other runs",
 }
+# The tests that stop and start the cluster's nodes (the fault seed restarts the coordinator; the
+# node test stops a worker node) need a local cluster's folder: a cluster given by CITUS_URL alone
+# (tests/citus.sh did not start it) does not let them.
+if not nodes_can_stop():
+    for _stopping in ("tests/faults/test_under_faults.py", "tests/integration/test_citus_node.py"):
+        CITUS_LEFT_OUT[_stopping] = (
+            "stops and starts the cluster's nodes, which only a cluster that tests/citus.sh "
+            "started itself lets it do (CITUS_URL names one it cannot stop)"
+        )
 # Every table, emptied between tests on Citus (reference and distributed tables alike).
 _TABLES = "users, api_tokens, workers, user_running, projects, messages, event_chunks"
 
@@ -57,12 +69,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for prefix, reason in CITUS_LEFT_OUT.items():
             if item.nodeid.startswith(prefix):
                 item.add_marker(pytest.mark.skip(reason=f"left out on Citus: {reason}"))
-
-
-def _with_database(url: str, name: str) -> str:
-    base, _, rest = url.rpartition("/")
-    query = rest.partition("?")[2]
-    return f"{base}/{name}" + (f"?{query}" if query else "")
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +104,7 @@ async def template_name(admin_url: str) -> AsyncIterator[str | None]:
     async with connect(admin_url) as session:
         await session.execute_sql(f'DROP DATABASE IF EXISTS "{name}"')
         await session.execute_sql(f'CREATE DATABASE "{name}"')
-    async with connect(_with_database(admin_url, name)) as session:
+    async with connect(with_database(admin_url, name)) as session:
         await migrate(session)
     yield name
     async with connect(admin_url) as session:
@@ -111,59 +117,13 @@ async def empty_database_url(admin_url: str) -> AsyncIterator[str]:
     every node and the workers registered, as `cluster.sh db` makes them."""
     name = f"orderly_test_{uuid.uuid4().hex[:12]}"
     if CITUS_URL:
-        yield await _citus_database(name)
-        await _drop_citus_database(name)
+        yield await create_citus_database(name)
+        await drop_citus_database(name)
         return
     async with connect(admin_url) as session:
         await session.execute_sql(f'CREATE DATABASE "{name}"')
-    yield _with_database(admin_url, name)
+    yield with_database(admin_url, name)
     await _drop(admin_url, name)
-
-
-async def _citus_database(name: str) -> str:
-    """A database ``name`` on every node of the cluster, citus in it, the workers registered."""
-    assert CITUS_URL is not None
-    nodes = [CITUS_URL, *await _citus_workers()]
-    for url in nodes:
-        async with connect(url) as session:
-            await session.execute_sql(f'CREATE DATABASE "{name}"')
-        async with connect(_with_database(url, name)) as session:
-            await session.execute_sql("CREATE EXTENSION citus")
-    async with connect(_with_database(CITUS_URL, name)) as session:
-        await _register_workers(session, CITUS_URL)
-    return _with_database(CITUS_URL, name)
-
-
-async def _drop_citus_database(name: str) -> None:
-    assert CITUS_URL is not None
-    for url in [CITUS_URL, *await _citus_workers()]:
-        await _drop(url, name)
-
-
-async def _citus_workers() -> list[str]:
-    """The `postgres` database of each worker node of the cluster of TEST_CITUS_URL."""
-    assert CITUS_URL is not None
-    async with connect(CITUS_URL) as session:
-        nodes: list[str] = await session.fetchval_sql(
-            "SELECT array_agg(nodename || ':' || nodeport) FROM pg_dist_node WHERE groupid <> 0"
-        )
-    return [f"postgresql://postgres@{node}/postgres" for node in nodes]
-
-
-async def _register_workers(session: Session, source: str) -> None:
-    """Register, in a new database, the coordinator and the workers of ``source``'s."""
-    async with connect(source) as known:
-        coordinator = await known.fetchval_sql(
-            "SELECT nodename || ':' || nodeport FROM pg_dist_node WHERE groupid = 0"
-        )
-        workers = await known.fetchval_sql(
-            "SELECT array_agg(nodename || ':' || nodeport) FROM pg_dist_node WHERE groupid <> 0"
-        )
-    host, port = coordinator.rsplit(":", 1)
-    await session.execute_sql("SELECT citus_set_coordinator_host($1, $2)", host, int(port))
-    for node in workers:
-        host, port = node.rsplit(":", 1)
-        await session.execute_sql("SELECT citus_add_node($1, $2)", host, int(port))
 
 
 @pytest.fixture(scope="session")
@@ -173,12 +133,12 @@ async def citus_database() -> AsyncIterator[str | None]:
         yield None
         return
     name = f"orderly_test_{os.getpid()}"
-    await _drop_citus_database(name)
-    url = await _citus_database(name)
+    await drop_citus_database(name)
+    url = await create_citus_database(name)
     async with connect(url) as session:
         await migrate(session)
     yield url
-    await _drop_citus_database(name)
+    await drop_citus_database(name)
 
 
 @pytest.fixture
@@ -194,7 +154,7 @@ async def database_url(
     name = f"orderly_test_{uuid.uuid4().hex[:12]}"
     async with connect(admin_url) as session:
         await session.execute_sql(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"')
-    yield _with_database(admin_url, name)
+    yield with_database(admin_url, name)
     await _drop(admin_url, name)
 
 

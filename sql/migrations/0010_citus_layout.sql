@@ -102,6 +102,7 @@ LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     terminal integer;
     ended messages;
+    queued boolean;
 BEGIN
     IF caller IS NOT NULL AND caller <> o THEN
         RETURN;
@@ -153,13 +154,18 @@ BEGIN
     UPDATE user_running SET running_generations = greatest(0, running_generations - 1)
     WHERE user_id = o;
     -- An answer that ended may have been the last before a queued answer's turn: looked at once
-    -- the user's row is locked (this statement's snapshot is taken now).
-    PERFORM pg_notify('orderly_queue', o::text || '/' || p::text)
-    WHERE EXISTS (
+    -- the user's row is locked (this statement's snapshot is taken now). The look and the NOTIFY
+    -- are two statements: on Citus one statement would be routed whole to the owner's node, and
+    -- its NOTIFY would stay there, where no worker listens (and a transaction that NOTIFYs on a
+    -- node cannot be prepared there, which Citus's two-phase commit does).
+    SELECT EXISTS (
         SELECT 1 FROM messages AS q
         WHERE q.created_by = o AND q.project_id = p AND q.status = 'pending'
           AND q.lease_owner IS NULL
-    );
+    ) INTO queued;
+    IF queued THEN
+        PERFORM pg_notify('orderly_queue', o::text || '/' || p::text);
+    END IF;
     -- Every worker: the writer stops its generator, listeners read the end.
     PERFORM pg_notify('orderly_cancel', m::text), pg_notify('orderly_events', m::text);
     RETURN NEXT ended;

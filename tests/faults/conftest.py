@@ -21,12 +21,24 @@ import pytest
 
 from server.db import connect
 from server.migrate import migrate
+from tests.citus_cluster import (
+    CITUS_URL,
+    CitusNode,
+    citus_workers,
+    cluster_nodes,
+    create_citus_database,
+    drop_citus_database,
+    with_database,
+)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from server.embedded import EmbeddedPostgres, free_port
 
 CI_SEEDS = (1, 2, 3)
+# On Citus (`make test-citus`) one seed, through the proxy in front of the coordinator: seed 1's
+# schedule has every kind of fault, the coordinator's restart included.
+CITUS_SEEDS = (1,)
 DEFAULT_WINDOW = 20.0
 
 
@@ -38,7 +50,7 @@ def chosen_seeds() -> list[int]:
     if count := os.environ.get("SOAK_SEEDS"):
         first = os.environ.get("SOAK_FIRST_SEED") or str(random.SystemRandom().randrange(10**6))
         return list(range(int(first), int(first) + int(count)))
-    return list(CI_SEEDS)
+    return list(CITUS_SEEDS if CITUS_URL else CI_SEEDS)
 
 
 def fault_window() -> float:
@@ -52,9 +64,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="module")
-def fault_postgres() -> Iterator[EmbeddedPostgres]:
+def fault_postgres() -> Iterator[EmbeddedPostgres | CitusNode]:
     """A PostgreSQL the suite may stop and start, whatever TEST_DATABASE_URL says; outside
-    pytest's temporary directory (see test_survival's ``own_postgres`` for why)."""
+    pytest's temporary directory (see test_survival's ``own_postgres`` for why). On Citus, the
+    local cluster's coordinator (the proxy stands in front of it; it restarts as a single
+    PostgreSQL does)."""
+    if CITUS_URL:
+        coordinator, _ = cluster_nodes()
+        yield coordinator
+        coordinator.start()
+        return
     data_dir = Path(tempfile.mkdtemp(prefix="orderly-faults-"))
     server = EmbeddedPostgres(data_dir / "pg", free_port(), durable=False)
     try:
@@ -66,21 +85,40 @@ def fault_postgres() -> Iterator[EmbeddedPostgres]:
 
 
 @pytest.fixture
-async def fault_database(fault_postgres: EmbeddedPostgres) -> AsyncIterator[str]:
+def postgres_logs(fault_postgres: EmbeddedPostgres | CitusNode) -> list[Path]:
+    """The server logs in which the run looks for deadlocks: on Citus, every node's."""
+    if isinstance(fault_postgres, CitusNode):
+        coordinator, workers = cluster_nodes()
+        return [node.log_path for node in (coordinator, *workers)]
+    return [fault_postgres.data_dir / "server.log"]
+
+
+@pytest.fixture
+async def fault_database(fault_postgres: EmbeddedPostgres | CitusNode) -> AsyncIterator[str]:
     """A fresh, migrated database on ``fault_postgres``; its name is the URL's last part."""
     fault_postgres.start()  # running already, unless an earlier run died with it stopped
     name = f"orderly_faults_{uuid.uuid4().hex[:12]}"
-    async with connect(fault_postgres.url) as session:
-        await session.execute_sql(f'CREATE DATABASE "{name}"')
-        # The schedule's immediate shutdown is a crash. With synchronous_commit off (the test
-        # cluster's setting) a crash loses commits acknowledged in its last moments, which a
-        # production database does not: commits wait for their WAL write here. (fsync stays
-        # off: the operating system does not crash.)
-        await session.execute_sql(f'ALTER DATABASE "{name}" SET synchronous_commit = on')
-    url = fault_postgres.url.rsplit("/", 1)[0] + f"/{name}"
+    # The schedule's immediate shutdown is a crash. With synchronous_commit off (the test
+    # cluster's setting) a crash loses commits acknowledged in its last moments, which a
+    # production database does not: commits wait for their WAL write here. (fsync stays off: the
+    # operating system does not crash.)
+    synchronous = f'ALTER DATABASE "{name}" SET synchronous_commit = on'
+    if CITUS_URL:
+        url = await create_citus_database(name)
+        for node in [CITUS_URL, *await citus_workers()]:
+            async with connect(node) as session:
+                await session.execute_sql(synchronous)
+    else:
+        async with connect(fault_postgres.url) as session:
+            await session.execute_sql(f'CREATE DATABASE "{name}"')
+            await session.execute_sql(synchronous)
+        url = with_database(fault_postgres.url, name)
     async with connect(url) as session:
         await migrate(session)
     yield url
     fault_postgres.start()
+    if CITUS_URL:
+        await drop_citus_database(name)
+        return
     async with connect(fault_postgres.url) as session:
         await session.execute_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

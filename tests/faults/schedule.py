@@ -17,8 +17,8 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
-from server.embedded import EmbeddedPostgres
 from tests.faults.proxy import FaultProxy
 
 LEASE_SECONDS = 3.0  # the servers' lease: the schedule's outages are drawn around it
@@ -92,10 +92,21 @@ def _draw(rng: random.Random, kind: str, start: float, slot: float) -> Fault:
     return Fault(at, kind, downtime, mode=rng.choice(("fast", "immediate")))
 
 
+class Restartable(Protocol):
+    """The database that ``restart_postgres`` stops and starts: the suite's own PostgreSQL
+    (``EmbeddedPostgres``), or on Citus the coordinator (``tests/citus_cluster.py``)."""
+
+    def is_running(self) -> bool: ...
+
+    def start(self) -> str: ...
+
+    def stop(self, mode: str = "fast") -> None: ...
+
+
 class FaultRunner:
     """Carries out a schedule against a proxy and the PostgreSQL behind it; keeps a log."""
 
-    def __init__(self, proxy: FaultProxy, postgres: EmbeddedPostgres, began: float) -> None:
+    def __init__(self, proxy: FaultProxy, postgres: Restartable, began: float) -> None:
         """``began``: the run's start, in ``time.monotonic()`` seconds."""
         self.proxy = proxy
         self.postgres = postgres

@@ -20,6 +20,7 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +29,7 @@ import pytest
 from server.embedded import EmbeddedPostgres
 from server.generators.demo import demo_answer
 from server.heartbeat import renewal_interval
+from tests.citus_cluster import CitusNode
 from tests.fake_openai import FakeModel
 from tests.faults import invariants
 from tests.faults.clients import RETRYABLE, Client, ClientRecord, read_stream
@@ -41,7 +43,13 @@ from tests.faults.report import (
     summary,
     write_report,
 )
-from tests.faults.schedule import LEASE_SECONDS, LONG_OUTAGE, FaultRunner, fault_schedule
+from tests.faults.schedule import (
+    LEASE_SECONDS,
+    LONG_OUTAGE,
+    FaultRunner,
+    Restartable,
+    fault_schedule,
+)
 from tests.faults.script import PROJECTS_PER_USER, USERS, client_script
 from tests.faults.upstream import demo_like
 from tests.faults.watch import Watcher, check_counts, counts
@@ -103,15 +111,18 @@ STARTUP_TIMEOUT = 60.0  # for a server process to answer /healthz
 
 
 async def test_invariants_hold_under_faults(
-    fault_seed: int, fault_postgres: EmbeddedPostgres, fault_database: str, spawn: Spawn
+    fault_seed: int,
+    fault_postgres: EmbeddedPostgres | CitusNode,
+    fault_database: str,
+    postgres_logs: list[Path],
+    spawn: Spawn,
 ) -> None:
     window = fault_window()
     print(f"rerun: {rerun_command(fault_seed, window)}")
     tokens = [await create_user(fault_database, f"user{u}") for u in range(USERS)]
     database = fault_database.rsplit("/", 1)[1]
     generator = generator_for(fault_seed)
-    postgres_log = fault_postgres.data_dir / "server.log"
-    postgres_log_from = postgres_log.stat().st_size if postgres_log.exists() else 0
+    logs_from = {log: log.stat().st_size if log.exists() else 0 for log in postgres_logs}
     model_problems: list[str] = []
     model = FakeModel([demo_like(DEMO_DELTAS, DEMO_DELTA_MS / 1000, model_problems)])
     async with model, FaultProxy(fault_postgres.port, seed=fault_seed, origins=2) as proxy:
@@ -144,9 +155,11 @@ async def test_invariants_hold_under_faults(
     for server in servers:
         lines = server.log_path.read_text(errors="replace").splitlines()
         run.violations += invariants.check_log_lines(server.name, lines)
-    with postgres_log.open("rb") as log:  # this run's part: a deadlock is logged there
-        log.seek(postgres_log_from)
-        postgres_says = log.read().decode(errors="replace")
+    postgres_says = ""
+    for path, start in logs_from.items():  # this run's part: a deadlock is logged there
+        with path.open("rb") as log:
+            log.seek(start)
+            postgres_says += log.read().decode(errors="replace")
     run.violations += invariants.check_log_lines("PostgreSQL", postgres_says.splitlines())
     print(summary(run))
     write_report(run)
@@ -196,7 +209,7 @@ async def create_projects(http: list[list[httpx.AsyncClient]]) -> list[list[str]
 async def faults_and_clients(
     run: Run,
     proxy: FaultProxy,
-    postgres: EmbeddedPostgres,
+    postgres: Restartable,
     http: list[list[httpx.AsyncClient]],
     database_url: str,
 ) -> None:

@@ -38,16 +38,24 @@ WHERE q.role = 'assistant' AND q.status = 'pending' AND q.lease_owner IS NULL
   AND q.queued_at IS NOT NULL
   AND NOT EXISTS (
       SELECT 1 FROM messages AS e
-      WHERE e.project_id = q.project_id AND e.sequence < q.sequence AND e.role = 'assistant'
+      WHERE e.created_by = q.created_by AND e.project_id = q.project_id
+        AND e.sequence < q.sequence AND e.role = 'assistant'
         AND e.status IN ('pending', 'streaming'))
 """
 
+# Per user, the count and the running answers; written so that Citus runs it shard by shard (a
+# user's count and messages share a shard, so each user's two figures come from one snapshot
+# there too: a multi-shard statement reads each shard at its own moment).
 COUNTS = """
-SELECT u.username, coalesce(r.running_generations, 0) AS counted,
-       (SELECT count(*) FROM messages AS m
-        WHERE m.created_by = u.id AND m.role = 'assistant'
-          AND m.status IN ('pending', 'streaming')) AS running
-FROM users AS u LEFT JOIN user_running AS r ON r.user_id = u.id ORDER BY u.username
+SELECT u.username, x.counted, x.running
+FROM (SELECT coalesce(r.user_id, m.created_by) AS user_id,
+             coalesce(r.running_generations, 0) AS counted, coalesce(m.running, 0) AS running
+      FROM user_running AS r
+      FULL JOIN (SELECT created_by, count(*) AS running FROM messages
+                 WHERE role = 'assistant' AND status IN ('pending', 'streaming')
+                 GROUP BY created_by) AS m ON m.created_by = r.user_id) AS x
+JOIN users AS u ON u.id = x.user_id
+ORDER BY u.username
 """
 
 

@@ -19,7 +19,7 @@ import asyncpg
 import httpx
 import pytest
 
-from server.db import TimedConnection
+from server.db import Database, TimedConnection
 from server.errors import DatabaseUnavailable, WorkerUnavailable
 from server.heartbeat import Heartbeat
 from server.store import Store
@@ -293,3 +293,27 @@ async def test_a_timed_connection_abandons_a_stuck_statement_and_the_next_runs_o
         assert await connection.fetch("renew_worker", worker, 30)
     finally:
         await connection.close()
+
+
+async def test_the_pool_and_the_heartbeat_connections_look_types_up_without_jit_or_shard_hiding(
+    database_url: str,
+) -> None:
+    """Regression (seen on Citus in the fault seed): asyncpg's type lookup on each new connection
+    (uuid[], int4[]) took seconds with JIT on, and 1 to 3 s on a Citus coordinator that hid its
+    shards from the catalogs; a heartbeat on a fresh connection missed its interval, and a live
+    worker lost its answers. Every connection of the service's sets both off first."""
+    db = Database(database_url, min_size=1, max_size=1)
+    await db.open()
+    try:
+        async with db.pool.acquire() as conn:
+            assert await conn.fetchval("SHOW jit") == "off"
+            assert await conn.fetchval("SHOW citus.override_table_visibility") == "off"
+    finally:
+        await db.close()
+    timed = TimedConnection(database_url, timeout=5.0)
+    try:
+        conn = await timed._connection()
+        assert await conn.fetchval("SHOW jit") == "off"
+        assert await conn.fetchval("SHOW citus.override_table_visibility") == "off"
+    finally:
+        timed.abandon()
