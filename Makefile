@@ -42,7 +42,7 @@ run: $(RUN_STAMP) ## Start the service on SERVE_URL (installs only what it needs
 test: $(DEV_STAMP) ## Run the test suite (installs the dev extras; embedded PostgreSQL, or TEST_DATABASE_URL); FAULT_SEED=N reruns a fault seed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-citus: $(DEV_STAMP) ## The integration suite on a Citus cluster: CITUS_URL, or a local one made with ../shared/citus (docs/scaling.md)
+test-citus: $(DEV_STAMP) ## The integration suite and one fault seed on a Citus cluster: CITUS_URL, or a local one made with ../shared/citus (docs/scaling.md)
 	PY=$(PY) tests/citus.sh $(PYTEST_ARGS)
 
 SOAK_SEEDS ?= 20
