@@ -37,6 +37,9 @@ async def step(
 ) -> None:
     """Run the step, its results written into ``into`` as they come (``skipped`` and why, when
     there is no Citus here)."""
+    if plan.name == "smoke" and not url:
+        into["skipped"] = "no local cluster is started in smoke mode (give --citus-url)"
+        return
     folder = citus_cluster.shared_folder()
     cluster, why = await citus_cluster.find(url, folder, port, plan.citus.workers)
     if cluster is None:
