@@ -86,7 +86,7 @@ def _missing(results: R) -> str:
         return f"not at {TARGET_N:,} answers in this run ({n_(c.get('answers'))})"
     side = (c.get("sides") or {}).get("citus") or {}
     if "error" in side:
-        return "missed: the run failed"
+        return f"missed: the step failed ({str(side['error']).splitlines()[0][:160]})"
     return ""
 
 
@@ -161,7 +161,7 @@ def _why(side: R) -> str:
     if "skipped" in side:
         return f"skipped: {side['skipped']}"
     if "error" in side:
-        return "failed: " + str(side["error"]).splitlines()[0][:200]
+        return "failed: " + str(side["error"]).splitlines()[0][:200].replace("|", "/")
     return "—"
 
 

@@ -83,7 +83,7 @@ class CitusStep:
             entry = await side.describe()
             self.results["sides"][key] = entry
             try:
-                entry.update(await self.side(pace, side))
+                entry.update(await self.side(pace, side, broken))
             except Exception as exc:
                 logger.exception("citus step: the %s side failed", key)
                 entry["error"] = f"{type(exc).__name__}: {exc}"[:2000]
@@ -96,16 +96,24 @@ class CitusStep:
         if broken:
             raise RuntimeError("; ".join(broken))
 
-    async def side(self, pace: ModelPace, side: Target) -> dict[str, Any]:
+    async def side(self, pace: ModelPace, side: Target, broken: list[str]) -> dict[str, Any]:
+        """The steady step, then pgbench on the same database (also when the step failed: a
+        side too slow for the step's N still has its statements' cost measured)."""
         n = self.plan.citus.answers
         ctx = await pace.context(side, self.build)
         logger.info("citus step: %d answers on %s", n, side.label)
-        async with pace.server(ctx, self.build, "citus", pace.steady(n)) as server:
-            step = await pace.step(ctx, server, pace.steady(n), f"c{n}")
-        statements = [
+        out: dict[str, Any] = {}
+        try:
+            async with pace.server(ctx, self.build, "citus", pace.steady(n)) as server:
+                out["step"] = await pace.step(ctx, server, pace.steady(n), f"c{n}")
+        except Exception as exc:
+            logger.exception("citus step: the steady step on %s failed", side.label)
+            out["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+            broken.append(f"{side.key}: {exc!r}"[:500])
+        out["pgbench"] = [
             await self.pgbench(ctx, clients) for clients in self.plan.citus.pgbench_clients
         ]
-        return {"step": step, "pgbench": statements}
+        return out
 
     async def pgbench(self, ctx: Context, clients: int) -> dict[str, Any]:
         """The generation script over the side's seeded projects (after its step: the server

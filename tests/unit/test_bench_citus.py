@@ -69,4 +69,14 @@ def test_a_smaller_run_is_reported_but_judges_no_target() -> None:
     out = results({"answers": 100, "sides": {"citus": {"step": step(1.0, 10.0)}}})
     pace, lag, _ = targets(out)
     assert pace["met"] is None and "not at 1,000 answers" in pace["verdict"]
+    assert lag["met"] is None
     assert "| delivery lag p99 ms | — | 10 |" in "\n".join(section(out))
+
+
+def test_a_failed_step_misses_its_targets_and_says_why() -> None:
+    error = "RuntimeError: warm-up: 23 answer(s) still running 30 s after their cancel"
+    out = results({"answers": 1000, "sides": {"citus": {"error": error, "pgbench": []}}})
+    pace, lag, _ = targets(out)
+    assert pace["met"] is False and lag["met"] is False
+    assert "23 answer(s) still running" in pace["verdict"]
+    assert "failed: RuntimeError: warm-up" in "\n".join(section(out))
