@@ -11,6 +11,7 @@ from bench.pace.results import TARGET_N, R, n_
 from bench.pace.targets import _entry
 
 SIDES = (("single", "one PostgreSQL"), ("citus", "Citus"))
+DURABILITY = ("fsync", "synchronous_commit", "full_page_writes")
 WHERE = f"the Citus step's steady step of {TARGET_N:,}"
 
 
@@ -130,12 +131,12 @@ def section(results: R) -> list[str]:
             lambda s: f"{s['failures']} / " + ("held" if s["invariants"]["ok"] else "BROKEN"),
         ),
     ]
-    for name, fmt in rows:
+    for i, (name, fmt) in enumerate(rows):
         cells = []
         for key, _ in SIDES:
             side = sides.get(key) or {}
             step = side.get("step")
-            cells.append(fmt(step) if step else _why(side))
+            cells.append(fmt(step) if step else _why(side) if i == 0 else "—")
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     out.append("")
     out.extend(_statements(sides))
@@ -180,14 +181,15 @@ def _durability(sides: R) -> str:
         settings = nodes or ({"": side["settings"]} if side.get("settings") else {})
         if not settings:
             continue
-        text = "; ".join(
-            (f"node {port}: " if port else "")
-            + ", ".join(
-                f"{k} {v.get(k, '?')}" for k in ("fsync", "synchronous_commit", "full_page_writes")
-            )
+        texts = {
+            port: ", ".join(f"{k} {v.get(k, '?')}" for k in DURABILITY)
             for port, v in settings.items()
-        )
-        parts.append(f"{name}, {text}")
+        }
+        if len(set(texts.values())) == 1:
+            every = "every node: " if len(texts) > 1 else ""
+            parts.append(f"{name}, {every}{next(iter(texts.values()))}")
+        else:
+            parts.append(f"{name}, " + "; ".join(f"node {p}: {t}" for p, t in texts.items()))
     return "; ".join(parts) if parts else "settings not recorded"
 
 

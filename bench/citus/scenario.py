@@ -20,6 +20,7 @@ import logging
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,7 @@ class CitusStep:
                 entry.update(await self.side(pace, side, broken))
             except Exception as exc:
                 logger.exception("citus step: the %s side failed", key)
-                entry["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+                entry["error"] = describe(exc)
                 broken.append(f"{key}: {exc!r}"[:500])
             finally:
                 await side.drop()
@@ -108,7 +109,7 @@ class CitusStep:
                 out["step"] = await pace.step(ctx, server, pace.steady(n), f"c{n}")
         except Exception as exc:
             logger.exception("citus step: the steady step on %s failed", side.label)
-            out["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+            out["error"] = describe(exc)
             broken.append(f"{side.key}: {exc!r}"[:500])
         out["pgbench"] = [
             await self.pgbench(ctx, clients) for clients in self.plan.citus.pgbench_clients
@@ -168,6 +169,17 @@ class CitusStep:
             database_cores,
         )
         return result
+
+
+def describe(exc: BaseException) -> str:
+    """The exception, and where in the harness it was raised when it says nothing itself (a
+    timeout)."""
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    if not str(exc):
+        ours = [f for f in traceback.extract_tb(exc.__traceback__) if "/bench/" in f.filename]
+        if ours:
+            text += f" (in {Path(ours[-1].filename).name}, {ours[-1].name})"
+    return text[:2000]
 
 
 async def one_node_check(url: str) -> dict[str, Any]:
