@@ -123,6 +123,14 @@ def generation_script(queries_sql: Path) -> tuple[str, dict[str, Any]]:
     }
 
 
+def reserve_script(generation: str) -> str:
+    """The generation script cut after its ``reserve_pair`` (a reservation alone)."""
+    head, sep, _ = generation.partition(" \\aset\n")
+    if not sep:
+        raise ValueError("not a generation script")
+    return head + ";\n"
+
+
 @dataclass
 class PgbenchRun:
     clients: int

@@ -75,7 +75,27 @@ def targets(results: R) -> list[R]:
             met=bool(passed),
             verdict="met" if passed else "missed",
         )
-    return [*out, entry]
+    return [*out, entry, _one_owner_target(c)]
+
+
+OTHER_NODE_LIMIT = 0.5  # commits per generation on a worker that holds none of the owner's shards
+
+
+def _one_owner_target(c: R) -> R:
+    one = ((c.get("sides") or {}).get("citus") or {}).get("one_owner") or {}
+    value = one.get("other_nodes_commits_per_generation")
+    why = f"skipped: {c['skipped']}" if c.get("skipped") else "not measured"
+    return _entry(
+        "Citus: a generation's statements commit on the owner's worker node only",
+        "< 0.5",
+        OTHER_NODE_LIMIT,
+        "commits",
+        value,
+        lambda v: f"{v:.2f} commits per generation on another worker",
+        why,
+        "pgbench with one client on one owner: transactions committed on each other worker "
+        "node (`pg_stat_database`) per generation",
+    )
 
 
 def _missing(results: R) -> str:
@@ -140,6 +160,7 @@ def section(results: R) -> list[str]:
         out.append(f"| {name} | " + " | ".join(cells) + " |")
     out.append("")
     out.extend(_statements(sides))
+    out.extend(_one_owner((sides.get("citus") or {}).get("one_owner")))
     check = c.get("one_node") or {}
     if check:
         verdict = {True: "passed", False: "FAILED", None: "not run"}[check.get("passed")]
@@ -215,4 +236,26 @@ def _statements(sides: R) -> list[str]:
             f"| {n_(per.get('reserve_pair'), 2)} | {n_(per.get('flush'), 2)} "
             f"| {n_(r.get('database_cpu_ms_per_generation'), 2)} | {r['failed']} |"
         )
+    return [*out, ""]
+
+
+def _one_owner(one: R | None) -> list[str]:
+    if not one:
+        return []
+    home = one.get("owner_node")
+    out = [
+        "Where a request's statements run, not only where EXPLAIN plans them: pgbench with one "
+        "client on one owner (whose shards are on the worker node on port "
+        f"{home}), a reservation alone and then whole generations, and the transactions "
+        "committed in the database on each worker node meanwhile, per reservation or "
+        "generation (a worker that holds none of the owner's shards should see about none):\n",
+    ]
+    by = one.get("by_script") or {}
+    ports = sorted({p for v in by.values() for p in v["commits_per_one"]})
+    heads = [f"worker {p}" + (" (the owner's)" if p == str(home) else "") for p in ports]
+    out.append("| statements | runs | " + " | ".join(heads) + " |")
+    out.append("|---|---|" + "---|" * len(ports))
+    for label, v in by.items():
+        cells = " | ".join(n_(v["commits_per_one"].get(p), 2) for p in ports)
+        out.append(f"| `{label}` | {v['generations']} | {cells} |")
     return [*out, ""]

@@ -23,9 +23,12 @@ import sys
 import traceback
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
-from bench import pgbench
-from bench.citus.cluster import Cluster, citus_target
+import asyncpg
+
+from bench import database, pgbench
+from bench.citus.cluster import CitusTarget, Cluster, citus_target, node_url
 from bench.machine import CpuMeter
 from bench.pace.figures import NODE_PREFIX
 from bench.pace.run import Client
@@ -37,6 +40,8 @@ from bench.scenarios import with_other
 from bench.server import REPO_ROOT
 
 logger = logging.getLogger("bench")
+ONE_OWNER_S = 3.0  # each pgbench run on one owner
+STATS_FLUSH_S = 2.0
 ONE_NODE_TEST = (
     "tests/integration/test_operations.py::test_every_request_statement_runs_on_one_node"
 )
@@ -114,6 +119,58 @@ class CitusStep:
         out["pgbench"] = [
             await self.pgbench(ctx, clients) for clients in self.plan.citus.pgbench_clients
         ]
+        if isinstance(side, CitusTarget):
+            out["one_owner"] = await self.one_owner(ctx, side)
+        return out
+
+    async def one_owner(self, ctx: Context, side: CitusTarget) -> dict[str, Any]:
+        """Which worker nodes a request's statements reach when they run, not only as
+        EXPLAIN plans them: pgbench with one client on one owner (a reservation alone, then
+        whole generations), and the transactions committed in the database on each worker
+        node meanwhile (``pg_stat_database.xact_commit``), per generation. A statement that
+        reaches one node leaves the other workers at about zero (their own background work)."""
+        assert side.cluster is not None
+        n = ctx.numbers[0]
+        owner = database.user_id(n)
+        home = await _home_port(ctx.url, owner)
+        name = ctx.url.rsplit("/", 1)[-1]
+        workers = {
+            port: node_url(side.cluster.url, host, port, name)
+            for host, port in side.cluster.workers
+        }
+        generation, _ = pgbench.generation_script(self.build.source.queries)
+        out: dict[str, Any] = {"owner_node": home, "by_script": {}}
+        for label, text in (
+            ("reserve_pair", pgbench.reserve_script(generation)),
+            ("reserve_pair + flush", generation),
+        ):
+            script = self.workdir / "citus-one-owner.pgbench.sql"
+            script.write_text(text)
+            before = await _commits(workers)
+            run = await pgbench.run_pgbench(
+                self.bin_dir,
+                ctx.url,
+                script,
+                clients=1,
+                seconds=ONE_OWNER_S,
+                variables={"lo": n, "hi": n},
+            )
+            await asyncio.sleep(STATS_FLUSH_S)  # a backend's counts reach the view within 1 s
+            after = await _commits(workers)
+            per = {
+                str(port): round((after[port] - before[port]) / max(1, run.transactions), 2)
+                for port in workers
+            }
+            out["by_script"][label] = {"generations": run.transactions, "commits_per_one": per}
+            logger.info(
+                "  citus step: %s on one owner (home node %s): commits per one on each worker %s",
+                label,
+                home,
+                per,
+            )
+        whole = out["by_script"]["reserve_pair + flush"]["commits_per_one"]
+        others = [v for port, v in whole.items() if port != str(home)]
+        out["other_nodes_commits_per_generation"] = max(others) if others else 0.0
         return out
 
     async def pgbench(self, ctx: Context, clients: int) -> dict[str, Any]:
@@ -169,6 +226,35 @@ class CitusStep:
             database_cores,
         )
         return result
+
+
+async def _home_port(url: str, owner: UUID) -> int | None:
+    """The worker node holding ``owner``'s shards."""
+    conn = await asyncpg.connect(url)
+    try:
+        port = await conn.fetchval(
+            "SELECT n.nodeport FROM pg_dist_placement AS pl JOIN pg_dist_node AS n USING"
+            " (groupid) WHERE pl.shardid = get_shard_id_for_distribution_column('projects', $1)",
+            owner,
+        )
+    finally:
+        await conn.close()
+    return int(port) if port is not None else None
+
+
+async def _commits(workers: dict[int, str]) -> dict[int, int]:
+    out = {}
+    for port, url in workers.items():
+        conn = await asyncpg.connect(url)
+        try:
+            out[port] = int(
+                await conn.fetchval(
+                    "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+                )
+            )
+        finally:
+            await conn.close()
+    return out
 
 
 def describe(exc: BaseException) -> str:

@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from bench.citus.report import section, targets
-from bench.pgbench import PgbenchRun, statement_latencies
+from bench.pgbench import PgbenchRun, generation_script, reserve_script, statement_latencies
+from bench.server import REPO_ROOT
 
 PGBENCH_R = """\
 latency average = 8.571 ms
@@ -36,7 +37,7 @@ def results(citus: dict[str, Any]) -> dict[str, Any]:
 def test_a_skipped_step_says_why_in_its_targets_and_its_section() -> None:
     out = results({"skipped": "no CITUS_URL, and no ../shared/citus/cluster.sh"})
     found = targets(out)
-    assert len(found) == 3
+    assert len(found) == 4
     assert all(t["met"] is None and "skipped: no CITUS_URL" in t["verdict"] for t in found)
     assert "Skipped in this run: no CITUS_URL" in "\n".join(section(out))
 
@@ -57,7 +58,7 @@ def step(p99: float, lag: float) -> dict[str, Any]:
 def test_targets_read_the_citus_side_at_1000_and_the_one_node_check() -> None:
     sides = {"single": {"step": step(1.0, 40.0)}, "citus": {"step": step(1.3, 120.0)}}
     out = results({"answers": 1000, "sides": sides, "one_node": {"test": "t", "passed": False}})
-    pace, lag, one_node = targets(out)
+    pace, lag, one_node, _ = targets(out)
     assert (pace["measured"], pace["met"]) == (1.3, False)
     assert (lag["measured"], lag["met"]) == (120.0, True)
     assert (one_node["met"], one_node["verdict"]) == (False, "missed")
@@ -67,7 +68,7 @@ def test_targets_read_the_citus_side_at_1000_and_the_one_node_check() -> None:
 
 def test_a_smaller_run_is_reported_but_judges_no_target() -> None:
     out = results({"answers": 100, "sides": {"citus": {"step": step(1.0, 10.0)}}})
-    pace, lag, _ = targets(out)
+    pace, lag, *_ = targets(out)
     assert pace["met"] is None and "not at 1,000 answers" in pace["verdict"]
     assert lag["met"] is None
     assert "| delivery lag p99 ms | — | 10 |" in "\n".join(section(out))
@@ -76,7 +77,28 @@ def test_a_smaller_run_is_reported_but_judges_no_target() -> None:
 def test_a_failed_step_misses_its_targets_and_says_why() -> None:
     error = "RuntimeError: warm-up: 23 answer(s) still running 30 s after their cancel"
     out = results({"answers": 1000, "sides": {"citus": {"error": error, "pgbench": []}}})
-    pace, lag, _ = targets(out)
+    pace, lag, *_ = targets(out)
     assert pace["met"] is False and lag["met"] is False
     assert "23 answer(s) still running" in pace["verdict"]
     assert "failed: RuntimeError: warm-up" in "\n".join(section(out))
+
+
+def test_a_generation_that_commits_on_another_worker_misses_the_one_node_target() -> None:
+    by = {
+        "reserve_pair": {"generations": 40, "commits_per_one": {"9601": 5.1, "9602": 2.0}},
+        "reserve_pair + flush": {"generations": 20, "commits_per_one": {"9601": 9.0, "9602": 4.1}},
+    }
+    one = {"owner_node": 9601, "by_script": by, "other_nodes_commits_per_generation": 4.1}
+    out = results({"answers": 1000, "sides": {"citus": {"one_owner": one}}})
+    found = targets(out)[-1]
+    assert (found["measured"], found["met"]) == (4.1, False)
+    text = "\n".join(section(out))
+    assert "| `reserve_pair + flush` | 20 | 9.00 | 4.10 |" in text
+
+
+def test_the_reservation_script_stops_before_the_flush() -> None:
+    generation, _ = generation_script(REPO_ROOT / "sql" / "queries.sql")
+    reserve = reserve_script(generation)
+    assert generation.startswith(reserve.removesuffix(";\n"))
+    assert "reserve_pair" not in reserve and "INSERT INTO messages" in reserve
+    assert "new_chunks" not in reserve and "\\aset" not in reserve
