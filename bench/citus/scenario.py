@@ -120,7 +120,12 @@ class CitusStep:
             await self.pgbench(ctx, clients) for clients in self.plan.citus.pgbench_clients
         ]
         if isinstance(side, CitusTarget):
-            out["one_owner"] = await self.one_owner(ctx, side)
+            try:
+                out["one_owner"] = await self.one_owner(ctx, side)
+            except Exception as exc:
+                logger.exception("citus step: the one-owner run failed")
+                out["one_owner"] = {"error": describe(exc)}
+                broken.append(f"one owner: {exc!r}"[:500])
         return out
 
     async def one_owner(self, ctx: Context, side: CitusTarget) -> dict[str, Any]:
@@ -233,8 +238,9 @@ async def _home_port(url: str, owner: UUID) -> int | None:
     conn = await asyncpg.connect(url)
     try:
         port = await conn.fetchval(
-            "SELECT n.nodeport FROM pg_dist_placement AS pl JOIN pg_dist_node AS n USING"
-            " (groupid) WHERE pl.shardid = get_shard_id_for_distribution_column('projects', $1)",
+            "SELECT n.nodeport FROM pg_dist_placement AS pl JOIN pg_dist_node AS n"
+            " USING (groupid)"
+            " WHERE pl.shardid = get_shard_id_for_distribution_column('projects', $1::uuid)",
             owner,
         )
     finally:
