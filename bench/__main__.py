@@ -4,7 +4,7 @@ Full: under 25 minutes on 2 cores (the model-pace scenario on two databases; mor
 ``--baseline``). ``--quick``: a few minutes, smaller sizes. ``--smoke``: a few seconds of each
 scenario at tiny sizes, for the test suite (pair it with ``--results-dir``, ``--report`` and
 ``--plots-dir`` in a temporary directory so the committed report is untouched). ``--only``: some
-scenarios alone.
+scenarios alone (``--only citus``: the Citus step, ``bench.citus``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import machine, report, source
+from bench.citus import setup as citus_setup
 from bench.database import Cluster
 from bench.pace import setup as pace_setup
 from bench.plan import PLANS
@@ -33,7 +35,7 @@ from bench.scenarios import Bench, wait_quiet
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 logger = logging.getLogger("bench")
-SCENARIOS = ("throughput", "resume", "open_streams", "seed_method", "model_pace")
+SCENARIOS = ("throughput", "resume", "open_streams", "seed_method", "model_pace", "citus")
 
 
 def counts(text: str) -> tuple[int, ...]:
@@ -104,6 +106,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the model-pace steps' numbers of concurrent answers, instead of the plan's",
     )
     parser.add_argument(
+        "--citus-url",
+        default=os.environ.get("CITUS_URL") or None,
+        metavar="URL",
+        help="the Citus step's cluster: a coordinator's URL, database postgres, its workers "
+        "registered (default: CITUS_URL; without it, a local cluster made with "
+        "../shared/citus/cluster.sh, or CITUS_SHARED's, when Citus is installed)",
+    )
+    parser.add_argument(
+        "--citus-port",
+        type=int,
+        default=int(os.environ.get("CITUS_PORT") or 9700),
+        metavar="PORT",
+        help="the local cluster's coordinator port; its workers take the next ones "
+        "(default: CITUS_PORT, or 9700)",
+    )
+    parser.add_argument(
+        "--citus-answers",
+        type=int,
+        metavar="N",
+        help="the Citus step's number of concurrent answers, instead of the plan's",
+    )
+    parser.add_argument(
         "--pace-client",
         choices=("auto", "c", "python"),
         default="auto",
@@ -114,6 +138,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def run(args: argparse.Namespace) -> int:
     plan = PLANS["smoke" if args.smoke else "quick" if args.quick else "full"]
+    if args.citus_answers:
+        plan = dataclasses.replace(
+            plan, citus=dataclasses.replace(plan.citus, answers=args.citus_answers)
+        )
     if args.pace_counts:
         plan = dataclasses.replace(
             plan, pace=dataclasses.replace(plan.pace, counts=args.pace_counts)
@@ -153,6 +181,21 @@ async def run(args: argparse.Namespace) -> int:
             bench.results["model_pace"] = pace.results
             bench.profiles.update(pace.profiles)
 
+    async def citus() -> None:
+        await citus_setup.step(
+            plan=plan,
+            workdir=workdir,
+            results_dir=args.results_dir,
+            stamp=stamp,
+            build=builds[0],
+            bin_dir=cluster.bin_dir,
+            url=args.citus_url,
+            port=args.citus_port,
+            database_option=args.model_pace_database_url,
+            client_option=args.pace_client,
+            into=bench.results.setdefault("citus", {}),
+        )
+
     async def step(name: str, action: Callable[[], Awaitable[None]]) -> None:
         t0 = time.monotonic()
         try:
@@ -170,6 +213,7 @@ async def run(args: argparse.Namespace) -> int:
             "open_streams": bench.open_streams,
             "seed_method": bench.seed_method,
             "model_pace": model_pace,
+            "citus": citus,
         }
         for name in SCENARIOS:
             if name in args.only:

@@ -112,6 +112,13 @@ async def create_database(admin_url: str, name: str, source: Path) -> str:
     finally:
         await conn.close()
     url = with_database(admin_url, name)
+    await migrate(url, source, name)
+    return url
+
+
+async def migrate(url: str, source: Path, name: str) -> None:
+    """``python -m server migrate`` run in ``source`` on the database of ``url`` (on a database
+    with the citus extension it also distributes the tables)."""
     env = {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -126,7 +133,6 @@ async def create_database(admin_url: str, name: str, source: Path) -> str:
     out, _ = await asyncio.wait_for(proc.communicate(), 120)
     if proc.returncode != 0:
         raise RuntimeError(f"migrating {name} failed:\n{out.decode(errors='replace')}")
-    return url
 
 
 async def drop_database(admin_url: str, name: str) -> None:
@@ -212,7 +218,8 @@ async def check_sequences(url: str, numbers: Iterable[int]) -> dict[str, object]
                        count(m.sequence) AS n, count(DISTINCT m.sequence) AS distinct_n,
                        coalesce(min(m.sequence), 1) AS lo, coalesce(max(m.sequence), 0) AS hi,
                        count(*) FILTER (WHERE (m.sequence % 2 = 1) <> (m.role = 'user')) AS bad_role
-                FROM projects AS p LEFT JOIN messages AS m ON m.project_id = p.id
+                FROM projects AS p  -- (joined on the owner too: Citus's distribution column)
+                LEFT JOIN messages AS m ON m.created_by = p.owner_id AND m.project_id = p.id
                 WHERE p.id = ANY($1::uuid[])
                 GROUP BY p.id, p.last_sequence
             )

@@ -35,6 +35,8 @@ _TPS = re.compile(r"^tps = ([\d.]+) \(without initial connection time\)", re.MUL
 _TXNS = re.compile(r"^number of transactions actually processed: (\d+)", re.MULTILINE)
 _FAILED = re.compile(r"^number of failed transactions: (\d+)", re.MULTILINE)
 _LATENCY = re.compile(r"^latency average = ([\d.]+) ms", re.MULTILINE)
+# ``-r``: a line per command of the script, its mean latency first (and, since 15, its failures)
+_STATEMENT = re.compile(r"^\s+([\d.]+)\s+(?:\d+\s+)?(\S.*)$")
 
 
 def _literal(text: str) -> str:
@@ -121,6 +123,14 @@ def generation_script(queries_sql: Path) -> tuple[str, dict[str, Any]]:
     }
 
 
+def reserve_script(generation: str) -> str:
+    """The generation script cut after its ``reserve_pair`` (a reservation alone)."""
+    head, sep, _ = generation.partition(" \\aset\n")
+    if not sep:
+        raise ValueError("not a generation script")
+    return head + ";\n"
+
+
 @dataclass
 class PgbenchRun:
     clients: int
@@ -131,6 +141,7 @@ class PgbenchRun:
     latency_ms: float | None
     aborted: bool
     stderr_tail: str
+    statements: list[tuple[float, str]]  # with ``per_statement``: (mean ms, its text's start)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -141,8 +152,32 @@ class PgbenchRun:
             "failed": self.failed,
             "latency_avg_ms": self.latency_ms,
             "aborted_clients": self.aborted,
+            **({"statement_latency_ms": self.named_latencies()} if self.statements else {}),
             **({"stderr": self.stderr_tail} if self.aborted else {}),
         }
+
+    def named_latencies(self) -> dict[str, float]:
+        """The SQL statements' mean latencies, named as in the generation script (its
+        ``\\set`` lines left out)."""
+        sql = [ms for ms, text in self.statements if not text.startswith("\\")]
+        return dict(zip(SCRIPT_STATEMENTS, sql, strict=False))
+
+
+SCRIPT_STATEMENTS = ("reserve_pair", "flush")  # the SQL of generation_script, in order
+
+
+def statement_latencies(out: str) -> list[tuple[float, str]]:
+    """``-r``'s lines: each command's mean latency in ms and the start of its text."""
+    lines = out.split("statement latencies in milliseconds", 1)
+    if len(lines) < 2:
+        return []
+    found = []
+    for line in lines[1].splitlines()[1:]:
+        match = _STATEMENT.match(line)
+        if match is None:
+            break
+        found.append((float(match[1]), match[2][:60]))
+    return found
 
 
 async def run_pgbench(
@@ -154,8 +189,10 @@ async def run_pgbench(
     seconds: float,
     variables: dict[str, int],
     on_start: Callable[[int], None] | None = None,
+    per_statement: bool = False,
 ) -> PgbenchRun:
-    """One pgbench run; ``on_start`` gets pgbench's pid (for the CPU meter)."""
+    """One pgbench run; ``on_start`` gets pgbench's pid (for the CPU meter); ``per_statement``:
+    each statement's mean latency too (``-r``)."""
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(SETUP_SQL)
@@ -174,6 +211,7 @@ async def run_pgbench(
         str(max(1, round(seconds))),
         "-f",
         str(script),
+        *(["-r"] if per_statement else []),
     ]
     for name, value in variables.items():
         args += ["-D", f"{name}={value}"]
@@ -202,6 +240,7 @@ async def run_pgbench(
         latency_ms=float(latency[1]) if latency else None,
         aborted="aborted" in err,
         stderr_tail=err[-1500:],
+        statements=statement_latencies(out) if per_statement else [],
     )
 
 

@@ -1,6 +1,6 @@
 """How big and how long each scenario is, per mode: full (under 25 minutes on 2 cores with the
-model-pace scenario on two databases), quick (a few minutes) and smoke (seconds, tiny sizes: for
-the test suite)."""
+model-pace scenario on two databases and the Citus step), quick (a few minutes) and smoke
+(seconds, tiny sizes: for the test suite)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,17 @@ class PacePlan:
 
 
 @dataclass(frozen=True, slots=True)
+class CitusPlan:
+    """The Citus step (issue 19): one steady model-pace step on a local Citus cluster and on
+    the single PostgreSQL beside it, then pgbench on the service's statements on both."""
+
+    answers: int  # concurrent answers of the steady step (the targets are set at 1,000)
+    pgbench_clients: tuple[int, ...]
+    pgbench_s: float
+    workers: int = 2  # Citus worker nodes beside the coordinator
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     name: str
     concurrencies: tuple[int, ...]
@@ -55,6 +66,7 @@ class Plan:
     pace: PacePlan
     workers: int = 2  # server workers for the throughput scenarios
     max_requests_per_step: int = 200_000
+    citus: CitusPlan = CitusPlan(answers=1000, pgbench_clients=(8, 32), pgbench_s=8.0)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,6 +127,7 @@ QUICK = dataclasses.replace(
         profile_s=3.0,
         compare_clients=False,
     ),
+    citus=CitusPlan(answers=500, pgbench_clients=(8,), pgbench_s=4.0),
 )
 
 SMOKE = dataclasses.replace(
@@ -150,6 +163,7 @@ SMOKE = dataclasses.replace(
         ramp_s=0.1,
         warmup_s=0.5,
     ),
+    citus=CitusPlan(answers=5, pgbench_clients=(2,), pgbench_s=1.5),
 )
 
 PLANS = {p.name: p for p in (FULL, QUICK, SMOKE)}

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.citus import report as citus_report
 from bench.pace import plots as pace_plots
 from bench.pace import report as pace_report
 from bench.pace import targets as pace_targets
@@ -128,7 +129,7 @@ def evaluate_targets(results: R) -> list[R]:
             else:
                 entry["verdict"] = f"missed: {value / limit:.2f} times the limit"
         out.append(entry)
-    return out + pace_targets.targets(results)
+    return out + pace_targets.targets(results) + citus_report.targets(results)
 
 
 # Plots
@@ -687,6 +688,7 @@ def markdown(results: R, images: dict[str, str], results_rel: str) -> str:
         w(text + "\n")
 
     out += pace_report.section(results, images)
+    out += citus_report.section(results)
 
     profiles = results.get("profiles") or {}
     if profiles:
@@ -730,13 +732,17 @@ def markdown(results: R, images: dict[str, str], results_rel: str) -> str:
         "# the model-pace scenario alone, on the machine's PostgreSQL too, beside another build\n"
         ".venv/bin/python -m bench --only model_pace "
         "--model-pace-database-url postgresql://postgres@127.0.0.1:5432/postgres "
-        "--baseline REV\n```\n"
+        "--baseline REV\n"
+        "# the Citus step alone (a local cluster on CITUS_PORT, or CITUS_URL's)\n"
+        ".venv/bin/python -m bench --only citus --citus-port 9700\n```\n"
     )
     w(
         "Options: `--no-profile` (skip py-spy), `--durable` (fsync on), `--wait-quiet SECONDS` "
         "(wait for the machine's other load to settle first), `--keep-workdir` (keep the "
         "server and client logs), `--only NAMES` (some scenarios alone: throughput, resume, "
-        "open_streams, seed_method, model_pace), `--model-pace-database-url URL` (the external "
+        "open_streams, seed_method, model_pace, citus), `--citus-url URL`, `--citus-port "
+        "PORT` and `--citus-answers N` (the Citus step's cluster and size), "
+        "`--model-pace-database-url URL` (the external "
         "PostgreSQL of the model-pace scenario: `auto`, the default, takes the one on "
         "127.0.0.1:5432 when it answers, in full and quick runs; `none` leaves it out), "
         "`--baseline REV` (the model-pace scenario on git revision REV's server code too, side "

@@ -21,6 +21,7 @@ from bench.stats import percentile
 
 LAG_STEP_US = 100
 PHASES = {0: "before", 1: "window", 2: "after"}
+NODE_PREFIX = "postgres node "  # the CPU of a Citus cluster's worker nodes, by port
 
 
 def spread(values: list[float], digits: int = 3) -> dict[str, float | int | None]:
@@ -247,9 +248,11 @@ def cpu_figures(run: ClientRun) -> dict[str, Any]:
         per_event["postgres_own_backends"] = round(
             run.own_backends_cores * run.window_us / events, 2
         )
-    busy = sum(cores.get(k, 0.0) for k in named)
+    nodes = {k: cores[k] for k in cores if k.startswith(NODE_PREFIX)}  # Citus's other nodes
+    busy = sum(cores.get(k, 0.0) for k in named) + sum(nodes.values())
     return {
         "cores": {k: cores[k] for k in named if k in cores},
+        **({"postgres_nodes_cores": nodes} if nodes else {}),
         "postgres_own_backends_cores": run.own_backends_cores,
         "machine_cores": cores.get("machine"),
         "other_cores": round(max(0.0, cores.get("machine", 0.0) - busy), 3),

@@ -29,7 +29,6 @@ from typing import Any
 
 from bench import database
 from bench import profile as profiler
-from bench.pace import waldump
 from bench.pace.drift import generator_drift
 from bench.pace.run import Client
 from bench.pace.shape import Shape, burst, steady, waves
@@ -159,8 +158,11 @@ class ModelPace:
             logger.warning(
                 "model pace: no postmaster found for %s: no PostgreSQL CPU", target.label
             )
-        wal_files = await waldump.locate(url)
-        return Context(target, build.key, url, numbers, projects, by_project, postmaster, wal_files)
+        wal_files = await target.wal_files(url)
+        nodes = await target.node_postmasters()
+        return Context(
+            target, build.key, url, numbers, projects, by_project, postmaster, wal_files, nodes
+        )
 
     def steady(self, n: int) -> Shape:
         p = self.plan

@@ -10,7 +10,7 @@ import os
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -42,6 +42,7 @@ class Context:
     tokens: dict[UUID, str]  # project -> its owner's token
     postmaster: int | None
     wal_files: WalFiles | str  # or why the WAL cannot be read here
+    nodes: dict[str, int] = field(default_factory=dict)  # other servers' postmasters (Citus)
 
 
 def requests(ctx: Context, port: int, shape: Shape, tag: str) -> tuple[list[str], list[bytes]]:
@@ -77,6 +78,7 @@ async def run_step(
     roots = {"server": server.pid}
     if ctx.postmaster is not None:
         roots["postgres"] = ctx.postmaster
+    roots.update(ctx.nodes)
     workers = {f"worker {i + 1}": pid for i, pid in enumerate(server.worker_pids())}
     wal: dict[str, int] = {}
 
@@ -86,16 +88,16 @@ async def run_step(
     watch = servermetrics.Watch(server.port)
 
     async def edge(name: str) -> None:
-        wal[name] = await target.wal_position(ctx.url)
+        wal[name] = await ctx.target.wal_inserted(ctx.url)
         await watch.edge(name)
 
     meters = Meters(roots, workers, backends, edge)
     spec_path = workdir / f"pace-{ctx.target.key}-{ctx.build}-{tag}.spec"
     # A checkpoint first: every step starts in the same place of the checkpoint cycle.
-    await target.checkpoint(ctx.url)
+    await ctx.target.checkpoint(ctx.url)
     slot = f"orderly_bench_{os.getpid()}_{tag}"
     async with waldump.retained(ctx.url, slot), watch.sampling():
-        wal["step_start"] = await target.wal_position(ctx.url)
+        wal["step_start"] = await ctx.target.wal_inserted(ctx.url)
         run = await run_client(
             client,
             shape.spec(server.port, raw),
@@ -104,7 +106,7 @@ async def run_step(
             timeout=shape.timeout_s + 30,
             on_start=on_start,
         )
-        wal["step_end"] = await target.wal_position(ctx.url)
+        wal["step_end"] = await ctx.target.wal_inserted(ctx.url)
         if shape.window[0] == 0:  # the client said so once its first answers were on their way
             wal["start"] = wal["step_start"]
         records = await wal_records(ctx, shape, wal)

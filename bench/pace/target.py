@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from bench import database
+from bench.pace import waldump
 
 logger = logging.getLogger("bench")
 AUTO_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -66,18 +67,42 @@ class Target:
             await conn.close()
         return {"label": self.label, "version": version, "settings": settings}
 
+    async def wal_inserted(self, url: str) -> int:
+        """Bytes of WAL inserted so far where ``url``'s data lives (one server here; a Citus
+        cluster sums its nodes)."""
+        return await wal_position(url)
+
+    async def checkpoint(self, url: str) -> None:
+        """A checkpoint on every server that holds ``url``'s data."""
+        await checkpoint(url)
+
+    async def wal_files(self, url: str) -> waldump.WalFiles | str:
+        """Where to read the WAL by kind of record, or why it cannot be read."""
+        return await waldump.locate(url)
+
+    async def node_postmasters(self) -> dict[str, int]:
+        """Other servers whose CPU counts as the database's, by name (a Citus cluster's worker
+        nodes; none here)."""
+        return {}
+
     async def postmaster_pid(self) -> int | None:
         """The postmaster: the parent of one of its backends (this machine's servers only)."""
-        conn = await asyncpg.connect(self.admin_url)
-        try:
-            backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
-            data_dir = str(await conn.fetchval("SHOW data_directory"))
-        finally:
-            await conn.close()
-        parent = _parent(backend)
-        if parent is not None and _command(parent) in ("postgres", "postmaster"):
-            return parent
-        return _pid_file(Path(data_dir))
+        return await postmaster_of(self.admin_url)
+
+
+async def postmaster_of(url: str) -> int | None:
+    """The postmaster of the server at ``url``: the parent of one of its backends, or the pid in
+    its data directory (this machine's servers only)."""
+    conn = await asyncpg.connect(url)
+    try:
+        backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
+        data_dir = str(await conn.fetchval("SHOW data_directory"))
+    finally:
+        await conn.close()
+    parent = _parent(backend)
+    if parent is not None and _command(parent) in ("postgres", "postmaster"):
+        return parent
+    return _pid_file(Path(data_dir))
 
 
 def external(url: str, stamp: str) -> Target:

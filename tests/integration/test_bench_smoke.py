@@ -26,6 +26,7 @@ SCENARIOS = (
     "open_streams",
     "seed_method",
     "model_pace",
+    "citus",
 )
 EARLIER_TARGETS = 6
 
@@ -98,6 +99,9 @@ def test_bench_smoke_writes_results_and_report(tmp_path: Path, repo_root: Path) 
     assert "fpi_bytes" in embedded["sweep"][0]["wal"]["window"]  # the run's own cluster
     if pace["client"]["kind"] == "c":
         assert embedded["python_client"]["client"] == "python"
+
+    # The Citus step starts no cluster in smoke mode, and says so.
+    assert "smoke mode" in results["scenarios"]["citus"]["skipped"]
 
     text = report.read_text()
     assert text.startswith("# Benchmarks")
