@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 
 from bench.database import SQL_PROJECT_ID, SQL_USER_ID
+from server.citus import function_name
 from server.db import load_queries
 from server.events import Chunk, Event, delta_data, progress_data
 from server.generators.demo import demo_answer, split_evenly
@@ -58,25 +59,25 @@ SETUP_SQL = (
 )
 
 
-def generation_script(queries_sql: Path) -> tuple[str, dict[str, Any]]:
+def generation_script(queries_sql: Path, *, delegated: bool = False) -> tuple[str, dict[str, Any]]:
     """The pgbench script for one generation (from ``queries_sql``, the run's snapshot of
-    ``sql/queries.sql``), and a description of what it does."""
+    ``sql/queries.sql``), and a description of what it does. ``delegated``: on Citus, the two
+    statements called as the service calls them there, as their distributed functions
+    (``server/citus.py``), and the answer's id read back by a routed query (a call's row is one
+    composite value, which ``\\aset`` cannot take apart)."""
     queries = load_queries(queries_sql)
     project = SQL_PROJECT_ID.format(n=":n::int")
     owner = SQL_USER_ID.format(n=":n::int")
-    reserve = _substitute(
-        queries["reserve_pair"],
-        {
-            1: project,
-            2: owner,
-            3: _literal(PROMPT),
-            4: "'{}'",
-            5: "NULL",
-            6: _literal(LEASE_OWNER),
-            7: "1000000",
-            8: "'concurrent'",
-        },
-    )
+    reserve_values = {
+        1: project,
+        2: owner,
+        3: _literal(PROMPT),
+        4: "'{}'",
+        5: "NULL",
+        6: _literal(LEASE_OWNER),
+        7: "1000000",
+        8: "'concurrent'",
+    }
     answer = demo_answer(PROMPT)
     parts = split_evenly(answer, 8)
     named = [
@@ -87,40 +88,53 @@ def generation_script(queries_sql: Path) -> tuple[str, dict[str, Any]]:
     chunk = Chunk.of([Event(i + 2, name, data) for i, (name, data) in enumerate(named)])
     n_events = len(named)
     # The flush's NOTIFY is turned off by its own parameter ($18): nobody listens here.
-    flush = _substitute(
-        queries["flush"],
-        {
-            1: _literal(LEASE_OWNER),
-            # The chunk of the answer's events
-            2: _array([owner], "uuid"),
-            3: _array([":id::uuid"], "uuid"),
-            4: _array([str(chunk.first_event_id)], "integer"),
-            5: _array([_literal(chunk.kinds)], "text"),
-            6: _array([_literal(chunk.data)], "text"),
-            # The message's end
-            7: _array([owner], "uuid"),
-            8: _array([":id::uuid"], "uuid"),
-            9: _array(["'success'"], "text"),
-            10: _array([_literal(answer)], "text"),
-            11: _array([str(n_events + 2)], "integer"),
-            12: _array(["NULL"], "text"),
-            13: _array(["NULL"], "text"),
-            # The demo's report: the prompt's words, the answer's pieces, and why it ended.
-            14: _array([str(len(PROMPT.split()))], "integer"),
-            15: _array([str(len(parts))], "integer"),
-            16: _array([_literal("stop")], "text"),
-            # The batch's owners, and no NOTIFY (nobody listens here)
-            17: _array([owner], "uuid"),
-            18: "false",
-        },
-    )
+    flush_values = {
+        1: _literal(LEASE_OWNER),
+        # The chunk of the answer's events
+        2: _array([owner], "uuid"),
+        3: _array([":id::uuid"], "uuid"),
+        4: _array([str(chunk.first_event_id)], "integer"),
+        5: _array([_literal(chunk.kinds)], "text"),
+        6: _array([_literal(chunk.data)], "text"),
+        # The message's end
+        7: _array([owner], "uuid"),
+        8: _array([":id::uuid"], "uuid"),
+        9: _array(["'success'"], "text"),
+        10: _array([_literal(answer)], "text"),
+        11: _array([str(n_events + 2)], "integer"),
+        12: _array(["NULL"], "text"),
+        13: _array(["NULL"], "text"),
+        # The demo's report: the prompt's words, the answer's pieces, and why it ended.
+        14: _array([str(len(PROMPT.split()))], "integer"),
+        15: _array([str(len(parts))], "integer"),
+        16: _array([_literal("stop")], "text"),
+        # The batch's owners, and no NOTIFY (nobody listens here)
+        17: _array([owner], "uuid"),
+        18: "false",
+    }
+    if delegated:
+        reserve = (
+            f"{_call('reserve_pair', reserve_values, owner)};\n"
+            f"SELECT id FROM messages WHERE created_by = {owner} AND project_id = {project}"
+            " AND role = 'assistant' ORDER BY sequence DESC LIMIT 1"
+        )
+        flush = _call("flush", flush_values, owner)
+    else:
+        reserve = _substitute(queries["reserve_pair"], reserve_values)
+        flush = _substitute(queries["flush"], flush_values)
     script = f"\\set n random(:lo, :hi)\n{reserve} \\aset\n{flush};\n"
     return script, {
         "statements": ["reserve_pair", "flush (1 message, its events in one chunk, final status)"],
         "events_per_generation": n_events,
         "notify_removed": True,
         "mode": "prepared",
+        **({"delegated": True} if delegated else {}),
     }
+
+
+def _call(statement: str, values: dict[int, str], owner: str) -> str:
+    arguments = [f"({values[n]})" for n in sorted(values)]
+    return f"SELECT {function_name(statement)}({', '.join([*arguments, owner])})"
 
 
 def reserve_script(generation: str) -> str:
@@ -160,10 +174,12 @@ class PgbenchRun:
         """The SQL statements' mean latencies, named as in the generation script (its
         ``\\set`` lines left out)."""
         sql = [ms for ms, text in self.statements if not text.startswith("\\")]
-        return dict(zip(SCRIPT_STATEMENTS, sql, strict=False))
+        names = DELEGATED_SCRIPT_STATEMENTS if len(sql) == 3 else SCRIPT_STATEMENTS
+        return dict(zip(names, sql, strict=False))
 
 
 SCRIPT_STATEMENTS = ("reserve_pair", "flush")  # the SQL of generation_script, in order
+DELEGATED_SCRIPT_STATEMENTS = ("reserve_pair", "read_back_id", "flush")  # delegated=True
 
 
 def statement_latencies(out: str) -> list[tuple[float, str]]:

@@ -14,10 +14,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, cast
+from uuid import UUID
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from server.citus import call_text
 from server.errors import (
     AnswerRunning,
     DatabaseUnavailable,
@@ -150,6 +152,22 @@ class Session:
         with translate_errors():
             return await self._conn.fetchval(sql, *args)
 
+    async def describe(self, sql: str) -> tuple[list[str], list[tuple[str, str]]]:
+        """A statement's parameter types and its result columns (name, type), as SQL names."""
+        with translate_errors():
+            statement = await self._conn.prepare(sql)
+            oids = [t.oid for t in statement.get_parameters()]
+            attributes = statement.get_attributes()
+            names = await self._conn.fetch(
+                "SELECT format_type(o, NULL) FROM unnest($1::oid[]) WITH ORDINALITY AS u (o, n)"
+                " ORDER BY n",
+                oids + [a.type.oid for a in attributes],
+            )
+        types = [r[0] for r in names]
+        return types[: len(oids)], [
+            (a.name, kind) for a, kind in zip(attributes, types[len(oids) :], strict=True)
+        ]
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
         with translate_errors():
@@ -224,6 +242,20 @@ class Database:
             with translate_errors():
                 rows = await self.pool.fetch(self.queries[name], *args, timeout=30)
                 return cast(list[Row], rows)
+        finally:
+            self.in_flight -= 1
+
+    async def fetch_routed(self, name: str, owner: UUID, *args: Any) -> list[Row]:
+        """A statement of ``server.citus.DELEGATED``: on Citus, the call of its function, which
+        Citus sends whole to the node of ``owner``'s shard (``server/citus.py``); elsewhere the
+        statement itself. The same rows either way."""
+        if not self.distributed:
+            return await self.fetch(name, *args)
+        self.in_flight += 1
+        try:
+            with translate_errors():
+                rows = await self.pool.fetch(call_text(name, len(args)), *args, owner, timeout=30)
+                return [cast(Row, row[0]) for row in rows]
         finally:
             self.in_flight -= 1
 

@@ -6,7 +6,9 @@ first one apply what is missing and the others wait, then find nothing left to d
 On a database with the ``citus`` extension, every run then distributes the tables that are not
 distributed yet (``orderly_distribute()``, ``sql/migrations/0010_citus_layout.sql``): so the first
 run lays them out, a second changes nothing, and installing Citus into a database migrated without
-it and running ``migrate`` again moves its data onto the shards.
+it and running ``migrate`` again moves its data onto the shards. Then it makes the functions by
+which Citus runs the hot path's statements whole on one node (``server/citus.py``), or remakes
+those whose statement changed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.db import Session
+from server.citus import delegate
+from server.db import Session, load_queries
 from server.resources import SQL_DIR
 
 logger = logging.getLogger(__name__)
@@ -78,6 +81,14 @@ async def migrate(session: Session, *, to: int | None = None) -> list[Migration]
         if await session.fetchval_sql("SELECT to_regprocedure('orderly_distribute()') IS NOT NULL"):
             async with session.transaction():
                 await session.execute_sql("SELECT orderly_distribute()")
+        if (
+            await session.fetchval_sql(
+                "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
+            )
+            and to is None
+        ):
+            for statement in await delegate(session, load_queries()):
+                logger.info("made the delegated function of %s (Citus)", statement)
         return pending
     finally:
         await session.execute_sql("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_KEY)

@@ -311,8 +311,9 @@ class Store:
         enqueue, an answer behind running ones is queued rather than leased to ``lease_owner``.
         """
         try:
-            rows = await self.db.fetch(
+            rows = await self.db.fetch_routed(
                 "reserve_pair",
+                owner_id,
                 project_id,
                 owner_id,
                 content,
@@ -460,7 +461,9 @@ class Store:
         here = not self.db.distributed
         queue: list[str] = []
         for group in await self.by_shard(items, lambda item: item.owner_id):
-            rows = await self.db.fetch("flush", *flush_arguments(worker, group, notify=here))
+            rows = await self.db.fetch_routed(
+                "flush", group[0].owner_id, *flush_arguments(worker, group, notify=here)
+            )
             for r in rows:
                 written[r["id"]] = r["updated_at"]
             if rows and rows[0]["queue_hint"]:

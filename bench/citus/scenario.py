@@ -116,8 +116,10 @@ class CitusStep:
             logger.exception("citus step: the steady step on %s failed", side.label)
             out["error"] = describe(exc)
             broken.append(f"{side.key}: {exc!r}"[:500])
+        delegated = isinstance(side, CitusTarget)  # the statements as the service calls them
         out["pgbench"] = [
-            await self.pgbench(ctx, clients) for clients in self.plan.citus.pgbench_clients
+            await self.pgbench(ctx, clients, delegated=delegated)
+            for clients in self.plan.citus.pgbench_clients
         ]
         if isinstance(side, CitusTarget):
             try:
@@ -143,7 +145,7 @@ class CitusStep:
             port: node_url(side.cluster.url, host, port, name)
             for host, port in side.cluster.workers
         }
-        generation, _ = pgbench.generation_script(self.build.source.queries)
+        generation, _ = pgbench.generation_script(self.build.source.queries, delegated=True)
         out: dict[str, Any] = {"owner_node": home, "by_script": {}}
         for label, text in (
             ("reserve_pair", pgbench.reserve_script(generation)),
@@ -178,10 +180,12 @@ class CitusStep:
         out["other_nodes_commits_per_generation"] = max(others) if others else 0.0
         return out
 
-    async def pgbench(self, ctx: Context, clients: int) -> dict[str, Any]:
+    async def pgbench(self, ctx: Context, clients: int, *, delegated: bool) -> dict[str, Any]:
         """The generation script over the side's seeded projects (after its step: the server
         is stopped), each statement's mean latency (``-r``) and the CPU of every node."""
-        script_text, info = pgbench.generation_script(self.build.source.queries)
+        script_text, info = pgbench.generation_script(
+            self.build.source.queries, delegated=delegated
+        )
         script = self.workdir / "citus-generation.pgbench.sql"
         script.write_text(script_text)
         seconds = self.plan.citus.pgbench_s

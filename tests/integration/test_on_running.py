@@ -102,7 +102,8 @@ async def counts(url: str, project: str) -> tuple[int, int, int]:
     """(messages, the project's last_sequence, the owner's running_generations)."""
     [row] = await db(
         url,
-        "SELECT (SELECT count(*) FROM messages WHERE project_id = p.id) AS messages, "
+        "SELECT (SELECT count(*) FROM messages AS m"
+        "        WHERE m.created_by = p.owner_id AND m.project_id = p.id) AS messages, "
         "p.last_sequence, coalesce(u.running_generations, 0) AS running_generations "
         "FROM projects AS p LEFT JOIN user_running AS u ON u.user_id = p.owner_id "
         "WHERE p.id = $1",

@@ -1,0 +1,102 @@
+"""Statements that Citus runs whole on the owner's node: delegated calls (docs/scaling.md).
+
+Citus plans a statement whose CTEs insert in steps: each CTE a query of its own, its result
+shipped through the coordinator, and the transaction committed on every node that took a part
+(two-phase). ``reserve_pair`` and ``flush`` are such statements, on the hot path. On Citus each of
+them is also a PL/pgSQL function that runs the statement itself (``EXECUTE`` with the function's
+arguments), distributed by an extra last argument: the owner whose shard the statement touches
+(``create_distributed_function``, co-located with the per-user tables). Called as
+``SELECT f(args)`` outside a transaction block, Citus sends the call whole to the node of that
+owner's shard, where the statement runs on local shards: one round trip, one node, one local
+commit. ``Database.fetch_routed`` calls them so.
+
+``migrate`` (re)makes the functions from ``sql/queries.sql`` on every run on Citus, so the
+statement stays written once: a function whose body, arguments and row type already match is left
+alone (a second run changes nothing); one that differs (a new release changed its statement) is
+dropped and made again. On PostgreSQL without Citus there are no such functions, and the
+statements run as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # server.db calls call_text
+    from server.db import Session
+
+# The statements run as delegated calls on Citus. Each takes, after its own parameters, the owner
+# that routes it: the caller's (reserve_pair) or any owner of the batch (flush batches are grouped
+# by shard: Store.by_shard).
+DELEGATED = ("reserve_pair", "flush")
+DELEGATE_TO = "user_running"  # the co-location group of every per-user table
+
+
+def function_name(statement: str) -> str:
+    return f"orderly_call_{statement}"
+
+
+def row_type(statement: str) -> str:
+    return f"orderly_{statement}_row"
+
+
+def call_text(statement: str, parameters: int) -> str:
+    """The call of ``statement``'s function: its parameters, then the routing owner."""
+    arguments = ", ".join(f"${i}" for i in range(1, parameters + 2))
+    return f"SELECT {function_name(statement)}({arguments})"
+
+
+async def delegate(session: Session, queries: Mapping[str, str]) -> list[str]:
+    """Make (or remake) the function of every delegated statement that does not match its
+    statement; return the names of those made. Only on a database with the citus extension."""
+    made = []
+    for statement in DELEGATED:
+        sql = queries[statement]
+        parameters, columns = await session.describe(sql)
+        arguments = [*parameters, "uuid"]
+        signature = f"{function_name(statement)}({', '.join(arguments)})"
+        fields = ", ".join(f"{_quote(name)} {kind}" for name, kind in columns)
+        current = await session.fetchval_sql(
+            "SELECT p.prosrc = $2 AND pg_get_function_identity_arguments(p.oid) = $3"
+            "       AND (SELECT string_agg(quote_ident(a.attname) || ' '"
+            "                              || format_type(a.atttypid, a.atttypmod), ', '"
+            "                              ORDER BY a.attnum)"
+            "            FROM pg_attribute AS a JOIN pg_type AS t ON t.typrelid = a.attrelid"
+            "            WHERE t.typname = $4 AND a.attnum > 0 AND NOT a.attisdropped) = $5"
+            " FROM pg_proc AS p WHERE p.proname = $1",
+            function_name(statement),
+            body(sql, len(parameters)),
+            ", ".join(arguments),
+            row_type(statement),
+            fields,
+        )
+        if current:
+            continue
+        await session.execute_sql(f"DROP FUNCTION IF EXISTS {function_name(statement)}")
+        await session.execute_sql(f"DROP TYPE IF EXISTS {row_type(statement)}")
+        await session.execute_sql(f"CREATE TYPE {row_type(statement)} AS ({fields})")
+        await session.execute_sql(
+            f"CREATE FUNCTION {signature} RETURNS SETOF {row_type(statement)}"
+            f" LANGUAGE plpgsql VOLATILE AS $orderly${body(sql, len(parameters))}$orderly$"
+        )
+        await session.execute_sql(
+            "SELECT create_distributed_function("
+            "$1::regprocedure, $2::text, colocate_with => $3::text)",
+            signature,
+            f"${len(arguments)}",
+            DELEGATE_TO,
+        )
+        made.append(statement)
+    return made
+
+
+def body(sql: str, parameters: int) -> str:
+    """The function's body: the statement, run with the function's own arguments. (Citus plans no
+    statement of a SQL function that has parameters; PL/pgSQL's EXECUTE plans it per call, with
+    the values, as a router query on the node's local shards.)"""
+    using = ", ".join(f"${i}" for i in range(1, parameters + 1))
+    return f"\nBEGIN\n    RETURN QUERY EXECUTE $statement${sql}$statement$ USING {using};\nEND\n"
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
