@@ -22,7 +22,15 @@ import time
 from collections.abc import Sequence
 from datetime import datetime
 
-from server.events import Chunk, Event, delta_data, progress_data, start_event, storable
+from server.events import (
+    Chunk,
+    Event,
+    delta_data,
+    progress_data,
+    reasoning_data,
+    start_event,
+    storable,
+)
 from server.events import terminal_event as terminal_event_of
 from server.models import MAX_FINISH_REASON_CHARS, TERMINAL_STATUSES, ErrorInfo, Message, Usage
 from server.store import FlushItem, Pair
@@ -53,6 +61,7 @@ class MessageLog:
         self.status = "pending"
         self.stored_status = "pending"  # the status the message row holds
         self.parts: list[str] = []
+        self.reasoning: list[str] = []  # the reasoning events' texts: kept apart from content
         self.error: ErrorInfo | None = None
         self.final_status: str | None = None  # the generation ended; not yet written
         self.usage: Usage | None = None  # what the generator reported, for a success
@@ -74,6 +83,11 @@ class MessageLog:
         text = storable(text)
         self.parts.append(text)
         self._append("delta", delta_data(text))
+
+    def add_reasoning(self, text: str) -> None:
+        text = storable(text)
+        self.reasoning.append(text)
+        self._append("reasoning", reasoning_data(text))
 
     def finish(
         self,
@@ -124,6 +138,7 @@ class MessageLog:
             status=status,
             changes_status=status != self.stored_status or not self.chunks,
             content="".join(self.parts) if final else None,
+            reasoning="".join(self.reasoning) if final and self.reasoning else None,
             last_event_id=self.sealed + (1 if final else 0),
             error=self.error if final else None,
             chunks=tuple(self.chunks),
@@ -137,7 +152,7 @@ class MessageLog:
         chunks = len(self.chunks) + -(-new // MAX_CHUNK_EVENTS)
         chars = sum(len(c.data) for c in self.chunks) + self._unsealed_chars
         if self.final_status is not None:
-            chars += sum(map(len, self.parts))
+            chars += sum(map(len, self.parts)) + sum(map(len, self.reasoning))
         return chunks, chars
 
     def _seal(self) -> None:
@@ -173,6 +188,7 @@ class MessageLog:
                     "updated_at": updated_at,
                     "usage": item.usage,
                     "finish_reason": item.finish_reason,
+                    "reasoning": item.reasoning,
                 }
             )
             self.frames.append(terminal_event_of(final, item.last_event_id).frame)

@@ -166,11 +166,26 @@ TokenCount = Annotated[int, Field(ge=0, le=2**31 - 1)]
 MAX_FINISH_REASON_CHARS = 64
 
 
+class CompletionTokensDetails(BaseModel):
+    """What the model server said of the completion's tokens: those it spent reasoning."""
+
+    reasoning_tokens: TokenCount
+
+
 class Usage(BaseModel):
     """Tokens of one answer, as its generator counted them."""
 
     prompt_tokens: TokenCount
     completion_tokens: TokenCount
+    # Left out of the JSON when the model server did not report it.
+    completion_tokens_details: Annotated[
+        CompletionTokensDetails | None,
+        Field(
+            exclude_if=lambda details: details is None,
+            description="present when the model server reports it: `reasoning_tokens`, the "
+            "completion tokens it spent reasoning",
+        ),
+    ] = None
 
 
 class Message(BaseModel):
@@ -197,6 +212,13 @@ class Message(BaseModel):
         Field(
             description="why the answer ended, as the model server said: stop, length (cut "
             "short, still a success), content_filter, ...; or null"
+        ),
+    ]
+    reasoning: Annotated[
+        str | None,
+        Field(
+            description="the model's reasoning, apart from the content (a running answer: what "
+            "it has streamed so far), or null when the model gave none"
         ),
     ]
 
@@ -235,6 +257,10 @@ class ProgressData(BaseModel):
 
 
 class DeltaData(BaseModel):
+    text: str
+
+
+class ReasoningData(BaseModel):
     text: str
 
 

@@ -25,6 +25,7 @@ from server.models import (
     ProgressData,
     Project,
     ProjectList,
+    ReasoningData,
     SessionInfo,
     SessionRequest,
     StartData,
@@ -58,7 +59,8 @@ PROBLEM = {
     },
 }
 SSE_DESCRIPTION = (
-    "Server-Sent Events: a `retry:` line, then events `start`, `progress`, `delta` and one "
+    "Server-Sent Events: a `retry:` line, then events `start`, `progress`, `reasoning`, `delta` "
+    "and one "
     "terminal event (`done`, `error` or `cancelled`), each with `id:`, `event:` and one line of "
     "compact JSON `data:`; `: ping` comments while no event is due."
 )
@@ -118,6 +120,7 @@ _LAST_EVENT_ID = [
 EVENT_DATA: dict[str, type[BaseModel]] = {
     "start": StartData,
     "progress": ProgressData,
+    "reasoning": ReasoningData,
     "delta": DeltaData,
     "done": MessageEnvelope,
     "error": ErrorData,
@@ -336,6 +339,7 @@ def openapi_document(*, max_message_chars: int | None = None) -> dict[str, Any]:
         ProgressData,
         Project,
         ProjectList,
+        ReasoningData,
         SessionInfo,
         SessionRequest,
         StartData,

@@ -24,7 +24,14 @@ from server.errors import (
 from server.eventlog import MessageLog
 from server.events import Event
 from server.flusher import Flusher, FlushPolicy
-from server.generators.base import Delta, Finish, GenerationContext, Generator, GeneratorError
+from server.generators.base import (
+    Delta,
+    Finish,
+    GenerationContext,
+    Generator,
+    GeneratorError,
+    Reasoning,
+)
 from server.history import HISTORY_UNAVAILABLE, HistoryLoader
 from server.models import ErrorInfo, GenerateRequest, Message
 from server.store import Pair, Store, StoredMessage
@@ -263,6 +270,10 @@ class Runner:
                     if not item.text:
                         continue
                     log.add_delta(item.text)
+                elif isinstance(item, Reasoning):
+                    if not item.text:
+                        continue
+                    log.add_reasoning(item.text)
                 else:
                     log.add_progress(item.stage, item.message, item.percent)
                 self.flusher.mark_dirty(log)

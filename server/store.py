@@ -12,7 +12,14 @@ from uuid import UUID
 from server.db import Database, Row
 from server.errors import AnswerRunning
 from server.events import Chunk, Event
-from server.models import TERMINAL_STATUSES, ErrorInfo, Message, Project, Usage
+from server.models import (
+    TERMINAL_STATUSES,
+    CompletionTokensDetails,
+    ErrorInfo,
+    Message,
+    Project,
+    Usage,
+)
 
 T = TypeVar("T")
 # Owners whose shard is remembered (Citus): past this, the cache starts again.
@@ -86,6 +93,8 @@ class FlushItem:
     # What the generator reported, at a successful end only.
     usage: Usage | None = None
     finish_reason: str | None = None
+    # The final reasoning, when the status is terminal and the model gave some.
+    reasoning: str | None = None
 
     @property
     def events(self) -> int:
@@ -94,7 +103,8 @@ class FlushItem:
     @property
     def size(self) -> int:
         """Characters this item sends (its chunks' data and its final content)."""
-        return sum(len(chunk.data) for chunk in self.chunks) + len(self.content or "")
+        final = len(self.content or "") + len(self.reasoning or "")
+        return sum(len(chunk.data) for chunk in self.chunks) + final
 
 
 def message_from_row(row: Row) -> StoredMessage:
@@ -107,8 +117,15 @@ def message_from_row(row: Row) -> StoredMessage:
         )
     usage = None
     if row["prompt_tokens"] is not None:
+        details = None
+        if row["reasoning_tokens"] is not None:
+            details = CompletionTokensDetails.model_construct(
+                reasoning_tokens=row["reasoning_tokens"]
+            )
         usage = Usage.model_construct(
-            prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"]
+            prompt_tokens=row["prompt_tokens"],
+            completion_tokens=row["completion_tokens"],
+            completion_tokens_details=details,
         )
     message = Message.model_construct(
         id=row["id"],
@@ -126,6 +143,7 @@ def message_from_row(row: Row) -> StoredMessage:
         error=error,
         usage=usage,
         finish_reason=row["finish_reason"],
+        reasoning=row["reasoning"],
     )
     return StoredMessage(message, row["last_event_id"])
 
@@ -166,7 +184,14 @@ def flush_arguments(
         [i.finish_reason for i in changes],
         sorted({i.owner_id for i in items}),
         notify,
+        [i.reasoning for i in changes],
+        [_reasoning_tokens(i.usage) for i in changes],
     ]
+
+
+def _reasoning_tokens(usage: Usage | None) -> int | None:
+    details = usage.completion_tokens_details if usage else None
+    return details.reasoning_tokens if details else None
 
 
 def _pair(rows: Sequence[Row]) -> Pair | None:

@@ -8,8 +8,8 @@
 -- Message rows are always returned with the same columns, in this order:
 --   id, project_id, sequence, role, kind, content, status, image_urls, client_request_id,
 --   created_by, created_at, updated_at, error_code, error_message, last_event_id,
---   prompt_tokens, completion_tokens, finish_reason
--- A running message's content and last event id come from its stored log: message_view
+--   prompt_tokens, completion_tokens, finish_reason, reasoning, reasoning_tokens
+-- A running message's content, reasoning and last event id come from its stored log: message_view
 -- (sql/migrations/0010_citus_layout.sql) shows how, and the reads below spell it out, with the
 -- owner as a parameter in the log's subquery too (on Citus a view's correlated owner would not
 -- let the statement be routed to one shard: it would run on all of them). A listener's reads
@@ -158,7 +158,8 @@ WHERE CASE WHEN NOT EXISTS (SELECT 1 FROM u) THEN orderly_refuse('too_many_runni
            THEN orderly_refuse('answer_running', a.newest) ELSE true END
 RETURNING m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
           m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-          m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason;
+          m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason,
+          m.reasoning, m.reasoning_tokens;
 
 -- name: pair_by_request_id
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
@@ -167,11 +168,16 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.error_code, m.error_message,
        CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
             THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
-       m.prompt_tokens, m.completion_tokens, m.finish_reason
+       m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
+           AS reasoning,
+       m.reasoning_tokens
 FROM messages AS m
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
                         FILTER (WHERE e.kind = 'd'), '') AS content,
+           string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+               FILTER (WHERE e.kind = 'r') AS reasoning,
            coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
                AS last_event_id
     FROM event_chunks AS c
@@ -189,11 +195,16 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.error_code, m.error_message,
        CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
             THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
-       m.prompt_tokens, m.completion_tokens, m.finish_reason
+       m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
+           AS reasoning,
+       m.reasoning_tokens
 FROM messages AS m
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
                         FILTER (WHERE e.kind = 'd'), '') AS content,
+           string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+               FILTER (WHERE e.kind = 'r') AS reasoning,
            coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
                AS last_event_id
     FROM event_chunks AS c
@@ -211,11 +222,16 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.error_code, m.error_message,
        CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
             THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
-       m.prompt_tokens, m.completion_tokens, m.finish_reason
+       m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
+           AS reasoning,
+       m.reasoning_tokens
 FROM messages AS m
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
                         FILTER (WHERE e.kind = 'd'), '') AS content,
+           string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+               FILTER (WHERE e.kind = 'r') AS reasoning,
            coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
                AS last_event_id
     FROM event_chunks AS c
@@ -235,7 +251,7 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        CASE WHEN m.role = 'assistant' THEN '' ELSE m.content END AS content,
        m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
        m.error_code, m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens,
-       m.finish_reason
+       m.finish_reason, NULL::text AS reasoning, m.reasoning_tokens
 FROM messages AS m
 WHERE m.created_by = $3 AND m.project_id = $1 AND m.sequence IN ($2 - 1, $2)
 ORDER BY m.sequence;
@@ -249,7 +265,10 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.error_code, m.error_message,
        CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
             THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
-       m.prompt_tokens, m.completion_tokens, m.finish_reason
+       m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
+           AS reasoning,
+       m.reasoning_tokens
 FROM projects AS p
 LEFT JOIN LATERAL (
     SELECT * FROM messages
@@ -259,6 +278,8 @@ LEFT JOIN LATERAL (
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
                         FILTER (WHERE e.kind = 'd'), '') AS content,
+           string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+               FILTER (WHERE e.kind = 'r') AS reasoning,
            coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
                AS last_event_id
     FROM event_chunks AS c
@@ -275,7 +296,10 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.error_code, m.error_message,
        CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
             THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
-       m.prompt_tokens, m.completion_tokens, m.finish_reason
+       m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
+           AS reasoning,
+       m.reasoning_tokens
 FROM projects AS p
 LEFT JOIN LATERAL (
     SELECT * FROM messages WHERE created_by = $2 AND project_id = $1 AND sequence < $4
@@ -284,6 +308,8 @@ LEFT JOIN LATERAL (
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
                         FILTER (WHERE e.kind = 'd'), '') AS content,
+           string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+               FILTER (WHERE e.kind = 'r') AS reasoning,
            coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
                AS last_event_id
     FROM event_chunks AS c
@@ -300,7 +326,10 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.error_code, m.error_message,
        CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
             THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
-       m.prompt_tokens, m.completion_tokens, m.finish_reason
+       m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
+           AS reasoning,
+       m.reasoning_tokens
 FROM projects AS p
 LEFT JOIN LATERAL (
     SELECT * FROM messages WHERE created_by = $2 AND project_id = $1 AND sequence > $4
@@ -309,6 +338,8 @@ LEFT JOIN LATERAL (
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
                         FILTER (WHERE e.kind = 'd'), '') AS content,
+           string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+               FILTER (WHERE e.kind = 'r') AS reasoning,
            coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
                AS last_event_id
     FROM event_chunks AS c
@@ -338,7 +369,9 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
                 LIMIT 1
             ), 1)
             ELSE m.last_event_id END AS last_event_id,
-       m.prompt_tokens, m.completion_tokens, m.finish_reason
+       m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN NULL ELSE m.reasoning END AS reasoning,
+       m.reasoning_tokens
 FROM messages AS m
 WHERE m.created_by = $3 AND m.project_id = $1 AND m.id = $2;
 
@@ -350,11 +383,16 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.error_code, m.error_message,
        CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
             THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
-       m.prompt_tokens, m.completion_tokens, m.finish_reason
+       m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
+           AS reasoning,
+       m.reasoning_tokens
 FROM messages AS m
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
                         FILTER (WHERE e.kind = 'd'), '') AS content,
+           string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+               FILTER (WHERE e.kind = 'r') AS reasoning,
            coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
                AS last_event_id
     FROM event_chunks AS c
@@ -392,7 +430,9 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        CASE WHEN m.status IN ('success', 'error', 'cancelled') THEN m.content END AS content,
        m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
        m.error_code, m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens,
-       m.finish_reason, c.first_event_ids, c.kinds, c.data
+       m.finish_reason,
+       CASE WHEN m.status IN ('success', 'error', 'cancelled') THEN m.reasoning END AS reasoning,
+       m.reasoning_tokens, c.first_event_ids, c.kinds, c.data
 FROM messages AS m
 CROSS JOIN LATERAL (
     SELECT array_agg(n.first_event_id ORDER BY n.first_event_id) AS first_event_ids,
@@ -452,7 +492,9 @@ WHERE m.created_by = $5 AND m.project_id = $1 AND m.id = $2;
 -- $11 last event ids (the terminal event's at the end), $12 error codes, $13 error messages,
 -- $14 prompt tokens, $15 completion tokens, $16 finish reasons (NULL but at a successful end);
 -- $17 the batch's owners; $18 whether this statement sends the NOTIFYs (on Citus it may run on
--- another node than the one the workers LISTEN to: server/store.py sends them then)
+-- another node than the one the workers LISTEN to: server/store.py sends them then);
+-- $19 final reasonings (NULL but at the end, and when the model gave none), $20 reasoning tokens
+-- (NULL but at a successful end that reported them)
 WITH new_chunks AS (
     SELECT *
     FROM unnest($2::uuid[], $3::uuid[], $4::integer[], $5::text[], $6::text[])
@@ -460,9 +502,10 @@ WITH new_chunks AS (
 ), changes AS (
     SELECT *
     FROM unnest($7::uuid[], $8::uuid[], $9::text[], $10::text[], $11::integer[], $12::text[],
-                $13::text[], $14::integer[], $15::integer[], $16::text[])
+                $13::text[], $14::integer[], $15::integer[], $16::text[], $19::text[],
+                $20::integer[])
         AS b (owner_id, id, status, content, last_event_id, error_code, error_message,
-              prompt_tokens, completion_tokens, finish_reason)
+              prompt_tokens, completion_tokens, finish_reason, reasoning, reasoning_tokens)
 ), batch AS (
     SELECT owner_id, message_id AS id FROM new_chunks
     UNION
@@ -486,6 +529,8 @@ WITH new_chunks AS (
         prompt_tokens = b.prompt_tokens,
         completion_tokens = b.completion_tokens,
         finish_reason = b.finish_reason,
+        reasoning = coalesce(b.reasoning, m.reasoning),
+        reasoning_tokens = b.reasoning_tokens,
         updated_at = now(),
         lease_owner = CASE WHEN b.status IN ('pending', 'streaming') THEN m.lease_owner END
     FROM changes AS b JOIN held AS h ON h.owner_id = b.owner_id AND h.id = b.id
@@ -638,7 +683,8 @@ LIMIT $1;
 -- or NULL for internal ends (the caller must be the owner)
 SELECT c.id, c.project_id, c.sequence, c.role, c.kind, c.content, c.status, c.image_urls,
        c.client_request_id, c.created_by, c.created_at, c.updated_at, c.error_code,
-       c.error_message, c.last_event_id, c.prompt_tokens, c.completion_tokens, c.finish_reason
+       c.error_message, c.last_event_id, c.prompt_tokens, c.completion_tokens, c.finish_reason,
+       c.reasoning, c.reasoning_tokens
 FROM orderly_close($1, $2, $3, $4, $5, $6, $7) AS c;
 
 -- name: running_before
@@ -679,7 +725,7 @@ WHERE m.created_by = ANY($2::uuid[]) AND m.created_by = t.created_by AND m.id = 
 RETURNING m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
           m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
           m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens,
-          m.finish_reason, t.waited;
+          m.finish_reason, m.reasoning, m.reasoning_tokens, t.waited;
 
 -- name: queued_projects
 -- The slow poll: projects that have a queued answer whose turn has come; claim_queued then takes
@@ -702,7 +748,8 @@ LIMIT $1;
 -- owners by design (the worker's own answers).
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
        m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
+       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       m.reasoning, m.reasoning_tokens
 FROM messages AS m
 WHERE m.lease_owner = $1 AND m.status = 'pending';
 
@@ -754,7 +801,8 @@ WHERE w.expires_at < now() AND w.id <> ALL($1::uuid[]);
 -- cancelled or has not ended yet is left out whole, its question too. The user message is
 -- checked by role, not parity: projects upgraded from the legacy layout can have pairs at
 -- (2k, 2k+1). The index on (project_id, sequence) is walked backwards from $2, two lookups per
--- turn taken. $1 project, $2 the new user message's sequence, $3 turns, $4 owner
+-- turn taken. An answer's reasoning is not part of the context (it is never sent upstream), so
+-- it is not read: NULL. $1 project, $2 the new user message's sequence, $3 turns, $4 owner
 WITH turns AS (
     SELECT a.sequence
     FROM messages AS a
@@ -770,7 +818,8 @@ WITH turns AS (
 )
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
        m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
+       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       NULL::text AS reasoning, m.reasoning_tokens
 FROM turns AS t
 JOIN messages AS m
     ON m.created_by = $4 AND m.project_id = $1 AND m.sequence IN (t.sequence - 1, t.sequence)

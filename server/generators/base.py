@@ -1,5 +1,5 @@
-"""What a generator is: an async iterator of ``Progress`` and ``Delta`` items, and at most one
-``Finish`` last, reporting the answer's usage and finish reason.
+"""What a generator is: an async iterator of ``Progress``, ``Reasoning`` and ``Delta`` items, and at
+most one ``Finish`` last, reporting the answer's usage and finish reason.
 
 Generators know nothing of SQL or HTTP. They get the new user message and, on demand, the
 project's recent history in ``sequence`` order: whole turns (a user message and its successful
@@ -29,6 +29,15 @@ class Delta:
     text: str
 
 
+# not frozen: built per item; 4x cheaper so
+@dataclass(slots=True)
+class Reasoning:
+    """A piece of the model's reasoning: stored and streamed like a delta, kept apart from the
+    answer's content (and never sent back upstream)."""
+
+    text: str
+
+
 @dataclass(frozen=True, slots=True)
 class Finish:
     """The generator's last item, when it knows how the answer ended: what it cost (``usage``)
@@ -40,7 +49,7 @@ class Finish:
     finish_reason: str | None = None
 
 
-Item = Progress | Delta | Finish
+Item = Progress | Reasoning | Delta | Finish
 
 
 async def _no_history() -> list[Message]:

@@ -1,10 +1,11 @@
 """The ``openai`` generator: any OpenAI-compatible ``/chat/completions`` server, streamed.
 
 The request carries the system prompt, the project's latest whole successful turns (so the roles
-alternate, as strict chat templates require) and the new user message. The answer is read chunk
-by chunk under three clocks (``openai_clock``). Every failure ends the generation with a
-``GeneratorError`` (the runner keeps the partial content). A request is tried again only while
-the upstream has not accepted it, so no text is ever produced twice.
+alternate, as strict chat templates require; their content only, never their reasoning) and the
+new user message. The answer is read chunk by chunk under three clocks (``openai_clock``): the
+model's reasoning as ``Reasoning`` items, its text as ``Delta``. Every failure ends the
+generation with a ``GeneratorError`` (the runner keeps the partial content). A request is tried
+again only while the upstream has not accepted it, so no text is ever produced twice.
 
 Every request asks for the answer's usage (``stream_options.include_usage``); the answer ends
 with a ``Finish`` carrying it and the last ``finish_reason``. Some servers refuse that option
@@ -35,10 +36,11 @@ from server.generators.base import (
     GeneratorError,
     Item,
     Progress,
+    Reasoning,
 )
 from server.generators.openai_clock import Clock, Timeouts
 from server.generators.openai_failures import Failure, status_failure, transport_failure
-from server.generators.openai_stream import ChatStream
+from server.generators.openai_stream import ChatChunk, ChatStream
 from server.models import Message
 
 logger = logging.getLogger(__name__)
@@ -130,13 +132,21 @@ class OpenAIGenerator:
             contextlib.aclosing(opened.aiter_lines()) as lines,  # type: ignore[type-var]
         ):
             stream = ChatStream(lines, self._secret)
-            while (text := await self._next_text(stream, clock)) is not None:
-                if text and not clock.writing:
-                    yield Progress("writing", f"{self.model} is writing", None)
-                if text:
-                    yield Delta(text)
-                # After the yields: time the consumer takes is not the model's idle time.
-                clock.received(text)
+            reasoned = wrote = False
+            while (chunk := await self._next_chunk(stream, clock)) is not None:
+                if chunk.reasoning:
+                    if not reasoned:
+                        reasoned = True
+                        yield Progress("reasoning", f"{self.model} is thinking", None)
+                    yield Reasoning(chunk.reasoning)
+                if chunk.text:
+                    if not wrote:
+                        wrote = True
+                        yield Progress("writing", f"{self.model} is writing", None)
+                    yield Delta(chunk.text)
+                # After the yields: time the consumer takes is not the model's idle time. A
+                # model that reasons is alive too.
+                clock.received(chunk.text or chunk.reasoning)
         yield Finish(stream.usage, stream.finish_reason)
 
     def _payload(self, messages: list[Any], ask_usage: bool) -> dict[str, Any]:
@@ -177,11 +187,11 @@ class OpenAIGenerator:
             body = await _body_start(response, clock)
         return status_failure(response, body, self._secret)
 
-    async def _next_text(self, stream: ChatStream, clock: Clock) -> str | None:
-        """The next chunk's text within the clock's deadline; None after ``[DONE]``."""
+    async def _next_chunk(self, stream: ChatStream, clock: Clock) -> ChatChunk | None:
+        """The next chunk within the clock's deadline; None after ``[DONE]``."""
         try:
             async with asyncio.timeout_at(clock.deadline()):
-                return await stream.next_text()
+                return await stream.next_chunk()
         except TimeoutError:
             raise clock.expired() from None
         except httpx.DecodingError:  # e.g. a gzip body cut short

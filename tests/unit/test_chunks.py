@@ -30,6 +30,7 @@ def _message(role: str, sequence: int) -> Message:
         error=None,
         usage=None,
         finish_reason=None,
+        reasoning=None,
     )
 
 
