@@ -18,6 +18,13 @@ ALTER TABLE messages ADD CONSTRAINT messages_reasoning_tokens_check
            OR (reasoning_tokens >= 0 AND status = 'success' AND prompt_tokens IS NOT NULL))
     NOT VALID;
 
+-- The stored events' kinds: 'r' joins 'd' (delta) and 'p' (progress). NOT VALID: every row
+-- already holds the old letters, which the new pattern allows; validating would only scan the
+-- table under this migration's lock.
+ALTER TABLE event_chunks DROP CONSTRAINT IF EXISTS event_chunks_kinds_check;
+ALTER TABLE event_chunks ADD CONSTRAINT event_chunks_kinds_check
+    CHECK (kinds ~ '^([dpr]+|t)$') NOT VALID;
+
 -- How reads assemble a running answer (sql/queries.sql spells it out per statement): its
 -- reasoning is the joined texts of its stored 'r' events, as its content is of its 'd' events.
 CREATE OR REPLACE VIEW message_view AS
