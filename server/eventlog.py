@@ -62,6 +62,8 @@ class MessageLog:
         self.stored_status = "pending"  # the status the message row holds
         self.parts: list[str] = []
         self.reasoning: list[str] = []  # the reasoning events' texts: kept apart from content
+        self.reasoning_since: float | None = None  # when the first reasoning event was made
+        self.reasoning_ms: int | None = None  # how long the model reasoned, once it stopped
         self.error: ErrorInfo | None = None
         self.final_status: str | None = None  # the generation ended; not yet written
         self.usage: Usage | None = None  # what the generator reported, for a success
@@ -81,13 +83,21 @@ class MessageLog:
 
     def add_delta(self, text: str) -> None:
         text = storable(text)
+        self._reasoned()
         self.parts.append(text)
         self._append("delta", delta_data(text))
 
     def add_reasoning(self, text: str) -> None:
         text = storable(text)
+        if self.reasoning_since is None:
+            self.reasoning_since = time.monotonic()
         self.reasoning.append(text)
         self._append("reasoning", reasoning_data(text))
+
+    def _reasoned(self) -> None:
+        """The model's reasoning (if any) is over: its first text came, or the answer ended."""
+        if self.reasoning_since is not None and self.reasoning_ms is None:
+            self.reasoning_ms = round((time.monotonic() - self.reasoning_since) * 1000)
 
     def finish(
         self,
@@ -103,6 +113,7 @@ class MessageLog:
             if error is not None:  # an upstream's words: the same cleaning as its deltas
                 error = ErrorInfo(code=storable(error.code), message=storable(error.message))
             self.final_status, self.error = status, error
+            self._reasoned()
             if status == "success":
                 self.usage = usage
                 self.finish_reason = _finish_reason(finish_reason)
@@ -139,6 +150,7 @@ class MessageLog:
             changes_status=status != self.stored_status or not self.chunks,
             content="".join(self.parts) if final else None,
             reasoning="".join(self.reasoning) if final and self.reasoning else None,
+            reasoning_ms=self.reasoning_ms if final and self.reasoning else None,
             last_event_id=self.sealed + (1 if final else 0),
             error=self.error if final else None,
             chunks=tuple(self.chunks),
@@ -189,6 +201,7 @@ class MessageLog:
                     "usage": item.usage,
                     "finish_reason": item.finish_reason,
                     "reasoning": item.reasoning,
+                    "reasoning_ms": item.reasoning_ms,
                 }
             )
             self.frames.append(terminal_event_of(final, item.last_event_id).frame)

@@ -73,6 +73,7 @@ def start_event(user: Message, assistant: Message) -> Event:
             "usage": None,
             "finish_reason": None,
             "reasoning": None,
+            "reasoning_ms": None,
         }
     )
     data = StartData(user_message=user, assistant_message=placeholder)

@@ -221,6 +221,14 @@ class Message(BaseModel):
             "it has streamed so far), or null when the model gave none"
         ),
     ]
+    reasoning_ms: Annotated[
+        int | None,
+        Field(
+            description="how long the model reasoned, in milliseconds (from its first reasoning "
+            "event to its first text, or its end), as the worker that ran it timed it; null "
+            "while it runs, without reasoning, and for an answer ended by a cancel or the reaper"
+        ),
+    ]
 
     @property
     def is_terminal(self) -> bool:

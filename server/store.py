@@ -93,8 +93,10 @@ class FlushItem:
     # What the generator reported, at a successful end only.
     usage: Usage | None = None
     finish_reason: str | None = None
-    # The final reasoning, when the status is terminal and the model gave some.
+    # The final reasoning, when the status is terminal and the model gave some, and how long the
+    # model took for it (milliseconds).
     reasoning: str | None = None
+    reasoning_ms: int | None = None
 
     @property
     def events(self) -> int:
@@ -144,6 +146,7 @@ def message_from_row(row: Row) -> StoredMessage:
         usage=usage,
         finish_reason=row["finish_reason"],
         reasoning=row["reasoning"],
+        reasoning_ms=row["reasoning_ms"],
     )
     return StoredMessage(message, row["last_event_id"])
 
@@ -186,6 +189,7 @@ def flush_arguments(
         notify,
         [i.reasoning for i in changes],
         [_reasoning_tokens(i.usage) for i in changes],
+        [i.reasoning_ms for i in changes],
     ]
 
 

@@ -8,7 +8,7 @@
 -- Message rows are always returned with the same columns, in this order:
 --   id, project_id, sequence, role, kind, content, status, image_urls, client_request_id,
 --   created_by, created_at, updated_at, error_code, error_message, last_event_id,
---   prompt_tokens, completion_tokens, finish_reason, reasoning, reasoning_tokens
+--   prompt_tokens, completion_tokens, finish_reason, reasoning, reasoning_tokens, reasoning_ms
 -- A running message's content, reasoning and last event id come from its stored log: message_view
 -- (sql/migrations/0010_citus_layout.sql) shows how, and the reads below spell it out, with the
 -- owner as a parameter in the log's subquery too (on Citus a view's correlated owner would not
@@ -159,7 +159,7 @@ WHERE CASE WHEN NOT EXISTS (SELECT 1 FROM u) THEN orderly_refuse('too_many_runni
 RETURNING m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
           m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
           m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason,
-          m.reasoning, m.reasoning_tokens;
+          m.reasoning, m.reasoning_tokens, m.reasoning_ms;
 
 -- name: pair_by_request_id
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
@@ -171,7 +171,7 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.prompt_tokens, m.completion_tokens, m.finish_reason,
        CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
            AS reasoning,
-       m.reasoning_tokens
+       m.reasoning_tokens, m.reasoning_ms
 FROM messages AS m
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
@@ -198,7 +198,7 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.prompt_tokens, m.completion_tokens, m.finish_reason,
        CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
            AS reasoning,
-       m.reasoning_tokens
+       m.reasoning_tokens, m.reasoning_ms
 FROM messages AS m
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
@@ -225,7 +225,7 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.prompt_tokens, m.completion_tokens, m.finish_reason,
        CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
            AS reasoning,
-       m.reasoning_tokens
+       m.reasoning_tokens, m.reasoning_ms
 FROM messages AS m
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
@@ -251,7 +251,7 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        CASE WHEN m.role = 'assistant' THEN '' ELSE m.content END AS content,
        m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
        m.error_code, m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens,
-       m.finish_reason, NULL::text AS reasoning, m.reasoning_tokens
+       m.finish_reason, NULL::text AS reasoning, m.reasoning_tokens, m.reasoning_ms
 FROM messages AS m
 WHERE m.created_by = $3 AND m.project_id = $1 AND m.sequence IN ($2 - 1, $2)
 ORDER BY m.sequence;
@@ -268,7 +268,7 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.prompt_tokens, m.completion_tokens, m.finish_reason,
        CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
            AS reasoning,
-       m.reasoning_tokens
+       m.reasoning_tokens, m.reasoning_ms
 FROM projects AS p
 LEFT JOIN LATERAL (
     SELECT * FROM messages
@@ -299,7 +299,7 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.prompt_tokens, m.completion_tokens, m.finish_reason,
        CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
            AS reasoning,
-       m.reasoning_tokens
+       m.reasoning_tokens, m.reasoning_ms
 FROM projects AS p
 LEFT JOIN LATERAL (
     SELECT * FROM messages WHERE created_by = $2 AND project_id = $1 AND sequence < $4
@@ -329,7 +329,7 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.prompt_tokens, m.completion_tokens, m.finish_reason,
        CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
            AS reasoning,
-       m.reasoning_tokens
+       m.reasoning_tokens, m.reasoning_ms
 FROM projects AS p
 LEFT JOIN LATERAL (
     SELECT * FROM messages WHERE created_by = $2 AND project_id = $1 AND sequence > $4
@@ -371,7 +371,7 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
             ELSE m.last_event_id END AS last_event_id,
        m.prompt_tokens, m.completion_tokens, m.finish_reason,
        CASE WHEN m.status IN ('pending', 'streaming') THEN NULL ELSE m.reasoning END AS reasoning,
-       m.reasoning_tokens
+       m.reasoning_tokens, m.reasoning_ms
 FROM messages AS m
 WHERE m.created_by = $3 AND m.project_id = $1 AND m.id = $2;
 
@@ -386,7 +386,7 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.prompt_tokens, m.completion_tokens, m.finish_reason,
        CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
            AS reasoning,
-       m.reasoning_tokens
+       m.reasoning_tokens, m.reasoning_ms
 FROM messages AS m
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
@@ -432,7 +432,7 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.error_code, m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens,
        m.finish_reason,
        CASE WHEN m.status IN ('success', 'error', 'cancelled') THEN m.reasoning END AS reasoning,
-       m.reasoning_tokens, c.first_event_ids, c.kinds, c.data
+       m.reasoning_tokens, m.reasoning_ms, c.first_event_ids, c.kinds, c.data
 FROM messages AS m
 CROSS JOIN LATERAL (
     SELECT array_agg(n.first_event_id ORDER BY n.first_event_id) AS first_event_ids,
@@ -494,7 +494,8 @@ WHERE m.created_by = $5 AND m.project_id = $1 AND m.id = $2;
 -- $17 the batch's owners; $18 whether this statement sends the NOTIFYs (on Citus it may run on
 -- another node than the one the workers LISTEN to: server/store.py sends them then);
 -- $19 final reasonings (NULL but at the end, and when the model gave none), $20 reasoning tokens
--- (NULL but at a successful end that reported them)
+-- (NULL but at a successful end that reported them), $21 how long the model reasoned (ms; NULL
+-- but at the end of an answer that reasoned)
 WITH new_chunks AS (
     SELECT *
     FROM unnest($2::uuid[], $3::uuid[], $4::integer[], $5::text[], $6::text[])
@@ -503,9 +504,10 @@ WITH new_chunks AS (
     SELECT *
     FROM unnest($7::uuid[], $8::uuid[], $9::text[], $10::text[], $11::integer[], $12::text[],
                 $13::text[], $14::integer[], $15::integer[], $16::text[], $19::text[],
-                $20::integer[])
+                $20::integer[], $21::integer[])
         AS b (owner_id, id, status, content, last_event_id, error_code, error_message,
-              prompt_tokens, completion_tokens, finish_reason, reasoning, reasoning_tokens)
+              prompt_tokens, completion_tokens, finish_reason, reasoning, reasoning_tokens,
+              reasoning_ms)
 ), batch AS (
     SELECT owner_id, message_id AS id FROM new_chunks
     UNION
@@ -531,6 +533,7 @@ WITH new_chunks AS (
         finish_reason = b.finish_reason,
         reasoning = coalesce(b.reasoning, m.reasoning),
         reasoning_tokens = b.reasoning_tokens,
+        reasoning_ms = b.reasoning_ms,
         updated_at = now(),
         lease_owner = CASE WHEN b.status IN ('pending', 'streaming') THEN m.lease_owner END
     FROM changes AS b JOIN held AS h ON h.owner_id = b.owner_id AND h.id = b.id
@@ -684,7 +687,7 @@ LIMIT $1;
 SELECT c.id, c.project_id, c.sequence, c.role, c.kind, c.content, c.status, c.image_urls,
        c.client_request_id, c.created_by, c.created_at, c.updated_at, c.error_code,
        c.error_message, c.last_event_id, c.prompt_tokens, c.completion_tokens, c.finish_reason,
-       c.reasoning, c.reasoning_tokens
+       c.reasoning, c.reasoning_tokens, c.reasoning_ms
 FROM orderly_close($1, $2, $3, $4, $5, $6, $7) AS c;
 
 -- name: running_before
@@ -725,7 +728,7 @@ WHERE m.created_by = ANY($2::uuid[]) AND m.created_by = t.created_by AND m.id = 
 RETURNING m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
           m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
           m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens,
-          m.finish_reason, m.reasoning, m.reasoning_tokens, t.waited;
+          m.finish_reason, m.reasoning, m.reasoning_tokens, m.reasoning_ms, t.waited;
 
 -- name: queued_projects
 -- The slow poll: projects that have a queued answer whose turn has come; claim_queued then takes
@@ -749,7 +752,7 @@ LIMIT $1;
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
        m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
        m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason,
-       m.reasoning, m.reasoning_tokens
+       m.reasoning, m.reasoning_tokens, m.reasoning_ms
 FROM messages AS m
 WHERE m.lease_owner = $1 AND m.status = 'pending';
 
@@ -819,7 +822,7 @@ WITH turns AS (
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
        m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
        m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason,
-       NULL::text AS reasoning, m.reasoning_tokens
+       NULL::text AS reasoning, m.reasoning_tokens, m.reasoning_ms
 FROM turns AS t
 JOIN messages AS m
     ON m.created_by = $4 AND m.project_id = $1 AND m.sequence IN (t.sequence - 1, t.sequence)

@@ -2,7 +2,10 @@
 -- event_chunks, like deltas, and kept on the message once it ends, as `reasoning` (NULL when the
 -- model gave none), apart from the content. `reasoning_tokens` is the model server's
 -- `usage.completion_tokens_details.reasoning_tokens`, kept like the other counts (migration
--- 0006): only on a successful answer, NULL when not reported.
+-- 0006): only on a successful answer, NULL when not reported. `reasoning_ms`: how long the model
+-- reasoned (from its first reasoning event to its first text, or to its end), as the worker that
+-- ran the answer timed it; written with the end by that worker (NULL for an answer ended by
+-- cancel or the reaper, which cannot know it).
 --
 -- Idempotent, on one PostgreSQL and on Citus (tables already distributed or not): IF NOT EXISTS
 -- for the columns; each constraint dropped if there and added back, one per statement (Citus
@@ -11,12 +14,16 @@
 
 ALTER TABLE messages ADD COLUMN IF NOT EXISTS reasoning text;
 ALTER TABLE messages ADD COLUMN IF NOT EXISTS reasoning_tokens integer;
+ALTER TABLE messages ADD COLUMN IF NOT EXISTS reasoning_ms integer;
 
 ALTER TABLE messages DROP CONSTRAINT IF EXISTS messages_reasoning_tokens_check;
 ALTER TABLE messages ADD CONSTRAINT messages_reasoning_tokens_check
     CHECK (reasoning_tokens IS NULL
            OR (reasoning_tokens >= 0 AND status = 'success' AND prompt_tokens IS NOT NULL))
     NOT VALID;
+ALTER TABLE messages DROP CONSTRAINT IF EXISTS messages_reasoning_ms_check;
+ALTER TABLE messages ADD CONSTRAINT messages_reasoning_ms_check
+    CHECK (reasoning_ms IS NULL OR (reasoning_ms >= 0 AND reasoning IS NOT NULL)) NOT VALID;
 
 -- The stored events' kinds: 'r' joins 'd' (delta) and 'p' (progress). NOT VALID: every row
 -- already holds the old letters, which the new pattern allows; validating would only scan the
@@ -54,7 +61,7 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
                       WITH ORDINALITY AS e (kind, data, n)
                   WHERE c.owner_id = m.created_by AND c.message_id = m.id AND e.kind = 'r')
             ELSE m.reasoning END AS reasoning,
-       m.reasoning_tokens
+       m.reasoning_tokens, m.reasoning_ms
 FROM messages AS m;
 
 -- The end of a running answer (0010, unchanged but for step 3): it keeps the reasoning of its

@@ -731,6 +731,7 @@ def a_message(role: Any, sequence: int) -> Message:
         usage=None,
         finish_reason=None,
         reasoning=None,
+        reasoning_ms=None,
     )
 
 

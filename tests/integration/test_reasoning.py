@@ -141,6 +141,7 @@ async def test_reasoning_streams_as_events_is_stored_apart_and_resumes_exactly_o
     assert final["content"] == "".join(PIECES), "reasoning stays out of the content"
     assert final["reasoning"] == "".join(THOUGHTS)
     assert final["usage"] == KEPT_USAGE
+    assert isinstance(final["reasoning_ms"], int) and final["reasoning_ms"] >= 0
     assert full[0].data["assistant_message"]["reasoning"] is None, "start: as created"
     for stored in (history[1], got):
         assert (stored["content"], stored["reasoning"], stored["usage"]) == (
@@ -148,6 +149,7 @@ async def test_reasoning_streams_as_events_is_stored_apart_and_resumes_exactly_o
             final["reasoning"],
             KEPT_USAGE,
         )
+        assert stored["reasoning_ms"] == final["reasoning_ms"]
     assert history[0]["reasoning"] is None, "a user message has none"
     for (name, cursor), frames in resumed.items():
         assert wire(frames) == wire(full[cursor:]), (name, cursor)
@@ -200,6 +202,7 @@ async def test_a_running_answers_reasoning_so_far_is_read_and_resumed_across_the
     assert full[-1].event == "done"
     assert (running["status"], running["content"]) == ("streaming", "")
     assert running["reasoning"] == "".join(THOUGHTS)
+    assert running["reasoning_ms"] is None, "known once the answer ends"
     assert history["messages"][1]["reasoning"] == "".join(THOUGHTS)
     assert wire(tail) == wire(full[cursor:])
     assert texts(tail, "reasoning") == THOUGHTS[1:]
@@ -232,7 +235,7 @@ async def test_a_cancelled_answer_keeps_the_reasoning_it_streamed(database_url: 
     for message in (cancelled.json()["message"], got):
         assert message["status"] == "cancelled"
         assert (message["content"], message["reasoning"]) == ("", "".join(THOUGHTS))
-        assert message["usage"] is None
+        assert (message["usage"], message["reasoning_ms"]) == (None, None)
 
 
 async def test_the_context_of_later_turns_leaves_the_reasoning_out(database_url: str) -> None:
@@ -330,7 +333,11 @@ async def test_reasoning_tokens_are_kept_when_reported(
             frames = await generate(client, project, "Hi")
             history = (await client.get(f"/api/projects/{project}/messages")).json()
     for message in (frames[-1].data["message"], history["messages"][1]):
-        assert (message["usage"], message["reasoning"]) == (kept, None)
+        assert (message["usage"], message["reasoning"], message["reasoning_ms"]) == (
+            kept,
+            None,
+            None,
+        )
 
 
 async def test_the_demo_thinks_first_for_a_message_that_starts_with_think(
@@ -349,6 +356,7 @@ async def test_the_demo_thinks_first_for_a_message_that_starts_with_think(
     message = thinking[-1].data["message"]
     assert message["reasoning"] == "".join(texts(thinking, "reasoning")) == demo_reasoning(prompt)
     assert message["content"] == demo_answer(prompt)
+    assert isinstance(message["reasoning_ms"], int)
     assert message["usage"] == {
         "prompt_tokens": 4,
         "completion_tokens": 8,

@@ -31,6 +31,7 @@ def _message(role: str, sequence: int) -> Message:
         usage=None,
         finish_reason=None,
         reasoning=None,
+        reasoning_ms=None,
     )
 
 
