@@ -275,12 +275,15 @@ export class Conversation {
       case 'start':
         // A replay starts here too: forget the shown text, the deltas that follow rebuild it.
         this.#messages.upsert(data.user_message);
-        this.#messages.upsert({ ...data.assistant_message, content: '' });
+        this.#messages.upsert({ ...data.assistant_message, content: '', reasoning: null });
         // Someone else's exchange got the sequences just below this one.
         if (data.user_message.sequence > this.#shownThrough + 1) this.#catchUp();
         break;
       case 'progress':
         this.#messages.showProgress(messageId, data);
+        break;
+      case 'reasoning':
+        this.#messages.appendReasoning(messageId, data.text);
         break;
       case 'delta':
         this.#messages.appendContent(messageId, data.text);

@@ -17,6 +17,9 @@ export class MessageList {
   #olderButton;
   #items = new Map(); // message id -> element
   #answers = new WeakMap(); // an assistant message's element -> its MarkdownContent
+  // An answer's element -> when this page saw its first reasoning event (performance.now()),
+  // until its text starts: then "Thought for N s" (the stored reasoning_ms, once it ends).
+  #thinkingSince = new WeakMap();
   // Following: the bottom (the latest message, growing as its answer streams) is kept in view.
   // It starts when a project opens or the person sends, and stops when they scroll up, away
   // from the bottom; scrolling back down to the bottom starts it again.
@@ -122,10 +125,39 @@ export class MessageList {
     this.#syncEmpty();
   }
 
+  /**
+   * A piece of the model's reasoning: shown folded above the answer ("Thinking…" while it
+   * streams; open on click), never in the answer's text.
+   */
+  appendReasoning(messageId, text) {
+    const item = this.#items.get(messageId);
+    if (!item) return;
+    this.#markStreaming(item);
+    const fold = item.querySelector('.reasoning');
+    if (fold.hidden || !this.#thinkingSince.has(item)) {
+      this.#thinkingSince.set(item, performance.now());
+    }
+    this.#followingBottom(() => {
+      fold.hidden = false;
+      const box = item.querySelector('.reasoning-text');
+      const node = box.firstChild ?? box.appendChild(document.createTextNode(''));
+      node.appendData(text);
+    });
+  }
+
+  /** The reasoning is over (the text started): say for how long, as this page saw it. */
+  #thought(item) {
+    const since = this.#thinkingSince.get(item);
+    if (since === undefined) return;
+    this.#thinkingSince.delete(item);
+    item.querySelector('.reasoning-summary').textContent = thoughtFor(performance.now() - since);
+  }
+
   appendContent(messageId, text) {
     const item = this.#items.get(messageId);
     if (!item) return;
     this.#markStreaming(item);
+    this.#thought(item);
     // Its text is now what shows the answer's progress.
     item.querySelector('.progress-row').hidden = true;
     const answer = this.#answers.get(item);
@@ -197,6 +229,7 @@ export class MessageList {
       this.#insert(item, message.sequence);
     }
     fill(item, message, this.#answers.get(item));
+    fillReasoning(item, message, this.#thinkingSince);
   }
 
   /** Sequences, not arrival order, decide the position; new messages usually go last. */
@@ -304,6 +337,35 @@ function fill(item, message, answer) {
   error.hidden = message.status !== 'error';
   item.querySelector('.error-code').textContent = message.error?.code ?? '';
   item.querySelector('.error-message').textContent = message.error?.message ?? '';
+}
+
+/** "Thought for 3 s": whole seconds, at least 1 (a reasoning under a second is still one). */
+function thoughtFor(ms) {
+  return `Thought for ${Math.max(1, Math.round(ms / 1000))} s`;
+}
+
+/**
+ * The reasoning of a full Message (history, a finished answer): folded, its summary saying how
+ * long the model thought (the stored `reasoning_ms`), or "Thinking…" while no text has come.
+ * Hidden when the model gave none. The fold's open or closed state is the person's: kept.
+ */
+function fillReasoning(item, message, thinkingSince) {
+  const fold = item.querySelector('.reasoning');
+  const reasoning = message.reasoning ?? '';
+  fold.hidden = reasoning === '';
+  item.querySelector('.reasoning-text').textContent = reasoning;
+  const summary = item.querySelector('.reasoning-summary');
+  if (reasoning === '') {
+    thinkingSince.delete(item);
+    summary.textContent = 'Thinking…';
+  } else if (typeof message.reasoning_ms === 'number') {
+    thinkingSince.delete(item);
+    summary.textContent = thoughtFor(message.reasoning_ms);
+  } else if (isActive(message) && !message.content) {
+    summary.textContent = 'Thinking…';
+  } else {
+    summary.textContent = 'Thought'; // ended by a cancel or the reaper: not timed
+  }
 }
 
 function showTime(element, timestamp) {
