@@ -18,13 +18,30 @@ collector at all.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from server.events import Chunk, Event, delta_data, progress_data, start_event, storable
+from server.events import (
+    Chunk,
+    Event,
+    delta_data,
+    progress_data,
+    start_event,
+    storable,
+    tool_call_data,
+)
 from server.events import terminal_event as terminal_event_of
-from server.models import MAX_FINISH_REASON_CHARS, TERMINAL_STATUSES, ErrorInfo, Message, Usage
+from server.models import (
+    MAX_FINISH_REASON_CHARS,
+    TERMINAL_STATUSES,
+    ErrorInfo,
+    Message,
+    ToolCall,
+    Usage,
+)
 from server.store import FlushItem, Pair
 
 # Bounds of one chunk (one row): a log that fell behind (the database was away) is written as
@@ -53,6 +70,7 @@ class MessageLog:
         self.status = "pending"
         self.stored_status = "pending"  # the status the message row holds
         self.parts: list[str] = []
+        self.calls: dict[int, ToolCall] = {}  # the tool calls so far, by the model's index
         self.error: ErrorInfo | None = None
         self.final_status: str | None = None  # the generation ended; not yet written
         self.usage: Usage | None = None  # what the generator reported, for a success
@@ -75,6 +93,25 @@ class MessageLog:
         self.parts.append(text)
         self._append("delta", delta_data(text))
 
+    def add_tool_call(
+        self, index: int, call_id: str | None, name: str | None, arguments: str
+    ) -> None:
+        """A piece of a tool call. The first piece of a call carries its id (ours, when the model
+        gave none: ``call_`` and 24 hex digits) and its name; later ids and names are dropped
+        (the first event said them), their arguments appended."""
+        arguments = storable(arguments)
+        call = self.calls.get(index)
+        if call is None:
+            call_id = storable(call_id) if call_id else f"call_{uuid.uuid4().hex[:24]}"
+            call = ToolCall.model_construct(id=call_id, name=storable(name or ""), arguments="")
+            self.calls[index] = call
+            self._append("tool_call", tool_call_data(index, call.id, call.name, arguments))
+        elif arguments:
+            self._append("tool_call", tool_call_data(index, None, None, arguments))
+        else:
+            return
+        call.arguments += arguments
+
     def finish(
         self,
         status: str,
@@ -92,6 +129,9 @@ class MessageLog:
             if status == "success":
                 self.usage = usage
                 self.finish_reason = _finish_reason(finish_reason)
+                if self.calls and self.finish_reason in (None, "stop"):
+                    # Some servers (Ollama) say stop after calls: the answer waits for results.
+                    self.finish_reason = "tool_calls"
             self._waiting()
 
     @property
@@ -129,7 +169,14 @@ class MessageLog:
             chunks=tuple(self.chunks),
             usage=self.usage if final else None,
             finish_reason=self.finish_reason if final else None,
+            tool_calls=self._tool_calls_json() if final == "success" else None,
         )
+
+    def _tool_calls_json(self) -> str | None:
+        if not self.calls:
+            return None
+        calls = [self.calls[i].model_dump() for i in sorted(self.calls)]
+        return json.dumps(calls, ensure_ascii=False, separators=(",", ":"))
 
     def pending_size(self) -> tuple[int, int]:
         """About how many chunks and characters the next snapshot sends (to bound statements)."""
@@ -173,6 +220,9 @@ class MessageLog:
                     "updated_at": updated_at,
                     "usage": item.usage,
                     "finish_reason": item.finish_reason,
+                    "tool_calls": [self.calls[i] for i in sorted(self.calls)]
+                    if item.tool_calls
+                    else None,
                 }
             )
             self.frames.append(terminal_event_of(final, item.last_event_id).frame)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
-from typing import Annotated, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 from uuid import UUID
 
 from pydantic import (
@@ -14,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -119,6 +121,51 @@ class SessionInfo(BaseModel):
     username: str
 
 
+# Tool calls (docs/api.md, "Tool calls"): OpenAI's function tools, sent upstream as given.
+MAX_TOOLS = 64
+MAX_TOOLS_CHARS = 65_536  # the tools of one request, as compact JSON
+ToolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class FunctionDefinition(Input):
+    name: ToolName
+    description: StorableText | None = None
+    parameters: Annotated[
+        dict[str, Any] | None, Field(description="a JSON Schema object: the arguments")
+    ] = None
+    strict: bool | None = None
+
+
+class Tool(Input):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(Input):
+    name: ToolName
+
+
+class NamedToolChoice(Input):
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class ToolResult(Input):
+    tool_call_id: Annotated[StorableText, StringConstraints(min_length=1, max_length=256)]
+    content: StorableText
+
+
+class ToolCall(BaseModel):
+    """A call an answer made: ``arguments`` is the whole JSON text the model wrote."""
+
+    id: str
+    name: str
+    arguments: str
+
+
 class GenerateRequest(Input):
     # The maximum length is a setting, checked by the handler (see routes/generations.py).
     message: Annotated[
@@ -126,7 +173,18 @@ class GenerateRequest(Input):
         StringConstraints(min_length=1),
         AfterValidator(_not_blank),
         Field(json_schema_extra={"pattern": TEXT_PATTERN}),
-    ]
+    ] = ""
+    tool_results: Annotated[
+        list[ToolResult] | None,
+        Field(
+            min_length=1,
+            max_length=MAX_TOOLS,
+            description="instead of message: the results of every call of the project's latest "
+            "answer (it ended with tool calls)",
+        ),
+    ] = None
+    tools: Annotated[list[Tool] | None, Field(max_length=MAX_TOOLS)] = None
+    tool_choice: ToolChoice | None = None
     client_request_id: RequestId | None = None
     image_urls: Annotated[list[ImageUrl], Field(max_length=8)] = []
     on_running: Annotated[
@@ -142,6 +200,40 @@ class GenerateRequest(Input):
 
     # The problem code of a request whose only invalid field is one of these.
     error_codes: ClassVar[dict[str, str]] = {"on_running": "invalid_on_running"}
+
+    @model_validator(mode="after")
+    def _one_input(self) -> GenerateRequest:
+        if (self.tool_results is None) == (self.message == ""):
+            raise ValueError("exactly one of message and tool_results is required")
+        if self.tool_results is not None and self.image_urls:
+            raise ValueError("image_urls go with a message, not with tool_results")
+        if self.tool_choice is not None and not self.tools:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(self.tool_choice, NamedToolChoice):
+            names = {tool.function.name for tool in self.tools or ()}
+            if self.tool_choice.function.name not in names:
+                raise ValueError("tool_choice must name one of the tools")
+        return self
+
+    def tools_json(self) -> str | None:
+        """The tools as sent (the fields the client gave), compact."""
+        if self.tools is None:
+            return None
+        return json.dumps(
+            [tool.model_dump(exclude_unset=True) for tool in self.tools], separators=(",", ":")
+        )
+
+    def tool_choice_json(self) -> str | None:
+        if self.tool_choice is None:
+            return None
+        if isinstance(self.tool_choice, str):
+            return json.dumps(self.tool_choice)
+        return self.tool_choice.model_dump_json()
+
+    def tool_results_json(self) -> str | None:
+        if self.tool_results is None:
+            return None
+        return json.dumps([r.model_dump() for r in self.tool_results], ensure_ascii=False)
 
 
 class Project(BaseModel):
@@ -177,7 +269,7 @@ class Message(BaseModel):
     id: UUID
     project_id: UUID
     sequence: int
-    role: Literal["user", "assistant"]
+    role: Literal["user", "tool", "assistant"]
     kind: Literal["message"]
     content: str
     status: Status
@@ -199,6 +291,15 @@ class Message(BaseModel):
             "short, still a success), content_filter, ...; or null"
         ),
     ]
+
+    tool_calls: Annotated[
+        list[ToolCall] | None,
+        Field(description="the calls a successful answer made (finish_reason tool_calls), or null"),
+    ] = None
+    tool_results: Annotated[
+        list[ToolResult] | None,
+        Field(description="a tool message's results, in the order sent; null on other messages"),
+    ] = None
 
     @property
     def is_terminal(self) -> bool:
@@ -236,6 +337,15 @@ class ProgressData(BaseModel):
 
 class DeltaData(BaseModel):
     text: str
+
+
+class ToolCallData(BaseModel):
+    """A piece of a tool call: the first of a call carries its id and name."""
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
 
 
 class ErrorData(BaseModel):

@@ -9,6 +9,11 @@ Like a model server, it reports usage (prompt tokens: the words of the message; 
 tokens: the pieces sent) and why the answer ended: ``stop``; or ``length`` for a message whose
 first word is ``/cut``, whose answer stops after half its pieces, as a model's that reached its
 token limit (so that an answer cut short can be seen without a model).
+
+A message whose first word is ``/tool`` is answered with a call of the demo tool
+``browser_time`` (the time in the client's browser: the page answers it itself), ending with
+``finish_reason`` ``tool_calls``; the tool-result turn that follows is answered by quoting the
+results.
 """
 
 from __future__ import annotations
@@ -16,11 +21,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from server.generators.base import Delta, Finish, GenerationContext, Item, Progress
+from server.generators.base import (
+    Delta,
+    Finish,
+    GenerationContext,
+    Item,
+    Progress,
+    ToolCallDelta,
+)
 from server.models import Usage
 
 # The first word of a message whose demo answer is cut short (finish_reason "length").
 CUT_SHORT = "/cut"
+# The first word of a message whose demo answer calls the demo tool, and that tool.
+CALL_TOOL = "/tool"
+DEMO_TOOL = "browser_time"
+DEMO_TOOL_ARGUMENTS = '{"format": "locale", "why": "the demo generator asked"}'
 
 
 def demo_answer(prompt: str) -> str:
@@ -66,7 +82,11 @@ class DemoGenerator:
 
     async def __call__(self, context: GenerationContext) -> AsyncIterator[Item]:
         yield Progress("thinking", "Reading the conversation", 0.0)
-        parts, finish_reason = demo_pieces(context.prompt, self.deltas)
+        if context.prompt.split(maxsplit=1)[:1] == [CALL_TOOL]:
+            async for item in self._call_tool():
+                yield item
+            return
+        parts, finish_reason = demo_pieces(_prompt(context), self.deltas)
         yield Progress("writing", "Writing the answer", 10.0)
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -76,5 +96,23 @@ class DemoGenerator:
                 if due > loop.time():
                     await asyncio.sleep(due - loop.time())
             yield Delta(part)
-        usage = Usage(prompt_tokens=len(context.prompt.split()), completion_tokens=len(parts))
+        usage = Usage(prompt_tokens=len(_prompt(context).split()), completion_tokens=len(parts))
         yield Finish(usage, finish_reason)
+
+    async def _call_tool(self) -> AsyncIterator[Item]:
+        """One call of the demo tool, its arguments in a few pieces, as a model streams one."""
+        yield Progress("calling a tool", f"Asking the browser for {DEMO_TOOL}", 50.0)
+        pieces = split_evenly(DEMO_TOOL_ARGUMENTS, min(self.deltas, 4))
+        for i, piece in enumerate(pieces):
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            yield ToolCallDelta(0, None, DEMO_TOOL if i == 0 else None, piece)
+        yield Finish(Usage(prompt_tokens=1, completion_tokens=len(pieces)), "tool_calls")
+
+
+def _prompt(context: GenerationContext) -> str:
+    """What the answer quotes: the message, or a tool message's results."""
+    results = context.user_message.tool_results
+    if results is None:
+        return context.prompt
+    return "; ".join(f"{r.tool_call_id} answered {r.content}" for r in results)

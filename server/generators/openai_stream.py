@@ -1,5 +1,7 @@
-"""Reading a streamed chat completion: SSE lines in, the answer's text pieces out, and how it
-ended (the last ``finish_reason``, and the ``usage`` of the final chunk).
+"""Reading a streamed chat completion: SSE lines in, the answer's text pieces and tool-call
+pieces out (``delta.tool_calls``: each piece names its call's ``index``; the first carries its
+``id`` and ``function.name``, each a piece of ``function.arguments``), and how it ended (the last
+``finish_reason``, and the ``usage`` of the final chunk).
 
 OpenAI-compatible servers send one ``data: {json}`` event per chunk and end the answer with
 ``data: [DONE]``; asked for usage (``stream_options.include_usage``), they send it in a last chunk
@@ -17,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from server.generators.base import GeneratorError
+from server.generators.base import GeneratorError, ToolCallDelta
 from server.generators.openai_failures import excerpt
 from server.models import Usage
 
@@ -37,9 +39,11 @@ class ChatStream:
         self._data: list[str] = []
         self.finish_reason: str | None = None  # the last one sent so far
         self.usage: Usage | None = None
+        self.tool_calls: tuple[ToolCallDelta, ...] = ()  # the last chunk's tool-call pieces
 
     async def next_text(self) -> str | None:
-        """The next chunk's content ("" for a chunk that has none), or None after ``[DONE]``."""
+        """The next chunk's content ("" for a chunk that has none), or None after ``[DONE]``;
+        its tool-call pieces are in ``tool_calls`` then."""
         data = await self._next_event()
         if data is None:
             raise protocol_error("no [DONE]: the answer ended early")
@@ -48,6 +52,7 @@ class ChatStream:
         chunk = parse_chunk(data, self._secret)
         self.finish_reason = chunk.finish_reason or self.finish_reason
         self.usage = chunk.usage or self.usage
+        self.tool_calls = chunk.tool_calls
         return chunk.text
 
     async def _next_event(self) -> str | None:
@@ -74,6 +79,7 @@ class ChatChunk:
     text: str  # "" for a chunk without content
     finish_reason: str | None = None
     usage: Usage | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 def parse_chunk(data: str, secret: str | None) -> ChatChunk:
@@ -98,12 +104,40 @@ def parse_chunk(data: str, secret: str | None) -> ChatChunk:
         raise protocol_error("a chunk without choices[0].delta")
     given = choices[0].get("finish_reason")  # null until the last choice chunk
     finish_reason = given if isinstance(given, str) and given else None
+    calls = _tool_calls(delta.get("tool_calls"))
     content = delta.get("content")
-    if content is None:  # the role-only first chunk, or the last one with finish_reason
-        return ChatChunk("", finish_reason, usage)
+    if content is None:  # the role-only first chunk, the last one with finish_reason, a call
+        return ChatChunk("", finish_reason, usage, calls)
     if not isinstance(content, str):
         raise protocol_error("a chunk whose content is not a string")
-    return ChatChunk(content, finish_reason, usage)
+    return ChatChunk(content, finish_reason, usage, calls)
+
+
+def _tool_calls(value: Any) -> tuple[ToolCallDelta, ...]:
+    """``delta.tool_calls``: a list of ``{"index", "id", "type", "function": {"name",
+    "arguments"}}``, every member but ``index`` optional (the first piece of a call names it).
+    A piece without an index is the only call (some servers leave it out)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise protocol_error("a chunk whose tool_calls is not a list")
+    pieces = []
+    for position, call in enumerate(value):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(call, dict) or not isinstance(function or {}, dict):
+            raise protocol_error("a tool call that is not an object")
+        function = function or {}
+        index, call_id = call.get("index", position), call.get("id")
+        name, arguments = function.get("name"), function.get("arguments") or ""
+        if (
+            not isinstance(index, int)
+            or not isinstance(call_id, str | None)
+            or not isinstance(name, str | None)
+            or not isinstance(arguments, str)
+        ):
+            raise protocol_error("a tool call of another shape than OpenAI's")
+        pieces.append(ToolCallDelta(index, call_id or None, name or None, arguments))
+    return tuple(pieces)
 
 
 def _usage(value: Any) -> Usage | None:
