@@ -127,7 +127,14 @@ MAX_TOOLS_CHARS = 65_536  # the tools of one request, as compact JSON
 ToolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
-class FunctionDefinition(Input):
+class Part(BaseModel):
+    """A part of a request body: as strict as ``Input``; its problems are named by the field of
+    the body that holds it (server/parsing.py)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class FunctionDefinition(Part):
     name: ToolName
     description: StorableText | None = None
     parameters: Annotated[
@@ -136,24 +143,37 @@ class FunctionDefinition(Input):
     strict: bool | None = None
 
 
-class Tool(Input):
+class Tool(Part):
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class FunctionName(Input):
+class FunctionName(Part):
     name: ToolName
 
 
-class NamedToolChoice(Input):
+class NamedToolChoice(Part):
     type: Literal["function"]
     function: FunctionName
 
 
-ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+def _tool_choice(value: str | dict[str, Any]) -> str | dict[str, Any]:
+    if isinstance(value, str) and value in ("none", "auto", "required"):
+        return value
+    if isinstance(value, dict):
+        try:
+            return NamedToolChoice.model_validate(value).model_dump()
+        except ValueError:
+            pass
+    raise ValueError(
+        'must be none, auto, required or {"type": "function", "function": {"name": str}}'
+    )
 
 
-class ToolResult(Input):
+ToolChoice = Annotated[str | dict[str, Any], AfterValidator(_tool_choice)]
+
+
+class ToolResult(Part):
     tool_call_id: Annotated[StorableText, StringConstraints(min_length=1, max_length=256)]
     content: StorableText
 
@@ -209,9 +229,9 @@ class GenerateRequest(Input):
             raise ValueError("image_urls go with a message, not with tool_results")
         if self.tool_choice is not None and not self.tools:
             raise ValueError("tool_choice needs tools")
-        if isinstance(self.tool_choice, NamedToolChoice):
+        if isinstance(self.tool_choice, dict):
             names = {tool.function.name for tool in self.tools or ()}
-            if self.tool_choice.function.name not in names:
+            if self.tool_choice["function"]["name"] not in names:
                 raise ValueError("tool_choice must name one of the tools")
         return self
 
@@ -224,11 +244,7 @@ class GenerateRequest(Input):
         )
 
     def tool_choice_json(self) -> str | None:
-        if self.tool_choice is None:
-            return None
-        if isinstance(self.tool_choice, str):
-            return json.dumps(self.tool_choice)
-        return self.tool_choice.model_dump_json()
+        return None if self.tool_choice is None else json.dumps(self.tool_choice)
 
     def tool_results_json(self) -> str | None:
         if self.tool_results is None:
