@@ -87,12 +87,12 @@ FIELD_RULES: dict[str, str] = {
     "on_running": "{name} must be concurrent, reject, enqueue or interrupt",
     "replace": "{name} must be true or false",
     "tool_results": "{name} must be a list of 1 to 64 results",
-    "tool_results[]": '{name} must be {"tool_call_id": 1 to 256 characters, "content": text}',
+    "tool_results[]": '{name} must be {{"tool_call_id": 1 to 256 characters, "content": text}}',
     "tools": "{name} must be a list of at most 64 tools",
-    "tools[]": '{name} must be {"type": "function", "function": {"name": 1 to 64 of A-Z, a-z, '
-    '0-9, _ and -, "description": text, "parameters": a JSON Schema object, "strict": bool}}',
-    "tool_choice": '{name} must be none, auto, required or {"type": "function", "function": '
-    '{"name": str}}',
+    "tools[]": '{name} must be {{"type": "function", "function": {{"name": 1 to 64 of A-Z, a-z, '
+    '0-9, _ and -, "description": text, "parameters": a JSON Schema object, "strict": bool}}}}',
+    "tool_choice": '{name} must be none, auto, required or {{"type": "function", "function": '
+    '{{"name": str}}}}',
 }
 # The JSON type of each field, for a value of another type (400 wrong_type).
 FIELD_TYPES: dict[str, str] = {

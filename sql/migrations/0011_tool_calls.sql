@@ -30,6 +30,11 @@ ALTER TABLE messages
                AND (role = 'assistant' OR tool_calls IS NULL)
                AND (role <> 'assistant' OR (tools IS NULL AND tool_choice IS NULL))) NOT VALID;
 
+-- A stored event of kind `c` is a `tool_call` (server/events.py, KIND_OF).
+ALTER TABLE event_chunks DROP CONSTRAINT IF EXISTS event_chunks_kinds_check;
+ALTER TABLE event_chunks
+    ADD CONSTRAINT event_chunks_kinds_check CHECK (kinds ~ '^([dpc]+|t)$') NOT VALID;
+
 -- The reference for the reads of queries.sql: the running content as in 0010, the new columns
 -- last.
 CREATE OR REPLACE VIEW message_view AS
