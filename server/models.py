@@ -14,10 +14,12 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     StringConstraints,
+    ValidationError,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 Status = Literal["pending", "streaming", "success", "error", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"success", "error", "cancelled"})
@@ -221,6 +223,23 @@ class GenerateRequest(Input):
     # The problem code of a request whose only invalid field is one of these.
     error_codes: ClassVar[dict[str, str]] = {"on_running": "invalid_on_running"}
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _message_required(
+        cls, data: Any, handler: ModelWrapValidatorHandler[GenerateRequest]
+    ) -> GenerateRequest:
+        """Without tool_results, message is required: said as for any missing field, beside
+        the other fields' problems."""
+        if not isinstance(data, dict) or "message" in data or data.get("tool_results") is not None:
+            return handler(data)
+        missing = InitErrorDetails(type="missing", loc=("message",), input=data)
+        try:
+            handler(data)
+        except ValidationError as exc:
+            found = [_details(error) for error in exc.errors()]
+            raise ValidationError.from_exception_data(exc.title, [missing, *found]) from None
+        raise ValidationError.from_exception_data(cls.__name__, [missing])
+
     @model_validator(mode="after")
     def _one_input(self) -> GenerateRequest:
         if (self.tool_results is None) == (self.message == ""):
@@ -250,6 +269,14 @@ class GenerateRequest(Input):
         if self.tool_results is None:
             return None
         return json.dumps([r.model_dump() for r in self.tool_results], ensure_ascii=False)
+
+
+def _details(error: ErrorDetails) -> InitErrorDetails:
+    """One of pydantic's reported errors, as it can be raised again."""
+    details = InitErrorDetails(type=error["type"], loc=error["loc"], input=error["input"])
+    if "ctx" in error:
+        details["ctx"] = error["ctx"]
+    return details
 
 
 class Project(BaseModel):

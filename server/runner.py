@@ -221,7 +221,11 @@ class Runner:
 
         async def recent_history() -> list[Message]:
             return await self.store.recent_history(
-                user.created_by, user.project_id, user, self.history_messages
+                user.created_by,
+                user.project_id,
+                user.sequence,
+                self.history_messages,
+                tool_turn=user.role == "tool",
             )
 
         history = HistoryLoader(recent_history, pair.assistant.message.id)

@@ -441,26 +441,32 @@ class Store:
         return messages, has_more
 
     async def recent_history(
-        self, owner_id: UUID, project_id: UUID, before: Message, max_messages: int
+        self,
+        owner_id: UUID,
+        project_id: UUID,
+        before_sequence: int,
+        max_messages: int,
+        *,
+        tool_turn: bool = False,
     ) -> list[Message]:
-        """The context of the generation whose input message is ``before``: the latest whole
-        successful turns before it (an input message and its answer), at most ``max_messages``
-        messages (an odd number rounds down), in sequence order, ending on an answer; tool
-        chains whole (``history.whole_chains``). When ``before`` is a tool message, the chain it
-        continues is read back to its start, past the limit if need be (an upstream refuses a
-        tool message without the call it answers)."""
+        """The context of a generation whose input message is at ``before_sequence``: the latest
+        whole successful turns before it (an input message and its answer), at most
+        ``max_messages`` messages (an odd number rounds down), in sequence order, ending on an
+        answer; tool chains whole (``whole_chains``). For a ``tool_turn`` (its input is a tool
+        message) the chain it continues is read back to its start, past the limit if need be:
+        an upstream refuses a tool message without the call it answers."""
         turns = max_messages // 2
-        if turns < 1 and before.role != "tool":
+        if turns < 1 and not tool_turn:
             return []
         page = max(turns, 1)
-        rows = await self.db.fetch("recent_history", project_id, before.sequence, page, owner_id)
+        rows = await self.db.fetch("recent_history", project_id, before_sequence, page, owner_id)
         messages = [message_from_row(r).message for r in rows]
-        while before.role == "tool" and len(rows) == 2 * page and _inside_chain(messages, before):
+        while tool_turn and len(rows) == 2 * page and _inside_chain(messages, before_sequence):
             rows = await self.db.fetch(
                 "recent_history", project_id, messages[0].sequence, page, owner_id
             )
             messages = [message_from_row(r).message for r in rows] + messages
-        return whole_chains(messages, before, turns)
+        return whole_chains(messages, before_sequence if tool_turn else None, turns)
 
     async def events_after(
         self, owner_id: UUID, message_id: UUID, after: int, limit: int
@@ -688,22 +694,23 @@ def _made_calls(answer: Message | None) -> bool:
     return answer is not None and answer.finish_reason == "tool_calls" and bool(answer.tool_calls)
 
 
-def _inside_chain(messages: Sequence[Message], before: Message) -> bool:
-    """Whether the chain that ``before`` continues starts before ``messages``."""
+def _inside_chain(messages: Sequence[Message], before_sequence: int) -> bool:
+    """Whether the chain that the tool message at ``before_sequence`` continues starts before
+    ``messages``."""
     chains = _chains(messages)
-    if not chains or chains[-1][-1].sequence != before.sequence - 1:
+    if not chains or chains[-1][-1].sequence != before_sequence - 1:
         return False
     return chains[-1][0].role == "tool"
 
 
-def whole_chains(messages: Sequence[Message], before: Message, turns: int) -> list[Message]:
+def whole_chains(messages: Sequence[Message], continued: int | None, turns: int) -> list[Message]:
     """The turns of ``messages`` (sequence order) that a context may carry: whole chains only,
-    each starting with a user message and answering every call it makes, but the chain that
-    ``before`` (a tool message) continues, kept whole whatever its length; then, latest first,
-    other chains while the turns fit in ``turns``."""
+    each starting with a user message and answering every call it makes; but the chain that the
+    tool message at sequence ``continued`` continues is kept whole whatever its length. Then,
+    latest first, the other chains while their turns fit in ``turns``."""
     chains = _chains(messages)
     current: list[Message] = []
-    if before.role == "tool" and chains and chains[-1][-1].sequence == before.sequence - 1:
+    if continued is not None and chains and chains[-1][-1].sequence == continued - 1:
         current = chains.pop()
     kept: list[list[Message]] = []
     room = turns - len(current) // 2

@@ -309,7 +309,7 @@ async def test_tool_results_are_refused_unless_they_answer_the_latest_answers_ca
         # The request's shape: exactly one of message and tool_results.
         for body, field in (
             ({"message": "hi", "tool_results": [good]}, "(body)"),
-            ({}, "(body)"),
+            ({}, "message"),
             ({"tool_results": []}, "tool_results"),
             ({"tool_results": [good], "image_urls": ["https://example.com/a.png"]}, "(body)"),
             ({"message": "hi", "tools": [{"type": "function", "function": {"name": "a b"}}]},
