@@ -102,9 +102,8 @@ WHERE owner_id = $2 AND id = $1;
 -- on_running policy, $9 a tool-result turn's results (NULL: a user message), $10 tools, $11
 -- tool_choice (both NULL in a tool-result turn: those of the turn whose calls it answers).
 -- A tool-result turn answers every call of the project's latest answer, which must have ended
--- with tool calls: checked here, under the project's row lock, with the snapshot's latest
--- answer (a pair reserved by a reservation that committed while this one waited is a newer
--- latest answer, still running: refused). Refused before the cap; never for a repeated key.
+-- with tool calls: checked here, under the project's row lock (answered). Refused before the
+-- cap; never for a repeated key (the insert finds the existing pair).
 WITH p AS (
     UPDATE projects SET last_sequence = last_sequence + 2
     WHERE owner_id = $2 AND id = $1
@@ -120,14 +119,18 @@ WITH p AS (
     ) AS k
     WHERE s.owner_id = $2 AND s.id = $1
 ), answered AS (
-    -- A tool-result turn ($9): the project's latest answer as this statement's snapshot shows
-    -- it, if it ended with tool calls, and the input message of its turn (its tools).
+    -- A tool-result turn ($9): the project's latest answer, the message just below the pair
+    -- this statement reserves (p: the locked row's latest last_sequence), if it ended with tool
+    -- calls; and the input message of its turn (its tools). An answer reserved by a
+    -- reservation that committed while this one waited for the lock is that message: this
+    -- statement's snapshot does not show it (on Citus, a later step's may: it is running),
+    -- either way no row.
     SELECT l.tool_calls, i.tools, i.tool_choice
-    FROM seen AS s
+    FROM p
     JOIN messages AS l
-        ON l.created_by = $2 AND l.project_id = $1 AND l.sequence = s.last_sequence
+        ON l.created_by = $2 AND l.project_id = $1 AND l.sequence = p.last_sequence - 2
     LEFT JOIN messages AS i
-        ON i.created_by = $2 AND i.project_id = $1 AND i.sequence = s.last_sequence - 1
+        ON i.created_by = $2 AND i.project_id = $1 AND i.sequence = p.last_sequence - 3
     WHERE $9::jsonb IS NOT NULL AND l.role = 'assistant' AND l.status = 'success'
       AND l.finish_reason = 'tool_calls' AND l.tool_calls IS NOT NULL
 ), running AS (
@@ -143,8 +146,7 @@ WITH p AS (
            CASE WHEN p.last_sequence - 2 > s.last_sequence THEN '- ' || (p.last_sequence - 2)
                 ELSE r.newest_id || ' ' || r.newest_sequence END AS newest,
            CASE WHEN $9::jsonb IS NULL OR s.repeat THEN NULL
-                WHEN p.last_sequence - 2 > s.last_sequence OR NOT EXISTS (SELECT 1 FROM answered)
-                THEN 'tool_calls_not_pending'
+                WHEN NOT EXISTS (SELECT 1 FROM answered) THEN 'tool_calls_not_pending'
                 WHEN (SELECT array_agg(c ->> 'id' ORDER BY c ->> 'id')
                       FROM answered, jsonb_array_elements(answered.tool_calls) AS c)
                      IS DISTINCT FROM
