@@ -301,6 +301,8 @@ async def test_tool_results_are_refused_unless_they_answer_the_latest_answers_ca
         taken = await post_results(client, project, [good])
         assert taken.status_code == 202, taken.text
         assert taken.json()["user_message"]["role"] == "tool"
+        _, frames = await read_stream(client, "GET", taken.json()["events_url"])  # its end
+        assert events_only(frames)[-1].event == "done"
         await refused([good], 409, "tool_calls_not_pending")  # answered already
         # A later message: the calls are no longer the latest answer's.
         [call] = await demo_calls(client, project)
