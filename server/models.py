@@ -189,6 +189,8 @@ class ToolCall(BaseModel):
 
 
 class GenerateRequest(Input):
+    """A generation: exactly one of ``message`` and ``tool_results`` (docs/api.md)."""
+
     # The maximum length is a setting, checked by the handler (see routes/generations.py).
     message: Annotated[
         StorableText,
