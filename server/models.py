@@ -17,6 +17,7 @@ from pydantic import (
     ModelWrapValidatorHandler,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
     model_validator,
 )
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
@@ -138,7 +139,9 @@ class Part(BaseModel):
 
 class FunctionDefinition(Part):
     name: ToolName
-    description: StorableText | None = None
+    description: Annotated[StorableText, Field(json_schema_extra={"pattern": _NO_NUL})] | None = (
+        None
+    )
     parameters: Annotated[
         dict[str, Any] | None, Field(description="a JSON Schema object: the arguments")
     ] = None
@@ -172,12 +175,37 @@ def _tool_choice(value: str | dict[str, Any]) -> str | dict[str, Any]:
     )
 
 
+_NO_NUL = "^[^\\u0000]*$"
+_TOOL_CHOICE_SCHEMA = {
+    "anyOf": [
+        {"enum": ["none", "auto", "required"]},
+        {
+            "type": "object",
+            "properties": {
+                "type": {"const": "function"},
+                "function": {
+                    "type": "object",
+                    "properties": {"name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}},
+                    "required": ["name"],
+                    "additionalProperties": False,
+                },
+            },
+            "required": ["type", "function"],
+            "additionalProperties": False,
+        },
+        {"type": "null"},
+    ]
+}
 ToolChoice = Annotated[str | dict[str, Any], AfterValidator(_tool_choice)]
 
 
 class ToolResult(Part):
-    tool_call_id: Annotated[StorableText, StringConstraints(min_length=1, max_length=256)]
-    content: StorableText
+    tool_call_id: Annotated[
+        StorableText,
+        StringConstraints(min_length=1, max_length=256),
+        Field(json_schema_extra={"pattern": _NO_NUL}),
+    ]
+    content: Annotated[StorableText, Field(json_schema_extra={"pattern": _NO_NUL})]
 
 
 class ToolCall(BaseModel):
@@ -190,6 +218,24 @@ class ToolCall(BaseModel):
 
 class GenerateRequest(Input):
     """A generation: exactly one of ``message`` and ``tool_results`` (docs/api.md)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["message"], "properties": {"tool_results": {"type": "null"}}},
+                {
+                    "required": ["tool_results"],
+                    "not": {"required": ["message"]},
+                    "properties": {
+                        "tool_results": {"type": "array"},
+                        "image_urls": {"maxItems": 0},
+                    },
+                },
+            ]
+        },
+    )
 
     # The maximum length is a setting, checked by the handler (see routes/generations.py).
     message: Annotated[
@@ -208,7 +254,11 @@ class GenerateRequest(Input):
         ),
     ] = None
     tools: Annotated[list[Tool] | None, Field(max_length=MAX_TOOLS)] = None
-    tool_choice: ToolChoice | None = None
+    tool_choice: Annotated[
+        ToolChoice | None,
+        WithJsonSchema(_TOOL_CHOICE_SCHEMA),
+        Field(description="sent upstream with the tools, unchanged"),
+    ] = None
     client_request_id: RequestId | None = None
     image_urls: Annotated[list[ImageUrl], Field(max_length=8)] = []
     on_running: Annotated[
@@ -248,12 +298,6 @@ class GenerateRequest(Input):
             raise ValueError("exactly one of message and tool_results is required")
         if self.tool_results is not None and self.image_urls:
             raise ValueError("image_urls go with a message, not with tool_results")
-        if self.tool_choice is not None and not self.tools:
-            raise ValueError("tool_choice needs tools")
-        if isinstance(self.tool_choice, dict):
-            names = {tool.function.name for tool in self.tools or ()}
-            if self.tool_choice["function"]["name"] not in names:
-                raise ValueError("tool_choice must name one of the tools")
         return self
 
     def tools_json(self) -> str | None:

@@ -316,7 +316,6 @@ async def test_tool_results_are_refused_unless_they_answer_the_latest_answers_ca
             ({"tool_results": [good], "image_urls": ["https://example.com/a.png"]}, "(body)"),
             ({"message": "hi", "tools": [{"type": "function", "function": {"name": "a b"}}]},
              "tools.0.function.name"),
-            ({"message": "hi", "tool_choice": "auto"}, "(body)"),
             ({"message": "hi", "tools": [WEATHER], "tool_choice": "sometimes"}, "tool_choice"),
         ):  # fmt: skip
             response = await client.post(f"/api/projects/{project}/generations", json=body)
