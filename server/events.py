@@ -19,7 +19,7 @@ from server.models import ErrorData, ErrorInfo, Message, StartData
 TERMINAL_EVENTS = frozenset({"done", "error", "cancelled"})
 _EVENT_FOR_STATUS = {"success": "done", "error": "error", "cancelled": "cancelled"}
 # The stored events' kinds, one letter each (see event_chunks.kinds).
-KIND_OF = {"delta": "d", "progress": "p", "reasoning": "r"}
+KIND_OF = {"delta": "d", "progress": "p", "reasoning": "r", "tool_call": "c"}
 NAME_OF = {kind: name for name, kind in KIND_OF.items()}
 # One encoder for every event: json.dumps with options builds a new encoder on every call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -74,6 +74,7 @@ def start_event(user: Message, assistant: Message) -> Event:
             "finish_reason": None,
             "reasoning": None,
             "reasoning_ms": None,
+            "tool_calls": None,
         }
     )
     data = StartData(user_message=user, assistant_message=placeholder)
@@ -100,6 +101,10 @@ def delta_data(text: str) -> str:
 
 
 reasoning_data = delta_data  # the same shape: {"text": str}
+
+
+def tool_call_data(index: int, call_id: str | None, name: str | None, arguments: str) -> str:
+    return compact_json({"index": index, "id": call_id, "name": name, "arguments": arguments})
 
 
 @dataclass(slots=True)

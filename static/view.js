@@ -2,6 +2,7 @@
 // except an answer's content, which markdown.js renders as Markdown (escaped, then sanitised).
 
 import { MarkdownContent } from './markdown.js';
+import { ToolCards, showResults } from './tools.js';
 
 export const isActive = (message) => message.status === 'pending' || message.status === 'streaming';
 
@@ -20,6 +21,8 @@ export class MessageList {
   // An answer's element -> when this page saw its first reasoning event (performance.now()),
   // until its text starts: then "Thought for N s" (the stored reasoning_ms, once it ends).
   #thinkingSince = new WeakMap();
+  #toolCards = new WeakMap(); // an assistant message's element -> its ToolCards
+  #results = []; // every tool result shown: a card made later shows its own
   // Following: the bottom (the latest message, growing as its answer streams) is kept in view.
   // It starts when a project opens or the person sends, and stops when they scroll up, away
   // from the bottom; scrolling back down to the bottom starts it again.
@@ -38,6 +41,7 @@ export class MessageList {
   clear() {
     this.#list.replaceChildren();
     this.#items.clear();
+    this.#results = [];
     this.#following = true;
     this.#lastTop = 0;
     this.setHasMore(false);
@@ -85,6 +89,11 @@ export class MessageList {
   get lowestSequence() {
     const oldest = this.#list.firstElementChild;
     return oldest ? Number(oldest.dataset.sequence) : null;
+  }
+
+  get highestSequence() {
+    const newest = this.#list.lastElementChild;
+    return newest ? Number(newest.dataset.sequence) : 0;
   }
 
   setHasMore(hasMore) {
@@ -145,12 +154,22 @@ export class MessageList {
     });
   }
 
-  /** The reasoning is over (the text started): say for how long, as this page saw it. */
+  /** The reasoning is over (its text or a tool call started): say for how long, as seen here. */
   #thought(item) {
     const since = this.#thinkingSince.get(item);
     if (since === undefined) return;
     this.#thinkingSince.delete(item);
     item.querySelector('.reasoning-summary').textContent = thoughtFor(performance.now() - since);
+  }
+
+  /** A `tool_call` event of a running answer: a card per call, its arguments as they come. */
+  addToolCall(messageId, data) {
+    const item = this.#items.get(messageId);
+    const cards = item && this.#toolCards.get(item);
+    if (!cards) return;
+    this.#markStreaming(item);
+    this.#thought(item);
+    this.#followingBottom(() => cards.add(data));
   }
 
   appendContent(messageId, text) {
@@ -225,11 +244,22 @@ export class MessageList {
         const content = item.querySelector('.content');
         const keepBottom = (render) => this.#followingBottom(render);
         this.#answers.set(item, new MarkdownContent(content, keepBottom));
+        this.#toolCards.set(item, new ToolCards(item.querySelector('.tool-calls')));
       }
       this.#insert(item, message.sequence);
     }
     fill(item, message, this.#answers.get(item));
     fillReasoning(item, message, this.#thinkingSince);
+    // The calls as stored replace those the events built (a replay's `start` empties them).
+    const cards = this.#toolCards.get(item);
+    if (cards && (message.tool_calls || !isActive(message) || message.status === 'pending')) {
+      cards.set(message.tool_calls);
+      showResults(item, this.#results);
+    }
+    if (message.tool_results) {
+      this.#results.push(...message.tool_results);
+      showResults(this.#list, message.tool_results);
+    }
   }
 
   /** Sequences, not arrival order, decide the position; new messages usually go last. */

@@ -122,6 +122,7 @@ async def test_every_sse_event_is_described_by_the_document(database_url: str) -
         done = await generate(client, project, "hello")
         # Reasoning events, and a message with reasoning and reasoning_tokens in its usage.
         done += await generate(client, project, "/think hello")
+        done += await generate(client, project, "/tool what time is it?")  # tool_call events
         cancelled_start = await client.post(
             f"/api/projects/{project}/generations",
             json={"message": "stop me"},
@@ -147,11 +148,12 @@ async def test_every_sse_event_is_described_by_the_document(database_url: str) -
             "progress",
             "reasoning",
             "delta",
+            "tool_call",
             "done",
             "error",
             "cancelled",
         }
-        assert "reasoning" in {frame.event for frame in done}
+        assert {"reasoning", "tool_call"} <= {frame.event for frame in done}
         for frame in [*done, *events_only(frames)]:
             assert frame.event is not None and frame.id is not None
             event = {"event": frame.event, "id": str(frame.id), "data": frame.data_lines[0]}

@@ -188,6 +188,7 @@ _DUMMY = {
     "int4[]": "'{1}'",
     "bool": "false",
     "float8": "1",
+    "jsonb": "'[]'",
 }
 
 
