@@ -1,5 +1,6 @@
 """``delta.tool_calls`` as the openai generator reads it (server/generators/openai_stream.py):
-pieces of calls, by index; a shape other than OpenAI's is the upstream's protocol error."""
+pieces of calls, by index, beside a chunk's reasoning and text; a shape other than OpenAI's is the
+upstream's protocol error."""
 
 from __future__ import annotations
 
@@ -25,6 +26,15 @@ def test_pieces_of_calls_are_read_by_index() -> None:
     parsed = parse_chunk(chunk({"content": None, "tool_calls": [later]}, "tool_calls"), None)
     assert parsed.tool_calls == (ToolCallDelta(1, None, None, '{"a": 1}'),)
     assert (parsed.text, parsed.finish_reason) == ("", "tool_calls")
+
+
+def test_one_chunk_may_carry_reasoning_text_and_a_call() -> None:
+    """Each is read from the same chunk: none of them hides the others."""
+    call = {"index": 0, "id": "call_a", "function": {"name": "f", "arguments": "{"}}
+    delta = {"reasoning_content": "so ", "content": "Let me look.", "tool_calls": [call]}
+    parsed = parse_chunk(chunk(delta), None)
+    assert (parsed.reasoning, parsed.text) == ("so ", "Let me look.")
+    assert parsed.tool_calls == (ToolCallDelta(0, "call_a", "f", "{"),)
 
 
 def test_a_piece_without_an_index_is_its_position() -> None:
