@@ -26,6 +26,8 @@ from server.errors import (
     DuplicateRequest,
     InvalidInput,
     NotAuthenticated,
+    ToolCallsNotPending,
+    ToolResultsMismatch,
     TooManyRunning,
     WorkerUnavailable,
     WriteConflict,
@@ -95,6 +97,10 @@ def translate_errors() -> Iterator[None]:
         if exc.args and exc.args[0] == "answer_running":  # detail: "<message id> <sequence>"
             message_id, sequence = str(exc.detail).split()
             raise AnswerRunning(message_id, int(sequence)) from exc
+        if exc.args and exc.args[0] == "tool_calls_not_pending":
+            raise ToolCallsNotPending() from exc
+        if exc.args and exc.args[0] == "tool_results_mismatch":
+            raise ToolResultsMismatch() from exc
         if exc.args and exc.args[0] == "heartbeat_expired":
             raise WorkerUnavailable(
                 "this worker's heartbeat expired (it lost the database for longer than the "

@@ -66,6 +66,13 @@ class AnswerRunning(Conflict):
         return {"running_message_id": self.message_id, "running_sequence": self.sequence}
 
 
+class ToolCallsNotPending(Conflict):
+    """The project's latest answer did not end with tool calls waiting for results (it made none,
+    it has not ended, it failed, or a later turn already answered them): nothing was written."""
+
+    code = "tool_calls_not_pending"
+
+
 class AnotherAccountSignedIn(Conflict):
     """This browser is signed in to another account: ask the person before switching."""
 
@@ -112,6 +119,13 @@ class InvalidInput(OrderlyError):
 
     def fields(self) -> dict[str, object]:
         return {"errors": self.errors} if self.errors else {}
+
+
+class ToolResultsMismatch(InvalidInput):
+    """tool_results must answer every call of the project's latest answer, each once, and no
+    other (their tool_call_id are the calls' ids): nothing was written."""
+
+    code = "tool_results_mismatch"
 
 
 class TooManyRequests(OrderlyError):

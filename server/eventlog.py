@@ -18,13 +18,31 @@ collector at all.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from server.events import Chunk, Event, delta_data, progress_data, start_event, storable
+from server.events import (
+    Chunk,
+    Event,
+    delta_data,
+    progress_data,
+    reasoning_data,
+    start_event,
+    storable,
+    tool_call_data,
+)
 from server.events import terminal_event as terminal_event_of
-from server.models import MAX_FINISH_REASON_CHARS, TERMINAL_STATUSES, ErrorInfo, Message, Usage
+from server.models import (
+    MAX_FINISH_REASON_CHARS,
+    TERMINAL_STATUSES,
+    ErrorInfo,
+    Message,
+    ToolCall,
+    Usage,
+)
 from server.store import FlushItem, Pair
 
 # Bounds of one chunk (one row): a log that fell behind (the database was away) is written as
@@ -53,6 +71,10 @@ class MessageLog:
         self.status = "pending"
         self.stored_status = "pending"  # the status the message row holds
         self.parts: list[str] = []
+        self.reasoning: list[str] = []  # the reasoning events' texts: kept apart from content
+        self.reasoning_since: float | None = None  # when the first reasoning event was made
+        self.reasoning_ms: int | None = None  # how long the model reasoned, once it stopped
+        self.calls: dict[int, ToolCall] = {}  # the tool calls so far, by the model's index
         self.error: ErrorInfo | None = None
         self.final_status: str | None = None  # the generation ended; not yet written
         self.usage: Usage | None = None  # what the generator reported, for a success
@@ -72,8 +94,42 @@ class MessageLog:
 
     def add_delta(self, text: str) -> None:
         text = storable(text)
+        self._reasoned()
         self.parts.append(text)
         self._append("delta", delta_data(text))
+
+    def add_reasoning(self, text: str) -> None:
+        text = storable(text)
+        if self.reasoning_since is None:
+            self.reasoning_since = time.monotonic()
+        self.reasoning.append(text)
+        self._append("reasoning", reasoning_data(text))
+
+    def _reasoned(self) -> None:
+        """The model's reasoning (if any) is over: its first text or tool call came, or the answer
+        ended."""
+        if self.reasoning_since is not None and self.reasoning_ms is None:
+            self.reasoning_ms = round((time.monotonic() - self.reasoning_since) * 1000)
+
+    def add_tool_call(
+        self, index: int, call_id: str | None, name: str | None, arguments: str
+    ) -> None:
+        """A piece of a tool call. The first piece of a call carries its id (ours, when the model
+        gave none: ``call_`` and 24 hex digits) and its name; later ids and names are dropped
+        (the first event said them), their arguments appended."""
+        arguments = storable(arguments)
+        self._reasoned()
+        call = self.calls.get(index)
+        if call is None:
+            call_id = storable(call_id) if call_id else f"call_{uuid.uuid4().hex[:24]}"
+            call = ToolCall.model_construct(id=call_id, name=storable(name or ""), arguments="")
+            self.calls[index] = call
+            self._append("tool_call", tool_call_data(index, call.id, call.name, arguments))
+        elif arguments:
+            self._append("tool_call", tool_call_data(index, None, None, arguments))
+        else:
+            return
+        call.arguments += arguments
 
     def finish(
         self,
@@ -89,9 +145,13 @@ class MessageLog:
             if error is not None:  # an upstream's words: the same cleaning as its deltas
                 error = ErrorInfo(code=storable(error.code), message=storable(error.message))
             self.final_status, self.error = status, error
+            self._reasoned()
             if status == "success":
                 self.usage = usage
                 self.finish_reason = _finish_reason(finish_reason)
+                if self.calls and self.finish_reason in (None, "stop"):
+                    # Some servers (Ollama) say stop after calls: the answer waits for results.
+                    self.finish_reason = "tool_calls"
             self._waiting()
 
     @property
@@ -124,12 +184,21 @@ class MessageLog:
             status=status,
             changes_status=status != self.stored_status or not self.chunks,
             content="".join(self.parts) if final else None,
+            reasoning="".join(self.reasoning) if final and self.reasoning else None,
+            reasoning_ms=self.reasoning_ms if final and self.reasoning else None,
             last_event_id=self.sealed + (1 if final else 0),
             error=self.error if final else None,
             chunks=tuple(self.chunks),
             usage=self.usage if final else None,
             finish_reason=self.finish_reason if final else None,
+            tool_calls=self._tool_calls_json() if final == "success" else None,
         )
+
+    def _tool_calls_json(self) -> str | None:
+        if not self.calls:
+            return None
+        calls = [self.calls[i].model_dump() for i in sorted(self.calls)]
+        return json.dumps(calls, ensure_ascii=False, separators=(",", ":"))
 
     def pending_size(self) -> tuple[int, int]:
         """About how many chunks and characters the next snapshot sends (to bound statements)."""
@@ -137,7 +206,7 @@ class MessageLog:
         chunks = len(self.chunks) + -(-new // MAX_CHUNK_EVENTS)
         chars = sum(len(c.data) for c in self.chunks) + self._unsealed_chars
         if self.final_status is not None:
-            chars += sum(map(len, self.parts))
+            chars += sum(map(len, self.parts)) + sum(map(len, self.reasoning))
         return chunks, chars
 
     def _seal(self) -> None:
@@ -173,6 +242,11 @@ class MessageLog:
                     "updated_at": updated_at,
                     "usage": item.usage,
                     "finish_reason": item.finish_reason,
+                    "reasoning": item.reasoning,
+                    "reasoning_ms": item.reasoning_ms,
+                    "tool_calls": [self.calls[i] for i in sorted(self.calls)]
+                    if item.tool_calls
+                    else None,
                 }
             )
             self.frames.append(terminal_event_of(final, item.last_event_id).frame)

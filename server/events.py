@@ -3,8 +3,8 @@ are stored (a chunk per row) and sent (SSE frames).
 
 A log is numbered 1..N. Event 1 (``start``) and the terminal event (``done``, ``error`` or
 ``cancelled``) are projections of the message rows, built here the same way whether the event is
-sent live or replayed; events 2..N-1 (``progress``, ``delta``) are stored as written, a few
-consecutive ones per row of ``event_chunks``.
+sent live or replayed; events 2..N-1 (``progress``, ``reasoning``, ``delta``) are stored as
+written, a few consecutive ones per row of ``event_chunks``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from server.models import ErrorData, ErrorInfo, Message, StartData
 TERMINAL_EVENTS = frozenset({"done", "error", "cancelled"})
 _EVENT_FOR_STATUS = {"success": "done", "error": "error", "cancelled": "cancelled"}
 # The stored events' kinds, one letter each (see event_chunks.kinds).
-KIND_OF = {"delta": "d", "progress": "p"}
+KIND_OF = {"delta": "d", "progress": "p", "reasoning": "r", "tool_call": "c"}
 NAME_OF = {kind: name for name, kind in KIND_OF.items()}
 # One encoder for every event: json.dumps with options builds a new encoder on every call.
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -72,6 +72,9 @@ def start_event(user: Message, assistant: Message) -> Event:
             "updated_at": assistant.created_at,
             "usage": None,
             "finish_reason": None,
+            "reasoning": None,
+            "reasoning_ms": None,
+            "tool_calls": None,
         }
     )
     data = StartData(user_message=user, assistant_message=placeholder)
@@ -95,6 +98,13 @@ def progress_data(stage: str, message: str, percent: float | None) -> str:
 
 def delta_data(text: str) -> str:
     return '{"text":' + _ENCODER.encode(text) + "}"
+
+
+reasoning_data = delta_data  # the same shape: {"text": str}
+
+
+def tool_call_data(index: int, call_id: str | None, name: str | None, arguments: str) -> str:
+    return compact_json({"index": index, "id": call_id, "name": name, "arguments": arguments})
 
 
 @dataclass(slots=True)

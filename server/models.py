@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
-from typing import Annotated, ClassVar, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 from uuid import UUID
 
 from pydantic import (
@@ -13,9 +14,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 Status = Literal["pending", "streaming", "success", "error", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"success", "error", "cancelled"})
@@ -119,14 +124,141 @@ class SessionInfo(BaseModel):
     username: str
 
 
+# Tool calls (docs/api.md, "Tool calls"): OpenAI's function tools, sent upstream as given.
+MAX_TOOLS = 64
+MAX_TOOLS_CHARS = 65_536  # the tools of one request, as compact JSON
+ToolName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class Part(BaseModel):
+    """A part of a request body: as strict as ``Input``; its problems are named by the field of
+    the body that holds it (server/parsing.py)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class FunctionDefinition(Part):
+    name: ToolName
+    description: Annotated[StorableText, Field(json_schema_extra={"pattern": _NO_NUL})] | None = (
+        None
+    )
+    parameters: Annotated[
+        dict[str, Any] | None, Field(description="a JSON Schema object: the arguments")
+    ] = None
+    strict: bool | None = None
+
+
+class Tool(Part):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(Part):
+    name: ToolName
+
+
+class NamedToolChoice(Part):
+    type: Literal["function"]
+    function: FunctionName
+
+
+def _tool_choice(value: str | dict[str, Any]) -> str | dict[str, Any]:
+    if isinstance(value, str) and value in ("none", "auto", "required"):
+        return value
+    if isinstance(value, dict):
+        try:
+            return NamedToolChoice.model_validate(value).model_dump()
+        except ValueError:
+            pass
+    raise ValueError(
+        'must be none, auto, required or {"type": "function", "function": {"name": str}}'
+    )
+
+
+_NO_NUL = "^[^\\u0000]*$"
+_TOOL_CHOICE_SCHEMA = {
+    "anyOf": [
+        {"enum": ["none", "auto", "required"]},
+        {
+            "type": "object",
+            "properties": {
+                "type": {"const": "function"},
+                "function": {
+                    "type": "object",
+                    "properties": {"name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}},
+                    "required": ["name"],
+                    "additionalProperties": False,
+                },
+            },
+            "required": ["type", "function"],
+            "additionalProperties": False,
+        },
+        {"type": "null"},
+    ]
+}
+ToolChoice = Annotated[str | dict[str, Any], AfterValidator(_tool_choice)]
+
+
+class ToolResult(Part):
+    tool_call_id: Annotated[
+        StorableText,
+        StringConstraints(min_length=1, max_length=256),
+        Field(json_schema_extra={"pattern": _NO_NUL}),
+    ]
+    content: Annotated[StorableText, Field(json_schema_extra={"pattern": _NO_NUL})]
+
+
+class ToolCall(BaseModel):
+    """A call an answer made: ``arguments`` is the whole JSON text the model wrote."""
+
+    id: str
+    name: str
+    arguments: str
+
+
 class GenerateRequest(Input):
+    """A generation: exactly one of ``message`` and ``tool_results`` (docs/api.md)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["message"], "properties": {"tool_results": {"type": "null"}}},
+                {
+                    "required": ["tool_results"],
+                    "not": {"required": ["message"]},
+                    "properties": {
+                        "tool_results": {"type": "array"},
+                        "image_urls": {"maxItems": 0},
+                    },
+                },
+            ]
+        },
+    )
+
     # The maximum length is a setting, checked by the handler (see routes/generations.py).
     message: Annotated[
         StorableText,
         StringConstraints(min_length=1),
         AfterValidator(_not_blank),
         Field(json_schema_extra={"pattern": TEXT_PATTERN}),
-    ]
+    ] = ""
+    tool_results: Annotated[
+        list[ToolResult] | None,
+        Field(
+            min_length=1,
+            max_length=MAX_TOOLS,
+            description="instead of message: the results of every call of the project's latest "
+            "answer (it ended with tool calls)",
+        ),
+    ] = None
+    tools: Annotated[list[Tool] | None, Field(max_length=MAX_TOOLS)] = None
+    tool_choice: Annotated[
+        ToolChoice | None,
+        WithJsonSchema(_TOOL_CHOICE_SCHEMA),
+        Field(description="sent upstream with the tools, unchanged"),
+    ] = None
     client_request_id: RequestId | None = None
     image_urls: Annotated[list[ImageUrl], Field(max_length=8)] = []
     on_running: Annotated[
@@ -142,6 +274,55 @@ class GenerateRequest(Input):
 
     # The problem code of a request whose only invalid field is one of these.
     error_codes: ClassVar[dict[str, str]] = {"on_running": "invalid_on_running"}
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _message_required(
+        cls, data: Any, handler: ModelWrapValidatorHandler[GenerateRequest]
+    ) -> GenerateRequest:
+        """Without tool_results, message is required: said as for any missing field, beside
+        the other fields' problems."""
+        if not isinstance(data, dict) or "message" in data or data.get("tool_results") is not None:
+            return handler(data)
+        missing = InitErrorDetails(type="missing", loc=("message",), input=data)
+        try:
+            handler(data)
+        except ValidationError as exc:
+            found = [_details(error) for error in exc.errors()]
+            raise ValidationError.from_exception_data(exc.title, [missing, *found]) from None
+        raise ValidationError.from_exception_data(cls.__name__, [missing])
+
+    @model_validator(mode="after")
+    def _one_input(self) -> GenerateRequest:
+        if (self.tool_results is None) == (self.message == ""):
+            raise ValueError("exactly one of message and tool_results is required")
+        if self.tool_results is not None and self.image_urls:
+            raise ValueError("image_urls go with a message, not with tool_results")
+        return self
+
+    def tools_json(self) -> str | None:
+        """The tools as sent (the fields the client gave), compact."""
+        if self.tools is None:
+            return None
+        return json.dumps(
+            [tool.model_dump(exclude_unset=True) for tool in self.tools], separators=(",", ":")
+        )
+
+    def tool_choice_json(self) -> str | None:
+        return None if self.tool_choice is None else json.dumps(self.tool_choice)
+
+    def tool_results_json(self) -> str | None:
+        if self.tool_results is None:
+            return None
+        return json.dumps([r.model_dump() for r in self.tool_results], ensure_ascii=False)
+
+
+def _details(error: ErrorDetails) -> InitErrorDetails:
+    """One of pydantic's reported errors, as it can be raised again."""
+    details = InitErrorDetails(type=error["type"], loc=error["loc"], input=error["input"])
+    if "ctx" in error:
+        details["ctx"] = error["ctx"]
+    return details
 
 
 class Project(BaseModel):
@@ -166,18 +347,33 @@ TokenCount = Annotated[int, Field(ge=0, le=2**31 - 1)]
 MAX_FINISH_REASON_CHARS = 64
 
 
+class CompletionTokensDetails(BaseModel):
+    """What the model server said of the completion's tokens: those it spent reasoning."""
+
+    reasoning_tokens: TokenCount
+
+
 class Usage(BaseModel):
     """Tokens of one answer, as its generator counted them."""
 
     prompt_tokens: TokenCount
     completion_tokens: TokenCount
+    # Left out of the JSON when the model server did not report it.
+    completion_tokens_details: Annotated[
+        CompletionTokensDetails | None,
+        Field(
+            exclude_if=lambda details: details is None,
+            description="present when the model server reports it: `reasoning_tokens`, the "
+            "completion tokens it spent reasoning",
+        ),
+    ] = None
 
 
 class Message(BaseModel):
     id: UUID
     project_id: UUID
     sequence: int
-    role: Literal["user", "assistant"]
+    role: Literal["user", "tool", "assistant"]
     kind: Literal["message"]
     content: str
     status: Status
@@ -199,6 +395,31 @@ class Message(BaseModel):
             "short, still a success), content_filter, ...; or null"
         ),
     ]
+    reasoning: Annotated[
+        str | None,
+        Field(
+            description="the model's reasoning, apart from the content (a running answer: what "
+            "it has streamed so far), or null when the model gave none"
+        ),
+    ]
+    reasoning_ms: Annotated[
+        int | None,
+        Field(
+            description="how long the model reasoned, in milliseconds (from its first reasoning "
+            "event to its first text or tool call, or its end), as the worker that ran it timed "
+            "it; null "
+            "while it runs, without reasoning, and for an answer ended by a cancel or the reaper"
+        ),
+    ]
+
+    tool_calls: Annotated[
+        list[ToolCall] | None,
+        Field(description="the calls a successful answer made (finish_reason tool_calls), or null"),
+    ] = None
+    tool_results: Annotated[
+        list[ToolResult] | None,
+        Field(description="a tool message's results, in the order sent; null on other messages"),
+    ] = None
 
     @property
     def is_terminal(self) -> bool:
@@ -236,6 +457,19 @@ class ProgressData(BaseModel):
 
 class DeltaData(BaseModel):
     text: str
+
+
+class ReasoningData(BaseModel):
+    text: str
+
+
+class ToolCallData(BaseModel):
+    """A piece of a tool call: the first of a call carries its id and name."""
+
+    index: int
+    id: str | None
+    name: str | None
+    arguments: str
 
 
 class ErrorData(BaseModel):

@@ -25,9 +25,11 @@ from server.models import (
     ProgressData,
     Project,
     ProjectList,
+    ReasoningData,
     SessionInfo,
     SessionRequest,
     StartData,
+    ToolCallData,
 )
 
 REF = "#/components/schemas/{model}"
@@ -58,7 +60,8 @@ PROBLEM = {
     },
 }
 SSE_DESCRIPTION = (
-    "Server-Sent Events: a `retry:` line, then events `start`, `progress`, `delta` and one "
+    "Server-Sent Events: a `retry:` line, then events `start`, `progress`, `reasoning`, `delta`, "
+    "`tool_call` and one "
     "terminal event (`done`, `error` or `cancelled`), each with `id:`, `event:` and one line of "
     "compact JSON `data:`; `: ping` comments while no event is due."
 )
@@ -69,11 +72,13 @@ _ERROR_STATUSES = {
     "409": "Conflict: `answer_running` (on_running reject, an answer of the project runs), "
     "`idempotency_key_reused`, `already_finished`, `another_account_signed_in` (sign-in over "
     "another account's session without `replace`), `conflict` (a project's delete that could "
-    "not cancel its answers)",
+    "not cancel its answers), `tool_calls_not_pending` (tool_results while the project's latest "
+    "answer has no calls waiting for results)",
     "413": "Body too large",
     "414": "URL too long (MAX_URL_BYTES)",
     "415": "Wrong content type",
-    "422": "Invalid values",
+    "422": "Invalid values: `invalid_input`, `message_too_long`, `tools_too_large`, "
+    "`tool_results_mismatch` (tool_results that do not answer every call exactly once), ...",
     "429": "Rate or concurrency limit",
     "431": "Header section too large (MAX_HEADER_BYTES)",
     "503": "Database unavailable or server draining",
@@ -118,7 +123,9 @@ _LAST_EVENT_ID = [
 EVENT_DATA: dict[str, type[BaseModel]] = {
     "start": StartData,
     "progress": ProgressData,
+    "reasoning": ReasoningData,
     "delta": DeltaData,
+    "tool_call": ToolCallData,
     "done": MessageEnvelope,
     "error": ErrorData,
     "cancelled": MessageEnvelope,
@@ -336,9 +343,11 @@ def openapi_document(*, max_message_chars: int | None = None) -> dict[str, Any]:
         ProgressData,
         Project,
         ProjectList,
+        ReasoningData,
         SessionInfo,
         SessionRequest,
         StartData,
+        ToolCallData,
     ]
     _, schemas = models_json_schema(
         [

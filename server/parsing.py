@@ -86,6 +86,13 @@ FIELD_RULES: dict[str, str] = {
     "image_urls[]": "{name} must be an absolute http or https URL of at most 2,048 characters",
     "on_running": "{name} must be concurrent, reject, enqueue or interrupt",
     "replace": "{name} must be true or false",
+    "tool_results": "{name} must be a list of 1 to 64 results",
+    "tool_results[]": '{name} must be {{"tool_call_id": 1 to 256 characters, "content": text}}',
+    "tools": "{name} must be a list of at most 64 tools",
+    "tools[]": '{name} must be {{"type": "function", "function": {{"name": 1 to 64 of A-Z, a-z, '
+    '0-9, _ and -, "description": text, "parameters": a JSON Schema object, "strict": bool}}}}',
+    "tool_choice": '{name} must be none, auto, required or {{"type": "function", "function": '
+    '{{"name": str}}}}',
 }
 # The JSON type of each field, for a value of another type (400 wrong_type).
 FIELD_TYPES: dict[str, str] = {
@@ -97,6 +104,11 @@ FIELD_TYPES: dict[str, str] = {
     "image_urls[]": "a string",
     "on_running": "a string or null",
     "replace": "a boolean",
+    "tool_results": "a list of objects",
+    "tool_results[]": "an object",
+    "tools": "a list of objects",
+    "tools[]": "an object",
+    "tool_choice": "a string, an object or null",
 }
 
 
@@ -138,7 +150,7 @@ def _sentence(err: ErrorDetails, names: dict[str, str]) -> str:
         return f"{name} must be {FIELD_TYPES.get(key, 'of another type')}"
     if kind == "value_error" and "ctx" in err:
         # Our own validators' reasons (server/models.py): "must not contain the NUL character".
-        return f"{name} {err['ctx']['error']}"
+        return f"{name} {err['ctx']['error']}".strip()
     if kind in ("too_short", "string_too_short") and key in ("title", "token", "message"):
         return f"{name} must not be empty"
     return FIELD_RULES.get(key, "{name} is not valid").format(name=name)

@@ -24,9 +24,17 @@ from server.errors import (
 from server.eventlog import MessageLog
 from server.events import Event
 from server.flusher import Flusher, FlushPolicy
-from server.generators.base import Delta, Finish, GenerationContext, Generator, GeneratorError
+from server.generators.base import (
+    Delta,
+    Finish,
+    GenerationContext,
+    Generator,
+    GeneratorError,
+    Reasoning,
+    ToolCallDelta,
+)
 from server.history import HISTORY_UNAVAILABLE, HistoryLoader
-from server.models import ErrorInfo, GenerateRequest, Message
+from server.models import ErrorInfo, GenerateRequest, Message, ToolResult
 from server.store import Pair, Store, StoredMessage
 
 logger = logging.getLogger(__name__)
@@ -98,6 +106,9 @@ class Runner:
                 lease_owner=self.worker(),
                 running_cap=self.max_running_per_user,
                 on_running=policy,
+                tool_results=request.tool_results_json(),
+                tools=request.tools_json(),
+                tool_choice=request.tool_choice_json(),
             )
         except DuplicateRequest:
             assert request.client_request_id is not None
@@ -173,7 +184,9 @@ class Runner:
         pair = await self.store.pair_by_request_id(project_id, user_id, request.client_request_id)
         if pair is None:  # the key's pair is in a project that is not the caller's
             raise NotFound("no such project")
-        if pair.user.message.content != request.message:
+        if pair.user.message.content != request.message or _dumped(
+            pair.user.message.tool_results
+        ) != _dumped(request.tool_results):
             raise Conflict(
                 "this client_request_id was already used with a different message",
                 code="idempotency_key_reused",
@@ -209,12 +222,20 @@ class Runner:
 
         async def recent_history() -> list[Message]:
             return await self.store.recent_history(
-                user.created_by, user.project_id, user.sequence, self.history_messages
+                user.created_by,
+                user.project_id,
+                user.sequence,
+                self.history_messages,
+                tool_turn=user.role == "tool",
             )
 
         history = HistoryLoader(recent_history, pair.assistant.message.id)
         context = GenerationContext(
-            user_message=user, assistant_message=pair.assistant.message, load_history=history
+            user_message=user,
+            assistant_message=pair.assistant.message,
+            load_history=history,
+            tools=pair.user.tools,
+            tool_choice=pair.user.tool_choice,
         )
         task = asyncio.create_task(
             self._run(log, context, history), name=f"generation {log.placeholder.id}"
@@ -263,6 +284,12 @@ class Runner:
                     if not item.text:
                         continue
                     log.add_delta(item.text)
+                elif isinstance(item, Reasoning):
+                    if not item.text:
+                        continue
+                    log.add_reasoning(item.text)
+                elif isinstance(item, ToolCallDelta):
+                    log.add_tool_call(item.index, item.id, item.name, item.arguments)
                 else:
                     log.add_progress(item.stage, item.message, item.percent)
                 self.flusher.mark_dirty(log)
@@ -322,6 +349,10 @@ class Runner:
             self.stop(message_id, "error", shutdown)
         if self.tasks:
             await asyncio.wait(list(self.tasks.values()), timeout=5)
+
+
+def _dumped(results: list[ToolResult] | None) -> list[dict[str, str]] | None:
+    return None if results is None else [r.model_dump() for r in results]
 
 
 def _cancel_once(task: asyncio.Task[None]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,7 +13,16 @@ from uuid import UUID
 from server.db import Database, Row
 from server.errors import AnswerRunning
 from server.events import Chunk, Event
-from server.models import TERMINAL_STATUSES, ErrorInfo, Message, Project, Usage
+from server.models import (
+    TERMINAL_STATUSES,
+    CompletionTokensDetails,
+    ErrorInfo,
+    Message,
+    Project,
+    ToolCall,
+    ToolResult,
+    Usage,
+)
 
 T = TypeVar("T")
 # Owners whose shard is remembered (Citus): past this, the cache starts again.
@@ -31,10 +41,13 @@ class User:
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """A message and the id of the last event of its log (assistant messages only)."""
+    """A message and the id of the last event of its log (assistant messages only); an input
+    message read to start its answer also carries its turn's tools (JSON text, as sent)."""
 
     message: Message
     last_event_id: int
+    tools: str | None = None
+    tool_choice: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +99,11 @@ class FlushItem:
     # What the generator reported, at a successful end only.
     usage: Usage | None = None
     finish_reason: str | None = None
+    # The final reasoning, when the status is terminal and the model gave some, and how long the
+    # model took for it (milliseconds).
+    reasoning: str | None = None
+    reasoning_ms: int | None = None
+    tool_calls: str | None = None  # JSON text, at a successful end with calls
 
     @property
     def events(self) -> int:
@@ -94,7 +112,8 @@ class FlushItem:
     @property
     def size(self) -> int:
         """Characters this item sends (its chunks' data and its final content)."""
-        return sum(len(chunk.data) for chunk in self.chunks) + len(self.content or "")
+        final = len(self.content or "") + len(self.reasoning or "") + len(self.tool_calls or "")
+        return sum(len(chunk.data) for chunk in self.chunks) + final
 
 
 def message_from_row(row: Row) -> StoredMessage:
@@ -107,8 +126,15 @@ def message_from_row(row: Row) -> StoredMessage:
         )
     usage = None
     if row["prompt_tokens"] is not None:
+        details = None
+        if row["reasoning_tokens"] is not None:
+            details = CompletionTokensDetails.model_construct(
+                reasoning_tokens=row["reasoning_tokens"]
+            )
         usage = Usage.model_construct(
-            prompt_tokens=row["prompt_tokens"], completion_tokens=row["completion_tokens"]
+            prompt_tokens=row["prompt_tokens"],
+            completion_tokens=row["completion_tokens"],
+            completion_tokens_details=details,
         )
     message = Message.model_construct(
         id=row["id"],
@@ -126,8 +152,24 @@ def message_from_row(row: Row) -> StoredMessage:
         error=error,
         usage=usage,
         finish_reason=row["finish_reason"],
+        reasoning=row["reasoning"],
+        reasoning_ms=row["reasoning_ms"],
+        tool_calls=_tool_calls(row["tool_calls"]),
+        tool_results=_tool_results(row["tool_results"]),
     )
-    return StoredMessage(message, row["last_event_id"])
+    return StoredMessage(message, row["last_event_id"], row.get("tools"), row.get("tool_choice"))
+
+
+def _tool_calls(value: str | None) -> list[ToolCall] | None:
+    if value is None:
+        return None
+    return [ToolCall.model_construct(**call) for call in json.loads(value)]
+
+
+def _tool_results(value: str | None) -> list[ToolResult] | None:
+    if value is None:
+        return None
+    return [ToolResult.model_construct(**result) for result in json.loads(value)]
 
 
 def project_from_row(row: Row) -> Project:
@@ -166,14 +208,25 @@ def flush_arguments(
         [i.finish_reason for i in changes],
         sorted({i.owner_id for i in items}),
         notify,
+        [i.reasoning for i in changes],
+        [_reasoning_tokens(i.usage) for i in changes],
+        [i.reasoning_ms for i in changes],
+        [i.tool_calls for i in changes],
     ]
 
 
+def _reasoning_tokens(usage: Usage | None) -> int | None:
+    details = usage.completion_tokens_details if usage else None
+    return details.reasoning_tokens if details else None
+
+
 def _pair(rows: Sequence[Row]) -> Pair | None:
-    by_role = {row["role"]: message_from_row(row) for row in rows}
-    if set(by_role) != {"user", "assistant"}:
+    """The pair of a generation: its input message (user, or tool) and its answer."""
+    inputs = [message_from_row(r) for r in rows if r["role"] in ("user", "tool")]
+    answers = [message_from_row(r) for r in rows if r["role"] == "assistant"]
+    if len(inputs) != 1 or len(answers) != 1:
         return None
-    return Pair(user=by_role["user"], assistant=by_role["assistant"])
+    return Pair(user=inputs[0], assistant=answers[0])
 
 
 class Store:
@@ -302,6 +355,9 @@ class Store:
         lease_owner: UUID,
         running_cap: int,
         on_running: str = "concurrent",
+        tool_results: str | None = None,
+        tools: str | None = None,
+        tool_choice: str | None = None,
     ) -> Reservation | None:
         """Reserve sequences 2k-1, 2k and write both messages; None if not the owner's project.
 
@@ -309,6 +365,9 @@ class Store:
         ``TooManyRunning`` when the user already runs ``running_cap`` generations, and
         ``AnswerRunning`` when ``on_running`` is reject and an answer of the project runs. Under
         enqueue, an answer behind running ones is queued rather than leased to ``lease_owner``.
+        With ``tool_results`` (JSON text) the input message is a tool message, and the statement
+        raises ``ToolCallsNotPending`` or ``ToolResultsMismatch`` unless they answer every call
+        of the project's latest answer.
         """
         try:
             rows = await self.db.fetch_routed(
@@ -322,6 +381,9 @@ class Store:
                 lease_owner,
                 running_cap,
                 on_running,
+                tool_results,
+                tools,
+                tool_choice,
             )
         except AnswerRunning as exc:
             if exc.message_id != "-":
@@ -403,16 +465,32 @@ class Store:
         return messages, has_more
 
     async def recent_history(
-        self, owner_id: UUID, project_id: UUID, before_sequence: int, max_messages: int
+        self,
+        owner_id: UUID,
+        project_id: UUID,
+        before_sequence: int,
+        max_messages: int,
+        *,
+        tool_turn: bool = False,
     ) -> list[Message]:
-        """The context of a generation: the latest whole successful turns before it (a user
-        message and its answer), at most ``max_messages`` messages (an odd number rounds down),
-        in sequence order. It alternates user and assistant, and ends on an answer."""
+        """The context of a generation whose input message is at ``before_sequence``: the latest
+        whole successful turns before it (an input message and its answer), at most
+        ``max_messages`` messages (an odd number rounds down), in sequence order, ending on an
+        answer; tool chains whole (``whole_chains``). For a ``tool_turn`` (its input is a tool
+        message) the chain it continues is read back to its start, past the limit if need be:
+        an upstream refuses a tool message without the call it answers."""
         turns = max_messages // 2
-        if turns < 1:
+        if turns < 1 and not tool_turn:
             return []
-        rows = await self.db.fetch("recent_history", project_id, before_sequence, turns, owner_id)
-        return [message_from_row(r).message for r in rows]
+        page = max(turns, 1)
+        rows = await self.db.fetch("recent_history", project_id, before_sequence, page, owner_id)
+        messages = [message_from_row(r).message for r in rows]
+        while tool_turn and len(rows) == 2 * page and _inside_chain(messages, before_sequence):
+            rows = await self.db.fetch(
+                "recent_history", project_id, messages[0].sequence, page, owner_id
+            )
+            messages = [message_from_row(r).message for r in rows] + messages
+        return whole_chains(messages, before_sequence if tool_turn else None, turns)
 
     async def events_after(
         self, owner_id: UUID, message_id: UUID, after: int, limit: int
@@ -621,6 +699,55 @@ class Store:
             queue.extend(r["project"] for r in rows)
         if not here:
             await self.notify([], queue)
+
+
+def _chains(messages: Sequence[Message]) -> list[list[Message]]:
+    """Turns (input, answer) grouped in chains: a tool turn joins the chain of the answer just
+    before it (its calls), any other turn starts a chain."""
+    chains: list[list[Message]] = []
+    for i in range(0, len(messages) - 1, 2):
+        question, answer = messages[i], messages[i + 1]
+        previous = chains[-1][-1] if chains else None
+        follows = previous is not None and previous.sequence == question.sequence - 1
+        if question.role == "tool" and follows and _made_calls(previous):
+            chains[-1] += [question, answer]
+        else:
+            chains.append([question, answer])
+    return chains
+
+
+def _made_calls(answer: Message | None) -> bool:
+    return answer is not None and answer.finish_reason == "tool_calls" and bool(answer.tool_calls)
+
+
+def _inside_chain(messages: Sequence[Message], before_sequence: int) -> bool:
+    """Whether the chain that the tool message at ``before_sequence`` continues starts before
+    ``messages``."""
+    chains = _chains(messages)
+    if not chains or chains[-1][-1].sequence != before_sequence - 1:
+        return False
+    return chains[-1][0].role == "tool"
+
+
+def whole_chains(messages: Sequence[Message], continued: int | None, turns: int) -> list[Message]:
+    """The turns of ``messages`` (sequence order) that a context may carry: whole chains only,
+    each starting with a user message and answering every call it makes; but the chain that the
+    tool message at sequence ``continued`` continues is kept whole whatever its length. Then,
+    latest first, the other chains while their turns fit in ``turns``."""
+    chains = _chains(messages)
+    current: list[Message] = []
+    if continued is not None and chains and chains[-1][-1].sequence == continued - 1:
+        current = chains.pop()
+    kept: list[list[Message]] = []
+    room = turns - len(current) // 2
+    for chain in reversed(chains):
+        if chain[0].role != "user" or _made_calls(chain[-1]):
+            continue  # cut at its start, or its last calls were never answered
+        if len(chain) // 2 > room:
+            break
+        kept.insert(0, chain)
+        room -= len(chain) // 2
+    return [message for chain in [*kept, current] for message in chain]
 
 
 def _payload(ids: Sequence[str], most: int) -> str | None:

@@ -8,8 +8,9 @@
 -- Message rows are always returned with the same columns, in this order:
 --   id, project_id, sequence, role, kind, content, status, image_urls, client_request_id,
 --   created_by, created_at, updated_at, error_code, error_message, last_event_id,
---   prompt_tokens, completion_tokens, finish_reason
--- A running message's content and last event id come from its stored log: message_view
+--   prompt_tokens, completion_tokens, finish_reason, reasoning, reasoning_tokens, reasoning_ms,
+--   tool_calls, tool_results
+-- A running message's content, reasoning and last event id come from its stored log: message_view
 -- (sql/migrations/0010_citus_layout.sql) shows how, and the reads below spell it out, with the
 -- owner as a parameter in the log's subquery too (on Citus a view's correlated owner would not
 -- let the statement be routed to one shard: it would run on all of them). A listener's reads
@@ -99,19 +100,40 @@ WHERE owner_id = $2 AND id = $1;
 -- The ids are named in a (Citus refuses volatile functions in RETURNING).
 -- $1 project, $2 owner, $3 content, $4 image_urls, $5 client_request_id, $6 the worker that
 -- writes the answer (its heartbeat holds it), $7 the user's cap on running generations, $8 the
--- on_running policy
+-- on_running policy, $9 a tool-result turn's results (NULL: a user message), $10 tools, $11
+-- tool_choice (both NULL in a tool-result turn: those of the turn whose calls it answers).
+-- A tool-result turn answers every call of the project's latest answer, which must have ended
+-- with tool calls: checked here, under the project's row lock (answered). Refused before the
+-- cap; never for a repeated key (the insert finds the existing pair).
 WITH p AS (
     UPDATE projects SET last_sequence = last_sequence + 2
     WHERE owner_id = $2 AND id = $1
     RETURNING last_sequence
 ), seen AS (
-    SELECT s.last_sequence,
-           $8::text IN ('reject', 'enqueue') AND NOT EXISTS (
-               SELECT 1 FROM messages AS k
-               WHERE k.created_by = $2 AND k.project_id = $1 AND k.client_request_id = $5::text
-           ) AS waits
+    SELECT s.last_sequence, $8::text IN ('reject', 'enqueue') AND NOT k.repeat AS waits, k.repeat
     FROM projects AS s
+    CROSS JOIN LATERAL (
+        SELECT EXISTS (
+            SELECT 1 FROM messages AS k
+            WHERE k.created_by = $2 AND k.project_id = $1 AND k.client_request_id = $5::text
+        ) AS repeat
+    ) AS k
     WHERE s.owner_id = $2 AND s.id = $1
+), answered AS (
+    -- A tool-result turn ($9): the project's latest answer, the message just below the pair
+    -- this statement reserves (p: the locked row's latest last_sequence), if it ended with tool
+    -- calls; and the input message of its turn (its tools). An answer reserved by a
+    -- reservation that committed while this one waited for the lock is that message: this
+    -- statement's snapshot does not show it (on Citus, a later step's may: it is running),
+    -- either way no row.
+    SELECT l.tool_calls, i.tools, i.tool_choice
+    FROM p
+    JOIN messages AS l
+        ON l.created_by = $2 AND l.project_id = $1 AND l.sequence = p.last_sequence - 2
+    LEFT JOIN messages AS i
+        ON i.created_by = $2 AND i.project_id = $1 AND i.sequence = p.last_sequence - 3
+    WHERE $9::jsonb IS NOT NULL AND l.role = 'assistant' AND l.status = 'success'
+      AND l.finish_reason = 'tool_calls' AND l.tool_calls IS NOT NULL
 ), running AS (
     SELECT count(*) AS n, max(r.sequence) AS newest_sequence,
            (array_agg(r.id ORDER BY r.sequence DESC))[1] AS newest_id
@@ -123,7 +145,19 @@ WITH p AS (
            CASE WHEN s.waits THEN r.n + greatest(0, (p.last_sequence - 2 - s.last_sequence) / 2)
                 ELSE 0 END AS ahead,
            CASE WHEN p.last_sequence - 2 > s.last_sequence THEN '- ' || (p.last_sequence - 2)
-                ELSE r.newest_id || ' ' || r.newest_sequence END AS newest
+                ELSE r.newest_id || ' ' || r.newest_sequence END AS newest,
+           CASE WHEN $9::jsonb IS NULL OR s.repeat THEN NULL
+                WHEN NOT EXISTS (SELECT 1 FROM answered) THEN 'tool_calls_not_pending'
+                WHEN (SELECT array_agg(c ->> 'id' ORDER BY c ->> 'id')
+                      FROM answered, jsonb_array_elements(answered.tool_calls) AS c)
+                     IS DISTINCT FROM
+                     (SELECT array_agg(r ->> 'tool_call_id' ORDER BY r ->> 'tool_call_id')
+                      FROM jsonb_array_elements($9::jsonb) AS r)
+                THEN 'tool_results_mismatch' END AS tool_refusal,
+           CASE WHEN $9::jsonb IS NULL OR $10::jsonb IS NOT NULL OR $11::jsonb IS NOT NULL
+                THEN $10::jsonb ELSE (SELECT tools FROM answered) END AS tools,
+           CASE WHEN $9::jsonb IS NULL OR $10::jsonb IS NOT NULL OR $11::jsonb IS NOT NULL
+                THEN $11::jsonb ELSE (SELECT tool_choice FROM answered) END AS tool_choice
     FROM p, seen AS s, running AS r
 ), u AS (
     INSERT INTO user_running AS c (user_id, running_generations)
@@ -143,22 +177,28 @@ WITH p AS (
     WHERE a.ahead > 0
 )
 INSERT INTO messages AS m (project_id, id, sequence, role, content, status, image_urls,
-                           client_request_id, created_by, last_event_id, lease_owner, queued_at)
-SELECT $1::uuid, a.user_id, a.last_sequence - 1, 'user', $3::text, 'success',
-       $4::text[], $5::text, $2::uuid, 0, NULL::uuid, NULL::timestamptz
+                           client_request_id, created_by, last_event_id, lease_owner, queued_at,
+                           tools, tool_choice, tool_results)
+SELECT $1::uuid, a.user_id, a.last_sequence - 1,
+       CASE WHEN $9::jsonb IS NULL THEN 'user' ELSE 'tool' END, $3::text, 'success',
+       $4::text[], $5::text, $2::uuid, 0, NULL::uuid, NULL::timestamptz,
+       a.tools, a.tool_choice, $9::jsonb
 FROM a
 UNION ALL
 SELECT $1::uuid, a.assistant_id, a.last_sequence, 'assistant', '', 'pending', '{}'::text[],
        $5::text, $2::uuid, CASE WHEN a.ahead > 0 THEN 2 ELSE 1 END,
        CASE WHEN a.ahead > 0 THEN NULL ELSE $6::uuid END,
-       CASE WHEN a.ahead > 0 THEN now() END
+       CASE WHEN a.ahead > 0 THEN now() END, NULL::jsonb, NULL::jsonb, NULL::jsonb
 FROM a
-WHERE CASE WHEN NOT EXISTS (SELECT 1 FROM u) THEN orderly_refuse('too_many_running_generations')
+WHERE CASE WHEN a.tool_refusal IS NOT NULL THEN orderly_refuse(a.tool_refusal)
+           WHEN NOT EXISTS (SELECT 1 FROM u) THEN orderly_refuse('too_many_running_generations')
            WHEN $8::text = 'reject' AND a.ahead > 0
            THEN orderly_refuse('answer_running', a.newest) ELSE true END
 RETURNING m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
           m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-          m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason;
+          m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason,
+          m.reasoning, m.reasoning_tokens, m.reasoning_ms,
+          m.tool_calls, m.tool_results, m.tools, m.tool_choice;
 
 -- name: pair_by_request_id
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
@@ -167,11 +207,16 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.error_code, m.error_message,
        CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
             THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
-       m.prompt_tokens, m.completion_tokens, m.finish_reason
+       m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
+           AS reasoning,
+       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results
 FROM messages AS m
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
                         FILTER (WHERE e.kind = 'd'), '') AS content,
+           string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+               FILTER (WHERE e.kind = 'r') AS reasoning,
            coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
                AS last_event_id
     FROM event_chunks AS c
@@ -189,11 +234,16 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.error_code, m.error_message,
        CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
             THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
-       m.prompt_tokens, m.completion_tokens, m.finish_reason
+       m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
+           AS reasoning,
+       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results
 FROM messages AS m
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
                         FILTER (WHERE e.kind = 'd'), '') AS content,
+           string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+               FILTER (WHERE e.kind = 'r') AS reasoning,
            coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
                AS last_event_id
     FROM event_chunks AS c
@@ -204,18 +254,24 @@ LEFT JOIN LATERAL (
 WHERE m.created_by = $3 AND m.project_id = $1 AND m.id = $2;
 
 -- name: get_pair_of_assistant
--- The user message and the assistant message of one generation (sequences 2k-1, 2k). $3 owner
+-- The input message (user or tool) and the assistant message of one generation (sequences
+-- 2k-1, 2k), with the input's tools (a queued answer starts from this read). $3 owner
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        CASE WHEN m.status IN ('pending', 'streaming') THEN s.content ELSE m.content END AS content,
        m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
        m.error_code, m.error_message,
        CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
             THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
-       m.prompt_tokens, m.completion_tokens, m.finish_reason
+       m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
+           AS reasoning,
+       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results, m.tools, m.tool_choice
 FROM messages AS m
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
                         FILTER (WHERE e.kind = 'd'), '') AS content,
+           string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+               FILTER (WHERE e.kind = 'r') AS reasoning,
            coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
                AS last_event_id
     FROM event_chunks AS c
@@ -235,7 +291,8 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        CASE WHEN m.role = 'assistant' THEN '' ELSE m.content END AS content,
        m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
        m.error_code, m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens,
-       m.finish_reason
+       m.finish_reason, NULL::text AS reasoning, m.reasoning_tokens, m.reasoning_ms,
+       m.tool_calls, m.tool_results
 FROM messages AS m
 WHERE m.created_by = $3 AND m.project_id = $1 AND m.sequence IN ($2 - 1, $2)
 ORDER BY m.sequence;
@@ -249,7 +306,10 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.error_code, m.error_message,
        CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
             THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
-       m.prompt_tokens, m.completion_tokens, m.finish_reason
+       m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
+           AS reasoning,
+       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results
 FROM projects AS p
 LEFT JOIN LATERAL (
     SELECT * FROM messages
@@ -259,6 +319,8 @@ LEFT JOIN LATERAL (
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
                         FILTER (WHERE e.kind = 'd'), '') AS content,
+           string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+               FILTER (WHERE e.kind = 'r') AS reasoning,
            coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
                AS last_event_id
     FROM event_chunks AS c
@@ -275,7 +337,10 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.error_code, m.error_message,
        CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
             THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
-       m.prompt_tokens, m.completion_tokens, m.finish_reason
+       m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
+           AS reasoning,
+       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results
 FROM projects AS p
 LEFT JOIN LATERAL (
     SELECT * FROM messages WHERE created_by = $2 AND project_id = $1 AND sequence < $4
@@ -284,6 +349,8 @@ LEFT JOIN LATERAL (
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
                         FILTER (WHERE e.kind = 'd'), '') AS content,
+           string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+               FILTER (WHERE e.kind = 'r') AS reasoning,
            coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
                AS last_event_id
     FROM event_chunks AS c
@@ -300,7 +367,10 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.error_code, m.error_message,
        CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
             THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
-       m.prompt_tokens, m.completion_tokens, m.finish_reason
+       m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
+           AS reasoning,
+       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results
 FROM projects AS p
 LEFT JOIN LATERAL (
     SELECT * FROM messages WHERE created_by = $2 AND project_id = $1 AND sequence > $4
@@ -309,6 +379,8 @@ LEFT JOIN LATERAL (
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
                         FILTER (WHERE e.kind = 'd'), '') AS content,
+           string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+               FILTER (WHERE e.kind = 'r') AS reasoning,
            coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
                AS last_event_id
     FROM event_chunks AS c
@@ -338,7 +410,9 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
                 LIMIT 1
             ), 1)
             ELSE m.last_event_id END AS last_event_id,
-       m.prompt_tokens, m.completion_tokens, m.finish_reason
+       m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN NULL ELSE m.reasoning END AS reasoning,
+       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results
 FROM messages AS m
 WHERE m.created_by = $3 AND m.project_id = $1 AND m.id = $2;
 
@@ -350,11 +424,16 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.error_code, m.error_message,
        CASE WHEN m.status IN ('pending', 'streaming') AND m.role = 'assistant'
             THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
-       m.prompt_tokens, m.completion_tokens, m.finish_reason
+       m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
+           AS reasoning,
+       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results
 FROM messages AS m
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
                         FILTER (WHERE e.kind = 'd'), '') AS content,
+           string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+               FILTER (WHERE e.kind = 'r') AS reasoning,
            coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
                AS last_event_id
     FROM event_chunks AS c
@@ -392,7 +471,10 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        CASE WHEN m.status IN ('success', 'error', 'cancelled') THEN m.content END AS content,
        m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
        m.error_code, m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens,
-       m.finish_reason, c.first_event_ids, c.kinds, c.data
+       m.finish_reason,
+       CASE WHEN m.status IN ('success', 'error', 'cancelled') THEN m.reasoning END AS reasoning,
+       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results, c.first_event_ids,
+       c.kinds, c.data
 FROM messages AS m
 CROSS JOIN LATERAL (
     SELECT array_agg(n.first_event_id ORDER BY n.first_event_id) AS first_event_ids,
@@ -452,7 +534,11 @@ WHERE m.created_by = $5 AND m.project_id = $1 AND m.id = $2;
 -- $11 last event ids (the terminal event's at the end), $12 error codes, $13 error messages,
 -- $14 prompt tokens, $15 completion tokens, $16 finish reasons (NULL but at a successful end);
 -- $17 the batch's owners; $18 whether this statement sends the NOTIFYs (on Citus it may run on
--- another node than the one the workers LISTEN to: server/store.py sends them then)
+-- another node than the one the workers LISTEN to: server/store.py sends them then);
+-- $19 final reasonings (NULL but at the end, and when the model gave none), $20 reasoning tokens
+-- (NULL but at a successful end that reported them), $21 how long the model reasoned (ms; NULL
+-- but at the end of an answer that reasoned); $22 tool calls (JSON text, NULL but at a
+-- successful end with calls)
 WITH new_chunks AS (
     SELECT *
     FROM unnest($2::uuid[], $3::uuid[], $4::integer[], $5::text[], $6::text[])
@@ -460,9 +546,11 @@ WITH new_chunks AS (
 ), changes AS (
     SELECT *
     FROM unnest($7::uuid[], $8::uuid[], $9::text[], $10::text[], $11::integer[], $12::text[],
-                $13::text[], $14::integer[], $15::integer[], $16::text[])
+                $13::text[], $14::integer[], $15::integer[], $16::text[], $19::text[],
+                $20::integer[], $21::integer[], $22::text[])
         AS b (owner_id, id, status, content, last_event_id, error_code, error_message,
-              prompt_tokens, completion_tokens, finish_reason)
+              prompt_tokens, completion_tokens, finish_reason, reasoning, reasoning_tokens,
+              reasoning_ms, tool_calls)
 ), batch AS (
     SELECT owner_id, message_id AS id FROM new_chunks
     UNION
@@ -486,6 +574,10 @@ WITH new_chunks AS (
         prompt_tokens = b.prompt_tokens,
         completion_tokens = b.completion_tokens,
         finish_reason = b.finish_reason,
+        reasoning = coalesce(b.reasoning, m.reasoning),
+        reasoning_tokens = b.reasoning_tokens,
+        reasoning_ms = b.reasoning_ms,
+        tool_calls = b.tool_calls::jsonb,
         updated_at = now(),
         lease_owner = CASE WHEN b.status IN ('pending', 'streaming') THEN m.lease_owner END
     FROM changes AS b JOIN held AS h ON h.owner_id = b.owner_id AND h.id = b.id
@@ -638,7 +730,8 @@ LIMIT $1;
 -- or NULL for internal ends (the caller must be the owner)
 SELECT c.id, c.project_id, c.sequence, c.role, c.kind, c.content, c.status, c.image_urls,
        c.client_request_id, c.created_by, c.created_at, c.updated_at, c.error_code,
-       c.error_message, c.last_event_id, c.prompt_tokens, c.completion_tokens, c.finish_reason
+       c.error_message, c.last_event_id, c.prompt_tokens, c.completion_tokens, c.finish_reason,
+       c.reasoning, c.reasoning_tokens, c.reasoning_ms, c.tool_calls, c.tool_results
 FROM orderly_close($1, $2, $3, $4, $5, $6, $7) AS c;
 
 -- name: running_before
@@ -679,7 +772,8 @@ WHERE m.created_by = ANY($2::uuid[]) AND m.created_by = t.created_by AND m.id = 
 RETURNING m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
           m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
           m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens,
-          m.finish_reason, t.waited;
+          m.finish_reason, m.reasoning, m.reasoning_tokens, m.reasoning_ms,
+          m.tool_calls, m.tool_results, t.waited;
 
 -- name: queued_projects
 -- The slow poll: projects that have a queued answer whose turn has come; claim_queued then takes
@@ -702,7 +796,8 @@ LIMIT $1;
 -- owners by design (the worker's own answers).
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
        m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
+       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       m.reasoning, m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results
 FROM messages AS m
 WHERE m.lease_owner = $1 AND m.status = 'pending';
 
@@ -748,13 +843,16 @@ DELETE FROM workers AS w
 WHERE w.expires_at < now() AND w.id <> ALL($1::uuid[]);
 
 -- name: recent_history
--- The context of a generation: the latest $3 whole turns before it, in sequence order. A turn is
--- a successful answer and the user message just before it (user 2k-1, assistant 2k), so the
--- context alternates user, assistant, ... and ends on an answer: a turn whose answer failed, was
--- cancelled or has not ended yet is left out whole, its question too. The user message is
--- checked by role, not parity: projects upgraded from the legacy layout can have pairs at
--- (2k, 2k+1). The index on (project_id, sequence) is walked backwards from $2, two lookups per
--- turn taken. $1 project, $2 the new user message's sequence, $3 turns, $4 owner
+-- The context of a generation: the latest $3 whole turns before sequence $2, in sequence order.
+-- A turn is a successful answer and the input message just before it (user or tool 2k-1,
+-- assistant 2k): a turn whose answer failed, was cancelled or has not ended yet is left out
+-- whole, its input too. The input message is checked by role, not parity: projects upgraded
+-- from the legacy layout can have pairs at (2k, 2k+1). Tool chains (a user turn, then the tool
+-- turns answering each answer's calls) are kept whole or left out by Store.recent_history,
+-- which pages back with $2 when the window starts inside the chain the new message continues.
+-- The index on (project_id, sequence) is walked backwards from $2, two lookups per turn taken.
+-- An answer's reasoning is not part of the context (it is never sent upstream), so it is not
+-- read: NULL. $1 project, $2 the sequence to read below, $3 turns, $4 owner
 WITH turns AS (
     SELECT a.sequence
     FROM messages AS a
@@ -763,14 +861,15 @@ WITH turns AS (
       AND EXISTS (
           SELECT 1 FROM messages AS u
           WHERE u.created_by = $4 AND u.project_id = $1 AND u.sequence = a.sequence - 1
-            AND u.role = 'user'
+            AND u.role IN ('user', 'tool')
       )
     ORDER BY a.sequence DESC
     LIMIT $3
 )
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.image_urls,
        m.client_request_id, m.created_by, m.created_at, m.updated_at, m.error_code,
-       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason
+       m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       NULL::text AS reasoning, m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results
 FROM turns AS t
 JOIN messages AS m
     ON m.created_by = $4 AND m.project_id = $1 AND m.sequence IN (t.sequence - 1, t.sequence)

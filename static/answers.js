@@ -18,6 +18,8 @@ const retryDelay = (attempt) => Math.min(30_000, 500 * 2 ** attempt);
 // (other tabs, other devices). Nothing is wrong with the answer: wait as told, then try again.
 const TOO_MANY_STREAMS = 'too_many_streams_per_user';
 const DEFAULT_RETRY_AFTER = 5;
+// Tool results refused because another tab (or an earlier try) answered the calls first.
+const TOOL_RESULTS_TAKEN = ['tool_calls_not_pending', 'idempotency_key_reused'];
 
 /** The wait a 429 asks for, in milliseconds (its Retry-After seconds). */
 function waitFor(problem) {
@@ -101,7 +103,7 @@ export class AnswerStreams {
   /** Sends a user message; the answer's events follow through the listener. */
   start(projectId, text, clientRequestId) {
     const url = streamUrls.generate(projectId, text, clientRequestId);
-    if (url.length > MAX_STREAM_URL) this.#post(projectId, text, clientRequestId);
+    if (url.length > MAX_STREAM_URL) this.#post(projectId, [text, clientRequestId]);
     else this.#generate(projectId, url, 0);
   }
 
@@ -186,22 +188,36 @@ export class AnswerStreams {
     );
   }
 
-  async #post(projectId, text, clientRequestId) {
+  /**
+   * Sends the results of tool calls the page ran (the next turn) and follows its answer. A
+   * refusal because the calls were answered already (by another tab) is nobody's problem: that
+   * tab's exchange shows up with the others'.
+   */
+  answerTools(projectId, results, clientRequestId) {
+    const send = () => api.sendToolResults(projectId, results, clientRequestId);
+    this.#post(projectId, send, { quiet: TOOL_RESULTS_TAKEN });
+  }
+
+  async #post(projectId, request, { quiet = [] } = {}) {
     const epoch = this.#epoch;
+    const fromComposer = typeof request !== 'function';
     this.#sending = { close() {} }; // nothing to hang up, but the composer must wait
     this.#listener.changed();
     try {
-      const started = await api.startGeneration(projectId, text, clientRequestId);
+      const started = fromComposer
+        ? await api.startGeneration(projectId, ...request)
+        : await request();
       if (epoch !== this.#epoch) return;
       this.#sending = null;
-      this.#listener.started();
+      if (fromComposer) this.#listener.started();
+      else this.#listener.changed();
       this.#listener.event(started.assistant_message.id, 'start', started);
       this.follow(projectId, started.assistant_message.id);
     } catch (problem) {
       if (epoch !== this.#epoch) return;
       this.#sending = null;
       this.#listener.changed();
-      this.#listener.report(problem);
+      if (!quiet.includes(problem.code)) this.#listener.report(problem);
     }
   }
 

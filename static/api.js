@@ -121,6 +121,17 @@ export const api = {
       client_request_id: clientRequestId,
       on_running: ON_RUNNING,
     }),
+  /**
+   * Sends the results of an answer's tool calls as the next turn (202, without listening): the
+   * server takes them only while that answer is the project's latest (409
+   * tool_calls_not_pending otherwise: another tab answered first).
+   */
+  sendToolResults: (projectId, results, clientRequestId) =>
+    send('POST', `${projectPath(projectId)}/generations`, {
+      tool_results: results,
+      client_request_id: clientRequestId,
+      on_running: ON_RUNNING,
+    }),
 };
 
 /** URLs for EventSource, which can only GET and cannot set headers. */

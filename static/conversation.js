@@ -3,6 +3,7 @@
 
 import { AnswerStreams } from './answers.js';
 import { api, newRequestId } from './api.js';
+import { runPageTools } from './tools.js';
 import { isActive } from './view.js';
 
 const PAGE_SIZE = 50;
@@ -275,15 +276,21 @@ export class Conversation {
       case 'start':
         // A replay starts here too: forget the shown text, the deltas that follow rebuild it.
         this.#messages.upsert(data.user_message);
-        this.#messages.upsert({ ...data.assistant_message, content: '' });
+        this.#messages.upsert({ ...data.assistant_message, content: '', reasoning: null });
         // Someone else's exchange got the sequences just below this one.
         if (data.user_message.sequence > this.#shownThrough + 1) this.#catchUp();
         break;
       case 'progress':
         this.#messages.showProgress(messageId, data);
         break;
+      case 'reasoning':
+        this.#messages.appendReasoning(messageId, data.text);
+        break;
       case 'delta':
         this.#messages.appendContent(messageId, data.text);
+        break;
+      case 'tool_call':
+        this.#messages.addToolCall(messageId, data);
         break;
       case 'error':
         // The Message normally carries the error too; the event's own copy is the fallback.
@@ -302,6 +309,20 @@ export class Conversation {
     const outcome = { success: 'finished', cancelled: 'cancelled', error: 'failed' }[message.status];
     const code = message.error?.code ? `: ${message.error.code}` : '';
     const cut = message.finish_reason === 'length' ? ', cut short' : '';
-    this.#announce(`Answer #${message.sequence} ${outcome ?? message.status}${code}${cut}`);
+    const calls = message.tool_calls?.length ? `, calling ${message.tool_calls.length} tool(s)` : '';
+    this.#announce(`Answer #${message.sequence} ${outcome ?? message.status}${code}${cut}${calls}`);
+    this.#runTools(message);
+  }
+
+  /**
+   * An answer this tab watched end with calls of tools the page runs (the demo's browser_time):
+   * run them and send their results as the next turn, while it is the latest answer shown. The
+   * key is the answer's, so that a repeat (a retry, a second tab) never makes a second turn.
+   */
+  #runTools(message) {
+    if (!this.#projectId || message.project_id !== this.#projectId) return;
+    if (message.sequence < this.#messages.highestSequence) return;
+    const results = runPageTools(message);
+    if (results) this.#answers.answerTools(this.#projectId, results, `tools-${message.id}`);
   }
 }

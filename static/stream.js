@@ -2,7 +2,16 @@
 // and a clean hang-up after the terminal event.
 
 export const TERMINAL_EVENTS = new Set(['done', 'error', 'cancelled']);
-const EVENT_NAMES = ['start', 'progress', 'delta', 'done', 'error', 'cancelled'];
+const EVENT_NAMES = [
+  'start',
+  'progress',
+  'reasoning',
+  'delta',
+  'tool_call',
+  'done',
+  'error',
+  'cancelled',
+];
 
 /**
  * Opens `url` with EventSource and reports through callbacks:

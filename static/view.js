@@ -2,6 +2,7 @@
 // except an answer's content, which markdown.js renders as Markdown (escaped, then sanitised).
 
 import { MarkdownContent } from './markdown.js';
+import { ToolCards, showResults } from './tools.js';
 
 export const isActive = (message) => message.status === 'pending' || message.status === 'streaming';
 
@@ -17,6 +18,11 @@ export class MessageList {
   #olderButton;
   #items = new Map(); // message id -> element
   #answers = new WeakMap(); // an assistant message's element -> its MarkdownContent
+  // An answer's element -> when this page saw its first reasoning event (performance.now()),
+  // until its text starts: then "Thought for N s" (the stored reasoning_ms, once it ends).
+  #thinkingSince = new WeakMap();
+  #toolCards = new WeakMap(); // an assistant message's element -> its ToolCards
+  #results = []; // every tool result shown: a card made later shows its own
   // Following: the bottom (the latest message, growing as its answer streams) is kept in view.
   // It starts when a project opens or the person sends, and stops when they scroll up, away
   // from the bottom; scrolling back down to the bottom starts it again.
@@ -35,6 +41,7 @@ export class MessageList {
   clear() {
     this.#list.replaceChildren();
     this.#items.clear();
+    this.#results = [];
     this.#following = true;
     this.#lastTop = 0;
     this.setHasMore(false);
@@ -84,6 +91,11 @@ export class MessageList {
     return oldest ? Number(oldest.dataset.sequence) : null;
   }
 
+  get highestSequence() {
+    const newest = this.#list.lastElementChild;
+    return newest ? Number(newest.dataset.sequence) : 0;
+  }
+
   setHasMore(hasMore) {
     this.#olderButton.hidden = !hasMore;
   }
@@ -122,10 +134,49 @@ export class MessageList {
     this.#syncEmpty();
   }
 
+  /**
+   * A piece of the model's reasoning: shown folded above the answer ("Thinking…" while it
+   * streams; open on click), never in the answer's text.
+   */
+  appendReasoning(messageId, text) {
+    const item = this.#items.get(messageId);
+    if (!item) return;
+    this.#markStreaming(item);
+    const fold = item.querySelector('.reasoning');
+    if (fold.hidden || !this.#thinkingSince.has(item)) {
+      this.#thinkingSince.set(item, performance.now());
+    }
+    this.#followingBottom(() => {
+      fold.hidden = false;
+      const box = item.querySelector('.reasoning-text');
+      const node = box.firstChild ?? box.appendChild(document.createTextNode(''));
+      node.appendData(text);
+    });
+  }
+
+  /** The reasoning is over (its text or a tool call started): say for how long, as seen here. */
+  #thought(item) {
+    const since = this.#thinkingSince.get(item);
+    if (since === undefined) return;
+    this.#thinkingSince.delete(item);
+    item.querySelector('.reasoning-summary').textContent = thoughtFor(performance.now() - since);
+  }
+
+  /** A `tool_call` event of a running answer: a card per call, its arguments as they come. */
+  addToolCall(messageId, data) {
+    const item = this.#items.get(messageId);
+    const cards = item && this.#toolCards.get(item);
+    if (!cards) return;
+    this.#markStreaming(item);
+    this.#thought(item);
+    this.#followingBottom(() => cards.add(data));
+  }
+
   appendContent(messageId, text) {
     const item = this.#items.get(messageId);
     if (!item) return;
     this.#markStreaming(item);
+    this.#thought(item);
     // Its text is now what shows the answer's progress.
     item.querySelector('.progress-row').hidden = true;
     const answer = this.#answers.get(item);
@@ -193,10 +244,22 @@ export class MessageList {
         const content = item.querySelector('.content');
         const keepBottom = (render) => this.#followingBottom(render);
         this.#answers.set(item, new MarkdownContent(content, keepBottom));
+        this.#toolCards.set(item, new ToolCards(item.querySelector('.tool-calls')));
       }
       this.#insert(item, message.sequence);
     }
     fill(item, message, this.#answers.get(item));
+    fillReasoning(item, message, this.#thinkingSince);
+    // The calls as stored replace those the events built (a replay's `start` empties them).
+    const cards = this.#toolCards.get(item);
+    if (cards && (message.tool_calls || !isActive(message) || message.status === 'pending')) {
+      cards.set(message.tool_calls);
+      showResults(item, this.#results);
+    }
+    if (message.tool_results) {
+      this.#results.push(...message.tool_results);
+      showResults(this.#list, message.tool_results);
+    }
   }
 
   /** Sequences, not arrival order, decide the position; new messages usually go last. */
@@ -304,6 +367,35 @@ function fill(item, message, answer) {
   error.hidden = message.status !== 'error';
   item.querySelector('.error-code').textContent = message.error?.code ?? '';
   item.querySelector('.error-message').textContent = message.error?.message ?? '';
+}
+
+/** "Thought for 3 s": whole seconds, at least 1 (a reasoning under a second is still one). */
+function thoughtFor(ms) {
+  return `Thought for ${Math.max(1, Math.round(ms / 1000))} s`;
+}
+
+/**
+ * The reasoning of a full Message (history, a finished answer): folded, its summary saying how
+ * long the model thought (the stored `reasoning_ms`), or "Thinking…" while no text has come.
+ * Hidden when the model gave none. The fold's open or closed state is the person's: kept.
+ */
+function fillReasoning(item, message, thinkingSince) {
+  const fold = item.querySelector('.reasoning');
+  const reasoning = message.reasoning ?? '';
+  fold.hidden = reasoning === '';
+  item.querySelector('.reasoning-text').textContent = reasoning;
+  const summary = item.querySelector('.reasoning-summary');
+  if (reasoning === '') {
+    thinkingSince.delete(item);
+    summary.textContent = 'Thinking…';
+  } else if (typeof message.reasoning_ms === 'number') {
+    thinkingSince.delete(item);
+    summary.textContent = thoughtFor(message.reasoning_ms);
+  } else if (isActive(message) && !message.content) {
+    summary.textContent = 'Thinking…';
+  } else {
+    summary.textContent = 'Thought'; // ended by a cancel or the reaper: not timed
+  }
 }
 
 function showTime(element, timestamp) {

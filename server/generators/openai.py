@@ -1,10 +1,13 @@
 """The ``openai`` generator: any OpenAI-compatible ``/chat/completions`` server, streamed.
 
 The request carries the system prompt, the project's latest whole successful turns (so the roles
-alternate, as strict chat templates require) and the new user message. The answer is read chunk
-by chunk under three clocks (``openai_clock``). Every failure ends the generation with a
-``GeneratorError`` (the runner keeps the partial content). A request is tried again only while
-the upstream has not accepted it, so no text is ever produced twice.
+alternate, as strict chat templates require; their content and tool calls, never their reasoning),
+the new user message (or tool results), and the turn's ``tools`` and ``tool_choice``. The answer
+is read chunk by chunk under three clocks (``openai_clock``): the model's reasoning as
+``Reasoning`` items, its text as ``Delta``, its tool calls as ``ToolCallDelta`` (one chunk may
+carry all three). Every failure ends the generation with a ``GeneratorError`` (the runner keeps
+the partial content). A request is tried again only while the upstream has not accepted it, so no
+text is ever produced twice.
 
 Every request asks for the answer's usage (``stream_options.include_usage``); the answer ends
 with a ``Finish`` carrying it and the last ``finish_reason``. Some servers refuse that option
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -35,11 +39,12 @@ from server.generators.base import (
     GeneratorError,
     Item,
     Progress,
+    Reasoning,
 )
 from server.generators.openai_clock import Clock, Timeouts
 from server.generators.openai_failures import Failure, status_failure, transport_failure
-from server.generators.openai_stream import ChatStream
-from server.models import Message
+from server.generators.openai_stream import ChatChunk, ChatStream
+from server.models import Message, ToolCall
 
 logger = logging.getLogger(__name__)
 
@@ -104,12 +109,17 @@ class OpenAIGenerator:
         messages = chat_messages(
             self.system_prompt, await context.load_history(), context.user_message
         )
+        tools = {
+            name: json.loads(value)
+            for name, value in (("tools", context.tools), ("tool_choice", context.tool_choice))
+            if value is not None
+        }
         # Only now: a wait for our database (the runner retries a blip) is not the model's time.
         clock = Clock(self.timeouts)
         ask_usage = self.ask_usage
         attempt = 0
         while True:
-            opened = await self._open(self._payload(messages, ask_usage), clock)
+            opened = await self._open(self._payload(messages, ask_usage, tools), clock)
             if not isinstance(opened, Failure):
                 break
             if ask_usage and opened.bad_request:  # perhaps stream_options: at once, without
@@ -130,17 +140,31 @@ class OpenAIGenerator:
             contextlib.aclosing(opened.aiter_lines()) as lines,  # type: ignore[type-var]
         ):
             stream = ChatStream(lines, self._secret)
-            while (text := await self._next_text(stream, clock)) is not None:
-                if text and not clock.writing:
+            reasoned = wrote = False
+            while (chunk := await self._next_chunk(stream, clock)) is not None:
+                if chunk.reasoning:
+                    if not reasoned:
+                        reasoned = True
+                        yield Progress("reasoning", f"{self.model} is thinking", None)
+                    yield Reasoning(chunk.reasoning)
+                produced = bool(chunk.text or chunk.tool_calls)
+                if produced and not wrote:
+                    wrote = True
                     yield Progress("writing", f"{self.model} is writing", None)
-                if text:
-                    yield Delta(text)
-                # After the yields: time the consumer takes is not the model's idle time.
-                clock.received(text)
+                if chunk.text:
+                    yield Delta(chunk.text)
+                for call in chunk.tool_calls:
+                    yield call
+                # After the yields: time the consumer takes is not the model's idle time. A
+                # model that reasons is alive too.
+                clock.received(produced or bool(chunk.reasoning))
         yield Finish(stream.usage, stream.finish_reason)
 
-    def _payload(self, messages: list[Any], ask_usage: bool) -> dict[str, Any]:
+    def _payload(
+        self, messages: list[Any], ask_usage: bool, tools: dict[str, Any]
+    ) -> dict[str, Any]:
         payload: dict[str, Any] = {"model": self.model, "stream": True, "messages": messages}
+        payload.update(tools)  # tools and tool_choice, as the client sent them
         if ask_usage:
             payload["stream_options"] = {"include_usage": True}
         return payload
@@ -177,11 +201,11 @@ class OpenAIGenerator:
             body = await _body_start(response, clock)
         return status_failure(response, body, self._secret)
 
-    async def _next_text(self, stream: ChatStream, clock: Clock) -> str | None:
-        """The next chunk's text within the clock's deadline; None after ``[DONE]``."""
+    async def _next_chunk(self, stream: ChatStream, clock: Clock) -> ChatChunk | None:
+        """The next chunk within the clock's deadline; None after ``[DONE]``."""
         try:
             async with asyncio.timeout_at(clock.deadline()):
-                return await stream.next_text()
+                return await stream.next_chunk()
         except TimeoutError:
             raise clock.expired() from None
         except httpx.DecodingError:  # e.g. a gzip body cut short
@@ -209,12 +233,40 @@ async def _body_start(response: httpx.Response, clock: Clock) -> bytes:
 
 def chat_messages(system_prompt: str, history: list[Message], user: Message) -> list[Any]:
     """The request's ``messages``: the system prompt, the history in order (whole turns: user,
-    assistant, ...), the new message."""
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return [*system, *(_turn(message) for message in history), _turn(user)]
+    assistant, ...; an answer that made calls with its ``tool_calls``, then a ``tool`` message per
+    result in the order of the calls), the new message (or results)."""
+    messages: list[Any] = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    turns = [*history, user]
+    for i, message in enumerate(turns):
+        if message.role == "tool":
+            messages += _results(message, turns[i - 1].tool_calls or [] if i else [])
+        else:  # an answer's calls only with their results (never cut: Store.recent_history)
+            answered = i + 1 < len(turns) and turns[i + 1].role == "tool"
+            messages.append(_turn(message, with_calls=answered))
+    return messages
 
 
-def _turn(message: Message) -> dict[str, Any]:
+def _results(message: Message, calls: list[ToolCall]) -> list[dict[str, Any]]:
+    """A tool message's results as OpenAI's ``tool`` messages, in the order of the calls."""
+    order = {call.id: position for position, call in enumerate(calls)}
+    results = sorted(message.tool_results or (), key=lambda r: order.get(r.tool_call_id, 0))
+    return [{"role": "tool", "tool_call_id": r.tool_call_id, "content": r.content} for r in results]
+
+
+def _turn(message: Message, *, with_calls: bool = False) -> dict[str, Any]:
+    if message.tool_calls and with_calls:
+        return {
+            "role": "assistant",
+            "content": message.content or None,
+            "tool_calls": [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.arguments},
+                }
+                for call in message.tool_calls
+            ],
+        }
     if not message.image_urls:
         return {"role": message.role, "content": message.content}
     # With images, the content is the parts array of OpenAI's vision format.

@@ -33,9 +33,10 @@ class Clock:
         """A retry gets its own time for the first token (the total keeps running)."""
         self.due = _now() + self.timeouts.first_token
 
-    def received(self, text: str) -> None:
-        """A chunk arrived; from the first token on, any chunk proves the model is alive."""
-        self.writing = self.writing or bool(text)
+    def received(self, produced: bool) -> None:
+        """A chunk arrived (``produced``: it carried text or a tool call); from the first token
+        on, any chunk proves the model is alive."""
+        self.writing = self.writing or produced
         if self.writing:
             self.due = _now() + self.timeouts.idle
 

@@ -1,5 +1,12 @@
-"""Reading a streamed chat completion: SSE lines in, the answer's text pieces out, and how it
-ended (the last ``finish_reason``, and the ``usage`` of the final chunk).
+"""Reading a streamed chat completion: SSE lines in, the answer's text, reasoning and tool-call
+pieces out, and how it ended (the last ``finish_reason``, and the ``usage`` of the final chunk).
+
+A model's reasoning comes in ``delta.reasoning_content`` (vLLM, llama.cpp, DeepSeek) or
+``delta.reasoning`` (OpenRouter, Ollama); a server that sends both in one chunk sends the same
+text twice, so one is taken (``reasoning_content`` first). ``usage`` may carry
+``completion_tokens_details.reasoning_tokens``. Tool calls come in ``delta.tool_calls``: each
+piece names its call's ``index``; the first carries its ``id`` and ``function.name``, each a piece
+of ``function.arguments``. One chunk may carry any of the three: all are read from it.
 
 OpenAI-compatible servers send one ``data: {json}`` event per chunk and end the answer with
 ``data: [DONE]``; asked for usage (``stream_options.include_usage``), they send it in a last chunk
@@ -17,9 +24,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from server.generators.base import GeneratorError
+from server.generators.base import GeneratorError, ToolCallDelta
 from server.generators.openai_failures import excerpt
-from server.models import Usage
+from server.models import CompletionTokensDetails, Usage
 
 DONE = "[DONE]"
 
@@ -38,8 +45,9 @@ class ChatStream:
         self.finish_reason: str | None = None  # the last one sent so far
         self.usage: Usage | None = None
 
-    async def next_text(self) -> str | None:
-        """The next chunk's content ("" for a chunk that has none), or None after ``[DONE]``."""
+    async def next_chunk(self) -> ChatChunk | None:
+        """The next chunk (its text and reasoning "" and its tool calls () when it has none), or
+        None after ``[DONE]``."""
         data = await self._next_event()
         if data is None:
             raise protocol_error("no [DONE]: the answer ended early")
@@ -48,7 +56,7 @@ class ChatStream:
         chunk = parse_chunk(data, self._secret)
         self.finish_reason = chunk.finish_reason or self.finish_reason
         self.usage = chunk.usage or self.usage
-        return chunk.text
+        return chunk
 
     async def _next_event(self) -> str | None:
         """The next event's data, or None when the body ends."""
@@ -74,10 +82,13 @@ class ChatChunk:
     text: str  # "" for a chunk without content
     finish_reason: str | None = None
     usage: Usage | None = None
+    reasoning: str = ""  # "" for a chunk without reasoning
+    tool_calls: tuple[ToolCallDelta, ...] = ()
 
 
 def parse_chunk(data: str, secret: str | None) -> ChatChunk:
-    """One chunk: its ``choices[0].delta.content``, ``choices[0].finish_reason`` and ``usage``."""
+    """One chunk: its ``choices[0].delta.content``, reasoning and tool calls,
+    ``choices[0].finish_reason`` and ``usage``."""
     try:
         chunk: Any = json.loads(data)
     except (ValueError, RecursionError):  # (RecursionError: nested too deeply to decode)
@@ -98,20 +109,69 @@ def parse_chunk(data: str, secret: str | None) -> ChatChunk:
         raise protocol_error("a chunk without choices[0].delta")
     given = choices[0].get("finish_reason")  # null until the last choice chunk
     finish_reason = given if isinstance(given, str) and given else None
+    reasoning = _reasoning(delta)
+    calls = _tool_calls(delta.get("tool_calls"))
     content = delta.get("content")
-    if content is None:  # the role-only first chunk, or the last one with finish_reason
-        return ChatChunk("", finish_reason, usage)
+    if content is None:  # the role-only first chunk, a reasoning one, a call, the last one
+        return ChatChunk("", finish_reason, usage, reasoning, calls)
     if not isinstance(content, str):
         raise protocol_error("a chunk whose content is not a string")
-    return ChatChunk(content, finish_reason, usage)
+    return ChatChunk(content, finish_reason, usage, reasoning, calls)
+
+
+def _reasoning(delta: dict[str, Any]) -> str:
+    """The chunk's reasoning: ``reasoning_content``, else ``reasoning``; "" when neither is a
+    string (absent, or null as many servers send it beside content)."""
+    for name in ("reasoning_content", "reasoning"):
+        value = delta.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def _tool_calls(value: Any) -> tuple[ToolCallDelta, ...]:
+    """``delta.tool_calls``: a list of ``{"index", "id", "type", "function": {"name",
+    "arguments"}}``, every member but ``index`` optional (the first piece of a call names it).
+    A piece without an index is the only call (some servers leave it out)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise protocol_error("a chunk whose tool_calls is not a list")
+    pieces = []
+    for position, call in enumerate(value):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(call, dict) or not isinstance(function or {}, dict):
+            raise protocol_error("a tool call that is not an object")
+        function = function or {}
+        index, call_id = call.get("index", position), call.get("id")
+        name, arguments = function.get("name"), function.get("arguments") or ""
+        if (
+            not isinstance(index, int)
+            or not isinstance(call_id, str | None)
+            or not isinstance(name, str | None)
+            or not isinstance(arguments, str)
+        ):
+            raise protocol_error("a tool call of another shape than OpenAI's")
+        pieces.append(ToolCallDelta(index, call_id or None, name or None, arguments))
+    return tuple(pieces)
 
 
 def _usage(value: Any) -> Usage | None:
     """``{"prompt_tokens": n, "completion_tokens": n, ...}`` as ``Usage``; None when absent (most
-    chunks) or of another shape (counts that are not integers, or out of range)."""
+    chunks) or of another shape (counts that are not integers, or out of range). Its
+    ``completion_tokens_details.reasoning_tokens`` is kept when it is a count; details of another
+    shape (or without it) are left out, the counts kept."""
     if not isinstance(value, dict):
         return None
+    counts = {k: v for k, v in value.items() if k != "completion_tokens_details"}
     try:
-        return Usage.model_validate(value, strict=True)
+        usage = Usage.model_validate(counts, strict=True)
     except ValidationError:
         return None
+    try:
+        details = CompletionTokensDetails.model_validate(
+            value.get("completion_tokens_details"), strict=True
+        )
+    except ValidationError:
+        return usage
+    return usage.model_copy(update={"completion_tokens_details": details})

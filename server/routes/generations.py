@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from server.errors import Draining, InvalidInput, MalformedRequest
-from server.models import Accepted, GenerateRequest
+from server.models import MAX_TOOLS_CHARS, Accepted, GenerateRequest
 from server.parsing import parse_uuid, path_uuid, query_param, read_json, validate
 from server.routes.respond import (
     events_url,
@@ -73,11 +73,7 @@ async def _generate(
     cursor: int,
 ) -> Response:
     """Start (or find) the generation; answer 202 JSON when asked for, else its stream."""
-    if len(body.message) > app.settings.max_message_chars:
-        raise InvalidInput(
-            f"message must be at most {app.settings.max_message_chars} characters",
-            code="message_too_long",
-        )
+    check_sizes(body, app.settings.max_message_chars)
     if wants_json(request):
         pair = (await app.runner.submit(user_id, project_id, body)).pair
         accepted = Accepted(
@@ -99,6 +95,22 @@ async def _generate(
     except BaseException:
         slot.release()
         raise
+
+
+def check_sizes(body: GenerateRequest, max_chars: int) -> None:
+    """The limits that are settings or counted over several fields (docs/api.md, "Limits")."""
+    results = sum(len(result.content) for result in body.tool_results or ())
+    if len(body.message) > max_chars or results > max_chars:
+        what = "tool_results' contents together" if results else "message"
+        raise InvalidInput(
+            f"{what} must be at most {max_chars} characters", code="message_too_long"
+        )
+    tools = body.tools_json()
+    if tools is not None and len(tools) > MAX_TOOLS_CHARS:
+        raise InvalidInput(
+            f"tools must be at most {MAX_TOOLS_CHARS} characters as compact JSON",
+            code="tools_too_large",
+        )
 
 
 def wants_json(request: Request) -> bool:

@@ -5,7 +5,10 @@ for what a JSON Schema cannot state, each named here rather than hidden in a bro
 
 - a 422 whose code depends on the server's state or on two parameters at once:
   ``last_event_id_out_of_range`` (a ``Last-Event-ID`` beyond the answer's log, whose length no
-  document can know) and ``conflicting_parameters`` (``before`` and ``after`` together);
+  document can know), ``conflicting_parameters`` (``before`` and ``after`` together),
+  ``tool_results_mismatch`` (results that do not answer the calls of the project's latest
+  answer, which no document can know) and ``tools_too_large`` (a limit on the tools' compact
+  JSON, which no schema counts);
 - a 414 for a URL over ``MAX_URL_BYTES``: the limit is in bytes of the encoded URL, and a
   schema's ``maxLength`` counts characters.
 
@@ -23,7 +26,14 @@ from urllib.parse import urlencode
 import schemathesis
 from schemathesis.checks import positive_data_acceptance
 
-STATE_DEPENDENT_422 = frozenset({"last_event_id_out_of_range", "conflicting_parameters"})
+STATE_DEPENDENT_422 = frozenset(
+    {
+        "last_event_id_out_of_range",
+        "conflicting_parameters",
+        "tool_results_mismatch",
+        "tools_too_large",
+    }
+)
 MAX_SENT_URL_BYTES = 60_000
 POSITIVE_CHECK = "positive_data_acceptance_but_unstatable"
 

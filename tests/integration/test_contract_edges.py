@@ -120,6 +120,9 @@ async def test_every_sse_event_is_described_by_the_document(database_url: str) -
         document = (await client.get("/openapi.json")).json()
         project = await create_project(client)
         done = await generate(client, project, "hello")
+        # Reasoning events, and a message with reasoning and reasoning_tokens in its usage.
+        done += await generate(client, project, "/think hello")
+        done += await generate(client, project, "/tool what time is it?")  # tool_call events
         cancelled_start = await client.post(
             f"/api/projects/{project}/generations",
             json={"message": "stop me"},
@@ -140,7 +143,17 @@ async def test_every_sse_event_is_described_by_the_document(database_url: str) -
         stream = document["paths"][path][method]["responses"]["200"]["content"]
         item = stream["text/event-stream"]["itemSchema"]
         by_name = {one["properties"]["event"]["const"]: one for one in item["oneOf"]}
-        assert set(by_name) == {"start", "progress", "delta", "done", "error", "cancelled"}
+        assert set(by_name) == {
+            "start",
+            "progress",
+            "reasoning",
+            "delta",
+            "tool_call",
+            "done",
+            "error",
+            "cancelled",
+        }
+        assert {"reasoning", "tool_call"} <= {frame.event for frame in done}
         for frame in [*done, *events_only(frames)]:
             assert frame.event is not None and frame.id is not None
             event = {"event": frame.event, "id": str(frame.id), "data": frame.data_lines[0]}

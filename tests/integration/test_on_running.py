@@ -231,7 +231,7 @@ async def test_reject_sees_a_reservation_that_committed_while_it_waited_for_the_
     async with Store.single(database_url) as first, Store.single(database_url) as second:
         await first.register_worker(worker, 60, "test", 0)
         async with first.db.session() as session, session.transaction():
-            held = await session.fetch("reserve_pair", *args, "concurrent")
+            held = await session.fetch("reserve_pair", *args, "concurrent", None, None, None)
             waiting = asyncio.create_task(
                 second.reserve_pair(
                     project_id=project,
@@ -567,7 +567,7 @@ async def test_an_answer_queued_as_the_one_ahead_ends_is_announced_by_that_end(
             store.db.session() as session,
             session.transaction(),
         ):
-            rows = await session.fetch("reserve_pair", *args, "enqueue")
+            rows = await session.fetch("reserve_pair", *args, "enqueue", None, None, None)
             [queued] = [r for r in rows if r["role"] == "assistant"]
             assert queued["last_event_id"] == 2, "queued behind the running head"
             script.release("hold head")  # its flush now waits for the user's row

@@ -730,6 +730,8 @@ def a_message(role: Any, sequence: int) -> Message:
         error=None,
         usage=None,
         finish_reason=None,
+        reasoning=None,
+        reasoning_ms=None,
     )
 
 

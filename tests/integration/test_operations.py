@@ -190,6 +190,7 @@ _DUMMY = {
     "int4[]": "'{1}'",
     "bool": "false",
     "float8": "1",
+    "jsonb": "'[]'",
 }
 
 

@@ -79,12 +79,13 @@ async def reserve(store: Store, worker: UUID, project: UUID | None = None) -> Pa
     return reservation.pair
 
 
-def chunks_from(first_event_id: int, count: int) -> list[Chunk]:
+def chunks_from(first_event_id: int, count: int, name: str = "delta") -> list[Chunk]:
+    """``count`` chunks of ``name`` events (deltas, or reasoning: stored and read alike)."""
     chunks = []
     for c in range(count):
         first = first_event_id + c * EVENTS_PER_CHUNK
         texts = [f"word {first + i} " for i in range(EVENTS_PER_CHUNK)]
-        events = [Event(first + i, "delta", delta_data(t)) for i, t in enumerate(texts)]
+        events = [Event(first + i, name, delta_data(t)) for i, t in enumerate(texts)]
         chunks.append(Chunk.of(events))
     return chunks
 
@@ -120,9 +121,12 @@ async def reported_costs(store: Store) -> tuple[int, int]:
     return int(calls), int(rows)
 
 
+@pytest.mark.parametrize("name", ["delta", "reasoning"])
 async def test_a_remote_listeners_wake_reads_only_the_new_events_of_a_long_answer(
-    tracked_url: str, writer: Store, reader: Store
+    tracked_url: str, writer: Store, reader: Store, name: str
 ) -> None:
+    """A long answer of deltas, or of reasoning (a reasoning model thinks at length: reading
+    its reasoning so far at every wake would cost what reading its content did)."""
     worker = uuid4()
     await writer.register_worker(worker, 60, "writer", 0)
     pair = await reserve(writer, worker)
@@ -135,7 +139,7 @@ async def test_a_remote_listeners_wake_reads_only_the_new_events_of_a_long_answe
             "FROM generate_series(1, $1)",
             OTHER_ANSWERS_CHUNKS,
         )
-    await writer.flush(worker, [streaming(pair, chunks_from(2, ANSWER_CHUNKS))])
+    await writer.flush(worker, [streaming(pair, chunks_from(2, ANSWER_CHUNKS, name))])
     async with writer.db.session() as session:
         await session.execute_sql("ANALYZE event_chunks")
     last_event = 1 + ANSWER_CHUNKS * EVENTS_PER_CHUNK
@@ -166,7 +170,7 @@ async def test_a_remote_listeners_wake_reads_only_the_new_events_of_a_long_answe
         next_id = last_event + 1
         for _ in range(WAKES):
             pending = asyncio.create_task(next_events())
-            await writer.flush(worker, [streaming(pair, chunks_from(next_id, 1))])
+            await writer.flush(worker, [streaming(pair, chunks_from(next_id, 1, name))])
             frames = await pending
             assert frames[0].startswith(b"id: %d\n" % next_id)
             assert frames[-1].startswith(b"id: %d\n" % (next_id + EVENTS_PER_CHUNK - 1))

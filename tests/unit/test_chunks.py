@@ -30,6 +30,8 @@ def _message(role: str, sequence: int) -> Message:
         error=None,
         usage=None,
         finish_reason=None,
+        reasoning=None,
+        reasoning_ms=None,
     )
 
 
