@@ -92,6 +92,7 @@ RETURNS SETOF messages
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     terminal integer;
+    claim integer;
     ended messages;
 BEGIN
     IF caller IS NOT NULL AND caller <> o THEN
@@ -108,11 +109,14 @@ BEGIN
     END IF;
     -- 2. The terminal event's id: the one after the last stored event, claimed by a terminal
     -- marker (see 0009).
+    -- (The id is read, then inserted: on Citus an INSERT ... SELECT ... ON CONFLICT DO NOTHING
+    -- that meets a conflict fails in PL/pgSQL, "consistency check on SPI tuple count failed".)
     FOR attempt IN 1..100 LOOP
-        INSERT INTO event_chunks (owner_id, message_id, first_event_id, kinds, data)
-        SELECT o, m, coalesce(max(c.first_event_id + length(c.kinds) - 1), 1) + 1, 't', ''
+        SELECT coalesce(max(c.first_event_id + length(c.kinds) - 1), 1) + 1 INTO claim
         FROM event_chunks AS c
-        WHERE c.owner_id = o AND c.message_id = m AND c.kinds <> 't'
+        WHERE c.owner_id = o AND c.message_id = m AND c.kinds <> 't';
+        INSERT INTO event_chunks (owner_id, message_id, first_event_id, kinds, data)
+        VALUES (o, m, claim, 't', '')
         ON CONFLICT (owner_id, message_id, first_event_id) DO NOTHING
         RETURNING first_event_id INTO terminal;
         EXIT WHEN terminal IS NOT NULL;

@@ -122,17 +122,29 @@ class _Rollback(Exception):
 
 async def waits(url: str, *, count: int = 1, on_xid: int | None = None) -> None:
     """Until ``count`` sessions of this database wait for a lock (for ``on_xid``'s end: only
-    those that wait for that transaction)."""
+    those that wait for that transaction). On Citus the statements wait on the worker nodes,
+    under transaction ids of their own there: every node is counted, and ``on_xid`` (an id of
+    the coordinator's) is not looked for."""
     conn = await asyncpg.connect(url)
     try:
+        distributed = await conn.fetchval(load_queries()["is_distributed"])
         while True:
-            waiting = await conn.fetchval(
-                "SELECT count(*) FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid"
-                " WHERE NOT l.granted AND a.datname = current_database()"
-                " AND ($1::bigint IS NULL OR (l.locktype = 'transactionid'"
-                "      AND l.transactionid::text::bigint = $1))",
-                on_xid,
-            )
+            if distributed:
+                waiting = await conn.fetchval(
+                    "SELECT coalesce(sum(result::int), 0) FROM run_command_on_all_nodes("
+                    "$$SELECT count(*) FROM pg_locks AS l JOIN pg_stat_activity AS a"
+                    "  ON a.pid = l.pid WHERE NOT l.granted"
+                    "  AND a.datname = current_database()$$)"
+                )
+            else:
+                waiting = await conn.fetchval(
+                    "SELECT count(*) FROM pg_locks AS l JOIN pg_stat_activity AS a"
+                    " ON a.pid = l.pid"
+                    " WHERE NOT l.granted AND a.datname = current_database()"
+                    " AND ($1::bigint IS NULL OR (l.locktype = 'transactionid'"
+                    "      AND l.transactionid::text::bigint = $1))",
+                    on_xid,
+                )
             if waiting >= count:
                 return
             await asyncio.sleep(0.01)
@@ -146,9 +158,15 @@ async def deadlocks(url: str) -> int:
     await asyncio.sleep(1.5)
     conn = await asyncpg.connect(url)
     try:
-        count: int = await conn.fetchval(
-            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
-        )
+        if await conn.fetchval(load_queries()["is_distributed"]):  # every node's (Citus)
+            count: int = await conn.fetchval(
+                "SELECT sum(result::int) FROM run_command_on_all_nodes($$SELECT deadlocks"
+                " FROM pg_stat_database WHERE datname = current_database()$$)"
+            )
+        else:
+            count = await conn.fetchval(
+                "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+            )
     finally:
         await conn.close()
     return count
