@@ -77,6 +77,10 @@ def generation_script(queries_sql: Path, *, delegated: bool = False) -> tuple[st
         6: _literal(LEASE_OWNER),
         7: "1000000",
         8: "'concurrent'",
+        # A user message: no tool results, no tools, no tool choice
+        9: "NULL",
+        10: "NULL",
+        11: "NULL",
     }
     answer = demo_answer(PROMPT)
     parts = split_evenly(answer, 8)
@@ -111,6 +115,11 @@ def generation_script(queries_sql: Path, *, delegated: bool = False) -> tuple[st
         # The batch's owners, and no NOTIFY (nobody listens here)
         17: _array([owner], "uuid"),
         18: "false",
+        # No reasoning (its text, tokens and time) and no tool calls
+        19: _array(["NULL"], "text"),
+        20: _array(["NULL"], "integer"),
+        21: _array(["NULL"], "integer"),
+        22: _array(["NULL"], "text"),
     }
     if delegated:
         reserve = (
