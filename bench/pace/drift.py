@@ -16,8 +16,12 @@ import asyncio, json, sys, time
 import uvloop
 from server.generators.demo import DemoGenerator
 
+class UserMessage:  # a user's message: no tool results (what the demo reads of it)
+    tool_results = None
+
 class Context:
     prompt = "word " * 400
+    user_message = UserMessage()
 
 async def main(deltas, delta_ms):
     generator = DemoGenerator(deltas=deltas, delta_ms=delta_ms)
