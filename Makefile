@@ -60,7 +60,7 @@ lint: $(DEV_STAMP) ## ruff format --check, ruff check, mypy --strict
 	$(VENV)/bin/ruff check server tests bench
 	$(VENV)/bin/mypy --strict server bench
 
-bench: $(BENCH_STAMP) ## Run the benchmarks (under 25 min, with the machine's PostgreSQL when it answers on :5432, and a Citus step with CITUS_URL or ../shared/citus; BENCH_ARGS=--quick for a few minutes, --only citus for that step); writes docs/benchmarks.md
+bench: $(BENCH_STAMP) ## Run the benchmarks (about 35 min with the Citus step, with the machine's PostgreSQL when it answers on :5432, and a Citus step with CITUS_URL or ../shared/citus; BENCH_ARGS=--quick for a few minutes, --only citus for that step); writes docs/benchmarks.md
 	$(PY) -m bench $(BENCH_ARGS)
 
 format: $(DEV_STAMP) ## Reformat the code and apply safe lint fixes
