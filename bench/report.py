@@ -725,7 +725,7 @@ def markdown(results: R, images: dict[str, str], results_rel: str) -> str:
 
     w("## How to run it\n")
     w(
-        "```sh\nmake bench                 # the full run, about 35 minutes on 2 cores (Citus step)\n"
+        "```sh\nmake bench                 # the full run, about 35 minutes on 2 cores\n"
         ".venv/bin/python -m bench --quick   # a few minutes\n"
         ".venv/bin/python -m bench --smoke --results-dir /tmp/b --report /tmp/b/r.md "
         "--plots-dir /tmp/b\n"
