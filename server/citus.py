@@ -1,19 +1,22 @@
 """Statements that Citus runs whole on the owner's node: delegated calls (docs/scaling.md).
 
-Citus plans a statement whose CTEs insert in steps: each CTE a query of its own, its result
-shipped through the coordinator, and the transaction committed on every node that took a part
-(two-phase). ``reserve_pair`` and ``flush`` are such statements, on the hot path. On Citus each of
-them is also a PL/pgSQL function that runs the statement itself (``EXECUTE`` with the function's
-arguments), distributed by an extra last argument: the owner whose shard the statement touches
+Citus plans a statement whose CTEs write in steps: each CTE a query of its own, its rows shipped
+to every node as an intermediate result, and the transaction committed on each node that took a
+part (two-phase), even when every table it touches is on one shard. ``reserve_pair`` and
+``flush`` are such statements, on the hot path. On Citus each of them is instead a PL/pgSQL
+function (its body in ``sql/citus.sql``: the statement's steps as plain single-shard
+statements), distributed by an extra last argument: the owner whose shard it touches
 (``create_distributed_function``, co-located with the per-user tables). Called as
 ``SELECT f(args)`` outside a transaction block, Citus sends the call whole to the node of that
-owner's shard, where the statement runs on local shards: one round trip, one node, one local
+owner's shard, where each statement runs on local shards: one round trip, one node, one local
 commit. ``Database.fetch_routed`` calls them so.
 
-``migrate`` (re)makes the functions from ``sql/queries.sql`` on every run on Citus, so the
-statement stays written once: a function whose body, arguments and row type already match is left
-alone (a second run changes nothing); one that differs (a new release changed its statement) is
-dropped and made again. On PostgreSQL without Citus there are no such functions, and the
+A function takes its statement's parameters and returns its statement's columns (read from
+``sql/queries.sql`` with a describe), so the two cannot drift apart in shape; the integration
+suite, run on Citus (``make test-citus``), holds them to the same behaviour. ``migrate``
+(re)makes the functions on every run on Citus: one whose body, arguments and row type already
+match is left alone (a second run changes nothing); one that differs (a new release changed it)
+is dropped and made again. On PostgreSQL without Citus there are no such functions, and the
 statements run as they are.
 """
 
@@ -46,13 +49,16 @@ def call_text(statement: str, parameters: int) -> str:
     return f"SELECT {function_name(statement)}({arguments})"
 
 
-async def delegate(session: Session, queries: Mapping[str, str]) -> list[str]:
+async def delegate(
+    session: Session, queries: Mapping[str, str], bodies: Mapping[str, str]
+) -> list[str]:
     """Make (or remake) the function of every delegated statement that does not match its
-    statement; return the names of those made. Only on a database with the citus extension."""
+    body (``sql/citus.sql``) and its statement's parameters and columns; return the names of
+    those made. Only on a database with the citus extension."""
     made = []
     for statement in DELEGATED:
-        sql = queries[statement]
-        parameters, columns = await session.describe(sql)
+        parameters, columns = await session.describe(queries[statement])
+        code = bodies[statement]
         arguments = [*parameters, "uuid"]
         signature = f"{function_name(statement)}({', '.join(arguments)})"
         fields = ", ".join(f"{_quote(name)} {kind}" for name, kind in columns)
@@ -65,7 +71,7 @@ async def delegate(session: Session, queries: Mapping[str, str]) -> list[str]:
             "            WHERE t.typname = $4 AND a.attnum > 0 AND NOT a.attisdropped) = $5"
             " FROM pg_proc AS p WHERE p.proname = $1",
             function_name(statement),
-            body(sql, len(parameters)),
+            code,
             ", ".join(arguments),
             row_type(statement),
             fields,
@@ -77,7 +83,7 @@ async def delegate(session: Session, queries: Mapping[str, str]) -> list[str]:
         await session.execute_sql(f"CREATE TYPE {row_type(statement)} AS ({fields})")
         await session.execute_sql(
             f"CREATE FUNCTION {signature} RETURNS SETOF {row_type(statement)}"
-            f" LANGUAGE plpgsql VOLATILE AS $orderly${body(sql, len(parameters))}$orderly$"
+            f" LANGUAGE plpgsql VOLATILE AS $orderly${code}$orderly$"
         )
         await session.execute_sql(
             "SELECT create_distributed_function("
@@ -88,14 +94,6 @@ async def delegate(session: Session, queries: Mapping[str, str]) -> list[str]:
         )
         made.append(statement)
     return made
-
-
-def body(sql: str, parameters: int) -> str:
-    """The function's body: the statement, run with the function's own arguments. (Citus plans no
-    statement of a SQL function that has parameters; PL/pgSQL's EXECUTE plans it per call, with
-    the values, as a router query on the node's local shards.)"""
-    using = ", ".join(f"${i}" for i in range(1, parameters + 1))
-    return f"\nBEGIN\n    RETURN QUERY EXECUTE $statement${sql}$statement$ USING {using};\nEND\n"
 
 
 def _quote(name: str) -> str:

@@ -87,7 +87,9 @@ async def migrate(session: Session, *, to: int | None = None) -> list[Migration]
             )
             and to is None
         ):
-            for statement in await delegate(session, load_queries()):
+            for statement in await delegate(
+                session, load_queries(), load_queries(SQL_DIR / "citus.sql")
+            ):
                 logger.info("made the delegated function of %s (Citus)", statement)
         return pending
     finally:
