@@ -126,16 +126,22 @@ class Runner:
             metrics.GENERATIONS_QUEUED.inc()
             self.on_queued(user_id, project_id)
             return Submission(pair, created=True)
-        self.start(pair)
         if policy == "interrupt":
-            await self._interrupt(pair, user_id)
+            try:
+                await self._interrupt(pair, user_id)
+            finally:  # whatever happened there, the new answer runs
+                self.start(pair)
+        else:
+            self.start(pair)
         return Submission(pair, created=True)
 
     async def _interrupt(self, pair: Pair, user_id: UUID) -> None:
-        """Cancel the answers that run before ``pair`` (after it started: whatever happens here,
-        the new answer runs). If they cannot be cancelled (the database is away), the request
-        fails (503) rather than report an interruption that did not happen; its answer runs on,
-        and a repeat of the request (same client_request_id) cancels them."""
+        """Cancel the answers that run before ``pair``, before it starts: an answer that starts
+        first may end before the last of them is cancelled (regression: a short answer outlived
+        nothing it interrupted only by luck). If they cannot be cancelled (the database is away),
+        the request fails (503) rather than report an interruption that did not happen; its
+        answer runs all the same, and a repeat of the request (same client_request_id) cancels
+        them."""
         assistant = pair.assistant.message
         try:
             closed = await self.store.interrupt(assistant.project_id, assistant.sequence, user_id)
