@@ -83,6 +83,7 @@ export class Conversation {
   /** Shows a project's latest messages and attaches to its running answers. Throws ApiError. */
   async open(projectId) {
     this.close();
+    this.#messages.showWelcome(false); // until its first page says it is empty
     const epoch = this.#epoch;
     this.#projectId = projectId;
     this.#opening = true;
@@ -95,6 +96,7 @@ export class Conversation {
         this.#projectId = null;
         this.#opening = false;
         this.#sync();
+        this.#messages.showWelcome(true);
       }
       throw problem;
     }
@@ -116,6 +118,7 @@ export class Conversation {
     this.#loadingOlder = false;
     this.#shownThrough = 0;
     this.#messages.clear();
+    this.#messages.showWelcome(true); // no project open: what to try
     this.#answers.closeAll(); // also brings the composer up to date
   }
 

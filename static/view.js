@@ -48,6 +48,11 @@ export class MessageList {
     this.#empty.hidden = true; // until a page of history says the project is empty
   }
 
+  /** The welcome in place of the conversation: with no project open, or before its first page. */
+  showWelcome(shown) {
+    this.#empty.hidden = !shown;
+  }
+
   has(messageId) {
     return this.#items.has(messageId);
   }

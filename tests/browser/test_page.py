@@ -113,12 +113,18 @@ async def test_first_message_with_no_project_starts_one_titled_from_it(
         await sign_in(page, srv.base_url, token)
         await expect(page.locator("#no-projects")).to_be_visible()
         await expect(page.locator("#message-input")).to_be_enabled()
+        # Not an empty pane: a welcome that says what to try.
+        welcome = page.locator("#empty")
+        await expect(welcome).to_be_visible()
+        for hint in ("/think", "/tool", "/cut", "Markdown"):
+            await expect(welcome).to_contain_text(hint)
 
         prompt = "Plan a picnic\nfor six people, with games"
         await send(page, prompt)
         await page.wait_for_url(re.compile(r"\?project=[0-9a-f-]{36}$"))
         project = page.url.rsplit("=", 1)[1]
         reply = answer(page, 2)
+        await expect(welcome).to_be_hidden()
         await expect(reply).to_have_attribute("data-status", "success", timeout=10_000)
         shown = await shown_messages(page)
         stored = await history(client, project)
@@ -360,17 +366,20 @@ async def test_markup_in_a_message_is_shown_as_text_and_runs_nothing(
 
 
 async def test_readme_screenshot(database_url: str, browser: Browser, repo_root: Path) -> None:
-    """A conversation at a desktop size (1280x800), mid-answer. Saved under test-artifacts/;
-    with UPDATE_SCREENSHOT=1 it also replaces docs/screenshot.png, the README's picture."""
+    """A conversation at a desktop size (1280x800): a call of the demo tool with its result,
+    then an answer that thought first (its reasoning folded), mid-answer. Saved under
+    test-artifacts/; with UPDATE_SCREENSHOT=1 it also replaces docs/screenshot.png, the README's
+    picture."""
     token = await create_user(database_url, "alice")
     settings = settings_for(database_url, demo_deltas=24, demo_delta_ms=40)
     async with running_server(settings) as srv, srv.client(token) as client:
         await create_project(client, "Holiday ideas")
         project = await create_project(client, "Launch plan")
-        for prompt in ("What should go into the release notes?", "And who signs them off?"):
+
+        async def generate(body: dict[str, Any]) -> None:
             response = await client.post(
                 f"/api/projects/{project}/generations",
-                json={"message": prompt},
+                json=body,
                 headers={"Accept": "application/json"},
             )
             assert response.status_code == 202, response.text
@@ -378,14 +387,24 @@ async def test_readme_screenshot(database_url: str, browser: Browser, repo_root:
         async def answered() -> bool:
             return all(m["status"] == "success" for m in await history(client, project))
 
-        await wait_for(answered, what="the first two answers")
+        await generate({"message": "/tool When do we ship, in my time zone?"})
+        await wait_for(answered, what="the tool call")
+        [call] = (await history(client, project))[1]["tool_calls"]
+        result = '{"time": "12/2/2026, 9:41:00 AM", "timezone": "Europe/Paris"}'
+        await generate({"tool_results": [{"tool_call_id": call["id"], "content": result}]})
+        await wait_for(answered, what="the answer to the tool's result")
+
         page = await browser.new_page()
         await sign_in(page, srv.base_url, token)
         await open_project(page, project)
-        await send(page, "Draft the announcement, short and friendly.")
+        await send(page, "/think Draft the announcement, short and friendly.")
         await wait_for(lambda: _longer_than(page, 6, 90), what="the third answer to be under way")
         path = await browser.screenshot(page, "readme")
         mid_answer = await shown_messages(page)
+        reasoning = answer(page, 6).locator(".reasoning")
+        await expect(reasoning).to_be_visible()
+        await expect(reasoning).not_to_have_attribute("open", "")
+        await expect(page.locator(".tool-card .tool-result")).to_have_text(result)
         await expect(answer(page, 6)).to_have_attribute("data-status", "success")
         shown = await shown_messages(page)
         stored = await history(client, project)
