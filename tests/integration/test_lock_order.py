@@ -339,15 +339,19 @@ async def test_an_interrupt_that_cannot_cancel_the_running_answers_is_not_a_succ
         body = {"message": "second", "on_running": "interrupt", "client_request_id": "k1"}
         try:
             sql = "SELECT 1 FROM messages WHERE id = $1 FOR UPDATE"
-            async with holding(database_url, sql, uuid.UUID(earlier)) as (row_xid, conn):
+            async with holding(database_url, sql, uuid.UUID(earlier)) as (_, conn):
                 request = asyncio.create_task(client.post(url, json=body, headers=headers))
-                await waits(database_url, on_xid=row_xid)
-                await conn.execute(
-                    "SELECT pg_terminate_backend(l.pid) FROM pg_locks AS l"
-                    " WHERE NOT l.granted AND l.locktype = 'transactionid'"
-                    " AND l.transactionid::text::bigint = $1",
-                    row_xid,
-                )
+                # Every statement that waits for the row is ended until the request answers:
+                # the interrupt's end (orderly_close), and the earlier answer's flush when it
+                # waits first (the close waits for that flush, in the process, before its own
+                # statement; ending only the first waiter left the interrupt behind the lock).
+                while not request.done():
+                    await conn.execute(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                        " AND pid <> pg_backend_pid()"
+                    )
+                    await asyncio.wait({request}, timeout=0.02)
                 failed = await request
             assert failed.status_code == 503, failed.text
             assert failed.json()["code"] == "database_unavailable"
