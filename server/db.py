@@ -26,6 +26,7 @@ from server.errors import (
     DuplicateRequest,
     InvalidInput,
     NotAuthenticated,
+    NotLatestAnswer,
     ToolCallsNotPending,
     ToolResultsMismatch,
     TooManyRunning,
@@ -101,6 +102,8 @@ def translate_errors() -> Iterator[None]:
             raise ToolCallsNotPending() from exc
         if exc.args and exc.args[0] == "tool_results_mismatch":
             raise ToolResultsMismatch() from exc
+        if exc.args and exc.args[0] == "not_latest_answer":
+            raise NotLatestAnswer() from exc
         if exc.args and exc.args[0] == "heartbeat_expired":
             raise WorkerUnavailable(
                 "this worker's heartbeat expired (it lost the database for longer than the "

@@ -73,6 +73,13 @@ class ToolCallsNotPending(Conflict):
     code = "tool_calls_not_pending"
 
 
+class NotLatestAnswer(Conflict):
+    """Only the project's latest answer can be regenerated, or have its current variant chosen:
+    later turns were sent with this one's current variant as their context."""
+
+    code = "not_latest_answer"
+
+
 class AnotherAccountSignedIn(Conflict):
     """This browser is signed in to another account: ask the person before switching."""
 

@@ -420,6 +420,22 @@ class Message(BaseModel):
         list[ToolResult] | None,
         Field(description="a tool message's results, in the order sent; null on other messages"),
     ] = None
+    variant: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="which answer of its sequence this is, from 1 in the order they were "
+            "made (regenerate makes another); 1 on user and tool messages",
+        ),
+    ] = 1
+    variants: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="how many answers its sequence had when this was read (at least "
+            "variant); 1 on user and tool messages",
+        ),
+    ] = 1
 
     @property
     def is_terminal(self) -> bool:
@@ -429,6 +445,30 @@ class Message(BaseModel):
 class MessagePage(BaseModel):
     messages: list[Message]
     has_more: bool
+
+
+class RegenerateRequest(Input):
+    """A new answer for the question of the project's latest answer (docs/api.md, "Regenerate").
+    The body may be empty."""
+
+    client_request_id: RequestId | None = None
+    on_running: Annotated[
+        OnRunning | None,
+        BeforeValidator(_string_or_null),
+        Field(
+            description="as for a generation: what to do when an answer of the project is "
+            "running (the one regenerated too, when it still runs)"
+        ),
+    ] = None
+
+    error_codes: ClassVar[dict[str, str]] = {"on_running": "invalid_on_running"}
+
+
+class Variants(BaseModel):
+    """The answers of one sequence, in the order they were made, and which one is current."""
+
+    variants: list[Message]
+    current: Annotated[int, Field(ge=1, description="the variant that history shows")]
 
 
 class MessageEnvelope(BaseModel):

@@ -26,10 +26,12 @@ from server.models import (
     Project,
     ProjectList,
     ReasoningData,
+    RegenerateRequest,
     SessionInfo,
     SessionRequest,
     StartData,
     ToolCallData,
+    Variants,
 )
 
 REF = "#/components/schemas/{model}"
@@ -73,7 +75,8 @@ _ERROR_STATUSES = {
     "`idempotency_key_reused`, `already_finished`, `another_account_signed_in` (sign-in over "
     "another account's session without `replace`), `conflict` (a project's delete that could "
     "not cancel its answers), `tool_calls_not_pending` (tool_results while the project's latest "
-    "answer has no calls waiting for results)",
+    "answer has no calls waiting for results), `not_latest_answer` (regenerate, or choose a "
+    "variant of, an answer that is not the project's latest)",
     "413": "Body too large",
     "414": "URL too long (MAX_URL_BYTES)",
     "415": "Wrong content type",
@@ -306,6 +309,41 @@ def _operations(max_message_chars: int | None) -> dict[str, dict[str, Any]]:
                 },
             }
         },
+        "/api/projects/{project_id}/messages/{message_id}/regenerate": {
+            "post": {
+                "summary": "A new answer (variant) for the question of the project's latest "
+                "answer, as a generation answers (SSE stream, or 202 with Accept: "
+                "application/json); the body may be empty",
+                "parameters": [*message, _LAST_EVENT_ID[0]],
+                "requestBody": {"required": False, "content": _json(_ref(RegenerateRequest))},
+                "responses": {
+                    **_SSE,
+                    "202": accepted,
+                    **_errors("400", "404", "409", "413", "415", "422", *_AUTH),
+                },
+            }
+        },
+        "/api/projects/{project_id}/messages/{message_id}/variants": {
+            "get": {
+                "summary": "The answers (variants) of this message's sequence, and the current one",
+                "parameters": message,
+                "responses": {
+                    "200": {"description": "the variants", "content": _json(_ref(Variants))},
+                    **_errors("404", *_AUTH),
+                },
+            }
+        },
+        "/api/projects/{project_id}/messages/{message_id}/current": {
+            "post": {
+                "summary": "Make this variant of the project's latest answer the one history "
+                "shows and later turns send upstream",
+                "parameters": message,
+                "responses": {
+                    "200": {"description": "the variants", "content": _json(_ref(Variants))},
+                    **_errors("404", "409", *_AUTH),
+                },
+            }
+        },
         "/healthz": {
             "get": {
                 "summary": "Liveness",
@@ -344,17 +382,19 @@ def openapi_document(*, max_message_chars: int | None = None) -> dict[str, Any]:
         Project,
         ProjectList,
         ReasoningData,
+        RegenerateRequest,
         SessionInfo,
         SessionRequest,
         StartData,
         ToolCallData,
+        Variants,
     ]
     _, schemas = models_json_schema(
         [
             (
                 m,
                 "validation"
-                if m in (CreateProject, GenerateRequest, SessionRequest)
+                if m in (CreateProject, GenerateRequest, RegenerateRequest, SessionRequest)
                 else "serialization",
             )
             for m in models

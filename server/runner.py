@@ -34,8 +34,8 @@ from server.generators.base import (
     ToolCallDelta,
 )
 from server.history import HISTORY_UNAVAILABLE, HistoryLoader
-from server.models import ErrorInfo, GenerateRequest, Message, ToolResult
-from server.store import Pair, Store, StoredMessage
+from server.models import ErrorInfo, GenerateRequest, Message, RegenerateRequest, ToolResult
+from server.store import Pair, Reservation, Store, StoredMessage
 
 logger = logging.getLogger(__name__)
 
@@ -120,11 +120,47 @@ class Runner:
             return Submission(existing, created=False)
         if reservation is None:
             raise NotFound("no such project")
+        return await self._begin(reservation, user_id, policy)
+
+    async def regenerate(
+        self, user_id: UUID, project_id: UUID, message_id: UUID, request: RegenerateRequest
+    ) -> Submission:
+        """Reserve a new variant of the project's latest answer (``message_id``, any variant of
+        it) and start it (or queue it), as ``submit`` does a pair; or find the variant of a
+        repeated request."""
+        if self.draining:
+            raise Draining()
+        policy = request.on_running or self.on_running
+        try:
+            reservation = await self.store.regenerate(
+                project_id=project_id,
+                owner_id=user_id,
+                message_id=message_id,
+                client_request_id=request.client_request_id,
+                lease_owner=self.worker(),
+                running_cap=self.max_running_per_user,
+                on_running=policy,
+            )
+        except DuplicateRequest:
+            assert request.client_request_id is not None
+            existing = await self._existing_variant(
+                user_id, project_id, message_id, request.client_request_id
+            )
+            if policy == "interrupt":
+                await self._interrupt(existing, user_id)
+            return Submission(existing, created=False)
+        if reservation is None:
+            raise NotFound(f"no answer with id '{message_id}' in project '{project_id}'")
+        return await self._begin(reservation, user_id, policy)
+
+    async def _begin(self, reservation: Reservation, user_id: UUID, policy: str) -> Submission:
+        """Start what was just reserved, or leave it to the queue."""
         metrics.GENERATIONS_STARTED.inc()
         pair = reservation.pair
         if reservation.queued:  # any worker starts it when its turn comes
             metrics.GENERATIONS_QUEUED.inc()
-            self.on_queued(user_id, project_id)
+            assistant = pair.assistant.message
+            self.on_queued(user_id, assistant.project_id)
             return Submission(pair, created=True)
         if policy == "interrupt":
             try:
@@ -144,7 +180,9 @@ class Runner:
         them."""
         assistant = pair.assistant.message
         try:
-            closed = await self.store.interrupt(assistant.project_id, assistant.sequence, user_id)
+            closed = await self.store.interrupt(
+                assistant.project_id, assistant.sequence, user_id, assistant.variant
+            )
         except ServiceUnavailable:
             logger.warning("on_running interrupt: the running answers could not be cancelled")
             raise
@@ -195,6 +233,22 @@ class Runner:
         ) != _dumped(request.tool_results):
             raise Conflict(
                 "this client_request_id was already used with a different message",
+                code="idempotency_key_reused",
+            )
+        return pair
+
+    async def _existing_variant(
+        self, user_id: UUID, project_id: UUID, message_id: UUID, key: str
+    ) -> Pair:
+        """The variant a regenerate with ``key`` made, if it is a variant of ``message_id``'s
+        sequence; else the key was used for something else (409)."""
+        pair = await self.store.variant_by_request_id(project_id, user_id, key)
+        target = await self.store.get_message(project_id, message_id, user_id)
+        if target is None:
+            raise NotFound(f"no answer with id '{message_id}' in project '{project_id}'")
+        if pair is None or pair.assistant.message.sequence != target.message.sequence:
+            raise Conflict(
+                "this client_request_id was already used for another request",
                 code="idempotency_key_reused",
             )
         return pair

@@ -136,6 +136,7 @@ def message_from_row(row: Row) -> StoredMessage:
             completion_tokens=row["completion_tokens"],
             completion_tokens_details=details,
         )
+    variant = row.get("variant") or 1
     message = Message.model_construct(
         id=row["id"],
         project_id=row["project_id"],
@@ -156,6 +157,8 @@ def message_from_row(row: Row) -> StoredMessage:
         reasoning_ms=row["reasoning_ms"],
         tool_calls=_tool_calls(row["tool_calls"]),
         tool_results=_tool_results(row["tool_results"]),
+        variant=variant,
+        variants=max(variant, row.get("variants") or 1),
     )
     return StoredMessage(message, row["last_event_id"], row.get("tools"), row.get("tool_choice"))
 
@@ -390,7 +393,9 @@ class Store:
                 raise
             # Reserved by a request that committed while this one waited for the project's
             # row: the statement knows its sequence, not its id (see reserve_pair).
-            found = await self.db.fetch("get_pair_of_assistant", project_id, exc.sequence, owner_id)
+            found = await self.db.fetch(
+                "get_pair_of_assistant", project_id, exc.sequence, owner_id, None
+            )
             named = [r for r in found if r["sequence"] == exc.sequence]
             raise AnswerRunning(str(named[0]["id"]) if named else "-", exc.sequence) from exc
         pair = _pair(rows)
@@ -398,6 +403,64 @@ class Store:
             return None
         # A queued placeholder's log already holds its `queued` event (see reserve_pair).
         return Reservation(pair, queued=pair.assistant.last_event_id > 1)
+
+    async def regenerate(
+        self,
+        *,
+        project_id: UUID,
+        owner_id: UUID,
+        message_id: UUID,
+        client_request_id: str | None,
+        lease_owner: UUID,
+        running_cap: int,
+        on_running: str = "concurrent",
+    ) -> Reservation | None:
+        """Reserve a new variant of the project's latest answer (``message_id``: any variant of
+        it) and make it current; the pair is its input message and the new variant. None if the
+        project or the message is not the owner's, or the message is not an answer.
+
+        Raises what ``reserve_pair`` raises (``DuplicateRequest``: the key was used in the
+        project), and ``NotLatestAnswer`` when a later turn follows the message."""
+        rows = await self.db.fetch(
+            "regenerate",
+            owner_id,
+            project_id,
+            message_id,
+            client_request_id,
+            lease_owner,
+            running_cap,
+            on_running,
+        )
+        pair = _pair(rows)
+        if pair is None:
+            return None
+        return Reservation(pair, queued=pair.assistant.last_event_id > 1)
+
+    async def variants(
+        self, project_id: UUID, message_id: UUID, owner_id: UUID
+    ) -> tuple[list[Message], int] | None:
+        """The variants of answer ``message_id``'s sequence in order, and the current one's
+        number; None: not the owner's, or not an answer."""
+        rows = await self.db.fetch("variants", project_id, message_id, owner_id)
+        if not rows:
+            return None
+        current = next((r["variant"] for r in rows if r["is_current"]), rows[-1]["variant"])
+        return [message_from_row(r).message for r in rows], current
+
+    async def choose_variant(self, project_id: UUID, message_id: UUID, owner_id: UUID) -> bool:
+        """Make ``message_id`` (a variant of the project's latest answer) current; False: not
+        the owner's, or not an answer. Raises ``NotLatestAnswer`` for an earlier answer."""
+        return bool(await self.db.fetch("choose_variant", owner_id, project_id, message_id))
+
+    async def variant_by_request_id(
+        self, project_id: UUID, owner_id: UUID, client_request_id: str
+    ) -> Pair | None:
+        """The pair of a regenerate made with this key: its input message and the variant;
+        None when the key made no variant (a generation's pair holds it, or nothing does)."""
+        rows = await self.db.fetch("pair_by_request_id", project_id, owner_id, client_request_id)
+        if len(rows) != 1 or rows[0]["role"] != "assistant":
+            return None
+        return await self.pair_of(message_from_row(rows[0]).message)
 
     async def pair_by_request_id(
         self, project_id: UUID, owner_id: UUID, client_request_id: str
@@ -429,13 +492,21 @@ class Store:
         """The pair as the start event shows it: the assistant message's content is empty
         (and its status, error and last event id may be out of date; the event overrides them)."""
         rows = await self.db.fetch(
-            "start_pair", assistant.project_id, assistant.sequence, assistant.created_by
+            "start_pair",
+            assistant.project_id,
+            assistant.sequence,
+            assistant.created_by,
+            assistant.id,
         )
         return _pair(rows)
 
     async def pair_of(self, assistant: Message) -> Pair | None:
         rows = await self.db.fetch(
-            "get_pair_of_assistant", assistant.project_id, assistant.sequence, assistant.created_by
+            "get_pair_of_assistant",
+            assistant.project_id,
+            assistant.sequence,
+            assistant.created_by,
+            assistant.id,
         )
         return _pair(rows)
 
@@ -597,15 +668,16 @@ class Store:
         return closed[0] if closed else None
 
     async def interrupt(
-        self, project_id: UUID, sequence: int, owner_id: UUID
+        self, project_id: UUID, sequence: int, owner_id: UUID, variant: int = 1
     ) -> list[StoredMessage]:
-        """Cancel the running answers (queued ones included) of a project below ``sequence``,
-        the way the cancel endpoint does; the ones this call ended.
+        """Cancel the running answers (queued ones included) of a project before ``sequence``
+        (and its variants before ``variant``), the way the cancel endpoint does; the ones this
+        call ended.
 
         Newest first: each end commits on its own, and an end makes the next queued answer's
         turn come, so ending the oldest first let the queue start an answer that this very call
         was about to cancel (its generator ran, for nothing)."""
-        rows = await self.db.fetch("running_before", project_id, sequence, owner_id)
+        rows = await self.db.fetch("running_before", project_id, sequence, owner_id, variant)
         targets = [(owner_id, r["project_id"], r["id"]) for r in rows]
         return await self._close(targets, "cancelled", None, None, owner_id)
 

@@ -76,6 +76,7 @@ BEGIN
                 ' LEFT JOIN messages AS i ON i.created_by = $1 AND i.project_id = $2'
                 '     AND i.sequence = $3 - 3'
                 ' WHERE l.created_by = $1 AND l.project_id = $2 AND l.sequence = $3 - 2'
+                '   AND l.is_current'
                 '   AND l.role = ''assistant'' AND l.status = ''success'''
                 '   AND l.finish_reason = ''tool_calls'' AND l.tool_calls IS NOT NULL'
             INTO v_calls, v_answered_tools, v_answered_choice

@@ -130,6 +130,7 @@ WITH p AS (
     FROM p
     JOIN messages AS l
         ON l.created_by = $2 AND l.project_id = $1 AND l.sequence = p.last_sequence - 2
+       AND l.is_current
     LEFT JOIN messages AS i
         ON i.created_by = $2 AND i.project_id = $1 AND i.sequence = p.last_sequence - 3
     WHERE $9::jsonb IS NOT NULL AND l.role = 'assistant' AND l.status = 'success'
@@ -237,7 +238,12 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.prompt_tokens, m.completion_tokens, m.finish_reason,
        CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
            AS reasoning,
-       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results
+       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results, m.variant,
+       CASE WHEN m.role = 'assistant'
+            THEN (SELECT count(*) FROM messages AS v
+                  WHERE v.created_by = $3 AND v.project_id = m.project_id
+                    AND v.sequence = m.sequence)
+            ELSE 1 END AS variants
 FROM messages AS m
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
@@ -255,7 +261,8 @@ WHERE m.created_by = $3 AND m.project_id = $1 AND m.id = $2;
 
 -- name: get_pair_of_assistant
 -- The input message (user or tool) and the assistant message of one generation (sequences
--- 2k-1, 2k), with the input's tools (a queued answer starts from this read). $3 owner
+-- 2k-1, 2k), with the input's tools (a queued answer starts from this read). $3 owner, $4 the
+-- answer (a variant of 2k: regenerate), or NULL for the current variant of $2
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        CASE WHEN m.status IN ('pending', 'streaming') THEN s.content ELSE m.content END AS content,
        m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
@@ -265,7 +272,8 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.prompt_tokens, m.completion_tokens, m.finish_reason,
        CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
            AS reasoning,
-       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results, m.tools, m.tool_choice
+       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results, m.tools, m.tool_choice,
+       m.variant
 FROM messages AS m
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
@@ -280,21 +288,23 @@ LEFT JOIN LATERAL (
     WHERE c.owner_id = $3 AND c.message_id = m.id AND m.status IN ('pending', 'streaming')
 ) AS s ON true
 WHERE m.created_by = $3 AND m.project_id = $1 AND m.sequence IN ($2 - 1, $2)
+  AND CASE WHEN m.role = 'assistant' AND $4::uuid IS NOT NULL THEN m.id = $4 ELSE m.is_current END
 ORDER BY m.sequence;
 
 -- name: start_pair
 -- The pair of a generation as its start event shows it (events.start_event: the answer as
 -- created, pending and empty), from the rows themselves: not message_view, which would assemble
 -- the running answer's content from its stored deltas only for it to be dropped. $1 project,
--- $2 the assistant message's sequence, $3 owner
+-- $2 the assistant message's sequence, $3 owner, $4 the assistant message (a variant of $2)
 SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        CASE WHEN m.role = 'assistant' THEN '' ELSE m.content END AS content,
        m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
        m.error_code, m.error_message, m.last_event_id, m.prompt_tokens, m.completion_tokens,
        m.finish_reason, NULL::text AS reasoning, m.reasoning_tokens, m.reasoning_ms,
-       m.tool_calls, m.tool_results
+       m.tool_calls, m.tool_results, m.variant
 FROM messages AS m
-WHERE m.created_by = $3 AND m.project_id = $1 AND m.sequence IN ($2 - 1, $2)
+WHERE m.created_by = $3 AND m.project_id = $1
+  AND (m.sequence = $2 - 1 AND m.is_current OR m.id = $4)
 ORDER BY m.sequence;
 
 -- name: history_latest
@@ -309,11 +319,16 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.prompt_tokens, m.completion_tokens, m.finish_reason,
        CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
            AS reasoning,
-       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results
+       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results, m.variant,
+       CASE WHEN m.role = 'assistant'
+            THEN (SELECT count(*) FROM messages AS v
+                  WHERE v.created_by = $2 AND v.project_id = m.project_id
+                    AND v.sequence = m.sequence)
+            ELSE 1 END AS variants
 FROM projects AS p
 LEFT JOIN LATERAL (
     SELECT * FROM messages
-    WHERE created_by = $2 AND project_id = $1
+    WHERE created_by = $2 AND project_id = $1 AND is_current
     ORDER BY sequence DESC LIMIT $3
 ) AS m ON true
 LEFT JOIN LATERAL (
@@ -340,10 +355,16 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.prompt_tokens, m.completion_tokens, m.finish_reason,
        CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
            AS reasoning,
-       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results
+       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results, m.variant,
+       CASE WHEN m.role = 'assistant'
+            THEN (SELECT count(*) FROM messages AS v
+                  WHERE v.created_by = $2 AND v.project_id = m.project_id
+                    AND v.sequence = m.sequence)
+            ELSE 1 END AS variants
 FROM projects AS p
 LEFT JOIN LATERAL (
-    SELECT * FROM messages WHERE created_by = $2 AND project_id = $1 AND sequence < $4
+    SELECT * FROM messages
+    WHERE created_by = $2 AND project_id = $1 AND sequence < $4 AND is_current
     ORDER BY sequence DESC LIMIT $3
 ) AS m ON true
 LEFT JOIN LATERAL (
@@ -370,10 +391,16 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.prompt_tokens, m.completion_tokens, m.finish_reason,
        CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
            AS reasoning,
-       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results
+       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results, m.variant,
+       CASE WHEN m.role = 'assistant'
+            THEN (SELECT count(*) FROM messages AS v
+                  WHERE v.created_by = $2 AND v.project_id = m.project_id
+                    AND v.sequence = m.sequence)
+            ELSE 1 END AS variants
 FROM projects AS p
 LEFT JOIN LATERAL (
-    SELECT * FROM messages WHERE created_by = $2 AND project_id = $1 AND sequence > $4
+    SELECT * FROM messages
+    WHERE created_by = $2 AND project_id = $1 AND sequence > $4 AND is_current
     ORDER BY sequence ASC LIMIT $3
 ) AS m ON true
 LEFT JOIN LATERAL (
@@ -412,7 +439,7 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
             ELSE m.last_event_id END AS last_event_id,
        m.prompt_tokens, m.completion_tokens, m.finish_reason,
        CASE WHEN m.status IN ('pending', 'streaming') THEN NULL ELSE m.reasoning END AS reasoning,
-       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results
+       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results, m.variant
 FROM messages AS m
 WHERE m.created_by = $3 AND m.project_id = $1 AND m.id = $2;
 
@@ -427,7 +454,7 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
        m.prompt_tokens, m.completion_tokens, m.finish_reason,
        CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
            AS reasoning,
-       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results
+       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results, m.variant
 FROM messages AS m
 LEFT JOIN LATERAL (
     SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
@@ -734,17 +761,72 @@ SELECT c.id, c.project_id, c.sequence, c.role, c.kind, c.content, c.status, c.im
        c.reasoning, c.reasoning_tokens, c.reasoning_ms, c.tool_calls, c.tool_results
 FROM orderly_close($1, $2, $3, $4, $5, $6, $7) AS c;
 
+-- name: regenerate
+-- A new variant of the project's latest answer, current from now on, reserved as reserve_pair
+-- reserves a pair (the same refusals, on_running, the cap, the queue): orderly_regenerate,
+-- sql/migrations/0014_variants.sql. Rows: the input message and the new variant (no row: not
+-- the owner's project or message). On Citus it runs on the coordinator, as close_message does.
+-- $1 owner, $2 project, $3 the answer (any variant of it), $4 client_request_id, $5 the worker,
+-- $6 the user's cap, $7 on_running
+SELECT r.id, r.project_id, r.sequence, r.role, r.kind, r.content, r.status, r.image_urls,
+       r.client_request_id, r.created_by, r.created_at, r.updated_at, r.error_code,
+       r.error_message, r.last_event_id, r.prompt_tokens, r.completion_tokens, r.finish_reason,
+       r.reasoning, r.reasoning_tokens, r.reasoning_ms, r.tool_calls, r.tool_results, r.tools,
+       r.tool_choice, r.variant
+FROM orderly_regenerate($1, $2, $3, $4, $5, $6, $7) AS r;
+
+-- name: choose_variant
+-- Make a variant of the project's latest answer its current one (orderly_choose_variant, 0014).
+-- No row: not the owner's project or message. $1 owner, $2 project, $3 the variant
+SELECT c.id FROM orderly_choose_variant($1, $2, $3) AS c;
+
+-- name: variants
+-- The variants of the sequence of answer $2, in order, a running one's content and reasoning
+-- assembled from its stored events (as get_message does); no row: not the caller's, or not an
+-- answer. $1 project, $2 message, $3 the caller
+SELECT m.id, m.project_id, m.sequence, m.role, m.kind,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.content ELSE m.content END AS content,
+       m.status, m.image_urls, m.client_request_id, m.created_by, m.created_at, m.updated_at,
+       m.error_code, m.error_message,
+       CASE WHEN m.status IN ('pending', 'streaming')
+            THEN s.last_event_id ELSE m.last_event_id END AS last_event_id,
+       m.prompt_tokens, m.completion_tokens, m.finish_reason,
+       CASE WHEN m.status IN ('pending', 'streaming') THEN s.reasoning ELSE m.reasoning END
+           AS reasoning,
+       m.reasoning_tokens, m.reasoning_ms, m.tool_calls, m.tool_results, m.variant,
+       count(*) OVER () AS variants, m.is_current
+FROM messages AS t
+JOIN messages AS m
+    ON m.created_by = t.created_by AND m.project_id = t.project_id AND m.sequence = t.sequence
+LEFT JOIN LATERAL (
+    SELECT coalesce(string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+                        FILTER (WHERE e.kind = 'd'), '') AS content,
+           string_agg(e.data::json ->> 'text', '' ORDER BY c.first_event_id, e.n)
+               FILTER (WHERE e.kind = 'r') AS reasoning,
+           coalesce(max(c.first_event_id + length(c.kinds) - 1) FILTER (WHERE c.kinds <> 't'), 1)
+               AS last_event_id
+    FROM event_chunks AS c
+    CROSS JOIN LATERAL unnest(string_to_array(c.kinds, NULL), string_to_array(c.data, E'\n'))
+        WITH ORDINALITY AS e (kind, data, n)
+    WHERE c.owner_id = $3 AND c.message_id = m.id AND m.status IN ('pending', 'streaming')
+) AS s ON true
+WHERE t.created_by = $3 AND t.project_id = $1 AND t.id = $2 AND t.role = 'assistant'
+  AND m.created_by = $3
+ORDER BY m.variant;
+
 -- name: running_before
--- The running answers of project $1 (queued ones included) below sequence $2: what an
--- interrupting request cancels, newest first (Store.interrupt says why). $3 owner
+-- The running answers of project $1 (queued ones included) before (sequence $2, variant $4):
+-- what an interrupting request cancels (earlier variants of its own sequence too: regenerate),
+-- newest first (Store.interrupt says why). $3 owner
 SELECT project_id, id
 FROM messages
-WHERE created_by = $3 AND project_id = $1 AND sequence < $2 AND status IN ('pending', 'streaming')
-ORDER BY sequence DESC;
+WHERE created_by = $3 AND project_id = $1 AND sequence <= $2
+  AND (sequence < $2 OR variant < $4) AND status IN ('pending', 'streaming')
+ORDER BY sequence DESC, variant DESC;
 
 -- name: claim_queued
 -- Claim the queued answers of these projects whose turn has come (every earlier answer of the
--- project has ended) for worker $1, while its heartbeat lives. SKIP LOCKED: two workers never
+-- project has ended: of an earlier sequence, or an earlier variant of its own) for worker $1, while its heartbeat lives. SKIP LOCKED: two workers never
 -- claim the same answer, and neither waits for the other. A claimed answer is leased like any
 -- running one (the reaper ends it if its worker dies). The projects are of owners of one shard
 -- (server/store.py groups them). $2 owners, $3 project ids, $4 how many at most
@@ -759,7 +841,8 @@ WITH turn AS (
           SELECT 1 FROM messages AS e
           WHERE e.created_by = ANY($2::uuid[])
             AND e.created_by = q.created_by AND e.project_id = q.project_id
-            AND e.sequence < q.sequence AND e.status IN ('pending', 'streaming')
+            AND e.sequence <= q.sequence AND (e.sequence, e.variant) < (q.sequence, q.variant)
+            AND e.status IN ('pending', 'streaming')
       )
       AND EXISTS (SELECT 1 FROM workers AS w WHERE w.id = $1 AND w.expires_at > now())
     LIMIT $4
@@ -785,7 +868,8 @@ WHERE q.status = 'pending' AND q.lease_owner IS NULL
   AND NOT EXISTS (
       SELECT 1 FROM messages AS e
       WHERE e.created_by = q.created_by AND e.project_id = q.project_id
-        AND e.sequence < q.sequence AND e.status IN ('pending', 'streaming')
+        AND e.sequence <= q.sequence AND (e.sequence, e.variant) < (q.sequence, q.variant)
+        AND e.status IN ('pending', 'streaming')
   )
 LIMIT $1;
 
@@ -844,7 +928,7 @@ WHERE w.expires_at < now() AND w.id <> ALL($1::uuid[]);
 
 -- name: recent_history
 -- The context of a generation: the latest $3 whole turns before sequence $2, in sequence order.
--- A turn is a successful answer and the input message just before it (user or tool 2k-1,
+-- A turn is a successful answer (its sequence's current variant) and the input message just before it (user or tool 2k-1,
 -- assistant 2k): a turn whose answer failed, was cancelled or has not ended yet is left out
 -- whole, its input too. The input message is checked by role, not parity: projects upgraded
 -- from the legacy layout can have pairs at (2k, 2k+1). Tool chains (a user turn, then the tool
@@ -857,7 +941,7 @@ WITH turns AS (
     SELECT a.sequence
     FROM messages AS a
     WHERE a.created_by = $4 AND a.project_id = $1 AND a.sequence < $2 AND a.role = 'assistant'
-      AND a.status = 'success'
+      AND a.status = 'success' AND a.is_current
       AND EXISTS (
           SELECT 1 FROM messages AS u
           WHERE u.created_by = $4 AND u.project_id = $1 AND u.sequence = a.sequence - 1
@@ -873,6 +957,7 @@ SELECT m.id, m.project_id, m.sequence, m.role, m.kind, m.content, m.status, m.im
 FROM turns AS t
 JOIN messages AS m
     ON m.created_by = $4 AND m.project_id = $1 AND m.sequence IN (t.sequence - 1, t.sequence)
+   AND m.is_current
 ORDER BY m.sequence;
 
 -- name: prune_events

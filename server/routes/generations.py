@@ -18,6 +18,7 @@ from server.routes.respond import (
     reconnect_elsewhere,
     stream_message,
 )
+from server.runner import Submission
 from server.services import Services, services
 from server.sse import check_cursor, last_event_id
 
@@ -74,8 +75,22 @@ async def _generate(
 ) -> Response:
     """Start (or find) the generation; answer 202 JSON when asked for, else its stream."""
     check_sizes(body, app.settings.max_message_chars)
+    return await answer_submission(
+        app, request, user_id, cursor, lambda: app.runner.submit(user_id, project_id, body)
+    )
+
+
+async def answer_submission(
+    app: Services,
+    request: Request,
+    user_id: UUID,
+    cursor: int,
+    submit: Callable[[], Awaitable[Submission]],
+) -> Response:
+    """Reserve (or find) an answer with ``submit``: 202 JSON when asked for, else its stream
+    (a generation, a regenerate)."""
     if wants_json(request):
-        pair = (await app.runner.submit(user_id, project_id, body)).pair
+        pair = (await submit()).pair
         accepted = Accepted(
             user_message=pair.user.message,
             assistant_message=pair.assistant.message,
@@ -86,7 +101,7 @@ async def _generate(
     # always gets its stream; every way out before the stream takes it over gives it back.
     slot = app.worker.streams.take(user_id)
     try:
-        submission = await app.runner.submit(user_id, project_id, body)
+        submission = await submit()
         assistant = submission.pair.assistant
         if submission.created:
             cursor = 0  # a new generation's stream starts at its first event whatever was sent

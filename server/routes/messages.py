@@ -6,9 +6,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from server.errors import Conflict, InvalidInput, NotFound
-from server.models import MAX_SEQUENCE, MessageEnvelope, MessagePage
-from server.parsing import path_uuid, query_int
+from server.errors import Conflict, InvalidInput, NotFound, UnsupportedMediaType
+from server.models import (
+    MAX_SEQUENCE,
+    MessageEnvelope,
+    MessagePage,
+    RegenerateRequest,
+    Variants,
+)
+from server.parsing import parse_json, path_uuid, query_int, read_body, validate
+from server.routes.generations import answer_submission
 from server.routes.respond import LastingEndpoint, json_response, stream_message
 from server.services import Services, services
 from server.sse import check_cursor, last_event_id
@@ -78,6 +85,58 @@ async def cancel(request: Request) -> Response:
     return json_response(MessageEnvelope(message=cancelled.message).model_dump_json(), 202)
 
 
+async def regenerate(request: Request) -> Response:
+    """A new answer for the latest answer's question, as a generation answers (SSE or JSON)."""
+    app = services(request)
+    user = await app.auth.authenticate(request)
+    project_id = path_uuid(request, "project_id", "project")
+    message_id = path_uuid(request, "message_id", "message")
+    raw = await read_body(request, app.settings.max_body_bytes)
+    body = RegenerateRequest() if not raw.strip() else await _regenerate_body(request, raw)
+    return await answer_submission(
+        app,
+        request,
+        user.id,
+        last_event_id(request),
+        lambda: app.runner.regenerate(user.id, project_id, message_id, body),
+    )
+
+
+async def _regenerate_body(request: Request, raw: bytes) -> RegenerateRequest:
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise UnsupportedMediaType()
+    return validate(RegenerateRequest, parse_json(raw))
+
+
+async def variants(request: Request) -> Response:
+    """The answers of a message's sequence, in order, and which one is current."""
+    app = services(request)
+    user = await app.auth.authenticate(request)
+    return await _variants(app, request, user)
+
+
+async def choose_variant(request: Request) -> Response:
+    """Make this variant of the project's latest answer the current one."""
+    app = services(request)
+    user = await app.auth.authenticate(request)
+    project_id = path_uuid(request, "project_id", "project")
+    message_id = path_uuid(request, "message_id", "message")
+    if not await app.store.choose_variant(project_id, message_id, user.id):
+        raise NotFound(f"no answer with id '{message_id}' in project '{project_id}'")
+    return await _variants(app, request, user)
+
+
+async def _variants(app: Services, request: Request, user: User) -> Response:
+    project_id = path_uuid(request, "project_id", "project")
+    message_id = path_uuid(request, "message_id", "message")
+    found = await app.store.variants(project_id, message_id, user.id)
+    if found is None:
+        raise NotFound(f"no answer with id '{message_id}' in project '{project_id}'")
+    listed, current = found
+    return json_response(Variants(variants=listed, current=current).model_dump_json())
+
+
 async def _message(app: Services, request: Request, user: User) -> StoredMessage:
     project_id = path_uuid(request, "project_id", "project")
     message_id = path_uuid(request, "message_id", "message")
@@ -96,4 +155,15 @@ routes = [
         methods=["GET"],
     ),
     Route("/api/projects/{project_id}/messages/{message_id}/cancel", cancel, methods=["POST"]),
+    Route(
+        "/api/projects/{project_id}/messages/{message_id}/regenerate",
+        regenerate,
+        methods=["POST"],
+    ),
+    Route("/api/projects/{project_id}/messages/{message_id}/variants", variants, methods=["GET"]),
+    Route(
+        "/api/projects/{project_id}/messages/{message_id}/current",
+        choose_variant,
+        methods=["POST"],
+    ),
 ]

@@ -135,13 +135,16 @@ def test_every_statement_on_per_user_tables_filters_by_its_owner() -> None:
     for name, sql in load_queries().items():
         text = re.sub(r"--[^\n]*", "", sql).lower()
         touches = re.search(
-            r"\b(messages|message_view|event_chunks|projects|user_running|orderly_close)\b", text
+            r"\b(messages|message_view|event_chunks|projects|user_running"
+            r"|orderly_close|orderly_regenerate|orderly_choose_variant)\b",
+            text,
         )
         if not touches or name in SPANS_OWNERS:
             continue
         by_owner = (
             re.search(r"\b(created_by|owner_id|user_id) = (\$\d+|any\(\$\d+::uuid\[\]\))", text)
-            or "orderly_close($1" in text  # the owner is its first argument
+            # functions whose first argument is the owner (their statements filter by it)
+            or re.search(r"orderly_(close|regenerate|choose_variant)\(\$1", text)
             or "insert into projects (owner_id, title) values ($1" in text  # a new row
         )
         assert by_owner, f"{name} does not filter by owner"
@@ -176,6 +179,7 @@ REQUEST_STATEMENTS = {
     "delete_project_events": "router",
     "delete_project_messages": "router",
     "delete_project": "router",
+    "variants": "router",
     # On Citus, called as their distributed functions (server/citus.py): the call is one task.
     "reserve_pair": "delegated",
     "flush": "delegated",
