@@ -198,6 +198,11 @@ export class AnswerStreams {
     this.#post(projectId, send, { quiet: TOOL_RESULTS_TAKEN });
   }
 
+  /** A new answer for the latest answer's question; its events follow like a sent message's. */
+  regenerate(projectId, messageId, clientRequestId) {
+    this.#post(projectId, () => api.regenerate(projectId, messageId, clientRequestId));
+  }
+
   async #post(projectId, request, { quiet = [] } = {}) {
     const epoch = this.#epoch;
     const fromComposer = typeof request !== 'function';

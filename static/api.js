@@ -114,6 +114,21 @@ export const api = {
   getMessage: (projectId, messageId) => send('GET', messagePath(projectId, messageId)),
   cancel: (projectId, messageId) => send('POST', `${messagePath(projectId, messageId)}/cancel`),
 
+  /**
+   * A new answer (the next variant) for the question of the project's latest answer (202,
+   * without listening); 409 not_latest_answer for an earlier one.
+   */
+  regenerate: (projectId, messageId, clientRequestId) =>
+    send('POST', `${messagePath(projectId, messageId)}/regenerate`, {
+      client_request_id: clientRequestId,
+      on_running: ON_RUNNING,
+    }),
+  /** The answers of a message's sequence, `{variants: [Message], current}`. */
+  variants: (projectId, messageId) => send('GET', `${messagePath(projectId, messageId)}/variants`),
+  /** Makes this variant of the latest answer the current one; answers as `variants`. */
+  chooseVariant: (projectId, messageId) =>
+    send('POST', `${messagePath(projectId, messageId)}/current`),
+
   /** Starts a generation without listening (202); used when the text is too long for a URL. */
   startGeneration: (projectId, message, clientRequestId) =>
     send('POST', `${projectPath(projectId)}/generations`, {

@@ -74,6 +74,8 @@ export class Conversation {
     });
     olderButton.addEventListener('click', () => this.loadOlder());
     messages.onStop((messageId) => this.cancel(messageId));
+    messages.onRegenerate((messageId) => this.regenerate(messageId));
+    messages.onStepVariant((messageId, by) => this.stepVariant(messageId, by));
   }
 
   get projectId() {
@@ -188,6 +190,37 @@ export class Conversation {
       this.#messages.setStopping(messageId, false);
       if (problem.status === 409) this.#refresh(projectId, messageId, epoch); // already over
       else this.#report(problem);
+    }
+  }
+
+  /** Another answer to the latest answer's question: a new variant, streamed in its place. */
+  regenerate(messageId) {
+    if (!this.#projectId || this.#answers.blocked) return;
+    this.#messages.followLatest();
+    this.#answers.regenerate(this.#projectId, messageId, newRequestId());
+  }
+
+  /** Shows the previous (-1) or next (+1) answer of the latest sequence, and makes it current. */
+  async stepVariant(messageId, by) {
+    if (!this.#projectId) return;
+    const projectId = this.#projectId;
+    const epoch = this.#epoch;
+    this.#messages.setVariantBusy(true);
+    try {
+      const { variants } = await api.variants(projectId, messageId);
+      const shown = variants.findIndex((variant) => variant.id === messageId);
+      const target = variants[shown + by];
+      if (!target || epoch !== this.#epoch) return;
+      const chosen = await api.chooseVariant(projectId, target.id);
+      if (epoch !== this.#epoch) return;
+      const current = chosen.variants.find((variant) => variant.variant === chosen.current);
+      this.#messages.upsert({ ...current, variants: chosen.variants.length });
+      this.#followRunning([current]);
+      this.#succeeded();
+    } catch (problem) {
+      if (epoch === this.#epoch) this.#report(problem);
+    } finally {
+      if (epoch === this.#epoch) this.#messages.setVariantBusy(false);
     }
   }
 

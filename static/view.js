@@ -84,6 +84,32 @@ export class MessageList {
     });
   }
 
+  /** `regenerate(messageId)` runs when the latest answer's Regenerate is pressed. */
+  onRegenerate(regenerate) {
+    this.#list.addEventListener('click', (event) => {
+      const button = event.target.closest('button.regenerate');
+      const item = button?.closest('li.message');
+      if (item && !button.disabled) regenerate(item.dataset.id);
+    });
+  }
+
+  /** `step(messageId, by)` runs when an answer's ‹ (by -1) or › (by +1) is pressed. */
+  onStepVariant(step) {
+    this.#list.addEventListener('click', (event) => {
+      const button = event.target.closest('button.prev-variant, button.next-variant');
+      const item = button?.closest('li.message');
+      if (item && !button.disabled) step(item.dataset.id, button.matches('.prev-variant') ? -1 : 1);
+    });
+  }
+
+  /** Regenerate and the variant arrows wait while a request of theirs is on its way. */
+  setVariantBusy(busy) {
+    for (const button of this.#list.querySelectorAll('.regenerate, .variants button')) {
+      button.dataset.busy = String(busy);
+    }
+    this.#syncLatest();
+  }
+
   /** A Stop pressed stays disabled while its cancel is on its way (or until the answer ends). */
   setStopping(messageId, stopping) {
     const button = this.#items.get(messageId)?.querySelector('.stop');
@@ -242,6 +268,7 @@ export class MessageList {
 
   #upsert(message) {
     let item = this.#items.get(message.id);
+    if (!item && message.role === 'assistant') this.#dropOtherVariants(message);
     if (!item) {
       item = this.#template.content.firstElementChild.cloneNode(true);
       this.#items.set(message.id, item);
@@ -264,6 +291,40 @@ export class MessageList {
     if (message.tool_results) {
       this.#results.push(...message.tool_results);
       showResults(this.#list, message.tool_results);
+    }
+    this.#syncLatest();
+  }
+
+  /**
+   * One answer per sequence is shown: the one just given (a regenerate's new variant, or the
+   * variant chosen with the arrows) takes the place of the one shown before.
+   */
+  #dropOtherVariants(message) {
+    for (const [id, other] of this.#items) {
+      if (other.dataset.role === 'assistant' && Number(other.dataset.sequence) === message.sequence) {
+        other.remove();
+        this.#items.delete(id);
+      }
+    }
+  }
+
+  /**
+   * Only the project's latest answer can be regenerated, once it has ended, and only its
+   * variants can be switched (later turns were built on an earlier answer's current one).
+   */
+  #syncLatest() {
+    const latest = this.#list.lastElementChild;
+    for (const item of this.#list.children) {
+      const isLatest = item === latest && item.dataset.role === 'assistant';
+      const ended = item.dataset.status !== 'pending' && item.dataset.status !== 'streaming';
+      const busy = item.querySelector('.regenerate').dataset.busy === 'true';
+      const regenerate = item.querySelector('.regenerate');
+      regenerate.hidden = !(isLatest && ended);
+      regenerate.disabled = busy;
+      const variant = Number(item.dataset.variant);
+      const variants = Number(item.dataset.variants);
+      item.querySelector('.prev-variant').disabled = busy || !isLatest || variant <= 1;
+      item.querySelector('.next-variant').disabled = busy || !isLatest || variant >= variants;
     }
   }
 
@@ -332,6 +393,14 @@ function fill(item, message, answer) {
   item.dataset.sequence = String(message.sequence);
   item.dataset.role = message.role;
   setStatus(item, message.status);
+  // "2 / 3": which of its sequence's answers this is (regenerate makes more).
+  item.dataset.variant = String(message.variant ?? 1);
+  item.dataset.variants = String(Math.max(message.variants ?? 1, message.variant ?? 1));
+  const variants = item.querySelector('.variants');
+  variants.hidden = message.role !== 'assistant' || Number(item.dataset.variants) < 2;
+  item.querySelector('.variant-label').textContent =
+    `${item.dataset.variant} / ${item.dataset.variants}`;
+  variants.setAttribute('aria-label', `Answer ${item.dataset.variant} of ${item.dataset.variants}`);
   item.setAttribute('aria-busy', String(active));
   if (answer) answer.set(message.content ?? '');
   else item.querySelector('.content').textContent = message.content ?? '';
