@@ -240,6 +240,11 @@ class Database:
         return self._pool is not None
 
     @property
+    def max_size(self) -> int:
+        """The most connections the pool opens (so the most statements it runs at once)."""
+        return self._max_size
+
+    @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
             raise RuntimeError("Database.open() was not called")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -609,10 +610,25 @@ class Store:
         written: dict[UUID, datetime | None] = {}
         here = not self.db.distributed
         queue: list[str] = []
-        for group in await self.by_shard(items, lambda item: item.owner_id):
-            rows = await self.db.fetch_routed(
-                "flush", group[0].owner_id, *flush_arguments(worker, group, notify=here)
-            )
+        groups = await self.by_shard(items, lambda item: item.owner_id)
+        # The shards' statements run at once, as many as the pool has connections: one after
+        # another, a flush of 1,000 answers spread over 32 shards waited for 32 commits in a row
+        # (delivery lag p99 1.6 s on a local cluster). Every one is awaited, whatever another
+        # did, before an error is raised: none may still be writing when the batch is sent again.
+        limit = asyncio.Semaphore(max(1, self.db.max_size))
+
+        async def write(group: Sequence[FlushItem]) -> list[Row]:
+            async with limit:
+                return await self.db.fetch_routed(
+                    "flush", group[0].owner_id, *flush_arguments(worker, group, notify=here)
+                )
+
+        results = await asyncio.gather(*(write(g) for g in groups), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        for rows in results:
+            assert not isinstance(rows, BaseException)
             for r in rows:
                 written[r["id"]] = r["updated_at"]
             if rows and rows[0]["queue_hint"]:

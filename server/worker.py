@@ -38,6 +38,10 @@ logger = logging.getLogger(__name__)
 # A log with this many unwritten events is written at the next flush (a chunk's target size).
 CHUNK_EVENTS = 4
 
+# The flusher's connections: on Citus, the statements of one flush (one per shard) that run at
+# once (Store.flush). A flush's statements wait mostly for their node's commit, not the CPU.
+FLUSH_CONNECTIONS = 4
+
 
 class Worker:
     def __init__(self, settings: Settings, store: Store, generator: Generator) -> None:
@@ -53,9 +57,10 @@ class Worker:
             max_delay=settings.flush_delay_ms / 1000,
             min_events=CHUNK_EVENTS,
         )
-        # The flusher writes on a connection of its own: a burst of requests that takes every
-        # pooled connection must not hold the running answers' events back.
-        self._flush_db = Database(settings.database_url, min_size=1, max_size=1)
+        # The flusher writes on connections of its own: a burst of requests that takes every
+        # pooled connection must not hold the running answers' events back. On one PostgreSQL
+        # a flush is one statement (one connection); on Citus one per shard, several at once.
+        self._flush_db = Database(settings.database_url, min_size=1, max_size=FLUSH_CONNECTIONS)
         self.runner = Runner(
             store,
             generator,
