@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from uuid import UUID
+
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -54,8 +56,7 @@ async def message_events(request: Request) -> Response:
     # before the stream takes it over gives it back.
     slot = app.worker.streams.take(user.id)
     try:
-        project_id = path_uuid(request, "project_id", "project")
-        message_id = path_uuid(request, "message_id", "message")
+        project_id, message_id = _message_path(request)
         # Not get_message: opening (or resuming) a stream must not read a running answer whole.
         stored = await app.store.stream_target(project_id, message_id, user.id)
         if stored is None:
@@ -73,8 +74,7 @@ async def cancel(request: Request) -> Response:
     """End a running answer as ``cancelled``, keeping the content written so far."""
     app = services(request)
     user = await app.auth.authenticate(request)
-    project_id = path_uuid(request, "project_id", "project")
-    message_id = path_uuid(request, "message_id", "message")
+    project_id, message_id = _message_path(request)
     cancelled = await app.store.cancel(project_id, message_id, user.id)
     if cancelled is None:
         stored = await _message(app, request, user)
@@ -89,8 +89,7 @@ async def regenerate(request: Request) -> Response:
     """A new answer for the latest answer's question, as a generation answers (SSE or JSON)."""
     app = services(request)
     user = await app.auth.authenticate(request)
-    project_id = path_uuid(request, "project_id", "project")
-    message_id = path_uuid(request, "message_id", "message")
+    project_id, message_id = _message_path(request)
     raw = await read_body(request, app.settings.max_body_bytes)
     body = RegenerateRequest() if not raw.strip() else await _regenerate_body(request, raw)
     return await answer_submission(
@@ -113,23 +112,21 @@ async def variants(request: Request) -> Response:
     """The answers of a message's sequence, in order, and which one is current."""
     app = services(request)
     user = await app.auth.authenticate(request)
-    return await _variants(app, request, user)
+    project_id, message_id = _message_path(request)
+    return await _variants(app, project_id, message_id, user)
 
 
 async def choose_variant(request: Request) -> Response:
     """Make this variant of the project's latest answer the current one."""
     app = services(request)
     user = await app.auth.authenticate(request)
-    project_id = path_uuid(request, "project_id", "project")
-    message_id = path_uuid(request, "message_id", "message")
+    project_id, message_id = _message_path(request)
     if not await app.store.choose_variant(project_id, message_id, user.id):
         raise NotFound(f"no answer with id '{message_id}' in project '{project_id}'")
-    return await _variants(app, request, user)
+    return await _variants(app, project_id, message_id, user)
 
 
-async def _variants(app: Services, request: Request, user: User) -> Response:
-    project_id = path_uuid(request, "project_id", "project")
-    message_id = path_uuid(request, "message_id", "message")
+async def _variants(app: Services, project_id: UUID, message_id: UUID, user: User) -> Response:
     found = await app.store.variants(project_id, message_id, user.id)
     if found is None:
         raise NotFound(f"no answer with id '{message_id}' in project '{project_id}'")
@@ -137,9 +134,16 @@ async def _variants(app: Services, request: Request, user: User) -> Response:
     return json_response(Variants(variants=listed, current=current).model_dump_json())
 
 
+def _message_path(request: Request) -> tuple[UUID, UUID]:
+    """The project and message ids of a message's path, checked."""
+    return (
+        path_uuid(request, "project_id", "project"),
+        path_uuid(request, "message_id", "message"),
+    )
+
+
 async def _message(app: Services, request: Request, user: User) -> StoredMessage:
-    project_id = path_uuid(request, "project_id", "project")
-    message_id = path_uuid(request, "message_id", "message")
+    project_id, message_id = _message_path(request)
     stored = await app.store.get_message(project_id, message_id, user.id)
     if stored is None:
         raise NotFound(f"no message with id '{message_id}' in project '{project_id}'")
