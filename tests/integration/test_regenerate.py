@@ -236,6 +236,13 @@ async def test_regenerating_a_running_answer_follows_on_running(database_url: st
             f"/api/projects/{project}/generations", json={"message": "first"}, headers=JSON
         )
         running = started.json()["assistant_message"]
+        # Its first delta is stored before anything cancels it: a cancel ends an answer with
+        # the content of its stored deltas (regression: the test raced the first flush).
+        for _ in range(100):
+            shown = await client.get(f"/api/projects/{project}/messages/{running['id']}")
+            if shown.json()["content"] == "first ":
+                break
+            await asyncio.sleep(0.05)
         refused = await client.post(
             regen_url(project, running["id"]), json={"on_running": "reject"}, headers=JSON
         )
