@@ -50,6 +50,7 @@ class Queue:
         self._projects: set[tuple[UUID, UUID]] = set()
         self._everywhere = True  # the next round looks at every project (and at our claims)
         self._wakeup = asyncio.Event()
+        self._waiting = False  # between rounds, in the wait for a wakeup or the slow poll
 
     def poke(self, owner_id: UUID, project_id: UUID) -> None:
         """A queued answer of this project (of this owner) may be startable now."""
@@ -71,6 +72,11 @@ class Queue:
         self._everywhere = True
         self._wakeup.set()
 
+    @property
+    def idle(self) -> bool:
+        """Between rounds, with nothing asked of the next one before its slow poll."""
+        return self._waiting and not self._wakeup.is_set()
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         backoff = 0.1
@@ -82,8 +88,12 @@ class Queue:
             # steady traffic it never came, and a lost reply's answer stayed pending for good.
             wait = poll_due - loop.time()
             if wait > 0 and not self._wakeup.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), wait)
+                self._waiting = True
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), wait)
+                finally:
+                    self._waiting = False
             if loop.time() >= poll_due:
                 self._everywhere = True  # the slow poll
             if self._everywhere:

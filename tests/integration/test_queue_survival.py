@@ -61,19 +61,24 @@ async def test_mixed_policies_on_one_project_across_two_processes(
     await start_all(a, b)
     cycle = ["enqueue", "concurrent", "enqueue", "reject", "enqueue"] * 2
     cycle[7] = "interrupt"
-    policies = [cycle[n % len(cycle)] for n in range(40)]
+    mixed = 40
+    # Then a burst of enqueued answers alone, sent at once: one runs, the rest wait for it and
+    # run in turn (in the mixed part an interrupt may cut every queued answer before it runs).
+    policies = [cycle[n % len(cycle)] for n in range(mixed)] + ["enqueue"] * 4
     async with a.client(token) as on_a, b.client(token) as on_b:
         project = await create_project(on_a)
 
         async def one(n: int) -> tuple[str, str, Stream]:
-            await asyncio.sleep((n * 0.037) % 0.6)  # overlapping, in no particular order
+            if n < mixed:
+                await asyncio.sleep((n * 0.037) % 0.6)  # overlapping, in no particular order
             client = (on_a, on_b)[n % 2]
             body = {"message": f"message {n}", "on_running": policies[n]}
             stream = Stream(client, "POST", gen_url(project), json=body)
             await stream.finish(60)
             return f"message {n}", policies[n], stream
 
-        results = await asyncio.gather(*(one(n) for n in range(len(policies))))
+        results = await asyncio.gather(*(one(n) for n in range(mixed)))
+        results += await asyncio.gather(*(one(n) for n in range(mixed, len(policies))))
 
         async def idle() -> bool:
             return await running_messages(database_url) == []
