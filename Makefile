@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
+# The AI SDK's tests drive the real `ai` package from Node (tests/node, pinned by its lock file).
+NODE_STAMP := tests/node/node_modules/.installed
 
 .DEFAULT_GOAL := help
 .PHONY: help run test test-citus soak lint format bench dist clean
@@ -36,13 +38,20 @@ $(BENCH_STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	@touch $@ $(DEV_STAMP) $(RUN_STAMP)
 
+$(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  cd tests/node && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else \
+	  echo "npm not found: tests/integration/test_ai_sdk.py is skipped (it fails under CI=true)"; \
+	fi
+
 run: $(RUN_STAMP) ## Start the service on SERVE_URL (installs only what it needs; embedded PostgreSQL unless DATABASE_URL is set)
 	$(PY) -m server
 
-test: $(DEV_STAMP) ## Run the test suite (installs the dev extras; embedded PostgreSQL, or TEST_DATABASE_URL); FAULT_SEED=N reruns a fault seed
+test: $(DEV_STAMP) $(NODE_STAMP) ## Run the test suite (installs the dev extras; embedded PostgreSQL, or TEST_DATABASE_URL); FAULT_SEED=N reruns a fault seed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-citus: $(DEV_STAMP) ## The integration suite and one fault seed on a Citus cluster: CITUS_URL, or a local one made with ../shared/citus (docs/scaling.md)
+test-citus: $(DEV_STAMP) $(NODE_STAMP) ## The integration suite and one fault seed on a Citus cluster: CITUS_URL, or a local one made with ../shared/citus (docs/scaling.md)
 	PY=$(PY) tests/citus.sh $(PYTEST_ARGS)
 
 SOAK_SEEDS ?= 20
@@ -74,4 +83,4 @@ dist: | $(PY) ## Build the service's wheel into dist/ (with sql/ and static/ ins
 	@ls dist/*.whl
 
 clean: ## Remove the virtualenv, caches and builds (keeps .data/, the embedded database)
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache dist build tests/node/node_modules

@@ -23,7 +23,7 @@ from server.generators.base import Generator
 from server.limits import FailedLookups, RateLimiter
 from server.middleware import AccessLog, RequestLimits, SecurityHeaders
 from server.openapi import openapi_document
-from server.routes import generations, messages, ops, projects, session
+from server.routes import chat, generations, messages, ops, projects, session
 from server.services import Services
 from server.static import STATIC_DIR
 from server.store import Store
@@ -54,6 +54,7 @@ def create_app(settings: Settings, *, generator: Generator | None = None) -> Sta
         *projects.routes,
         *generations.routes,
         *messages.routes,
+        *chat.routes,
         *ops.routes,
         Mount("/static", app=StaticFiles(directory=STATIC_DIR, check_dir=False), name="static"),
     ]

@@ -63,6 +63,8 @@ class Settings:
     # Input limits
     max_message_chars: int = 32_000
     max_body_bytes: int = 256 * 1024
+    # POST /api/chat: the AI SDK's transport sends the whole conversation every time
+    chat_max_body_bytes: int = 8 * 1024 * 1024
     max_url_bytes: int = 16 * 1024
     max_header_bytes: int = 32 * 1024
     max_running_per_user: int = 10
@@ -121,6 +123,7 @@ class Settings:
             "demo_deltas",
             "max_message_chars",
             "max_body_bytes",
+            "chat_max_body_bytes",
             "pool_min_size",
             "pool_max_size",
             "flush_interval_ms",

@@ -216,6 +216,13 @@ class ToolCall(BaseModel):
     arguments: str
 
 
+ToolChoiceInput = Annotated[
+    ToolChoice | None,
+    WithJsonSchema(_TOOL_CHOICE_SCHEMA),
+    Field(description="sent upstream with the tools, unchanged"),
+]
+
+
 class GenerateRequest(Input):
     """A generation: exactly one of ``message`` and ``tool_results`` (docs/api.md)."""
 
@@ -254,11 +261,7 @@ class GenerateRequest(Input):
         ),
     ] = None
     tools: Annotated[list[Tool] | None, Field(max_length=MAX_TOOLS)] = None
-    tool_choice: Annotated[
-        ToolChoice | None,
-        WithJsonSchema(_TOOL_CHOICE_SCHEMA),
-        Field(description="sent upstream with the tools, unchanged"),
-    ] = None
+    tool_choice: ToolChoiceInput = None
     client_request_id: RequestId | None = None
     image_urls: Annotated[list[ImageUrl], Field(max_length=8)] = []
     on_running: Annotated[

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from server.chat import CHAT_ID_PATTERN, ChatRequest
 from server.models import (
     MAX_SEQUENCE,
     ON_RUNNING_POLICIES,
@@ -165,6 +166,35 @@ _SSE = {
     "204": {"description": "nothing left: the message is finished and the client has every event"},
 }
 _AUTH = ["401", "429", "503"]
+# The AI SDK's UI message stream (docs/api.md, "The AI SDK"): chunks of the `ai` package's schema.
+_UI_STREAM = {
+    "200": {
+        "description": "Server-Sent Events with `x-vercel-ai-ui-message-stream: v1`: a `retry:` "
+        "line, then one chunk of the `ai` package's UI message stream per `data:` line (JSON "
+        "with a `type`), each frame with the `id:` of the event it comes from, and "
+        "`data: [DONE]` after the last; `: ping` comments while no event is due.",
+        "content": {
+            "text/event-stream": {
+                "itemSchema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "id": {"type": "string", "pattern": "^[1-9][0-9]*$"},
+                        "data": {"type": "string"},
+                        "retry": {"type": "integer", "minimum": 0},
+                    },
+                }
+            }
+        },
+    }
+}
+_STOPPED = {
+    "type": "object",
+    "required": ["cancelled"],
+    "properties": {
+        "cancelled": {"type": "array", "items": {"type": "string", "format": "uuid"}},
+    },
+}
 
 
 def _operations(max_message_chars: int | None) -> dict[str, dict[str, Any]]:
@@ -173,6 +203,12 @@ def _operations(max_message_chars: int | None) -> dict[str, dict[str, Any]]:
         message_text["maxLength"] = max_message_chars
     project = [_path_param("project_id")]
     message = [*project, _path_param("message_id")]
+    chat = {
+        "name": "chat_id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": CHAT_ID_PATTERN},
+    }
     generation_body = {"required": True, "content": _json(_ref(GenerateRequest))}
     accepted = {
         "description": "accepted (Accept: application/json)",
@@ -344,6 +380,39 @@ def _operations(max_message_chars: int | None) -> dict[str, dict[str, Any]]:
                 },
             }
         },
+        "/api/chat": {
+            "post": {
+                "summary": "The AI SDK's DefaultChatTransport: send a message, tool outputs or a "
+                "regenerate (only the last message is read); the answer as a UI message stream",
+                "requestBody": {"required": True, "content": _json(_ref(ChatRequest))},
+                "responses": {
+                    **_UI_STREAM,
+                    **_errors("400", "404", "409", "413", "415", "422", *_AUTH),
+                },
+            }
+        },
+        "/api/chat/{chat_id}/stream": {
+            "get": {
+                "summary": "The transport's reconnectToStream: the chat's running answer as a "
+                "whole UI message, or 204 when nothing runs",
+                "parameters": [chat],
+                "responses": {
+                    **_UI_STREAM,
+                    "204": {"description": "nothing runs in the chat (or no such chat)"},
+                    **_errors("404", *_AUTH),
+                },
+            }
+        },
+        "/api/chat/{chat_id}/stop": {
+            "post": {
+                "summary": "End the chat's running and queued answers, keeping what they wrote",
+                "parameters": [chat],
+                "responses": {
+                    "200": {"description": "what was ended", "content": _json(_STOPPED)},
+                    **_errors("404", *_AUTH),
+                },
+            }
+        },
         "/healthz": {
             "get": {
                 "summary": "Liveness",
@@ -371,6 +440,7 @@ def openapi_document(*, max_message_chars: int | None = None) -> dict[str, Any]:
     counter) can read the limit this server keeps."""
     models: list[type[BaseModel]] = [
         Accepted,
+        ChatRequest,
         CreateProject,
         DeltaData,
         ErrorData,
@@ -394,7 +464,8 @@ def openapi_document(*, max_message_chars: int | None = None) -> dict[str, Any]:
             (
                 m,
                 "validation"
-                if m in (CreateProject, GenerateRequest, RegenerateRequest, SessionRequest)
+                if m
+                in (ChatRequest, CreateProject, GenerateRequest, RegenerateRequest, SessionRequest)
                 else "serialization",
             )
             for m in models

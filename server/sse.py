@@ -108,6 +108,7 @@ class EventStream(Response):
         watchdog: SendWatchdog,
         received: float,
         retry_ms: int,
+        headers: list[tuple[bytes, bytes]] = _RAW_HEADERS,
     ) -> None:
         # Not Response.__init__: there is no body to render; only __call__ is ours.
         self.status_code = 200
@@ -117,6 +118,7 @@ class EventStream(Response):
         self.watchdog = watchdog
         self.received = received
         self.retry_ms = retry_ms
+        self.stream_headers = headers
         self.sending_since = 0.0  # loop time the current send began; 0.0: not sending
         self.stopped: str | None = None  # why the stream was stopped from outside
         self._task: asyncio.Task[object] | None = None
@@ -141,7 +143,9 @@ class EventStream(Response):
             self.watchdog.streams.add(self)
             loop = asyncio.get_running_loop()
             raw_send = scope.get(RAW_SEND, send)
-            await send({"type": "http.response.start", "status": 200, "headers": _RAW_HEADERS})
+            await send(
+                {"type": "http.response.start", "status": 200, "headers": self.stream_headers}
+            )
             retry = b"retry: %d\n\n" % self.retry_ms
             await raw_send({"type": "http.response.body", "body": retry, "more_body": True})
             first = True

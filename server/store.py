@@ -309,6 +309,18 @@ class Store:
         assert row is not None
         return project_from_row(row)
 
+    async def chat_project(self, project_id: UUID, owner_id: UUID, title: str) -> Project:
+        """The caller's project of this id, made now (titled ``title``) if it has none."""
+        found = await self.get_project(project_id, owner_id)
+        if found is not None:
+            return found
+        row = await self.db.fetchrow("insert_chat_project", owner_id, project_id, title)
+        if row is None:  # made meanwhile
+            found = await self.get_project(project_id, owner_id)
+            assert found is not None
+            return found
+        return project_from_row(row)
+
     async def list_projects(self, owner_id: UUID, limit: int) -> list[Project]:
         return [project_from_row(r) for r in await self.db.fetch("list_projects", owner_id, limit)]
 

@@ -58,6 +58,13 @@ SELECT count(*) FROM users;
 INSERT INTO projects (owner_id, title) VALUES ($1, $2)
 RETURNING id, title, last_sequence, created_at;
 
+-- name: insert_chat_project
+-- A chat's project, made by its first message under the id the chat's id names (server/chat.py);
+-- nothing when the caller made it meanwhile.
+INSERT INTO projects (owner_id, id, title) VALUES ($1, $2, $3)
+ON CONFLICT DO NOTHING
+RETURNING id, title, last_sequence, created_at;
+
 -- name: list_projects
 SELECT id, title, last_sequence, created_at
 FROM projects

@@ -7,8 +7,10 @@ for what a JSON Schema cannot state, each named here rather than hidden in a bro
   ``last_event_id_out_of_range`` (a ``Last-Event-ID`` beyond the answer's log, whose length no
   document can know), ``conflicting_parameters`` (``before`` and ``after`` together),
   ``tool_results_mismatch`` (results that do not answer the calls of the project's latest
-  answer, which no document can know) and ``tools_too_large`` (a limit on the tools' compact
-  JSON, which no schema counts);
+  answer, which no document can know), ``tools_too_large`` (a limit on the tools' compact
+  JSON, which no schema counts), and the three refusals of ``POST /api/chat`` that depend on
+  the last of its messages alone (``chat_message_role``, ``chat_message_empty``,
+  ``chat_file_not_supported``), which no schema of an array can single out;
 - a 414 for a URL over ``MAX_URL_BYTES``: the limit is in bytes of the encoded URL, and a
   schema's ``maxLength`` counts characters.
 
@@ -32,6 +34,12 @@ STATE_DEPENDENT_422 = frozenset(
         "conflicting_parameters",
         "tool_results_mismatch",
         "tools_too_large",
+        # POST /api/chat reads the last of its messages only: what that one holds (its role,
+        # whether it has text, a file part) is checked, and no schema of an array can single
+        # out its last item.
+        "chat_message_role",
+        "chat_message_empty",
+        "chat_file_not_supported",
     }
 )
 MAX_SENT_URL_BYTES = 60_000
