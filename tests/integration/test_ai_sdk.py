@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import httpx
 import pytest
 
 from server.chat import chat_project_id
+from server.generators.base import Delta, GenerationContext, GeneratorError, Item
 from server.generators.demo import CALL_TOOL, DEMO_TOOL, demo_answer, demo_reasoning
 from tests.support import GatedGenerator, create_user, running_server, settings_for
 
@@ -120,6 +122,8 @@ async def test_the_chunks_follow_the_sdk_schema_in_order(database_url: str) -> N
     text = [c["delta"] for c in seen["chunks"] if c["type"] == "text-delta"]
     assert "".join(reasoning) == messages[1]["reasoning"] == demo_reasoning("/think twice")
     assert "".join(text) == messages[1]["content"]
+    progress = [c for c in seen["chunks"] if c["type"] == "data-progress"]
+    assert progress and all(c["transient"] for c in progress)
     # Parts open before their deltas and close before the next part.
     assert types.index("reasoning-start") < types.index("reasoning-delta")
     assert types.index("reasoning-end") < types.index("text-start") < types.index("text-end")
@@ -267,3 +271,52 @@ async def test_what_the_chat_route_refuses(
         assert response.json()["code"] == code
         # Nothing was written, not even the chat's project.
         assert (await client.get("/api/projects")).json()["projects"] == []
+
+
+async def test_the_page_session_cookie_works_and_a_cross_origin_post_does_not(
+    database_url: str,
+) -> None:
+    """The transport with ``credentials: "include"`` on the page's origin: the session cookie
+    authenticates every chat route; a cookie POST from another origin is refused."""
+    token = await create_user(database_url, "alice")
+    body = {
+        "id": "cookieChat000001",
+        "trigger": "submit-message",
+        "messages": [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "hi"}]}],
+    }
+    async with running_server(settings_for(database_url)) as srv:
+        async with srv.client(headers={"Origin": srv.base_url}) as browser:
+            assert (await browser.post("/api/session", json={"token": token})).status_code == 204
+            async with browser.stream("POST", "/api/chat", json=body) as response:
+                assert response.status_code == 200, await response.aread()
+                text = (await response.aread()).decode()
+            assert text.rstrip().endswith("data: [DONE]")
+            assert (await browser.get("/api/chat/cookieChat000001/stream")).status_code == 204
+            stopped = await browser.post("/api/chat/cookieChat000001/stop")
+            assert stopped.status_code == 200 and stopped.json() == {"cancelled": []}
+            cookies = browser.cookies
+        async with srv.client(headers={"Origin": "https://elsewhere.example"}) as other:
+            other.cookies = cookies
+            refused = await other.post("/api/chat", json=body)
+            assert refused.status_code == 401
+            assert refused.json()["code"] == "cross_origin_request"
+
+
+async def failing(context: GenerationContext) -> AsyncIterator[Item]:
+    yield Delta("half an answer")
+    raise GeneratorError("upstream_error", "the model server went away")
+
+
+async def test_a_failed_answer_ends_with_an_error_chunk(database_url: str) -> None:
+    token = await create_user(database_url, "alice")
+    async with (
+        running_server(settings_for(database_url), generator=failing) as srv,
+        srv.client(token) as client,
+    ):
+        seen = await sdk("chunks", srv.base_url, token, "failChat00000001", PROMPT="fail")
+        messages = await stored(client)
+    assert messages[1]["status"] == "error"
+    types = [c["type"] for c in seen["chunks"]]
+    assert types[-2:] == ["text-end", "error"]
+    assert seen["chunks"][-1]["errorText"] == "the model server went away"
+    assert "finish" not in types
