@@ -112,21 +112,40 @@ def user_turn(body: ChatRequest) -> GenerateRequest:
             code="chat_edit_not_supported",
         )
     texts: list[str] = []
+    images: list[str] = []
     for part in last.parts:
         kind = part.get("type")
         if kind == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
         elif kind == "file":
-            raise InvalidInput(
-                "file parts are not accepted: send images as http(s) URLs in a generation's "
-                "image_urls",
-                code="chat_file_not_supported",
-            )
+            images.append(_image_url(part))
     text = "\n".join(texts)
     if not text.strip():
         raise InvalidInput("the last message has no text", code="chat_message_empty")
     key = last.id if _REQUEST_ID.match(last.id) else None
-    return _generation(body, {"message": text, "client_request_id": key})
+    fields: dict[str, Any] = {"message": text, "client_request_id": key}
+    if images:
+        fields["image_urls"] = images
+    return _generation(body, fields)
+
+
+def _image_url(part: dict[str, Any]) -> str:
+    """A file part that is an image at an http(s) URL: one of the message's ``image_urls``
+    (checked as a generation's are). Anything else, a ``data:`` URL (what the SDK makes of a
+    file the user picked) included, is refused: no file is stored."""
+    media_type, url = part.get("mediaType"), part.get("url")
+    if (
+        isinstance(media_type, str)
+        and media_type.startswith("image/")
+        and isinstance(url, str)
+        and url.lower().startswith(("http://", "https://"))
+    ):
+        return url
+    raise InvalidInput(
+        "a file part must be an image at an http(s) URL: files (data: URLs) are not stored; "
+        "upload the image elsewhere and send its URL",
+        code="chat_file_not_supported",
+    )
 
 
 def tool_turn(body: ChatRequest, latest: Message | None) -> GenerateRequest:

@@ -273,6 +273,22 @@ async def test_what_the_chat_route_refuses(
         assert (await client.get("/api/projects")).json()["projects"] == []
 
 
+async def test_an_image_file_part_at_an_http_url_is_one_of_the_image_urls(
+    database_url: str,
+) -> None:
+    token = await create_user(database_url, "alice")
+    image = {"type": "file", "mediaType": "image/png", "url": "https://example.com/cat.png"}
+    message = {"id": "u1", "role": "user", "parts": [{"type": "text", "text": "a cat?"}, image]}
+    body = {"id": "imageChat0000001", "trigger": "submit-message", "messages": [message]}
+    async with running_server(settings_for(database_url)) as srv, srv.client(token) as client:
+        async with client.stream("POST", "/api/chat", json=body) as response:
+            assert response.status_code == 200
+            await response.aread()
+        messages = await stored(client)
+    assert messages[0]["content"] == "a cat?"
+    assert messages[0]["image_urls"] == ["https://example.com/cat.png"]
+
+
 async def test_the_page_session_cookie_works_and_a_cross_origin_post_does_not(
     database_url: str,
 ) -> None:
