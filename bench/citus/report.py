@@ -161,6 +161,7 @@ def section(results: R) -> list[str]:
     out.append("")
     out.extend(_statements(sides))
     out.extend(_one_owner((sides.get("citus") or {}).get("one_owner")))
+    out.extend(_one_client(sides))
     check = c.get("one_node") or {}
     if check:
         verdict = {True: "passed", False: "FAILED", None: "not run"}[check.get("passed")]
@@ -258,4 +259,25 @@ def _one_owner(one: R | None) -> list[str]:
     for label, v in by.items():
         cells = " | ".join(n_(v["commits_per_one"].get(p), 2) for p in ports)
         out.append(f"| `{label}` | {v['generations']} | {cells} |")
+    return [*out, ""]
+
+
+def _one_client(sides: R) -> list[str]:
+    """Where a call's time goes with nothing competing (``Scenario.one_client``)."""
+    single = (sides.get("single") or {}).get("one_client_ms") or {}
+    citus = ((sides.get("citus") or {}).get("one_owner") or {}).get("one_client_ms") or {}
+    places = [(f"one PostgreSQL: {k}", v) for k, v in single.items()]
+    places += [(f"Citus: {k}", v) for k, v in citus.items()]
+    if not places:
+        return []
+    out = [
+        "Where a call's time goes, with nothing competing: pgbench with one client on one "
+        "owner, mean latency in ms of a round trip alone and of a reservation alone; on Citus "
+        "sent to the coordinator (which delegates the call to the owner's node) and sent to "
+        "that node itself (the same call where its shards are, no hop):\n",
+        "| sent to | `SELECT 1` | `reserve_pair` |",
+        "|---|---|---|",
+    ]
+    for name, v in places:
+        out.append(f"| {name} | {n_(v.get('SELECT 1'), 2)} | {n_(v.get('reserve_pair'), 2)} |")
     return [*out, ""]

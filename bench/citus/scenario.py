@@ -121,6 +121,8 @@ class CitusStep:
             await self.pgbench(ctx, clients, delegated=delegated)
             for clients in self.plan.citus.pgbench_clients
         ]
+        if not delegated:
+            out["one_client_ms"] = await self.one_client(ctx, {"postgres": ctx.url})
         if isinstance(side, CitusTarget):
             try:
                 out["one_owner"] = await self.one_owner(ctx, side)
@@ -175,9 +177,41 @@ class CitusStep:
                 home,
                 per,
             )
+        out["one_client_ms"] = await self.one_client(
+            ctx, {"coordinator": ctx.url, "owner's node": workers[home]} if home else {}
+        )
         whole = out["by_script"]["reserve_pair + flush"]["commits_per_one"]
         others = [v for port, v in whole.items() if port != str(home)]
         out["other_nodes_commits_per_generation"] = max(others) if others else 0.0
+        return out
+
+    async def one_client(self, ctx: Context, urls: dict[str, str]) -> dict[str, Any]:
+        """Where a call's time goes, with nothing competing: pgbench with one client on one
+        owner, a round trip alone (``SELECT 1``) and a reservation alone, on each of ``urls``:
+        on Citus the coordinator (the call delegated to the owner's node) and that node itself
+        (the same call run where its shards are: no hop), on one PostgreSQL the server. Mean
+        latency in ms of each."""
+        n = ctx.numbers[0]
+        delegated = isinstance(ctx.target, CitusTarget)
+        generation, _ = pgbench.generation_script(self.build.source.queries, delegated=delegated)
+        out: dict[str, Any] = {}
+        for where, url in urls.items():
+            for label, text in (
+                ("SELECT 1", "SELECT 1;\n"),
+                ("reserve_pair", pgbench.reserve_script(generation)),
+            ):
+                script = self.workdir / "citus-one-client.pgbench.sql"
+                script.write_text(text)
+                run = await pgbench.run_pgbench(
+                    self.bin_dir,
+                    url,
+                    script,
+                    clients=1,
+                    seconds=ONE_OWNER_S,
+                    variables={"lo": n, "hi": n},
+                )
+                out.setdefault(where, {})[label] = run.latency_ms
+        logger.info("  citus step [%s] one client, mean ms: %s", ctx.target.key, out)
         return out
 
     async def pgbench(self, ctx: Context, clients: int, *, delegated: bool) -> dict[str, Any]:

@@ -64,17 +64,21 @@ async def start_answer(client: httpx.AsyncClient, project: str, key: str) -> htt
 
 async def test_a_worker_node_down_for_longer_than_the_lease(database_url: str) -> None:
     _, workers = cluster_nodes()
-    tokens = {f"user{i}": await create_user(database_url, f"user{i}") for i in range(USERS)}
+    down: CitusNode = workers[0]
+    # Users until both nodes hold some: a user's id is random, so six alone were all on one
+    # node about once in 32 runs (regression: the test failed so).
+    tokens: dict[str, str] = {}
+    nodes: dict[str, int] = {}
     conn = await asyncpg.connect(database_url)
     try:
-        ids = {
-            name: str(await conn.fetchval("SELECT id FROM users WHERE username = $1", name))
-            for name in tokens
-        }
-        nodes = {name: await node_of(conn, user_id) for name, user_id in ids.items()}
+        while len(tokens) < USERS or len({p == down.port for p in nodes.values()}) < 2:
+            assert len(tokens) < 64, f"the users' shards are all on one node: {nodes}"
+            name = f"user{len(tokens)}"
+            tokens[name] = await create_user(database_url, name)
+            user_id = await conn.fetchval("SELECT id FROM users WHERE username = $1", name)
+            nodes[name] = await node_of(conn, str(user_id))
     finally:
         await conn.close()
-    down: CitusNode = workers[0]
     on_down = [name for name, port in nodes.items() if port == down.port]
     on_up = [name for name, port in nodes.items() if port != down.port]
     assert on_down and on_up, f"the users' shards are not on both worker nodes: {nodes}"
