@@ -215,6 +215,11 @@ def chain(before: Sequence[Message], answer: Message) -> list[Step]:
     return steps
 
 
+def ui_message_id(steps: Sequence[Step], answer: Message) -> str:
+    """A UI message's id: its first answer's (``answer``'s, when it has no earlier steps)."""
+    return str((steps[0].answer if steps else answer).id)
+
+
 def finish_reason(reason: str | None) -> str:
     return FINISH_REASONS.get(reason, "other")
 
@@ -333,11 +338,11 @@ def tool_input(call_id: str, name: str, arguments: str) -> dict[str, Any]:
     }
 
 
-def step_frames(steps: Sequence[Step]) -> list[bytes]:
-    """The earlier steps of a UI message, from their stored rows (no event ids: they are not
-    events of the answer being followed): each answer's reasoning, text and calls, then the
-    results of its calls."""
-    chunks: list[dict[str, Any]] = []
+def replay_frames(message_id: str, steps: Sequence[Step]) -> list[bytes]:
+    """A UI message's ``start`` and its earlier steps, from their stored rows (no event ids:
+    they are not events of the answer being followed): each answer's reasoning, text and
+    calls, then the results of its calls."""
+    chunks: list[dict[str, Any]] = [{"type": "start", "messageId": message_id}]
     for step in steps:
         answer = step.answer
         chunks.append({"type": "start-step"})

@@ -108,7 +108,7 @@ class EventStream(Response):
         watchdog: SendWatchdog,
         received: float,
         retry_ms: int,
-        headers: list[tuple[bytes, bytes]] = _RAW_HEADERS,
+        headers: list[tuple[bytes, bytes]] | None = None,  # None: an SSE stream's own
     ) -> None:
         # Not Response.__init__: there is no body to render; only __call__ is ours.
         self.status_code = 200
@@ -118,7 +118,7 @@ class EventStream(Response):
         self.watchdog = watchdog
         self.received = received
         self.retry_ms = retry_ms
-        self.stream_headers = headers
+        self.stream_headers = headers or _RAW_HEADERS
         self.sending_since = 0.0  # loop time the current send began; 0.0: not sending
         self.stopped: str | None = None  # why the stream was stopped from outside
         self._task: asyncio.Task[object] | None = None

@@ -12,24 +12,24 @@ from starlette.routing import Route
 from server.chat import (
     HEADERS,
     ChatRequest,
+    Step,
     UiMessageStream,
     chain,
     chat_id_from_path,
     chat_project_id,
-    step_frames,
+    replay_frames,
     title_of,
     tool_turn,
     ui_batches,
+    ui_message_id,
     user_turn,
 )
 from server.errors import Conflict, InvalidInput, NotFound
-from server.follow import follow
 from server.limits import StreamSlot
-from server.middleware import received_at
 from server.models import MAX_SEQUENCE, Message, RegenerateRequest
 from server.parsing import read_json
 from server.routes.generations import check_sizes
-from server.routes.respond import LastingEndpoint
+from server.routes.respond import LastingEndpoint, event_stream, followed
 from server.runner import Submission
 from server.services import Services, services
 from server.sse import EventStream
@@ -87,14 +87,12 @@ async def reconnect(request: Request) -> Response:
             slot.release()
             return Response(status_code=204)
         answer = messages[-1]
-        steps = chain(messages[:-1], answer)
-        head = steps[0].answer if steps else answer
         stored = await app.store.stream_target(project_id, answer.id, user.id)
         if stored is None:  # its project was deleted meanwhile
             slot.release()
             return Response(status_code=204)
-        first = [b'data: {"type":"start","messageId":"%s"}\n\n' % str(head.id).encode()]
-        first += step_frames(steps)
+        steps = chain(messages[:-1], answer)
+        first = replay_frames(ui_message_id(steps, answer), steps)
         return _stream(app, request, stored, UiMessageStream(None), first, slot)
     except BaseException:
         slot.release()
@@ -134,14 +132,15 @@ async def _answer(
     try:
         submission = await submit()
         pair = submission.pair
-        head = pair.assistant.message
+        answer = pair.assistant.message
+        steps: list[Step] = []
         if pair.user.message.role == "tool":
             found = await app.store.history(
-                project_id, user_id, limit=RECENT, before=head.sequence, after=None
+                project_id, user_id, limit=RECENT, before=answer.sequence, after=None
             )
-            steps = chain(found[0] if found else [], head)
-            head = steps[0].answer if steps else head
-        return _stream(app, request, pair.assistant, UiMessageStream(str(head.id)), [], slot)
+            steps = chain(found[0] if found else [], answer)
+        ui = UiMessageStream(ui_message_id(steps, answer))
+        return _stream(app, request, pair.assistant, ui, [], slot)
     except BaseException:
         slot.release()
         raise
@@ -156,24 +155,8 @@ def _stream(
     slot: StreamSlot,
 ) -> EventStream:
     """The answer's log from its first event, as a UI message stream after ``first``."""
-    local = app.runner.local_log(stored.message.id)
-    message = stored.message if local is None else local.placeholder
-    events = follow(
-        message,
-        0,
-        store=app.store,
-        local=local,
-        notifier=app.worker.notifier,
-        limits=app.worker.limits(),
-    )
-    return EventStream(
-        ui_batches(events, ui, first),
-        slot=slot,
-        watchdog=app.worker.watchdog,
-        received=received_at(request.scope),
-        retry_ms=app.settings.retry_ms,
-        headers=HEADERS,
-    )
+    batches = ui_batches(followed(app, stored, 0), ui, first)
+    return event_stream(app, request, batches, slot, HEADERS)
 
 
 routes = [

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from server.events import Batch
 from server.follow import follow
 from server.limits import StreamSlot
 from server.middleware import received_at
@@ -31,11 +32,16 @@ def stream_message(
         # Nothing left to send: 204 is how a server tells EventSource to stop reconnecting.
         slot.release()
         return Response(status_code=204)
+    return event_stream(app, request, followed(app, stored, cursor), slot)
+
+
+def followed(app: Services, stored: StoredMessage, cursor: int) -> AsyncIterator[Batch]:
+    """The batches of an assistant message's log from event ``cursor + 1``."""
     local = app.runner.local_log(stored.message.id)
     # On the producing worker, follow the log's own copy of the message (shared by all of its
     # listeners) rather than this request's: an open stream then keeps no row of its own alive.
     message = stored.message if local is None else local.placeholder
-    events = follow(
+    return follow(
         message,
         cursor,
         store=app.store,
@@ -43,12 +49,23 @@ def stream_message(
         notifier=app.worker.notifier,
         limits=app.worker.limits(),
     )
+
+
+def event_stream(
+    app: Services,
+    request: Request,
+    batches: AsyncIterator[Batch],
+    slot: StreamSlot,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> EventStream:
+    """``batches`` as this worker's SSE response, holding ``slot`` until it ends."""
     return EventStream(
-        events,
+        batches,
         slot=slot,
         watchdog=app.worker.watchdog,
         received=received_at(request.scope),
         retry_ms=app.settings.retry_ms,
+        headers=headers,
     )
 
 
