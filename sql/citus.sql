@@ -239,9 +239,14 @@ BEGIN
 
         -- 2. The chunks, and the terminal markers of the ends (their keys are the fence
         -- against an end written meanwhile: the insert fails on event_chunks_pkey). Those
-        -- already stored (a retried flush) are skipped.
+        -- already stored (a retried flush) are skipped. Only chunks count as stored: a
+        -- terminal marker at a chunk's key is an end (a cancel, the reaper) that committed
+        -- after v_held was read, in a snapshot this step does not share; skipped, the chunk
+        -- would be reported written, and its events sent, though they are not stored.
+        -- (A held message's own terminal write is not stored yet: it would have ended the row.)
         EXECUTE 'SELECT array_agg(message_id), array_agg(first_event_id) FROM event_chunks'
                 ' WHERE owner_id = ANY($1) AND message_id = ANY($2) AND first_event_id = ANY($3)'
+                '   AND kinds <> ''t'''
             INTO v_existing_ids, v_existing_firsts
             USING in_owners, v_held, $4 || $11;
         EXECUTE 'INSERT INTO event_chunks (owner_id, message_id, first_event_id, kinds, data)'

@@ -318,6 +318,50 @@ async def test_the_flush_that_comes_second_to_an_end_is_a_write_conflict_and_dro
     assert await deadlocks(database_url) == 0
 
 
+async def test_an_end_that_commits_while_a_flush_waits_is_never_taken_for_its_chunk(
+    database_url: str,
+) -> None:
+    """The flush finds the answers it still holds first, then writes their chunks. Here it waits
+    in between (for the row of another answer, which it ends), and meanwhile a cancel ends the
+    first answer: its terminal marker takes the id the flush's chunk starts at. The marker is
+    not the chunk: the flush fails on the key as above, and its events never become visible.
+    (On Citus the flush is a function of steps, each with its own snapshot: it read the marker as
+    the chunk already written, and a client saw events that were never stored.)"""
+    async with (
+        scene(database_url, 2) as s,
+        Store.single(database_url) as flush_store,
+        Store.single(database_url) as cancel_store,
+    ):
+        late, ending = s.logs
+        lost: list[UUID] = []
+        flusher = Flusher(
+            flush_store, lambda: s.worker, FlushPolicy(0.005, 0.01, 4), on_lost=lost.append
+        )
+        for log in s.logs:
+            flusher.register(log)
+        target = late.placeholder
+        sql = "SELECT 1 FROM messages WHERE created_by = $1 AND id = $2 FOR UPDATE"
+        async with holding(database_url, sql, s.user, ending.placeholder.id):
+            late.add_delta("late")  # event 3: a chunk only, no lock on its row
+            ending.add_delta("1")
+            ending.finish("success")  # its row's update waits for the test's lock
+            flusher.mark_dirty(late)
+            flusher.mark_dirty(ending)
+            flush = asyncio.create_task(flusher.flush_once(everything=True))
+            await waits(database_url)
+            cancelled = await cancel_store.cancel(target.project_id, target.id, s.user)
+            assert cancelled is not None and cancelled.last_event_id == 3
+        await flush  # the conflict is handled: nothing written
+        assert (late.written, late.visible, ending.written, lost) == (2, 2, 2, [])
+        await flusher.flush_once(everything=True)
+    assert lost == [target.id]
+    assert (late.written, late.visible) == (2, 2)
+    assert ending.written == 4 and ending.closed
+    assert (cancelled.message.status, cancelled.message.content) == ("cancelled", "0 ")
+    assert await chunks_of(database_url, target.id) == [(2, "d"), (3, "t")]
+    assert await deadlocks(database_url) == 0
+
+
 async def test_an_interrupt_that_cannot_cancel_the_running_answers_is_not_a_success(
     database_url: str,
 ) -> None:
