@@ -33,6 +33,7 @@ class PacePlan:
     saturation_pace: float = 2.0  # stop the steps past this p99 pace (or at any failure)
     workers: int = 2
     lease_seconds: float = 3.0
+    reasoning_count: int = 1000  # the reasoning pair's N (0: no pair)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,7 @@ QUICK = dataclasses.replace(
         long_delta_ms=5,
         profile_s=3.0,
         compare_clients=False,
+        reasoning_count=500,
     ),
     citus=CitusPlan(answers=500, pgbench_clients=(8,), pgbench_s=4.0),
 )
@@ -162,6 +164,7 @@ SMOKE = dataclasses.replace(
         burst_window_s=1.0,
         ramp_s=0.1,
         warmup_s=0.5,
+        reasoning_count=5,
     ),
     citus=CitusPlan(answers=5, pgbench_clients=(2,), pgbench_s=1.5),
 )

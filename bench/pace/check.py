@@ -33,6 +33,7 @@ class Row:
     created_at: datetime
     updated_at: datetime
     content: str
+    reasoning: str | None
 
     @property
     def seconds(self) -> float:
@@ -44,7 +45,8 @@ async def rows(url: str, projects: list[UUID], tag: str) -> dict[str, Row]:
     conn = await asyncpg.connect(url, command_timeout=300)
     try:
         found = await conn.fetch(
-            "SELECT id, project_id, client_request_id, status, created_at, updated_at, content"
+            "SELECT id, project_id, client_request_id, status, created_at, updated_at, content,"
+            " reasoning"
             " FROM messages WHERE project_id = ANY($1::uuid[]) AND role = 'assistant'"
             " AND client_request_id LIKE $2",
             projects,

@@ -10,6 +10,7 @@
  *
  * It parses HTTP/1.1 heads, chunked bodies and SSE frames, but never the JSON of an event: it
  * reads only the `id:` and `event:` lines, and timestamps each read once (CLOCK_MONOTONIC).
+ * A "delta" here is any piece streamed at the model's pace: a `delta` event or a `reasoning` one.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -150,7 +151,9 @@ static void line_end(Conn *c, int64_t now) {
     } else if (n > 7 && memcmp(l, "event: ", 7) == 0) {
         const char *e = l + 7;
         int m = n - 7;
+        /* a piece of reasoning is a piece of the answer: the model's pace either way */
         if (m == 5 && memcmp(e, "delta", 5) == 0) c->kind = K_DELTA;
+        else if (m == 9 && memcmp(e, "reasoning", 9) == 0) c->kind = K_DELTA;
         else if (m == 5 && memcmp(e, "start", 5) == 0) c->kind = K_START;
         else if (m == 4 && memcmp(e, "done", 4) == 0) c->kind = K_DONE;
         else if (m == 5 && memcmp(e, "error", 5) == 0) c->kind = K_ERROR;

@@ -3,8 +3,10 @@
 ``python -m bench.pace.client SPEC``; SPEC (the answers, their slots, the stop time and the
 window) is described in ``bench/pace/spec.py``. Each slot runs its answers one after another,
 each read to its terminal event, the next started as soon as the previous ends; the lags and
-counts of what arrives in the window are kept apart. Output, on stdout, times in microseconds
-from the client's start (-1: never), C the client's CPU time (user + system) so far:
+counts of what arrives in the window are kept apart. A *delta* below is any piece of an answer
+streamed at the model's pace: a ``delta`` event, or a ``reasoning`` one. Output, on stdout,
+times in microseconds from the client's start (-1: never), C the client's CPU time (user +
+system) so far:
 
 - ``measure_start C`` when the first stream is about to connect; ``window_start T C`` and
   ``window_end T C`` when the window's edges are crossed (the harness measures CPU and WAL
@@ -42,6 +44,8 @@ LAG_MIN_US = -1_000_000
 LAG_MAX_US = LAG_MIN_US + (1_210_000 - 1) * LAG_STEP_US  # the client.c histogram's ends
 SECONDS = 600  # the lag by the second of arrival; the last second takes the rest
 TERMINAL = {b"done": "done", b"error": "error", b"cancelled": "cancelled"}
+# The pieces of an answer, each at the model's pace: its text, and its reasoning before it.
+PIECES = (b"delta", b"reasoning")
 
 
 @dataclass(slots=True)
@@ -203,7 +207,7 @@ class Reader(asyncio.Protocol):
         s.events += 1
         phase = self.tally.phase(now)
         self.tally.window_events += phase == 1
-        if name == b"delta":
+        if name in PIECES:
             if s.deltas == 0:
                 s.first_delta = now
             else:

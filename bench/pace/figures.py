@@ -178,14 +178,14 @@ def wal_figures(
     records: dict[str, Any],
 ) -> dict[str, Any]:
     """WAL per answer byte over the window (the headline) and over the whole step (from the
-    checkpoint before it to its last answer's end); an answer's bytes count in the window pro
-    rata of its deltas that arrived there."""
+    checkpoint before it to its last answer's end); an answer's bytes (its text and its
+    reasoning) count in the window pro rata of its pieces that arrived there."""
     step_bytes = window_bytes = 0.0
     for key, a in zip(keys, run.answers, strict=True):
         row = found.get(key)
         if row is None or not a.started:
             continue
-        size = len(row.content.encode())
+        size = len(row.content.encode()) + len((row.reasoning or "").encode())
         step_bytes += size
         window_bytes += size * a.window_deltas / a.deltas if a.deltas else 0.0
     window_wal, step_wal = wal["end"] - wal["start"], wal["step_end"] - wal["step_start"]

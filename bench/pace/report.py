@@ -90,7 +90,15 @@ def _intro(plan: R, pace: R) -> str:
         f"{short * plan.get('delta_chars', 0) / 1000:.1f} KB) back to back per slot for as long "
         "(none started later than half a short answer before the long ones' own end): the same N "
         "open, the same delta rate, the same duration and about the same bytes on both sides, "
-        "so that their WAL per answer byte differs by the answer's length alone.\n"
+        "so that their WAL per answer byte differs by the answer's length alone.\n\n"
+        f"Then, for this build, the reasoning pair: two steady steps of "
+        f"{_n(plan.get('reasoning_count'))} answers of {plan.get('deltas', 0):,} pieces each at "
+        "the same pace, one of answers that reason first (messages that start with `/think`: "
+        "half the pieces `reasoning` events, whose text reads the message back, about as long as "
+        "the answer; then the answer in the other half), one of text alone. A piece of "
+        "reasoning counts as a delta in the lag, the first delta and the pace, and its bytes as "
+        "answer bytes: the same N, pieces, pace and bytes on both sides, so that their figures "
+        "differ by the reasoning phase alone.\n"
     )
 
 
@@ -180,6 +188,19 @@ def _database(db: R, plan: R) -> list[str]:
         if build.get("bursts"):
             w(f"#### {BUILD_LABELS.get(key, key)}: bursts, N answers started at once (no target)\n")
             out += _burst_table(build["bursts"], plan)
+        thinking = build.get("reasoning") or {}
+        if thinking.get("text") and thinking.get("thinking"):
+            w(f"#### {BUILD_LABELS.get(key, key)}: answers that reason first, beside text alone\n")
+            out += _steps_table(
+                [thinking["text"], thinking["thinking"]],
+                names=["text alone", "reasoning first"],
+            )
+            w(
+                "Reasoning first over text alone: WAL per answer byte "
+                f"{_n(thinking.get('wal_ratio_thinking_to_text'), 3)}, pace p99 "
+                f"{_n(thinking.get('pace_p99_ratio_thinking_to_text'), 3)} (the goal: within "
+                "10% each).\n"
+            )
         prof = build.get("profiled")
         if prof:
             w(
@@ -191,19 +212,20 @@ def _database(db: R, plan: R) -> list[str]:
     return out
 
 
-def _steps_table(steps: list[R]) -> list[str]:
+def _steps_table(steps: list[R], names: list[str] | None = None) -> list[str]:
     head = (
         "| N | window s (open) | pace p50 / p99 | client pace p99 | delivery lag p50 / p99 ms "
         "| first delta p50 / p99 ms | events/s (offered) | WAL B per answer byte (without FPI) "
         "| answers | not success | invariants |"
     )
     rows = [head, "|" + "---|" * 11]
-    for s in steps:
+    for i, s in enumerate(steps):
         win = s["window"]
         open_ = win["open_answers"]
         no_fpi = s["wal"]["window"].get("per_answer_byte_without_fpi")
+        name = f"{names[i]}, {s['n']:,}" if names else f"{s['n']:,}"
         rows.append(
-            f"| {s['n']:,} | {win['start_s']:g}-{win['end_s']:g} ({_n(open_['mean'])}: "
+            f"| {name} | {win['start_s']:g}-{win['end_s']:g} ({_n(open_['mean'])}: "
             f"{_n(open_['min'])}-{_n(open_['max'])}) "
             f"| {_n(s['pace_rows']['p50'], 2)} / {_n(s['pace_rows']['p99'], 2)} "
             f"| {_n(s['pace_client']['p99'], 2)} "
@@ -292,6 +314,7 @@ def _invariants(pace: R) -> list[str]:
             *b.get("sweep", []),
             *b.get("bursts", []),
             *(v for k, v in (b.get("long") or {}).items() if isinstance(v, dict)),
+            *(v for k, v in (b.get("reasoning") or {}).items() if isinstance(v, dict)),
             *(b[k] for k in ("python_client", "profiled") if b.get(k)),
         ]
     ]

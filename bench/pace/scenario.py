@@ -8,7 +8,10 @@ database and a server with ``WORKERS=2``, ``LEASE_SECONDS=3`` and the demo gener
   then a burst (N answers started at once: what a start-up costs, reported beside it);
 - py-spy on the server at the largest N not saturated (this build, one database);
 - the long-answer pair: 16 KB answers, and 2 KB ones back to back, at the same N, the same
-  faster pace and for the same time, so that their WAL per answer byte compares length alone.
+  faster pace and for the same time, so that their WAL per answer byte compares length alone;
+- the reasoning pair (this build): a steady step of answers that reason first (half their pieces
+  reasoning) beside one of text alone, at the same N, pieces, pace and bytes: what a reasoning
+  phase costs in WAL per answer byte and in pace.
 
 The shapes of the steps are in ``bench.pace.shape``.
 
@@ -133,6 +136,8 @@ class ModelPace:
             if self.profile_on == target.key and build.key == "current" and plan.profile_s > 0:
                 out["profiled"] = await self.profiled(ctx, server, target, out["sweep"])
         out["long"] = await self.long_pair(ctx, build)
+        if build.key == "current" and plan.reasoning_count > 0:
+            out["reasoning"] = await self.reasoning_pair(ctx, build)
         return out
 
     def compare_here(self, target: Target, build: Build, out: dict[str, Any], n: int) -> bool:
@@ -187,7 +192,7 @@ class ModelPace:
     ) -> AsyncIterator[ServerProcess]:
         """A server for steps of ``shape`` (its pace is a setting), warmed up with its N."""
         name = f"pace-{ctx.target.key}-{build.key}-{what}"
-        settings = self.settings(shape.deltas, shape.delta_ms)
+        settings = self.settings(shape.server_deltas, shape.delta_ms)
         proc = ServerProcess(name, ctx.url, self.workdir, settings, cwd=build.source.root)
         self.results.setdefault("server_settings", proc.setting_env)
         await asyncio.to_thread(proc.start)
@@ -242,6 +247,33 @@ class ModelPace:
         pair["wal_ratio_long_to_short"] = round(long / short, 3) if short and long else None
         return pair
 
+    async def reasoning_pair(self, ctx: Context, build: Build) -> dict[str, Any]:
+        """Answers that reason first, beside answers of text alone: steady steps of the same N,
+        pieces per answer, pace and (about) bytes per answer. On the thinking side, half of each
+        answer's pieces are reasoning (``/think``: the demo's reasoning reads the message back, as
+        long as its answer), half text; the bytes per answer count both."""
+        p = self.plan
+        pair: dict[str, Any] = {}
+        for name, think in (("text", False), ("thinking", True)):
+            shape = steady(
+                p.reasoning_count,
+                p.deltas,
+                p.delta_ms,
+                p.delta_chars,
+                p.measure_answers,
+                think=think,
+            )
+            async with self.server(ctx, build, name, shape) as server:
+                pair[name] = await self.step(ctx, server, shape, name)
+        text, thinking = pair["text"], pair["thinking"]
+        pair["wal_ratio_thinking_to_text"] = ratio(
+            thinking["wal_per_answer_byte"], text["wal_per_answer_byte"]
+        )
+        pair["pace_p99_ratio_thinking_to_text"] = ratio(
+            thinking["pace_rows"]["p99"], text["pace_rows"]["p99"]
+        )
+        return pair
+
     async def profiled(
         self, ctx: Context, server: ServerProcess, target: Target, sweep: list[dict[str, Any]]
     ) -> dict[str, Any]:
@@ -272,6 +304,10 @@ class ModelPace:
         entry["load"] = {"answers": n, "pace_p99_under_profiler": step["pace_rows"]["p99"]}
         self.profiles["model_pace"] = entry
         return step
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
 
 
 def saturated(step: dict[str, Any], limit: float) -> str | None:

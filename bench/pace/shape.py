@@ -32,10 +32,23 @@ class Shape:
     per_slot: int  # answers a slot may run, one after another
     stop_s: float | None  # no answer starts after this (None: each slot runs all of its own)
     window: tuple[float, float | None]  # seconds from the step's start; None: to the last end
+    # Each answer reasons first (a /think message): half its pieces reasoning, half text.
+    think: bool = False
+
+    @property
+    def server_deltas(self) -> int:
+        """The server's DEMO_DELTAS: the pieces of the text (a thinking answer streams as many
+        pieces of reasoning first)."""
+        return self.deltas // 2 if self.think else self.deltas
+
+    @property
+    def text_chars(self) -> int:
+        """The length of each answer's text (its reasoning, if any, is about as long)."""
+        return self.server_deltas * self.delta_chars
 
     @property
     def own_seconds(self) -> float:
-        """The generator's own duration of one answer: DEMO_DELTAS x DEMO_DELTA_MS."""
+        """The generator's own duration of one answer: its pieces x DEMO_DELTA_MS."""
         return self.deltas * self.delta_ms / 1000
 
     @property
@@ -67,13 +80,16 @@ class Shape:
         )
 
 
-def steady(n: int, deltas: int, delta_ms: int, chars: int, measure_answers: float) -> Shape:
-    """A warm-up of one answer duration, then a window of ``measure_answers`` of them."""
+def steady(
+    n: int, deltas: int, delta_ms: int, chars: int, measure_answers: float, *, think: bool = False
+) -> Shape:
+    """A warm-up of one answer duration, then a window of ``measure_answers`` of them;
+    ``think``: each answer's ``deltas`` pieces are half reasoning, half text."""
     own = deltas * delta_ms / 1000
     end = own * (1 + measure_answers)
     # An answer never takes less than its own duration, so no slot starts more than this.
     per_slot = math.ceil(end / own - 1e-9)
-    return Shape("steady", n, deltas, delta_ms, chars, own, per_slot, end, (own, end))
+    return Shape("steady", n, deltas, delta_ms, chars, own, per_slot, end, (own, end), think)
 
 
 def burst(n: int, deltas: int, delta_ms: int, chars: int, ramp_s: float, window_s: float) -> Shape:

@@ -25,7 +25,7 @@ from bench.pace.target import Target
 from bench.pace.waldump import WalFiles
 from bench.server import ServerProcess
 from bench.wire import request_bytes
-from server.generators.demo import demo_answer
+from server.generators.demo import THINK, demo_answer
 
 logger = logging.getLogger("bench")
 
@@ -47,13 +47,17 @@ class Context:
 
 def requests(ctx: Context, port: int, shape: Shape, tag: str) -> tuple[list[str], list[bytes]]:
     """The step's idempotency keys and whole HTTP requests: answer i in project i % projects,
-    a different prompt of prose each, sized for deltas of ``delta_chars``."""
+    a different prompt of prose each, sized for deltas of ``delta_chars`` (a thinking step's:
+    ``/think`` and the prose, whose reasoning, which reads it back, is about as long)."""
     keys, raw = [], []
-    chars = shape.deltas * shape.delta_chars
+    head = f"{THINK} " if shape.think else ""
     for i in range(shape.answers):
         key = f"{tag}-{i}"
         project = ctx.projects[i % len(ctx.projects)]
-        prompt = prompt_for(demo_answer, chars, zlib.crc32(key.encode()))
+        prose = prompt_for(
+            lambda text: demo_answer(head + text), shape.text_chars, zlib.crc32(key.encode())
+        )
+        prompt = head + prose
         body = json.dumps({"message": prompt, "client_request_id": key}).encode()
         path = f"/api/projects/{project}/generations"
         headers = {"Accept": "text/event-stream"}

@@ -93,6 +93,35 @@ def targets(results: R) -> list[R]:
             "the long-answer pair: whole steps at the same N, delta rate and duration",
         )
     )
+    thinking = build.get("reasoning") or {}
+    source = "the reasoning pair: steady steps at the same N, pieces, pace and bytes per answer"
+    out.append(
+        _entry(
+            f"model pace: WAL per answer byte, answers that reason first over text alone{where}",
+            "within 10%",
+            0.10,
+            "ratio",
+            thinking.get("wal_ratio_thinking_to_text"),
+            lambda v: f"{v:.2f}",
+            "not measured",
+            source,
+            subject="the answers that reason first",
+        )
+    )
+    out.append(
+        _entry(
+            f"model pace: p99 pace, answers that reason first over text alone{where}",
+            "within 10%",
+            0.10,
+            "ratio",
+            thinking.get("pace_p99_ratio_thinking_to_text"),
+            lambda v: f"{v:.2f}",
+            "not measured",
+            source,
+            subject="the answers that reason first",
+            per="",
+        )
+    )
     return out
 
 
@@ -143,6 +172,9 @@ def _entry(
     fmt: Callable[[float], str],
     missing: str,
     source: str,
+    *,
+    subject: str = "the long answers",
+    per: str = " per byte",
 ) -> R:
     entry: R = {"name": name, "target": target, "limit": limit, "unit": unit, "source": source}
     if measured is None:
@@ -161,14 +193,14 @@ def _entry(
         met = value < limit
     else:
         met = value <= limit
-    verdict = "met" if met else _missed(target, value, limit)
+    verdict = "met" if met else _missed(target, value, limit, subject, per)
     return {**entry, "measured": value, "measured_text": fmt(value), "met": met, "verdict": verdict}
 
 
-def _missed(target: str, value: float, limit: float) -> str:
+def _missed(target: str, value: float, limit: float, subject: str, per: str) -> str:
     if target.startswith("within"):
         side = "dearer" if value > 1 else "cheaper"
-        return f"missed: the long answers {abs(value - 1) * 100:.0f}% {side} per byte"
+        return f"missed: {subject} {abs(value - 1) * 100:.0f}% {side}{per}"
     if limit == 0:
         return f"missed: {value:.0f}"
     return f"missed: {value / limit:.2f} times the limit"

@@ -11,7 +11,8 @@ first word is ``/cut``, whose answer stops after half its pieces, as a model's t
 token limit (so that an answer cut short can be seen without a model).
 
 A message whose first word is ``/think`` is answered as a reasoning model answers: first its
-reasoning (``demo_reasoning``, in ``deltas`` pieces at the same pace), then the answer; its
+reasoning (``demo_reasoning``, which reads the message back: about as long as the answer; in
+``deltas`` pieces at the same pace), then the answer; its
 usage counts the reasoning pieces among the completion tokens, and as ``reasoning_tokens``.
 
 A message whose first word is ``/tool`` is answered with a call of the demo tool
@@ -61,12 +62,14 @@ def demo_answer(prompt: str) -> str:
 
 
 def demo_reasoning(prompt: str) -> str:
-    """What the demo "thinks" before it answers ``prompt``."""
+    """What the demo "thinks" before it answers ``prompt``: the message read back, so that the
+    reasoning grows with it, about as long as the answer (as a model's often is)."""
     words = len(prompt.split())
     return (
         f"The message starts with {THINK}, so I reason before I answer. It has {words} "
-        f"word{'s' if words != 1 else ''}. I will quote it back, and list what the demo shows. "
-        "This reasoning is stored and resumed like the answer, but kept apart from it."
+        f"word{'s' if words != 1 else ''}. I read it again: \u201c{prompt}\u201d\n\n"
+        "I will quote it back, and list what the demo shows. This reasoning is stored and "
+        "resumed like the answer, but kept apart from it."
     )
 
 

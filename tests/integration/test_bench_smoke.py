@@ -92,6 +92,13 @@ def test_bench_smoke_writes_results_and_report(tmp_path: Path, repo_root: Path) 
         long = build["long"]
         assert long["long"]["wal_per_answer_byte"] is not None
         assert long["short"]["answers"] > long["long"]["answers"]
+        # The reasoning pair: the thinking side's answers reasoned (their reasoning counts in
+        # their bytes, about as many as the text side's answers), at the same pace of pieces.
+        pair = build["reasoning"]
+        text_side, thinking = pair["text"], pair["thinking"]
+        assert text_side["invariants"]["ok"] and thinking["invariants"]["ok"]
+        assert 0.7 < thinking["mean_answer_bytes"] / text_side["mean_answer_bytes"] < 1.4
+        assert thinking["lag"]["count"] > 0 and pair["wal_ratio_thinking_to_text"] is not None
         # The WAL split by kind of record, unless the harness said why it could not read it.
         window = steady["wal"]["window"]
         assert "record_bytes" in window or build.get("wal_records") or window.get("error")
@@ -108,4 +115,5 @@ def test_bench_smoke_writes_results_and_report(tmp_path: Path, repo_root: Path) 
     assert "## Targets" in text
     assert "| statement or process | waiting for | backends |" in text
     assert "## Streaming at a model's pace (9)" in text
+    assert "answers that reason first, beside text alone" in text
     assert "Steady state against a burst" in text and "### WAL: records and full-page" in text
