@@ -97,8 +97,10 @@ def _intro(plan: R, pace: R) -> str:
         "half the pieces `reasoning` events, whose text reads the message back, about as long as "
         "the answer; then the answer in the other half), one of text alone. A piece of "
         "reasoning counts as a delta in the lag, the first delta and the pace, and its bytes as "
-        "answer bytes: the same N, pieces, pace and bytes on both sides, so that their figures "
-        "differ by the reasoning phase alone.\n"
+        "answer bytes: the same N, pieces, pace and bytes on both sides, each on a fresh database "
+        "of its own (on a used one, the side that came second reused the pages the first left "
+        "with free space, a full-page image each), so that their figures differ by the "
+        "reasoning phase alone.\n"
     )
 
 
