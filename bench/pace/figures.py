@@ -148,12 +148,15 @@ def step_figures(
             if a.error != "unused"
         ),
         "client_errors": dict(Counter(a.error for a in answers if a.error not in ("ok", "unused"))),
+        # The statuses of the requests the server refused (error "http"), by status.
+        "refused_statuses": dict(Counter(str(a.status) for a in answers if a.refused)),
         "not_done": dict(
             Counter(a.terminal for a in answers if a.started and a.terminal != "done")
         ),
         "rows_not_success": dict(Counter(r.status for r in rows if r.status != "success")),
         "rows_missing": sum(
-            a.started and k not in found for k, a in zip(keys, answers, strict=True)
+            a.started and not a.refused and k not in found
+            for k, a in zip(keys, answers, strict=True)
         ),
     }
 

@@ -267,6 +267,7 @@ def _burst_table(steps: list[R], plan: R) -> list[str]:
 def _failures(step: R) -> str:
     parts = [f"{k} {v}" for k, v in step.get("reaped", {}).items()]
     parts += [f"client {k} {v}" for k, v in step.get("client_errors", {}).items()]
+    parts += [f"refused {k} {v}" for k, v in step.get("refused_statuses", {}).items()]
     return ", ".join(parts) or "0"
 
 

@@ -86,6 +86,12 @@ class Answer:
         """A connection was tried: the server may hold the answer, the checks expect it."""
         return self.start >= 0
 
+    @property
+    def refused(self) -> bool:
+        """The server answered with an error status: it accepted nothing (unless its row says
+        otherwise: a reply lost after the commit)."""
+        return self.error == "http"
+
 
 @dataclass
 class ClientRun:

@@ -118,7 +118,14 @@ async def run_step(
     step = step_figures(run, found, keys, shape, wal=wal, records=records)
     step["server_metrics"] = watch.figures(run.window_us / 1e6)
     checked_from = time.monotonic()
-    sent = [key for key, answer in zip(keys, run.answers, strict=True) if answer.started]
+    # Every answer the server may hold: a refused request (an error status) has no row, unless
+    # its reply was lost after the commit; then the row is checked like any other. (A refusal
+    # still counts as a failure of the step: client_failed.)
+    sent = [
+        key
+        for key, answer in zip(keys, run.answers, strict=True)
+        if answer.started and (not answer.refused or key in found)
+    ]
     answers = await check.check_answers(server.port, found, sent, ctx.tokens)
     sequences = await database.check_sequences(ctx.url, ctx.numbers)
     step["check_seconds"] = round(time.monotonic() - checked_from, 1)
