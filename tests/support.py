@@ -37,7 +37,12 @@ class RunningServer:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         headers.update(kwargs.pop("headers", {}))
         timeout = kwargs.pop("timeout", httpx.Timeout(30.0))
-        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+        # Idle connections expire here well before uvicorn closes them (timeout_keep_alive, 5 s):
+        # with both at 5 s, a request sent on a connection the server was closing at that moment
+        # failed with ReadError (test_sequencing.py, once, in a CI run on PostgreSQL 15).
+        limits = httpx.Limits(
+            max_connections=1000, max_keepalive_connections=100, keepalive_expiry=2.0
+        )
         return httpx.AsyncClient(
             base_url=self.base_url, headers=headers, timeout=timeout, limits=limits, **kwargs
         )

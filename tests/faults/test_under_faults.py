@@ -176,7 +176,8 @@ async def http_clients(
 ) -> AsyncIterator[list[list[httpx.AsyncClient]]]:
     """``http[user][process]``: each user's client of each process."""
     timeout = httpx.Timeout(30.0, connect=10.0)
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    # Idle connections expire before uvicorn's keep-alive (5 s) closes them (tests/support.py).
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50, keepalive_expiry=2.0)
     async with contextlib.AsyncExitStack() as stack:
         yield [
             [
