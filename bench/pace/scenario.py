@@ -247,7 +247,7 @@ class ModelPace:
             async with self.server(ctx, build, name, shape) as server:
                 pair[name] = await self.step(ctx, server, shape, name)
         short, long = pair["short"]["wal_per_answer_byte"], pair["long"]["wal_per_answer_byte"]
-        pair["wal_ratio_long_to_short"] = round(long / short, 3) if short and long else None
+        pair["wal_ratio_long_to_short"] = ratio(long, short)
         return pair
 
     async def reasoning_pair(self, target: Target, build: Build) -> dict[str, Any]:

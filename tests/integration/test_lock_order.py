@@ -98,6 +98,15 @@ async def write(store: Store, worker: UUID, *logs: MessageLog) -> set[UUID]:
     return set(written)
 
 
+def flusher_of(store: Store, s: Scene, lost: list[UUID]) -> Flusher:
+    """A flusher of the scene's worker, with every log of the scene registered; the ids of the
+    answers it drops go to ``lost``."""
+    flusher = Flusher(store, lambda: s.worker, FlushPolicy(0.005, 0.01, 4), on_lost=lost.append)
+    for log in s.logs:
+        flusher.register(log)
+    return flusher
+
+
 @contextlib.asynccontextmanager
 async def holding(
     url: str, sql: str, *args: object
@@ -289,11 +298,7 @@ async def test_the_flush_that_comes_second_to_an_end_is_a_write_conflict_and_dro
     ):
         late, other = s.logs
         lost: list[UUID] = []
-        flusher = Flusher(
-            flush_store, lambda: s.worker, FlushPolicy(0.005, 0.01, 4), on_lost=lost.append
-        )
-        for log in s.logs:
-            flusher.register(log)
+        flusher = flusher_of(flush_store, s, lost)
         target = late.placeholder
         sql = "UPDATE user_running SET running_generations = running_generations WHERE user_id = $1"
         async with holding(database_url, sql, s.user) as (user_xid, _conn):
@@ -334,11 +339,7 @@ async def test_an_end_that_commits_while_a_flush_waits_is_never_taken_for_its_ch
     ):
         late, ending = s.logs
         lost: list[UUID] = []
-        flusher = Flusher(
-            flush_store, lambda: s.worker, FlushPolicy(0.005, 0.01, 4), on_lost=lost.append
-        )
-        for log in s.logs:
-            flusher.register(log)
+        flusher = flusher_of(flush_store, s, lost)
         target = late.placeholder
         sql = "SELECT 1 FROM messages WHERE created_by = $1 AND id = $2 FOR UPDATE"
         async with holding(database_url, sql, s.user, ending.placeholder.id):
