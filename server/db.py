@@ -205,6 +205,10 @@ async def _set_up_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     await conn.execute(SESSION_SETUP)
 
 
+# How long closing a pool may wait for its connections to be handed back (Database.close).
+CLOSE_SECONDS = 5.0
+
+
 class Database:
     """A pool of connections running the named queries of ``sql/queries.sql``."""
 
@@ -231,9 +235,18 @@ class Database:
             )
             self.distributed = bool(await self._pool.fetchval(self.queries["is_distributed"]))
 
-    async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
+    async def close(self, timeout: float = CLOSE_SECONDS) -> None:
+        """Close the pool: politely if every connection is handed back and the server answers
+        within ``timeout``, else drop the connections. asyncpg's own ``Pool.close`` waits
+        without a bound for a connection still held (a statement waiting on a lock, a node
+        that stopped answering), and a server stopping must not hang on it."""
+        if self._pool is None:
+            return
+        try:
+            await asyncio.wait_for(self._pool.close(), timeout)
+        except TimeoutError:
+            logger.warning("the pool did not close within %.1fs; its connections dropped", timeout)
+            self._pool.terminate()
 
     @property
     def is_open(self) -> bool:

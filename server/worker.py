@@ -12,7 +12,8 @@ import contextlib
 import gc
 import logging
 import signal
-from collections.abc import Coroutine
+import time
+from collections.abc import AsyncIterator, Coroutine
 from types import FrameType
 from typing import Any
 from uuid import UUID
@@ -41,6 +42,18 @@ CHUNK_EVENTS = 4
 # The flusher's connections: on Citus, the statements of one flush (one per shard) that run at
 # once (Store.flush). A flush's statements wait mostly for their node's commit, not the CPU.
 FLUSH_CONNECTIONS = 4
+
+
+@contextlib.asynccontextmanager
+async def _timed(step: str) -> AsyncIterator[None]:
+    """Log a step of stopping that took longer than a second."""
+    began = time.monotonic()
+    try:
+        yield
+    finally:
+        took = time.monotonic() - began
+        if took > 1.0:
+            logger.warning("stopping: %s took %.1fs", step, took)
 
 
 class Worker:
@@ -206,18 +219,27 @@ class Worker:
             log.mark_lost()
 
     async def stop(self) -> None:
-        await self.drain()
+        """Drain, then stop the loops and close the connections. Every step is bounded (the
+        drain by its grace periods, the heartbeat's last word by its renewal interval, each
+        pool by ``CLOSE_SECONDS``), so that a stopping server exits even when the database
+        does not answer; a step slower than a second is logged, so that a slow exit says why."""
+        async with _timed("drain"):
+            await self.drain()
         tasks = [*self._tasks, *([self._recheck] if self._recheck is not None else [])]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.heartbeat.close()
-        await self._flush_db.close()
+        async with _timed("stopping the background loops"):
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        async with _timed("expiring the heartbeat"):
+            await self.heartbeat.close()
+        async with _timed("closing the flusher's connections"):
+            await self._flush_db.close()
         close = getattr(self.generator, "aclose", None)
         if close is not None:  # a generator holding connections (the openai one)
-            await close()
+            async with _timed("closing the generator"):
+                await close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))

@@ -29,7 +29,7 @@ import asyncpg
 import httpx
 import pytest
 
-from server.db import connect
+from server.db import Database, connect
 from server.generators.base import Delta, GenerationContext, Item, Progress
 from server.generators.demo import demo_answer
 from server.migrate import migrate
@@ -859,3 +859,34 @@ async def test_connect_disconnect_churn_leaks_nothing(database_url: str) -> None
             message = (await client.get(url.removesuffix("/events"))).json()
             assert message["status"] == "streaming"
             assert message["content"] == "Some text. More is coming..."
+
+
+async def test_a_stopping_server_drops_a_connection_that_is_never_handed_back(
+    database_url: str,
+) -> None:
+    """Regression (a fresh-clone ``make test-citus``): a draining server did not exit within
+    30 s. asyncpg's ``Pool.close`` waits without a bound for every connection to be handed back;
+    ``Database.close`` drops the ones still held once its budget is spent."""
+    db = Database(database_url, min_size=1, max_size=2)
+    await db.open()
+    held = asyncio.Event()
+    pids: list[int] = []
+
+    async def hold() -> None:
+        async with db.pool.acquire() as conn:
+            pids.append(conn.get_server_pid())
+            held.set()
+            await conn.execute("SELECT pg_sleep(3600)")
+
+    holder = asyncio.create_task(hold())
+    await held.wait()
+    await asyncio.wait_for(db.close(timeout=0.5), 15)
+    with pytest.raises(asyncpg.ConnectionDoesNotExistError):
+        await asyncio.wait_for(holder, 15)  # its connection was dropped under it
+    assert db.pool._closed
+    # A dropped client does not stop its backend's statement: end it (the database is dropped).
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("SELECT pg_terminate_backend($1)", pids[0])
+    finally:
+        await conn.close()
