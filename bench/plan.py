@@ -34,6 +34,10 @@ class PacePlan:
     workers: int = 2
     lease_seconds: float = 3.0
     reasoning_count: int = 1000  # the reasoning pair's N (0: no pair)
+    # The pair's rounds, each side on a fresh database, in alternating order; its figures are
+    # each side's median (a side's WAL per byte moves by up to 15% from run to run with how the
+    # flusher's batches fall).
+    reasoning_rounds: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,7 @@ QUICK = dataclasses.replace(
         profile_s=3.0,
         compare_clients=False,
         reasoning_count=500,
+        reasoning_rounds=1,
     ),
     citus=CitusPlan(answers=500, pgbench_clients=(8,), pgbench_s=4.0),
 )
@@ -165,6 +170,7 @@ SMOKE = dataclasses.replace(
         ramp_s=0.1,
         warmup_s=0.5,
         reasoning_count=5,
+        reasoning_rounds=2,
     ),
     citus=CitusPlan(answers=5, pgbench_clients=(2,), pgbench_s=1.5),
 )

@@ -100,7 +100,9 @@ def _intro(plan: R, pace: R) -> str:
         "answer bytes: the same N, pieces, pace and bytes on both sides, each on a fresh database "
         "of its own (on a used one, the side that came second reused the pages the first left "
         "with free space, a full-page image each), so that their figures differ by the "
-        "reasoning phase alone.\n"
+        f"reasoning phase alone. {_n(plan.get('reasoning_rounds'))} round(s), the sides' order "
+        "alternating; the ratios are of each side's median (a side's WAL per answer byte moves "
+        "from run to run with how many events each flush batches).\n"
     )
 
 
@@ -191,15 +193,22 @@ def _database(db: R, plan: R) -> list[str]:
             w(f"#### {BUILD_LABELS.get(key, key)}: bursts, N answers started at once (no target)\n")
             out += _burst_table(build["bursts"], plan)
         thinking = build.get("reasoning") or {}
-        if thinking.get("text") and thinking.get("thinking"):
+        if thinking.get("rounds"):
             w(f"#### {BUILD_LABELS.get(key, key)}: answers that reason first, beside text alone\n")
+            rounds = thinking["rounds"]
             out += _steps_table(
-                [thinking["text"], thinking["thinking"]],
-                names=["text alone", "reasoning first"],
+                [r[side] for r in rounds for side in r["order"]],
+                names=[
+                    f"{'text alone' if side == 'text' else 'reasoning first'}, round {i}"
+                    for i, r in enumerate(rounds, 1)
+                    for side in r["order"]
+                ],
             )
+            per_round = ", ".join(_n(r.get("wal_ratio_thinking_to_text"), 3) for r in rounds)
             w(
-                "Reasoning first over text alone: WAL per answer byte "
-                f"{_n(thinking.get('wal_ratio_thinking_to_text'), 3)}, pace p99 "
+                f"Reasoning first over text alone, the sides' medians over {len(rounds)} "
+                f"round(s): WAL per answer byte {_n(thinking.get('wal_ratio_thinking_to_text'), 3)}"
+                f" (round by round: {per_round}), pace p99 "
                 f"{_n(thinking.get('pace_p99_ratio_thinking_to_text'), 3)} (the goal: within "
                 "10% each).\n"
             )
@@ -317,7 +326,11 @@ def _invariants(pace: R) -> list[str]:
             *b.get("sweep", []),
             *b.get("bursts", []),
             *(v for k, v in (b.get("long") or {}).items() if isinstance(v, dict)),
-            *(v for k, v in (b.get("reasoning") or {}).items() if isinstance(v, dict)),
+            *(
+                r[side]
+                for r in (b.get("reasoning") or {}).get("rounds", [])
+                for side in ("text", "thinking")
+            ),
             *(b[k] for k in ("python_client", "profiled") if b.get(k)),
         ]
     ]

@@ -94,11 +94,18 @@ def test_bench_smoke_writes_results_and_report(tmp_path: Path, repo_root: Path) 
         assert long["short"]["answers"] > long["long"]["answers"]
         # The reasoning pair: the thinking side's answers reasoned (their reasoning counts in
         # their bytes, about as many as the text side's answers), at the same pace of pieces.
+        # Two rounds in smoke mode, the sides' order alternating; the ratios of their medians.
         pair = build["reasoning"]
-        text_side, thinking = pair["text"], pair["thinking"]
-        assert text_side["invariants"]["ok"] and thinking["invariants"]["ok"]
-        assert 0.7 < thinking["mean_answer_bytes"] / text_side["mean_answer_bytes"] < 1.4
-        assert thinking["lag"]["count"] > 0 and pair["wal_ratio_thinking_to_text"] is not None
+        assert [r["order"] for r in pair["rounds"]] == [["text", "thinking"], ["thinking", "text"]]
+        for done in pair["rounds"]:
+            text_side, thinking = done["text"], done["thinking"]
+            assert text_side["invariants"]["ok"] and thinking["invariants"]["ok"]
+            assert 0.7 < thinking["mean_answer_bytes"] / text_side["mean_answer_bytes"] < 1.4
+            assert thinking["lag"]["count"] > 0
+        medians = pair["medians"]
+        assert pair["wal_ratio_thinking_to_text"] == round(
+            medians["thinking"]["wal_per_answer_byte"] / medians["text"]["wal_per_answer_byte"], 3
+        )
         # The WAL split by kind of record, unless the harness said why it could not read it.
         window = steady["wal"]["window"]
         assert "record_bytes" in window or build.get("wal_records") or window.get("error")
