@@ -107,6 +107,10 @@ class CreateProject(Input):
     ]
 
 
+class RenameProject(CreateProject):
+    """A project's new title: the same rules as at creation."""
+
+
 class SessionRequest(Input):
     token: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     replace: Annotated[

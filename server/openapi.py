@@ -28,6 +28,7 @@ from server.models import (
     ProjectList,
     ReasoningData,
     RegenerateRequest,
+    RenameProject,
     SessionInfo,
     SessionRequest,
     StartData,
@@ -264,6 +265,15 @@ def _operations(max_message_chars: int | None) -> dict[str, dict[str, Any]]:
                     **_errors("404", *_AUTH),
                 },
             },
+            "patch": {
+                "summary": "Rename a project (the same rules as at creation)",
+                "parameters": project,
+                "requestBody": {"required": True, "content": _json(_ref(RenameProject))},
+                "responses": {
+                    "200": {"description": "the renamed project", "content": _json(_ref(Project))},
+                    **_errors("400", "404", "413", "415", "422", *_AUTH),
+                },
+            },
             "delete": {
                 "summary": "Delete a project: its running answers end cancelled, then its "
                 "messages and their events are deleted",
@@ -423,10 +433,19 @@ def _operations(max_message_chars: int | None) -> dict[str, dict[str, Any]]:
         "/readyz": {
             "get": {
                 "summary": "Readiness",
+                "description": (
+                    "Whether this server takes new answers: the database answers, it is not "
+                    "draining, and its heartbeat is renewed."
+                ),
                 "security": [],
                 "responses": {
                     "200": {"description": "ready"},
-                    "503": {"description": "not ready"},
+                    "503": {
+                        "description": (
+                            "not ready: status draining, database unavailable, or heartbeat "
+                            "not renewed"
+                        )
+                    },
                     **_errors(),
                 },
             }
@@ -453,6 +472,7 @@ def openapi_document(*, max_message_chars: int | None = None) -> dict[str, Any]:
         ProjectList,
         ReasoningData,
         RegenerateRequest,
+        RenameProject,
         SessionInfo,
         SessionRequest,
         StartData,
@@ -465,7 +485,14 @@ def openapi_document(*, max_message_chars: int | None = None) -> dict[str, Any]:
                 m,
                 "validation"
                 if m
-                in (ChatRequest, CreateProject, GenerateRequest, RegenerateRequest, SessionRequest)
+                in (
+                    ChatRequest,
+                    CreateProject,
+                    GenerateRequest,
+                    RegenerateRequest,
+                    RenameProject,
+                    SessionRequest,
+                )
                 else "serialization",
             )
             for m in models

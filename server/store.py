@@ -328,6 +328,11 @@ class Store:
         row = await self.db.fetchrow("get_project", project_id, owner_id)
         return None if row is None else project_from_row(row)
 
+    async def rename_project(self, project_id: UUID, owner_id: UUID, title: str) -> Project | None:
+        """The project with its new title; None when it is not the owner's."""
+        row = await self.db.fetchrow("rename_project", project_id, owner_id, title)
+        return None if row is None else project_from_row(row)
+
     async def delete_project(
         self,
         project_id: UUID,

@@ -77,6 +77,14 @@ SELECT id, title, last_sequence, created_at
 FROM projects
 WHERE owner_id = $2 AND id = $1;
 
+-- name: rename_project
+-- The project's new title. It waits for the project's row lock like a reservation (which moves
+-- last_sequence, never the title), and keeps whatever the reservations wrote. No row: not the
+-- owner's project. $1 project, $2 owner, $3 title
+UPDATE projects SET title = $3
+WHERE owner_id = $2 AND id = $1
+RETURNING id, title, last_sequence, created_at;
+
 -- name: reserve_pair
 -- The whole reservation in one statement, on the owner's shard: the project row lock is held for
 -- this statement only, the ownership check is the UPDATE's WHERE (no row: not found), and a failed

@@ -93,6 +93,8 @@ export const api = {
   listProjects: () => send('GET', '/api/projects'),
   getProject: (projectId) => send('GET', projectPath(projectId)),
   createProject: (title) => send('POST', '/api/projects', { title }),
+  /** The project with its new title (the same rules as at creation). */
+  renameProject: (projectId, title) => send('PATCH', projectPath(projectId), { title }),
   /** Its running answers end cancelled, then it is gone with everything in it (204). */
   deleteProject: (projectId) => send('DELETE', projectPath(projectId)),
   /** The server's longest message (MAX_MESSAGE_CHARS), from its OpenAPI document. */

@@ -275,15 +275,46 @@ async function learnMessageLimit() {
   }
 }
 
+// Renaming the open project: its title in a field in place (the menu), saved with Enter.
+$('#rename-project').addEventListener('click', () => {
+  const project = projects.get(conversation.projectId);
+  $('#rename-form').hidden = false;
+  $('#rename-project').hidden = true;
+  $('#rename-title').value = project?.title ?? $('#project-title').textContent;
+  $('#rename-title').select();
+  $('#rename-title').focus();
+});
+$('#rename-form').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  const projectId = conversation.projectId;
+  const title = $('#rename-title').value.trim();
+  if (!projectId || !title) return;
+  const button = event.currentTarget.querySelector('button[type="submit"]');
+  button.disabled = true;
+  try {
+    const project = await api.renameProject(projectId, title);
+    projects.update(project);
+    if (conversation.projectId === project.id) showProjectTitle(project);
+  } catch (problem) {
+    report(problem);
+  } finally {
+    button.disabled = false;
+    $('#project-menu').open = false;
+  }
+});
+
 // Deleting the open project: asked in place (the menu), then its answers stop and it is gone.
 $('#delete-project').addEventListener('click', () => {
   $('#delete-confirm').hidden = false;
   $('#delete-project').hidden = true;
+  $('#rename-project').hidden = true;
   $('#delete-confirm-no').focus();
 });
 $('#project-menu').addEventListener('toggle', () => {
   $('#delete-confirm').hidden = true;
   $('#delete-project').hidden = false;
+  $('#rename-form').hidden = true;
+  $('#rename-project').hidden = false;
 });
 $('#delete-confirm-no').addEventListener('click', () => {
   $('#project-menu').open = false;

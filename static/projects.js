@@ -58,6 +58,15 @@ export class ProjectList {
     this.#sync();
   }
 
+  /** A project renamed here: its new title in place, where it was. */
+  update(project) {
+    if (!this.#projects.has(project.id)) return;
+    this.#projects.set(project.id, project);
+    const item = this.#list.querySelector(`li[data-project-id="${CSS.escape(project.id)}"]`);
+    item?.replaceWith(this.#item(project));
+    this.#sync();
+  }
+
   /** A project deleted here (or gone): off the list. */
   remove(projectId) {
     this.#projects.delete(projectId);

@@ -26,6 +26,12 @@ async def readyz(request: Request) -> Response:
         return JSONResponse(
             {"status": "database unavailable"}, status_code=503, headers={"Retry-After": "2"}
         )
+    if not app.worker.heartbeat.trusted:
+        # It takes no answer now (the reservation would be 503 worker_unavailable): it is
+        # registering, or renewing a heartbeat it could not renew for a lease.
+        return JSONResponse(
+            {"status": "heartbeat not renewed"}, status_code=503, headers={"Retry-After": "1"}
+        )
     return JSONResponse({"status": "ready"})
 
 

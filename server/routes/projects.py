@@ -7,7 +7,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from server.errors import NotFound
-from server.models import CreateProject, ProjectList
+from server.models import CreateProject, ProjectList, RenameProject
 from server.parsing import path_uuid, query_int, read_json
 from server.routes.respond import json_response
 from server.services import services
@@ -40,6 +40,17 @@ async def get_project(request: Request) -> Response:
     return json_response(project.model_dump_json())
 
 
+async def rename_project(request: Request) -> Response:
+    app = services(request)
+    user = await app.auth.authenticate(request)
+    project_id = path_uuid(request, "project_id", "project")
+    body = await read_json(request, RenameProject, max_bytes=app.settings.max_body_bytes)
+    project = await app.store.rename_project(project_id, user.id, body.title)
+    if project is None:
+        raise NotFound(f"no project with id '{project_id}'")
+    return json_response(project.model_dump_json())
+
+
 async def delete_project(request: Request) -> Response:
     """Delete a project: its running answers end ``cancelled``, then everything of it goes."""
     app = services(request)
@@ -54,5 +65,6 @@ routes = [
     Route("/api/projects", create_project, methods=["POST"]),
     Route("/api/projects", list_projects, methods=["GET"]),
     Route("/api/projects/{project_id}", get_project, methods=["GET"]),
+    Route("/api/projects/{project_id}", rename_project, methods=["PATCH"]),
     Route("/api/projects/{project_id}", delete_project, methods=["DELETE"]),
 ]

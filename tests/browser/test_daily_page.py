@@ -348,3 +348,45 @@ async def test_deleting_the_open_project_stops_its_answer_and_opens_the_next(
     assert gone.status_code == 404
     assert answer_gone.status_code == 404
     assert browser.dialogs == [], "asked in the page, not with a dialog"
+
+
+async def test_renaming_the_open_project_from_its_menu(database_url: str, browser: Browser) -> None:
+    """Renaming a project from the page: its title in a field in place (the project's menu),
+    saved with Enter; the heading, the sidebar, the tab and the server all say the new one, and
+    the project keeps its place in the list."""
+    token = await create_user(database_url, "alice")
+    async with running_server(settings_for(database_url)) as srv, srv.client(token) as client:
+        older = await create_project(client, "Older")
+        renamed = await create_project(client, "Untitled draft")
+        page = await browser.new_page()
+        await sign_in(page, srv.base_url, token)
+        await open_project(page, renamed)
+        await send(page, "Hello there")
+        await expect(answer(page, 2)).to_have_attribute("data-status", "success")
+
+        await page.locator("#project-menu summary").click()
+        await page.locator("#rename-project").click()
+        field = page.locator("#rename-title")
+        await expect(field).to_be_focused()
+        await expect(field).to_have_value("Untitled draft")
+        await field.fill("Trip to Lisbon")
+        await field.press("Enter")
+
+        await expect(page.locator("#project-menu .menu-panel")).to_be_hidden()
+        await expect(page.locator("#project-title")).to_have_text("Trip to Lisbon")
+        entries = page.locator("#projects li .project-title")
+        await expect(entries).to_have_text(["Trip to Lisbon", "Older"])
+        await expect(page).to_have_title("Trip to Lisbon · Orderly")
+        stored = (await client.get(f"/api/projects/{renamed}")).json()
+        assert stored["title"] == "Trip to Lisbon"
+        assert stored["message_count"] == 2
+
+        # Opened again later, the menu offers the rename afresh, with the new title.
+        await page.locator("#project-menu summary").click()
+        await expect(page.locator("#rename-project")).to_be_visible()
+        await expect(page.locator("#rename-form")).to_be_hidden()
+        await page.keyboard.press("Escape")
+        await page.reload()
+        await expect(page.locator("#project-title")).to_have_text("Trip to Lisbon")
+        assert (await client.get(f"/api/projects/{older}")).json()["title"] == "Older"
+    assert browser.dialogs == []

@@ -238,7 +238,8 @@ async def test_bad_last_event_id(setup, header: str, status: int) -> None:  # ty
 
 
 async def test_bad_project_bodies(setup) -> None:  # type: ignore[no-untyped-def]
-    client, _, _ = setup
+    client, project, _ = setup
+    title = (await client.get(f"/api/projects/{project}")).json()["title"]
     for body, status in [
         ({"title": ""}, 422),
         ({"title": 3}, 400),
@@ -248,6 +249,11 @@ async def test_bad_project_bodies(setup) -> None:  # type: ignore[no-untyped-def
     ]:
         response = await client.post("/api/projects", json=body)
         assert response.status_code == status, (body, response.text)
+        # A rename takes the same rules, and a refused one changes nothing.
+        renamed = await client.patch(f"/api/projects/{project}", json=body)
+        assert renamed.status_code == status, (body, renamed.text)
+        assert renamed.headers["content-type"] == "application/problem+json"
+    assert (await client.get(f"/api/projects/{project}")).json()["title"] == title
 
 
 async def test_unknown_route_and_method_are_problems(setup) -> None:  # type: ignore[no-untyped-def]

@@ -317,3 +317,40 @@ async def test_the_pool_and_the_heartbeat_connections_look_types_up_without_jit_
         assert await conn.fetchval("SHOW citus.override_table_visibility") == "off"
     finally:
         timed.abandon()
+
+
+async def test_readiness_says_not_ready_while_the_heartbeat_cannot_be_renewed(
+    database_url: str,
+) -> None:
+    """A worker that takes no answer (its heartbeat not renewed for a lease, while the database
+    answers other statements) is not ready: a load balancer sends its requests elsewhere.
+    Regression: /readyz answered 200 while every generation was refused 503."""
+    token = await create_user(database_url, "alice")
+    settings = settings_for(database_url, lease_seconds=1.5)
+    async with running_server(settings) as srv, srv.client(token) as client:
+        project = await create_project(client)
+        assert (await client.get("/readyz")).json() == {"status": "ready"}
+        blocker = await asyncpg.connect(database_url)
+        try:
+            # Every renewal waits for the rows' lock, past its budget: none succeeds.
+            transaction = blocker.transaction()
+            await transaction.start()
+            await blocker.execute("SELECT id FROM workers FOR UPDATE")
+            deadline = time.monotonic() + ACCEPTED_WITHIN
+            while (ready := await client.get("/readyz")).status_code == 200:
+                assert time.monotonic() < deadline, "ready while its heartbeat is not renewed"
+                await asyncio.sleep(0.05)
+            assert ready.status_code == 503 and int(ready.headers["retry-after"]) > 0
+            assert ready.json() == {"status": "heartbeat not renewed"}
+            refused = await start_answer(client, project, "while not ready")
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["code"] == "worker_unavailable"
+            await transaction.rollback()
+        finally:
+            await blocker.close()
+        deadline = time.monotonic() + ACCEPTED_WITHIN
+        while (await client.get("/readyz")).status_code != 200:
+            assert time.monotonic() < deadline, "never ready again"
+            await asyncio.sleep(0.05)
+        accepted = await start_answer(client, project, "ready again")
+        assert accepted.status_code == 202, accepted.text

@@ -28,6 +28,7 @@ from tests.support import (
 # (method, path template, JSON body); {p} = a project, {m} = its assistant message.
 PROJECT_ENDPOINTS = [
     ("GET", "/api/projects/{p}", None),
+    ("PATCH", "/api/projects/{p}", {"title": "renamed by an intruder"}),
     ("POST", "/api/projects/{p}/generations", {"message": "intrude"}),
     ("GET", "/api/generate-stream?projectId={p}&message=intrude&clientRequestId=x1", None),
     ("GET", "/api/projects/{p}/messages", None),
@@ -90,6 +91,8 @@ async def test_another_users_project_is_404_everywhere(world) -> None:  # type: 
     async with srv.client(tokens["alice"]) as alice:
         history = (await alice.get(f"/api/projects/{project}/messages")).json()["messages"]
         assert len(history) == 2, "bob's attempts wrote nothing into alice's project"
+        title = (await alice.get(f"/api/projects/{project}")).json()["title"]
+        assert title == "alice's secret project"
 
 
 async def test_unknown_ids_are_404(world) -> None:  # type: ignore[no-untyped-def]
@@ -188,7 +191,7 @@ async def test_revoked_token_is_401_on_every_endpoint(world, database_url: str) 
             for client in (bearer, browser):
                 for method, path, body in ALL_ENDPOINTS:
                     url = path.format(p=project, m=message)
-                    headers = {"Origin": srv.base_url} if method == "POST" else {}
+                    headers = {"Origin": srv.base_url} if method != "GET" else {}
                     response = await client.request(method, url, json=body, headers=headers)
                     assert response.status_code == 401, (method, url, response.text)
                     assert response.json()["code"] == "invalid_token"

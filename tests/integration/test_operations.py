@@ -157,6 +157,7 @@ def test_every_statement_on_per_user_tables_filters_by_its_owner() -> None:
 REQUEST_STATEMENTS = {
     "list_projects": "router",
     "get_project": "router",
+    "rename_project": "router",
     "insert_project": "router",
     "insert_chat_project": "router",
     "pair_by_request_id": "router",
