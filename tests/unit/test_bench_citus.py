@@ -102,3 +102,13 @@ def test_the_reservation_script_stops_before_the_flush() -> None:
     assert generation.startswith(reserve.removesuffix(";\n"))
     assert "reserve_pair" not in reserve and "INSERT INTO messages" in reserve
     assert "new_chunks" not in reserve and "\\aset" not in reserve
+
+
+def test_the_delegated_reservation_script_is_the_call_alone() -> None:
+    """On Citus the reservation alone is its call, without the read-back of the answer's id
+    that the generation script needs for its flush (one statement, as on one PostgreSQL)."""
+    generation, _ = generation_script(REPO_ROOT / "sql" / "queries.sql", delegated=True)
+    reserve = reserve_script(generation)
+    assert reserve.count("SELECT ") == 1 and "orderly_call_reserve_pair(" in reserve
+    assert reserve.endswith(");\n") and "FROM messages" not in reserve
+    assert generation.startswith(reserve.removesuffix(";\n"))
