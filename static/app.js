@@ -276,6 +276,7 @@ async function learnMessageLimit() {
 }
 
 // Renaming the open project: its title in a field in place (the menu), saved with Enter.
+$('#rename-title').addEventListener('input', (event) => event.currentTarget.setCustomValidity(''));
 $('#rename-project').addEventListener('click', () => {
   const project = projects.get(conversation.projectId);
   $('#rename-form').hidden = false;
@@ -287,8 +288,15 @@ $('#rename-project').addEventListener('click', () => {
 $('#rename-form').addEventListener('submit', async (event) => {
   event.preventDefault();
   const projectId = conversation.projectId;
-  const title = $('#rename-title').value.trim();
-  if (!projectId || !title) return;
+  const field = $('#rename-title');
+  const title = field.value.trim();
+  if (!projectId) return;
+  if (!title) {
+    // Spaces alone pass `required`: say why nothing is saved, as the browser says for empty.
+    field.setCustomValidity('A title needs more than spaces.');
+    field.reportValidity();
+    return;
+  }
   const button = event.currentTarget.querySelector('button[type="submit"]');
   button.disabled = true;
   try {

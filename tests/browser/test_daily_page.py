@@ -381,11 +381,20 @@ async def test_renaming_the_open_project_from_its_menu(database_url: str, browse
         assert stored["title"] == "Trip to Lisbon"
         assert stored["message_count"] == 2
 
-        # Opened again later, the menu offers the rename afresh, with the new title.
+        # Opened again later, the menu offers the rename afresh, with the new title. A title of
+        # spaces alone is not sent: the field says why, and stays open.
         await page.locator("#project-menu summary").click()
         await expect(page.locator("#rename-project")).to_be_visible()
         await expect(page.locator("#rename-form")).to_be_hidden()
+        await page.locator("#rename-project").click()
+        await expect(field).to_have_value("Trip to Lisbon")
+        await field.fill("   ")
+        await field.press("Enter")
+        message = await field.evaluate("f => f.validationMessage")
+        assert message == "A title needs more than spaces."
+        await expect(page.locator("#rename-form")).to_be_visible()
         await page.keyboard.press("Escape")
+        assert (await client.get(f"/api/projects/{renamed}")).json()["title"] == "Trip to Lisbon"
         await page.reload()
         await expect(page.locator("#project-title")).to_have_text("Trip to Lisbon")
         assert (await client.get(f"/api/projects/{older}")).json()["title"] == "Older"

@@ -67,7 +67,7 @@ async def test_a_non_string_on_running_is_wrong_type(database_url: str, value: o
         ("PUT", "/api/projects", {"GET", "HEAD", "POST"}),
         ("PATCH", "/api/session", {"GET", "HEAD", "POST", "DELETE"}),
         ("PUT", "/api/session", {"GET", "HEAD", "POST", "DELETE"}),
-        ("POST", "/api/projects/{p}", {"GET", "HEAD", "DELETE"}),
+        ("POST", "/api/projects/{p}", {"GET", "HEAD", "PATCH", "DELETE"}),
         ("HEAD", "/api/generate-stream", {"GET"}),
     ],
 )
