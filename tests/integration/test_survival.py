@@ -885,8 +885,9 @@ async def test_a_stopping_server_drops_a_connection_that_is_never_handed_back(
         await asyncio.wait_for(holder, 15)  # its connection was dropped under it
     assert db.pool._closed
     # A dropped client does not stop its backend's statement: end it (the database is dropped).
+    # (Citus adds pg_terminate_backend(bigint) for its global process ids: the pid is an int.)
     conn = await asyncpg.connect(database_url)
     try:
-        await conn.execute("SELECT pg_terminate_backend($1)", pids[0])
+        await conn.execute("SELECT pg_terminate_backend($1::integer)", pids[0])
     finally:
         await conn.close()
