@@ -29,7 +29,7 @@ import statistics
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from bench import database
 from bench import profile as profiler
@@ -290,18 +290,11 @@ class ModelPace:
             )
             rounds.append(done)
 
-        def median_of(side: str, figure: Callable[[dict[str, Any]], float | None]) -> float | None:
-            values = [v for r in rounds if (v := figure(r[side])) is not None]
-            return statistics.median(values) if values else None
-
-        def wal(step: dict[str, Any]) -> float | None:
-            return cast(float | None, step["wal_per_answer_byte"])
-
-        def pace(step: dict[str, Any]) -> float | None:
-            return cast(float | None, step["pace_rows"]["p99"])
-
         medians = {
-            side: {"wal_per_answer_byte": median_of(side, wal), "pace_p99": median_of(side, pace)}
+            side: {
+                "wal_per_answer_byte": _median([r[side]["wal_per_answer_byte"] for r in rounds]),
+                "pace_p99": _median([r[side]["pace_rows"]["p99"] for r in rounds]),
+            }
             for side in ("text", "thinking")
         }
         return {
@@ -345,6 +338,12 @@ class ModelPace:
         entry["load"] = {"answers": n, "pace_p99_under_profiler": step["pace_rows"]["p99"]}
         self.profiles["model_pace"] = entry
         return step
+
+
+def _median(values: list[float | None]) -> float | None:
+    """The median of the figures measured (a step may have none)."""
+    measured = [v for v in values if v is not None]
+    return statistics.median(measured) if measured else None
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
